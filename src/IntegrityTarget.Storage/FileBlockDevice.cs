@@ -1,0 +1,145 @@
+using Microsoft.Win32.SafeHandles;
+
+namespace IntegrityTarget.Storage;
+
+/// <summary>
+/// A regular file or a block device, accessed with pread/pwrite through the page cache. Flush is
+/// fdatasync; FUA writes use RWF_DSYNC (falling back to write + fdatasync). The file is locked
+/// exclusively (flock) so two processes cannot serve it at once.
+/// </summary>
+public sealed class FileBlockDevice : IBlockDevice
+{
+    private readonly SafeFileHandle _handle;
+    private bool _dsyncUnsupported;
+    private bool _punchUnsupported;
+
+    public string Name { get; }
+    public long Length { get; }
+    public int SectorSize => 512;
+    public bool CanDeallocate => !_punchUnsupported && !IsBlockDevice;
+    public bool IsBlockDevice { get; }
+
+    private FileBlockDevice(string path, SafeFileHandle handle, long length, bool isBlockDevice)
+    {
+        Name = path; _handle = handle; Length = length; IsBlockDevice = isBlockDevice;
+    }
+
+    /// <summary>Opens an existing file or block device. Throws <see cref="StorageException"/> with a clear message.</summary>
+    public static FileBlockDevice Open(string path, bool readOnly = false)
+    {
+        if (!File.Exists(path))
+            throw new StorageException($"{path}: no such file or block device");
+        SafeFileHandle h;
+        try
+        {
+            h = File.OpenHandle(path, FileMode.Open, readOnly ? FileAccess.Read : FileAccess.ReadWrite,
+                readOnly ? FileShare.ReadWrite : FileShare.None, FileOptions.None);
+        }
+        catch (IOException e) when (e.HResult == 11 || e.Message.Contains("lock", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new StorageException($"{path}: in use by another process (locked)", e);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new StorageException($"{path}: cannot open: {e.Message}", e);
+        }
+        // A block device reports length 0 through stat; its size comes from seeking to the end.
+        long statLen = RandomAccess.GetLength(h);
+        bool isBlock = path.StartsWith("/dev/", StringComparison.Ordinal) || (statLen == 0 && Native.SizeBySeek(h, path) > 0);
+        long len = isBlock ? Native.SizeBySeek(h, path) : statLen;
+        return new FileBlockDevice(path, h, len, isBlock);
+    }
+
+    /// <summary>Creates (or extends to) a sparse file of <paramref name="length"/> bytes and opens it.</summary>
+    public static FileBlockDevice CreateSparse(string path, long length)
+    {
+        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (dir != null) Directory.CreateDirectory(dir);
+        using (var fs = new FileStream(path, FileMode.CreateNew, FileAccess.ReadWrite))
+            fs.SetLength(length);
+        return Open(path);
+    }
+
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default)
+    {
+        CheckRange(offset, buffer.Length);
+        int done = 0;
+        while (done < buffer.Length)
+        {
+            int n = RandomAccess.Read(_handle, buffer.Span[done..], offset + done);
+            if (n == 0) { buffer.Span[done..].Clear(); break; } // past EOF of a short file reads as zeros
+            done += n;
+        }
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+    {
+        CheckRange(offset, data.Length);
+        if (fua && !_dsyncUnsupported)
+        {
+            if (Native.WriteDsync(_handle, offset, data.Span, Name)) return ValueTask.CompletedTask;
+            _dsyncUnsupported = true;
+        }
+        RandomAccess.Write(_handle, data.Span, offset);
+        if (fua) Native.FdataSync(_handle, Name);
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask FlushAsync(CancellationToken ct = default)
+    {
+        Native.FdataSync(_handle, Name);
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default)
+    {
+        CheckRange(offset, length);
+        if (!IsBlockDevice && !_punchUnsupported && Native.PunchHole(_handle, offset, length, Name))
+            return ValueTask.CompletedTask;
+        _punchUnsupported = true;
+        WriteZeros(offset, length);
+        return ValueTask.CompletedTask;
+    }
+
+    private void WriteZeros(long offset, long length)
+    {
+        var zeros = new byte[(int)Math.Min(length, 1 << 20)];
+        while (length > 0)
+        {
+            int n = (int)Math.Min(length, zeros.Length);
+            RandomAccess.Write(_handle, zeros.AsSpan(0, n), offset);
+            offset += n; length -= n;
+        }
+    }
+
+    public (bool Allocated, long Length) GetAllocation(long offset)
+    {
+        if (offset >= Length) return (false, 0);
+        if (IsBlockDevice) return (true, Length - offset);
+        long data = Native.SeekData(_handle, offset, hole: false);
+        if (data < 0)
+        {
+            // ENXIO: no data at or after offset: the rest is a hole. Other errors: cannot tell, say allocated.
+            return Native.LastError == Native.ENXIO ? (false, Length - offset) : (true, Length - offset);
+        }
+        if (data > offset) return (false, Math.Min(data, Length) - offset);
+        long hole = Native.SeekData(_handle, offset, hole: true);
+        if (hole < 0) hole = Length;
+        return (true, Math.Min(hole, Length) - offset);
+    }
+
+    private void CheckRange(long offset, long length)
+    {
+        if (offset < 0 || length < 0 || offset + length > Length)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"{Name}: range [{offset}, {offset + length}) outside device of {Length} bytes");
+    }
+
+    public void Dispose() => _handle.Dispose();
+}
+
+/// <summary>A storage problem a person has to act on (missing file, locked, bad size); the message says which.</summary>
+public sealed class StorageException : Exception
+{
+    public StorageException(string message, Exception? inner = null) : base(message, inner) { }
+}

@@ -1,0 +1,89 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
+namespace IntegrityTarget.Storage;
+
+/// <summary>The few Linux calls .NET does not expose: fdatasync, hole punching, SEEK_DATA/SEEK_HOLE, RWF_DSYNC writes.</summary>
+internal static unsafe partial class Native
+{
+    private const int FALLOC_FL_KEEP_SIZE = 0x01;
+    private const int FALLOC_FL_PUNCH_HOLE = 0x02;
+    private const int SEEK_END = 2;
+    private const int SEEK_DATA = 3;
+    private const int SEEK_HOLE = 4;
+    private const int RWF_DSYNC = 0x02;
+    public const int ENXIO = 6;
+    public const int ENOSYS = 38;
+    public const int EOPNOTSUPP = 95;
+    public const int EINVAL = 22;
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct IoVec { public void* Base; public nuint Len; }
+
+    [LibraryImport("libc", SetLastError = true)] private static partial int fdatasync(int fd);
+    [LibraryImport("libc", SetLastError = true)] private static partial int fallocate(int fd, int mode, long offset, long len);
+    [LibraryImport("libc", SetLastError = true)] private static partial long lseek(int fd, long offset, int whence);
+    [LibraryImport("libc", SetLastError = true)] private static partial nint pwritev2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
+
+    private static int Fd(SafeFileHandle h) => (int)h.DangerousGetHandle();
+
+    public static void FdataSync(SafeFileHandle h, string name)
+    {
+        if (fdatasync(Fd(h)) != 0) throw Error("fdatasync", name);
+    }
+
+    /// <returns>false when the filesystem cannot punch holes.</returns>
+    public static bool PunchHole(SafeFileHandle h, long offset, long length, string name)
+    {
+        if (fallocate(Fd(h), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0) return true;
+        int e = Marshal.GetLastPInvokeError();
+        if (e is EOPNOTSUPP or ENOSYS or EINVAL) return false;
+        throw Error("fallocate(PUNCH_HOLE)", name, e);
+    }
+
+    public static long SizeBySeek(SafeFileHandle h, string name)
+    {
+        long r = lseek(Fd(h), 0, SEEK_END);
+        if (r < 0) throw Error("lseek(SEEK_END)", name);
+        return r;
+    }
+
+    /// <summary>Next data/hole boundary; -1 when the filesystem does not support SEEK_DATA/SEEK_HOLE, or past the last data (ENXIO).</summary>
+    public static long SeekData(SafeFileHandle h, long offset, bool hole)
+    {
+        long r = lseek(Fd(h), offset, hole ? SEEK_HOLE : SEEK_DATA);
+        return r;
+    }
+
+    public static int LastError => Marshal.GetLastPInvokeError();
+
+    /// <returns>false when RWF_DSYNC is unsupported (caller falls back to write + fdatasync).</returns>
+    public static bool WriteDsync(SafeFileHandle h, long offset, ReadOnlySpan<byte> data, string name)
+    {
+        fixed (byte* p = data)
+        {
+            long done = 0;
+            while (done < data.Length)
+            {
+                var iov = new IoVec { Base = p + done, Len = (nuint)(data.Length - done) };
+                nint n = pwritev2(Fd(h), &iov, 1, offset + done, RWF_DSYNC);
+                if (n < 0)
+                {
+                    int e = Marshal.GetLastPInvokeError();
+                    if (e == 4) continue; // EINTR
+                    if (done == 0 && e is EOPNOTSUPP or ENOSYS or EINVAL) return false;
+                    throw Error("pwritev2(RWF_DSYNC)", name, e);
+                }
+                if (n == 0) throw new IOException($"{name}: short write at offset {offset + done} (device full?)");
+                done += n;
+            }
+        }
+        return true;
+    }
+
+    private static IOException Error(string call, string name, int? errno = null)
+    {
+        int e = errno ?? Marshal.GetLastPInvokeError();
+        return new IOException($"{name}: {call} failed: {Marshal.GetPInvokeErrorMessage(e)} (errno {e})", e);
+    }
+}

@@ -1,0 +1,98 @@
+namespace IntegrityTarget.Storage;
+
+/// <summary>
+/// A volume without integrity protection: LBA n lives at byte n*BlockSize of the device. Used when a
+/// LUN turns integrity off (for comparison) and by SCSI-layer tests. Writes are atomic only per
+/// device sector, which is why this is not the default.
+/// </summary>
+public sealed class PlainVolume : IBlockVolume
+{
+    private readonly IBlockDevice _device;
+    private readonly bool _ownsDevice;
+
+    public PlainVolume(IBlockDevice device, int blockSize, string? name = null, bool ownsDevice = true)
+    {
+        if (blockSize is not (512 or 4096)) throw new ArgumentOutOfRangeException(nameof(blockSize), "block size must be 512 or 4096");
+        if (device.Length < blockSize) throw new StorageException($"{device.Name}: {device.Length} bytes is smaller than one {blockSize}-byte block");
+        _device = device; _ownsDevice = ownsDevice;
+        BlockSize = blockSize;
+        BlockCount = (ulong)(device.Length / blockSize);
+        Name = name ?? device.Name;
+    }
+
+    public string Name { get; }
+    public int BlockSize { get; }
+    public ulong BlockCount { get; }
+    public uint MaxAtomicWriteBlocks => 1;
+    public bool WriteBack { get; set; } = true;
+    public bool SupportsUnmap => true;
+    public string TagAlgorithm => "none";
+    public VolumeCounters Counters { get; } = new();
+
+    private bool InRange(ulong lba, ulong blocks) => blocks <= BlockCount && lba <= BlockCount - blocks;
+
+    public async ValueTask<VolumeResult> ReadAsync(ulong lba, Memory<byte> buffer, CancellationToken ct = default)
+    {
+        ulong blocks = (ulong)(buffer.Length / BlockSize);
+        if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
+        if (ct.IsCancellationRequested) return new VolumeResult(VolumeStatus.Cancelled);
+        try { await _device.ReadAsync((long)lba * BlockSize, buffer, ct); }
+        catch (IOException e) { return VolumeResult.Io(lba, 0, e.Message); }
+        Counters.AddRead(buffer.Length);
+        return VolumeResult.Success;
+    }
+
+    public async ValueTask<VolumeResult> WriteAsync(ulong lba, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+    {
+        ulong blocks = (ulong)(data.Length / BlockSize);
+        if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
+        if (ct.IsCancellationRequested) return new VolumeResult(VolumeStatus.Cancelled);
+        try { await _device.WriteAsync((long)lba * BlockSize, data, fua || !WriteBack, ct); }
+        catch (IOException e) { return Classify(e, lba); }
+        Counters.AddWrite(data.Length);
+        return VolumeResult.Success;
+    }
+
+    public async ValueTask<VolumeResult> FlushAsync(CancellationToken ct = default)
+    {
+        try { await _device.FlushAsync(ct); }
+        catch (IOException e) { return VolumeResult.Io(0, 0, e.Message); }
+        Counters.AddFlush();
+        return VolumeResult.Success;
+    }
+
+    public ValueTask<VolumeResult> UnmapAsync(ulong lba, ulong blocks, CancellationToken ct = default) => WriteZeroesAsync(lba, blocks, true, ct);
+
+    public async ValueTask<VolumeResult> WriteZeroesAsync(ulong lba, ulong blocks, bool deallocate, CancellationToken ct = default)
+    {
+        if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
+        if (blocks == 0) return VolumeResult.Success;
+        try
+        {
+            await _device.DiscardAsync((long)lba * BlockSize, (long)blocks * BlockSize, ct);
+            if (!WriteBack) await _device.FlushAsync(ct);
+        }
+        catch (IOException e) { return Classify(e, lba); }
+        Counters.AddUnmap();
+        return VolumeResult.Success;
+    }
+
+    public ValueTask<LbaExtent> GetLbaStatusAsync(ulong lba, CancellationToken ct = default)
+    {
+        if (lba >= BlockCount) return ValueTask.FromResult(new LbaExtent(lba, 0, true));
+        var (allocated, length) = _device.GetAllocation((long)lba * BlockSize);
+        // Round outward to whole blocks: a partly allocated block counts as mapped.
+        ulong blocks = Math.Max(1, (ulong)(length / BlockSize));
+        blocks = Math.Min(blocks, BlockCount - lba);
+        return ValueTask.FromResult(new LbaExtent(lba, blocks, allocated));
+    }
+
+    private static VolumeResult Classify(IOException e, ulong lba) =>
+        e.HResult == 28 /* ENOSPC */ ? new VolumeResult(VolumeStatus.NoSpace, lba, 0, e.Message) : VolumeResult.Io(lba, 0, e.Message);
+
+    public ValueTask DisposeAsync()
+    {
+        if (_ownsDevice) _device.Dispose();
+        return ValueTask.CompletedTask;
+    }
+}
