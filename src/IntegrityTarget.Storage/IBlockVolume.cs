@@ -32,9 +32,11 @@ public interface IBlockVolume : IAsyncDisposable
 
     /// <summary>
     /// Reads whole blocks. On an integrity failure the result carries the first failing LBA and
-    /// <c>buffer</c> holds verified data for the blocks before it.
+    /// <c>buffer</c> holds verified data for the blocks before it. The volume logs each failure exactly
+    /// once (one structured event naming volume, LBA, algorithm and the <paramref name="context"/>);
+    /// callers must not log it again.
     /// </summary>
-    ValueTask<VolumeResult> ReadAsync(ulong lba, Memory<byte> buffer, CancellationToken ct = default);
+    ValueTask<VolumeResult> ReadAsync(ulong lba, Memory<byte> buffer, IoContext? context = null, CancellationToken ct = default);
 
     /// <summary>Writes whole blocks; atomic up to <see cref="MaxAtomicWriteBlocks"/>. FUA: durable on completion.</summary>
     ValueTask<VolumeResult> WriteAsync(ulong lba, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default);
@@ -51,6 +53,9 @@ public interface IBlockVolume : IAsyncDisposable
     /// <summary>Mapped/deallocated state of the extent starting at <paramref name="lba"/> (GET LBA STATUS).</summary>
     ValueTask<LbaExtent> GetLbaStatusAsync(ulong lba, CancellationToken ct = default);
 }
+
+/// <summary>Who asked for an I/O, so the single log event of a failure can name it (e.g. LUN 0, initiator IQN, "READ(16)").</summary>
+public sealed record IoContext(string Unit, string Initiator, string Command);
 
 public enum VolumeStatus
 {

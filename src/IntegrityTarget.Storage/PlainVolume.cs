@@ -31,7 +31,7 @@ public sealed class PlainVolume : IBlockVolume
 
     private bool InRange(ulong lba, ulong blocks) => blocks <= BlockCount && lba <= BlockCount - blocks;
 
-    public async ValueTask<VolumeResult> ReadAsync(ulong lba, Memory<byte> buffer, CancellationToken ct = default)
+    public async ValueTask<VolumeResult> ReadAsync(ulong lba, Memory<byte> buffer, IoContext? context = null, CancellationToken ct = default)
     {
         ulong blocks = (ulong)(buffer.Length / BlockSize);
         if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
