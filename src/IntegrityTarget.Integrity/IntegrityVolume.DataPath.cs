@@ -366,6 +366,26 @@ public sealed partial class IntegrityVolume
         return ValueTask.FromResult(new LbaExtent(lba, endLba - lba, mapped));
     }
 
+    /// <summary>
+    /// Where a block's data and tag currently live on the device (null when unmapped, i.e. reads as
+    /// zeros). For diagnostics and corruption tests; blocks still only in the journal are found after
+    /// <see cref="FlushAsync"/>, which copies them home.
+    /// </summary>
+    public (long DataOffset, long TagOffset, int TagSize)? LocateBlock(ulong lba)
+    {
+        if (lba >= BlockCount) throw new ArgumentOutOfRangeException(nameof(lba), $"LBA {lba} beyond the volume's {BlockCount} blocks");
+        long e = Volatile.Read(ref _map[ChunkOf(lba)]);
+        if (e == 0) return null;
+        int idx = (int)(lba % (ulong)_bpc);
+        return (_g.SlotOffset(e - 1) + (long)idx * _bs, _g.TagOffset(e - 1, idx), _g.TagSize);
+    }
+
+    /// <summary>Journal area location (offset, bytes), for diagnostics and tests.</summary>
+    public (long Offset, long Bytes) JournalArea => (_g.JournalAreaOffset, _g.JournalAreaBytes);
+
+    /// <summary>Chunk-map area location (offset, bytes), for diagnostics and tests.</summary>
+    public (long Offset, long Bytes) MapArea => (_g.MapOffset, _g.MapBytes);
+
     // ------------------------------------------------------------------ committer
 
     private async Task CommitterLoopAsync()
