@@ -230,6 +230,8 @@ public sealed partial class IntegrityVolume
                 {
                     var list = new List<long>(n);
                     for (int i = 0; i < n; i++) list.Add(_free.Pop());
+                    // Low water: start a commit now so replaced slots return before writers must wait.
+                    if (_free.Count < _lowWater) RequestCommit();
                     return list;
                 }
                 wait = _freed.Task;
@@ -315,7 +317,7 @@ public sealed partial class IntegrityVolume
             await BackpressureAsync().ConfigureAwait(false);
             long c0 = ChunkOf(cur), c1 = ChunkOf(groupEnd - 1);
             var lk = await _locks.AcquireAsync(c0, c1, shared: false).ConfigureAwait(false);
-            var u = new Unit { Durable = !WriteBack };
+            var u = new Unit { Durable = !WriteBack, Unmap = true };
             try
             {
                 for (long c = c0; c <= c1; c++)
@@ -513,7 +515,9 @@ public sealed partial class IntegrityVolume
                 if (u.FreeAfter != null)
                     foreach (var p in u.FreeAfter)
                     {
-                        if (_dev.CanDeallocate) await _dev.DiscardAsync(_g.SlotOffset(p), _g.SlotBytes, ct).ConfigureAwait(false);
+                        // Unmap releases space; a slot replaced by an overwrite is reused soon, so punching
+                        // it would only churn the filesystem's allocation.
+                        if (u.Unmap && _dev.CanDeallocate) await _dev.DiscardAsync(_g.SlotOffset(p), _g.SlotBytes, ct).ConfigureAwait(false);
                         lock (_freeLock) _free.Push(p);
                     }
         }

@@ -31,6 +31,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         public List<long>? FreeAfter;
         public long Bytes;
         public bool Durable;
+        public bool Unmap;
         public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public int Records => (Data?.Count ?? 0) + (Maps?.Count ?? 0);
     }
@@ -73,6 +74,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
     private readonly long _watermark;
     private readonly long _maxPending;
     private readonly long _maxTxnBytes;
+    private readonly long _lowWater;
 
     private readonly RangeLock _locks = new();
 
@@ -111,6 +113,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _maxTxnBytes = Math.Min(g.JournalAreaBytes / 2, 16L << 20);
         _watermark = Math.Min(_maxTxnBytes / 2, 8L << 20);
         _maxPending = _watermark * 4;
+        _lowWater = Geometry.SpareChunks(g.LogicalChunks) / 2;
     }
 
     // ------------------------------------------------------------------ sizing

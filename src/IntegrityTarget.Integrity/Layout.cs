@@ -40,8 +40,9 @@ internal sealed class Geometry
 
     public static long RoundUp(long v, long a) => (v + a - 1) / a * a;
 
-    /// <summary>Spare physical chunks so redirect-on-write always finds a free one (≥ 2 MiB-commands' worth).</summary>
-    public static long SpareChunks(long logicalChunks) => 24 + logicalChunks / 64;
+    /// <summary>Spare physical slots for redirect-on-write: at least a few 1 MiB commands' worth, and about
+    /// 3 % so a flush (which returns replaced slots) is needed only every few tens of MiB of large writes.</summary>
+    public static long SpareChunks(long logicalChunks) => 32 + logicalChunks / 32;
 
     public static long DefaultJournalBytes(ulong logicalBlocks, int blockSize)
     {
