@@ -439,7 +439,7 @@ public sealed partial class IntegrityVolume
         TaskCompletionSource d, f;
         lock (_q) { d = _drained; _drained = new(TaskCreationOptions.RunContinuationsAsynchronously); }
         lock (_freeLock) { f = _freed; _freed = new(TaskCreationOptions.RunContinuationsAsynchronously); }
-        d.TrySetResult(); f.TrySetException(e);
+        d.TrySetResult(); f.TrySetException(e as IOException ?? new IOException(e.Message, e));
     }
 
     /// <summary>
