@@ -76,6 +76,15 @@ public sealed partial class IntegrityVolume
         return new ScrubReport(done - skipped, skipped, mismatches, bad, ioErrors, sw.Elapsed, cancelled);
     }
 
+    /// <summary>A tag function for measurements (benchmarks): (data, lba, tag destination).</summary>
+    public delegate void TagFunction(ReadOnlySpan<byte> data, ulong lba, Span<byte> tag);
+
+    public static TagFunction CreateTagger(TagAlgorithm alg, byte[] salt, byte[] key)
+    {
+        var t = new Tagger(alg, salt, key);
+        return (d, l, tag) => t.ComputeTag(l, d, tag[..t.TagSize]);
+    }
+
     /// <summary>
     /// Human-readable superblock, journal and map state. Reads only; never needs the key (keyed journal
     /// checksums are then checked for structure only). Goes as far as the damage allows.
