@@ -38,13 +38,13 @@ public class QemuTests
         using var srv = new ServerProcess(new ServerOptions { Size = lunSize, Integrity = integrity, BlockSize = blockSize }).Start();
         Qemu("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, srv.Url(0));
         var cmp = Qemu("qemu-img", "compare", "-f", "raw", "-F", "raw", src, srv.Url(0));
-        Assert.That(cmp.StdOut, Does.Contain("Images are identical."), cmp.Describe);
+        Assert.That(cmp.StdOut, Does.Contain("Images are identical."), () => cmp.Describe());
 
         // The copy survives a restart (SIGTERM flushes; the new process reads the same file).
         srv.Stop();
         srv.Start();
         cmp = Qemu("qemu-img", "compare", "-f", "raw", "-F", "raw", src, srv.Url(0));
-        Assert.That(cmp.StdOut, Does.Contain("Images are identical."), cmp.Describe);
+        Assert.That(cmp.StdOut, Does.Contain("Images are identical."), () => cmp.Describe());
         srv.Stop();
     }
 
@@ -87,12 +87,12 @@ public class QemuTests
         }
         Assert.That(reads.Count / 2, Is.GreaterThanOrEqualTo(ops.Count / 2), "enough ranges survive to be checked");
         var r = Qemu("qemu-io", [.. new[] { "-f", "raw" }, .. reads, srv.Url(0)]);
-        Assert.That(r.Combined, Does.Not.Contain("verification failed").And.Not.Contain("failed"), r.Describe);
-        Assert.That(r.StdOut.Split('\n').Count(l => l.StartsWith("read ")), Is.EqualTo(reads.Count / 2), r.Describe);
+        Assert.That(r.Combined, Does.Not.Contain("verification failed").And.Not.Contain("failed"), () => r.Describe());
+        Assert.That(r.StdOut.Split('\n').Count(l => l.StartsWith("read ")), Is.EqualTo(reads.Count / 2), () => r.Describe());
 
         // a never-written range reads as zeros
         var z = Qemu("qemu-io", "-f", "raw", "-c", $"read -P 0 {62L << 20} 65536", srv.Url(0));
-        Assert.That(z.Combined, Does.Not.Contain("failed"), z.Describe);
+        Assert.That(z.Combined, Does.Not.Contain("failed"), () => z.Describe());
         srv.Stop();
     }
 }
