@@ -94,11 +94,11 @@ public sealed class TestInitiator : IDisposable
         _tcp.ReceiveTimeout = _tcp.SendTimeout = (int)(ioTimeout ?? TimeSpan.FromSeconds(30)).TotalMilliseconds;
     }
 
-    public static TestInitiator Connect(ServerProcess srv, LoginOptions? o = null)
+    public static TestInitiator Connect(ServerProcess srv, LoginOptions? o = null, TimeSpan? ioTimeout = null)
     {
         o ??= new LoginOptions();
         o.TargetName ??= o.Discovery ? null : srv.Iqn;
-        var i = new TestInitiator(srv.Host, srv.Port);
+        var i = new TestInitiator(srv.Host, srv.Port, ioTimeout);
         try { i.Login(o); } catch { i.Dispose(); throw; }
         return i;
     }
@@ -115,6 +115,18 @@ public sealed class TestInitiator : IDisposable
 
     /// <summary>Sends bytes exactly as given (fuzzing).</summary>
     public void SendRaw(ReadOnlySpan<byte> bytes) { _s.Write(bytes); _s.Flush(); }
+
+    /// <summary>Half-closes the connection: the target sees end of stream after what was sent.</summary>
+    public void ShutdownSend() => _tcp.Client.Shutdown(SocketShutdown.Send);
+
+    /// <summary>Sends a PDU built by a test (its DataSegmentLength is set from <paramref name="data"/>).</summary>
+    public void SendPdu(byte[] bhs, ReadOnlySpan<byte> data) => Send(bhs, data);
+
+    public uint NextItt() => _itt++;
+    public uint CmdSn => _cmdSn;
+    public uint ExpStatSn => _expStatSn;
+    /// <summary>Advances CmdSN for a non-immediate command a test sent by hand.</summary>
+    public uint TakeCmdSn() => _cmdSn++;
 
     void Send(byte[] bhs, ReadOnlySpan<byte> data)
     {
