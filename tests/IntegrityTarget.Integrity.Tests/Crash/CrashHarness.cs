@@ -34,6 +34,8 @@ internal sealed record CrashRunOptions
     /// <summary>Stop checking crash states after this many (a cap on run time); the recorded run is always complete.</summary>
     public int MaxStates { get; init; } = int.MaxValue;
     public int MaxViolations { get; init; } = 10;
+    /// <summary>Issue each batch's commands from pool threads at once instead of one after another from the test thread.</summary>
+    public bool ParallelIssue { get; init; }
 }
 
 internal sealed class CrashReport
@@ -95,8 +97,8 @@ internal sealed class CrashHarness(CrashTarget target, CrashRunOptions options)
         string Where(string rest) => $"[{target.Name} seed={seed}] {rest}";
         foreach (var batch in batches)
         {
-            // Issued from this thread without waiting: the volume sees them concurrently but in a reproducible order.
-            var tasks = batch.Select(Issue).ToArray();
+            // Issued without waiting for each other; from this thread (reproducible issue order) or from pool threads.
+            var tasks = options.ParallelIssue ? batch.Select(c => Task.Run(() => Issue(c))).ToArray() : batch.Select(Issue).ToArray();
             await Task.WhenAll(tasks);
             foreach (var c in batch)
                 if (!c.Result.IsOk) report.Violations.Add(Where($"before any crash, {c} failed: {c.Result}"));
@@ -180,23 +182,29 @@ internal sealed class CrashHarness(CrashTarget target, CrashRunOptions options)
         }
         else await DisposeQuietly(vol);
 
-        // (d) a second crash in the middle of recovery, at random points of the recovery's own device sequence.
+        // (d) crashes in the middle of recovery, at random points of the recovery's own device sequence; each
+        // next one crashes the recovery of the image the previous one left (several power cuts in a row).
+        var current = image;
+        string chain = ctx;
         for (int r = 0; r < options.RecoveryCrashes && recoveryOps > 0 && report.Violations.Count < options.MaxViolations; r++)
         {
             long j = (long)rng.Next((ulong)recoveryOps);
             var mode = (CrashMode)(int)rng.Next(4);
             ulong seed2 = rng.Next();
-            string ctx2 = $"{ctx} then crash during recovery after {j}/{recoveryOps} ops mode={mode} stateSeed={seed2}";
-            var dev2 = new CrashSimulatingDevice(CrashSimulatingDevice.CopyImage(image));
+            chain = $"{chain} then crash during recovery after {j}/{recoveryOps} ops mode={mode} stateSeed={seed2}";
+            var dev2 = new CrashSimulatingDevice(CrashSimulatingDevice.CopyImage(current));
             dev2.CrashAfterOperations(j);
             var (half, _) = await TryOpen(dev2);
             if (half is not null) await DisposeQuietly(half);
-            var dev3 = new CrashSimulatingDevice(dev2.Crash(mode, seed2));
+            current = dev2.Crash(mode, seed2);
+            var dev3 = new CrashSimulatingDevice(CrashSimulatingDevice.CopyImage(current));
             report.RecoveryCrashStates++;
             var (vol3, err3) = await TryOpen(dev3);
-            if (vol3 is null) { report.Violations.Add($"{ctx2} (d) reopen after a crash during recovery failed: {err3}"); continue; }
+            if (vol3 is null) { report.Violations.Add($"{chain} (d) reopen after a crash during recovery failed: {err3}"); break; }
+            recoveryOps = dev3.OperationCount;
             var (v3, why3) = await ReadAllAsync(vol3, stamp);
-            foreach (var e in model.CheckCrash(k, v3, why3)) report.Violations.Add($"{ctx2} {e}");
+            foreach (var e in model.CheckCrash(k, v3, why3)) report.Violations.Add($"{chain} {e}");
+            dev3.CrashAfterOperations(0);
             await DisposeQuietly(vol3);
         }
     }
