@@ -148,6 +148,7 @@ public static class OpcodeTable
         Add(new() { Opcode = 0x91, Name = "SYNCHRONIZE CACHE(16)", Usage = Rw16(0x91, 0x06), Access = W, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.SynchronizeCache(r) });
         Add(new() { Opcode = 0x93, Name = "WRITE SAME(16)", Usage = Rw16(0x93, 0x09), Direction = Out, Access = W, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.WriteSame(r) });
 
+        Add(new() { Opcode = 0x9C, Name = "WRITE ATOMIC(16)", Usage = U(0x9C, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0x1F, Ctl), Direction = Out, Access = W, Layout = CdbLayout.Atomic16, Handler = static (lu, r) => lu.WriteAtomic(r) });
         var sai = new CommandInfo?[32];
         sai[0x10] = new() { Opcode = 0x9E, ServiceAction = 0x10, Name = "READ CAPACITY(16)", Usage = U(0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, Ctl), Direction = In, Access = A, Handler = static (lu, r) => lu.ReadCapacity16(r) };
         sai[0x12] = new() { Opcode = 0x9E, ServiceAction = 0x12, Name = "GET LBA STATUS", Usage = U(0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, Ctl), Direction = In, Access = R, Handler = static (lu, r) => lu.GetLbaStatus(r) };

@@ -12,11 +12,12 @@ internal sealed class FlakyVolume : IBlockVolume
     public int Reads, Writes, Flushes, Unmaps;
     public bool LastWriteFua;
 
-    public FlakyVolume(ulong blocks, int blockSize = 512) => _inner = new PlainVolume(new MemoryBlockDevice((long)blocks * blockSize), blockSize);
+    public FlakyVolume(ulong blocks, int blockSize = 512, uint atomicBlocks = 8)
+    { _inner = new PlainVolume(new MemoryBlockDevice((long)blocks * blockSize), blockSize); MaxAtomicWriteBlocks = atomicBlocks; }
     public string Name => "flaky";
     public int BlockSize => _inner.BlockSize;
     public ulong BlockCount => _inner.BlockCount;
-    public uint MaxAtomicWriteBlocks => 8;
+    public uint MaxAtomicWriteBlocks { get; }
     public bool WriteBack { get => _inner.WriteBack; set => _inner.WriteBack = value; }
     public bool SupportsUnmap => true;
     public string TagAlgorithm => "test";
@@ -54,9 +55,9 @@ internal sealed class Harness
     public readonly ItNexus A = MakeNexus("iqn.2026-11.test:a", 0x23D000000001);
     public readonly ItNexus B = MakeNexus("iqn.2026-11.test:b", 0x23D000000002);
 
-    public Harness(ulong blocks = 4096, int blockSize = 512, string? prFile = null, bool readOnly = false, string seed = "seed")
+    public Harness(ulong blocks = 4096, int blockSize = 512, string? prFile = null, bool readOnly = false, string seed = "seed", uint atomicBlocks = 8)
     {
-        Volume = new FlakyVolume(blocks, blockSize);
+        Volume = new FlakyVolume(blocks, blockSize, atomicBlocks);
         Unit = new ScsiLogicalUnit(0, Volume, new LogicalUnitOptions { Serial = "SER0001", IdentitySeed = seed, PersistentReservationFile = prFile, ReadOnly = readOnly }, Serilog.Core.Logger.None);
         Target = new ScsiTarget(TargetName, [Unit], Serilog.Core.Logger.None);
     }

@@ -75,13 +75,32 @@ public class PrimaryCommandTests
     }
 
     [Test]
-    public void BlockLimitsReportAtomicLengthFromTheVolume()
+    public void BlockLimitsReportTheVolumesAtomicLengthAndWriteAtomicHonoursIt()
     {
-        using var r = _h.Exec([0x12, 1, 0xB0, 0, 255, 0]);
+        var h = new Harness(atomicBlocks: 1024);
+        h.Quiet(h.A);
+        using var r = h.Exec([0x12, 1, 0xB0, 0, 255, 0]);
         var d = r.DataIn.Span;
         Assert.That(d[3], Is.EqualTo(0x3C));
-        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(d[44..]), Is.EqualTo(_h.Volume.MaxAtomicWriteBlocks));
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(d[44..]), Is.EqualTo(1024));
         Assert.That(BinaryPrimitives.ReadUInt32BigEndian(d[20..]), Is.EqualTo(ScsiLogicalUnit.MaxUnmapBlocks));
+        var data = Harness.Pattern(4 * 512, 8);
+        var c = new byte[16]; c[0] = 0x9C; BinaryPrimitives.WriteUInt64BigEndian(c.AsSpan(2), 3); c[13] = 4;
+        using (var w = h.Exec(c, data)) Assert.That(w.Status, Is.EqualTo(ScsiStatus.Good));
+        Assert.That(h.Read(3, 4), Is.EqualTo(data));
+        c[12] = 0x08; // 2052 blocks: above the atomic limit
+        using var big = h.Exec(c, new byte[2052 * 512]);
+        SenseAssert.Is(big, 0x05, 0x24, 0x00);
+    }
+
+    [Test]
+    public void SmallAtomicUnitIsNotAdvertisedAndWriteAtomicIsThenUnsupported()
+    {
+        using var r = _h.Exec([0x12, 1, 0xB0, 0, 255, 0]);
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(r.DataIn.Span[44..]), Is.Zero);
+        var c = new byte[16]; c[0] = 0x9C; c[13] = 1;
+        using var w = _h.Exec(c, new byte[512]);
+        SenseAssert.Is(w, 0x05, 0x20, 0x00);
     }
 
     [Test]
@@ -131,11 +150,11 @@ public class PrimaryCommandTests
             listed.Add((d[pos], sa ? BinaryPrimitives.ReadUInt16BigEndian(d[(pos + 2)..]) : -1));
             Assert.That(d[pos + 5] & 0x02, Is.Zero, "no CTDP without RCTD");
         }
-        Assert.That(listed, Is.EqualTo(OpcodeTable.AllCommands().Select(c => (c.Opcode, c.ServiceAction)).ToList()));
+        Assert.That(listed, Is.EqualTo(OpcodeTable.AllCommands().Where(_h.Unit.Implements).Select(c => (c.Opcode, c.ServiceAction)).ToList()));
         for (int op = 0; op < 256; op++)
         {
             var e = OpcodeTable.Get((byte)op);
-            if (e is { ServiceActions: null } && e.IsSupported) continue;
+            if (e is { ServiceActions: null } && e.IsSupported && _h.Unit.Implements(e)) continue;
             if (e?.ServiceActions != null) continue;
             using var u = _h.Exec([0x12 == op ? (byte)0 : (byte)op, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
             if (op != 0x12) SenseAssert.Is(u, 0x05, 0x20, 0x00);
