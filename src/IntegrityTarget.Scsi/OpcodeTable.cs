@@ -142,6 +142,7 @@ public static class OpcodeTable
         Add(new() { Opcode = 0x88, Name = "READ(16)", Usage = Rw16(0x88, 0x18), Direction = In, Access = R, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.Read(r) });
         Add(new() { Opcode = 0x89, Name = "COMPARE AND WRITE", Usage = U(0x89, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0x1F, Ctl), Direction = Out, Access = W, Layout = CdbLayout.CompareAndWrite, Handler = static (lu, r) => lu.CompareAndWrite(r) });
         Add(new() { Opcode = 0x8A, Name = "WRITE(16)", Usage = Rw16(0x8A, 0x18), Direction = Out, Access = W, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.Write(r) });
+        Add(new() { Opcode = 0x8B, Name = "ORWRITE(16)", Usage = Rw16(0x8B, 0x18), Direction = Out, Access = W, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.OrWrite(r) });
         Add(new() { Opcode = 0x8E, Name = "WRITE AND VERIFY(16)", Usage = Rw16(0x8E, 0x16), Direction = Out, Access = W, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.WriteAndVerify(r) });
         Add(new() { Opcode = 0x8F, Name = "VERIFY(16)", Usage = Rw16(0x8F, 0x16), Direction = Out, Access = R, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.Verify(r) });
         Add(new() { Opcode = 0x90, Name = "PRE-FETCH(16)", Usage = Rw16(0x90, 0x02), Access = R, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.PreFetch(r) });

@@ -282,6 +282,43 @@ public class BlockCommandTests
     }
 
     [Test]
+    public void WriteSameWithUnmapBitDeallocatesEvenWhenTheBlockIsNotZero()
+    {
+        _h.Write(60, Harness.Pattern(4 * 512, 3));
+        using var r = _h.Exec(Harness.Rw10(0x41, 60, 4, flags: 0x08), Enumerable.Repeat((byte)0xFF, 512).ToArray());
+        Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        Assert.That(_h.Read(60, 4).All(b => b == 0), Is.True, "LBPRZ: unmapped blocks read as zeros");
+    }
+
+    [Test]
+    public void WriteSameWithZeroBlocksRunsToTheEndOfTheMedium()
+    {
+        var block = Harness.Pattern(512, 5);
+        using var r = _h.Exec(Harness.Rw10(0x41, 4090, 0), block);
+        Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        var back = _h.Read(4090, 6);
+        Assert.That(back.AsSpan(5 * 512).ToArray(), Is.EqualTo(block));
+    }
+
+    [Test]
+    public void CompareAndWriteWithABlockCountThatWrappedToZeroIsRejected()
+    {
+        var c = Caw(0, 0);
+        using var r = _h.Exec(c, new byte[2 * 256 * 512]);
+        SenseAssert.Is(r, 0x05, 0x24, 0x00);
+        Assert.That(_h.Volume.Writes, Is.Zero);
+    }
+
+    [Test]
+    public void OrWriteStoresTheOrOfMediumAndData()
+    {
+        _h.Write(30, Enumerable.Repeat((byte)0xA0, 1024).ToArray());
+        using var r = _h.Exec(Harness.Rw16(0x8B, 30, 2), Enumerable.Repeat((byte)0x05, 1024).ToArray());
+        Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        Assert.That(_h.Read(30, 2).All(b => b == 0xA5), Is.True);
+    }
+
+    [Test]
     public void WriteSameWithAnchorOrWrongDataSizeIsRejected()
     {
         using var anchor = _h.Exec(Harness.Rw16(0x93, 0, 1, flags: 0x10), new byte[512]);
