@@ -18,11 +18,21 @@ public sealed partial class IscsiConnection
 
     public int TasksInFlight { get { lock (_sync) return _tasks.Count; } }
 
-    /// <summary>MaxCmdSN = ExpCmdSN + free queue slots - 1 (the window closes when the queue is full). Caller holds _sync.</summary>
+    private uint _advertisedMaxCmdSN;
+    private bool _advertised;
+
+    /// <summary>
+    /// MaxCmdSN = ExpCmdSN + free queue slots - 1 (the window closes when the queue is full), never below
+    /// what was already advertised (an initiator may use what it was given). Caller holds _sync.
+    /// </summary>
     private uint MaxCmdSNLocked()
     {
         int free = Math.Max(0, Options.QueueDepth - _activeCommands);
-        return _expCmdSN + (uint)free - 1;
+        uint max = _expCmdSN + (uint)free - 1;
+        if (_advertised && Bhs.SnLess(max, _advertisedMaxCmdSN)) max = _advertisedMaxCmdSN;
+        _advertisedMaxCmdSN = max;
+        _advertised = true;
+        return max;
     }
 
     /// <summary>
@@ -39,7 +49,8 @@ public sealed partial class IscsiConnection
                 if (countsAsCommand) _activeCommands++;
                 return true;
             }
-            uint max = MaxCmdSNLocked();
+            // Only what was advertised counts: a queue slot freed since then is not yet known to the initiator.
+            uint max = _advertised ? _advertisedMaxCmdSN : MaxCmdSNLocked();
             if (Bhs.SnLess(cmdSN, _expCmdSN) || Bhs.SnLess(max, cmdSN))
             {
                 _log.Debug("Dropping {Opcode} with CmdSN {CmdSN} outside window [{Exp}, {Max}]", Bhs.Op(header), cmdSN, _expCmdSN, max);
@@ -219,6 +230,7 @@ public sealed partial class IscsiConnection
         bool final = Bhs.Final(h);
         ScsiTask? task;
         string? error = null;
+        var kind = DataOutError.None;
         bool complete = false, moreR2T = false;
         lock (_sync)
         {
@@ -230,11 +242,11 @@ public sealed partial class IscsiConnection
             }
             if (ttt == Bhs.ReservedTag)
             {
-                if (!task.UnsolicitedOpen) error = "unsolicited Data-Out not expected";
-                else if (dataSN != task.UnsolicitedDataSN) error = $"DataSN {dataSN}, expected {task.UnsolicitedDataSN}";
-                else if (offset != task.UnsolicitedNext) error = $"buffer offset {offset}, expected {task.UnsolicitedNext}";
-                else if ((long)offset + len > task.UnsolicitedEnd) error = "unsolicited data beyond FirstBurstLength";
-                else if (!final && offset + len == task.UnsolicitedEnd) error = "F bit missing on the last unsolicited Data-Out";
+                if (!task.UnsolicitedOpen) (kind, error) = (DataOutError.UnexpectedUnsolicited, "unsolicited Data-Out not expected");
+                else if (dataSN != task.UnsolicitedDataSN) (kind, error) = (DataOutError.DataSn, $"DataSN {dataSN}, expected {task.UnsolicitedDataSN}");
+                else if (offset != task.UnsolicitedNext) (kind, error) = (DataOutError.Offset, $"buffer offset {offset}, expected {task.UnsolicitedNext}");
+                else if ((long)offset + len > task.UnsolicitedEnd) (kind, error) = (DataOutError.TooMuch, "unsolicited data beyond FirstBurstLength");
+                else if (!final && offset + len == task.UnsolicitedEnd) (kind, error) = (DataOutError.FinalBit, "F bit missing on the last unsolicited Data-Out");
                 else
                 {
                     pdu.Data.CopyTo(task.Buffer.AsSpan(offset, len));
@@ -253,14 +265,14 @@ public sealed partial class IscsiConnection
             else
             {
                 int i = Array.FindIndex(task.R2Ts, 0, task.R2TCount, r => r.Ttt == ttt);
-                if (i < 0) error = $"TTT 0x{ttt:x8} does not match an outstanding R2T";
+                if (i < 0) (kind, error) = (DataOutError.Ttt, $"TTT 0x{ttt:x8} does not match an outstanding R2T");
                 else
                 {
                     ref var r2t = ref task.R2Ts[i];
-                    if (dataSN != r2t.NextDataSN) error = $"DataSN {dataSN}, expected {r2t.NextDataSN}";
-                    else if (offset != r2t.Offset + r2t.Received) error = $"buffer offset {offset}, expected {r2t.Offset + r2t.Received}";
-                    else if (r2t.Received + len > r2t.Length) error = "more data than the R2T asked for";
-                    else if (final != (r2t.Received + len == r2t.Length)) error = final ? "F bit before the end of the burst" : "F bit missing at the end of the burst";
+                    if (dataSN != r2t.NextDataSN) (kind, error) = (DataOutError.DataSn, $"DataSN {dataSN}, expected {r2t.NextDataSN}");
+                    else if (offset != r2t.Offset + r2t.Received) (kind, error) = (DataOutError.Offset, $"buffer offset {offset}, expected {r2t.Offset + r2t.Received}");
+                    else if (r2t.Received + len > r2t.Length) (kind, error) = (DataOutError.TooMuch, "more data than the R2T asked for");
+                    else if (final != (r2t.Received + len == r2t.Length)) (kind, error) = (DataOutError.FinalBit, final ? "F bit before the end of the burst" : "F bit missing at the end of the burst");
                     else
                     {
                         pdu.Data.CopyTo(task.Buffer.AsSpan(offset, len));
@@ -281,15 +293,63 @@ public sealed partial class IscsiConnection
                 task.Executing = true;
                 complete = true;
             }
+            if (error is not null) task.Aborted = true; // later Data-Out for it is discarded
         }
         if (error is not null)
         {
-            // A broken Data-Out sequence cannot be repaired at ErrorRecoveryLevel 0.
-            await RejectAndCloseAsync(pdu, RejectReason.ProtocolError, $"ITT 0x{itt:x8}: {error}").ConfigureAwait(false);
+            await FailDataOutAsync(pdu, task, kind, error).ConfigureAwait(false);
             return;
         }
         if (complete) StartExecution(task, Session!.Target!);
         else if (moreR2T || !task.UnsolicitedOpen) await IssueR2TsAsync(task).ConfigureAwait(false);
+    }
+
+    private enum DataOutError { None, UnexpectedUnsolicited, DataSn, Offset, TooMuch, FinalBit, Ttt, Digest }
+
+    /// <summary>Sense (ABORTED COMMAND) per Data-Out failure, RFC 7143 §11.4.7.2 / SPC-4 ASC table.</summary>
+    private static readonly (byte Asc, byte Ascq)[] DataOutSense = BuildDataOutSense();
+
+    private static (byte, byte)[] BuildDataOutSense()
+    {
+        var t = new (byte, byte)[8];
+        t[(int)DataOutError.UnexpectedUnsolicited] = (0x0c, 0x0c); // unexpected unsolicited data
+        t[(int)DataOutError.DataSn] = (0x4b, 0x00);                // data phase error
+        t[(int)DataOutError.Offset] = (0x4b, 0x05);                // data offset error
+        t[(int)DataOutError.TooMuch] = (0x4b, 0x02);               // too much write data
+        t[(int)DataOutError.FinalBit] = (0x4b, 0x00);              // data phase error
+        t[(int)DataOutError.Ttt] = (0x4b, 0x00);                   // data phase error
+        t[(int)DataOutError.Digest] = (0x47, 0x05);                // protocol service CRC error
+        return t;
+    }
+
+    /// <summary>
+    /// A Data-Out that breaks the sequence is rejected, and at ErrorRecoveryLevel 0 its command cannot be
+    /// repaired: it ends with CHECK CONDITION / ABORTED COMMAND before it ever reaches the backend. The
+    /// connection stays usable (no buffer was written past, nothing executed).
+    /// </summary>
+    private async ValueTask FailDataOutAsync(InboundPdu pdu, ScsiTask task, DataOutError kind, string why)
+    {
+        await RejectAsync(pdu, kind == DataOutError.Digest ? RejectReason.DataDigestError : RejectReason.ProtocolError,
+            $"ITT 0x{task.Itt:x8}: {why}").ConfigureAwait(false);
+        var (asc, ascq) = DataOutSense[(int)kind];
+        var sense = new byte[18];
+        sense[0] = 0x70; sense[2] = 0x0b; sense[7] = 10; sense[12] = asc; sense[13] = ascq;
+        lock (_sync) ReleaseSlotLocked(task);
+        await SendScsiResponseAsync(task, ScsiStatus.CheckCondition, 0, sense, 0).ConfigureAwait(false);
+        FinishTask(task);
+    }
+
+    private ValueTask DataOutDigestErrorAsync(InboundPdu pdu)
+    {
+        ScsiTask? task;
+        lock (_sync)
+        {
+            if (!_tasks.TryGetValue(Bhs.Itt(pdu.Header), out task) || task.Aborted || task.Executing) task = null;
+            else task.Aborted = true;
+        }
+        return task is null
+            ? RejectAsync(pdu, RejectReason.DataDigestError, "data digest error in Data-Out")
+            : FailDataOutAsync(pdu, task, DataOutError.Digest, "data digest error in Data-Out");
     }
 
     // ---------------------------------------------------------------- execution and response
@@ -333,7 +393,12 @@ public sealed partial class IscsiConnection
                 _log.Error(ex, "SCSI layer threw for ITT 0x{Itt:x8} CDB {Opcode:x2}; answering target failure", task.Itt, task.Cdb[0]);
             }
             bool aborted;
-            lock (_sync) aborted = task.Aborted;
+            lock (_sync)
+            {
+                aborted = task.Aborted;
+                // The backend is done: the queue slot is free, and the response about to go out says so in MaxCmdSN.
+                ReleaseSlotLocked(task);
+            }
             if (!aborted && _phase != Phase.Closed)
             {
                 if (response is null) await SendScsiResponseAsync(task, 0, 0x01, default, 0).ConfigureAwait(false);
@@ -347,13 +412,20 @@ public sealed partial class IscsiConnection
         }
     }
 
+    private void ReleaseSlotLocked(ScsiTask task)
+    {
+        if (task.SlotReleased) return;
+        task.SlotReleased = true;
+        _activeCommands--;
+    }
+
     private void FinishTask(ScsiTask task)
     {
         TaskCompletionSource? idle = null;
         lock (_sync)
         {
             if (_tasks.TryGetValue(task.Itt, out var t) && t == task) _tasks.Remove(task.Itt);
-            _activeCommands--;
+            ReleaseSlotLocked(task);
             if (_tasks.Count == 0) { idle = _idleWaiter; _idleWaiter = null; }
         }
         if (task.Buffer is not null) { _server.BufferPool.Return(task.Buffer); task.Buffer = null; }

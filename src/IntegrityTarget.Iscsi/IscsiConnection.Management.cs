@@ -62,10 +62,21 @@ public sealed partial class IscsiConnection
                 }
                 else
                 {
-                    // RFC 7143 §11.5.1: a task already answered (RefCmdSN below the TMF's CmdSN) counts as aborted.
-                    bool answered;
-                    lock (_sync) answered = Bhs.SnLess(refCmdSN, cmdSN) && Bhs.SnLess(refCmdSN, _expCmdSN);
-                    response = answered ? TmfResponse.FunctionComplete : TmfResponse.TaskDoesNotExist;
+                    // RFC 7143 §11.5.1: a command not received yet (RefCmdSN inside the window, before the TMF)
+                    // is considered received and aborted, so it is dropped when it arrives; a command already
+                    // answered is simply a task that does not exist.
+                    bool notYetReceived;
+                    lock (_sync)
+                    {
+                        notYetReceived = Bhs.SnLess(refCmdSN, cmdSN) && Bhs.SnLessOrEqual(_expCmdSN, refCmdSN)
+                                         && Bhs.SnLessOrEqual(refCmdSN, _advertisedMaxCmdSN) && !_aheadCmdSNs.Contains(refCmdSN);
+                        if (notYetReceived)
+                        {
+                            if (refCmdSN == _expCmdSN) { _expCmdSN++; while (_aheadCmdSNs.Remove(_expCmdSN)) _expCmdSN++; }
+                            else _aheadCmdSNs.Add(refCmdSN);
+                        }
+                    }
+                    response = notYetReceived ? TmfResponse.FunctionComplete : TmfResponse.TaskDoesNotExist;
                 }
                 break;
             }

@@ -121,7 +121,7 @@ public sealed partial class IscsiConnection
         {
             // Data must be discarded; at ERL 0 a Data-Out lost this way cannot be recovered.
             if (pdu.Opcode == Opcode.DataOut)
-                return RejectAndCloseAsync(pdu, RejectReason.DataDigestError, "data digest error in Data-Out");
+                return DataOutDigestErrorAsync(pdu);
             return RejectAsync(pdu, RejectReason.DataDigestError, "data digest error");
         }
         var handler = FfpHandlers[(int)pdu.Opcode];

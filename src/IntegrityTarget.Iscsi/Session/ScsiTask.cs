@@ -43,6 +43,7 @@ internal sealed class ScsiTask
     public int R2TCount;
 
     public bool Executing;
+    public bool SlotReleased;
     public bool Aborted;
     /// <summary>When aborted by another I_T nexus (or PREEMPT AND ABORT), answer TASK ABORTED instead of nothing.</summary>
     public bool NotifyAborted;
