@@ -267,7 +267,13 @@ public sealed partial class IscsiConnection
         if (result is not null) def.Apply?.Invoke(Parameters, result);
         if (def.Kind == KeyKind.NumDeclarative)
         {
-            if (result is null) { AppendKey(response, def.Name, "Reject"); return; }
+            if (result is null)
+            {
+                // One answer per key: after Reject the initiator assumes the default (8192) for us, which is safe.
+                AppendKey(response, def.Name, "Reject");
+                _declarationsSent = true;
+                return;
+            }
             _negotiatedKeys.Add(def.Name);
             // Our own declaration of the same key (our receive limit).
             AppendKey(response, def.Name, answer);
