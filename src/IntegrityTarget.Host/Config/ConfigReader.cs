@@ -34,6 +34,7 @@ public sealed partial class ConfigReader
     /// <param name="checkFiles">Check backing and key files on disk (off for verbs that only need the socket path).</param>
     public static (HostConfig? Config, IReadOnlyList<ConfigProblem> Problems) Read(LoadedConfig loaded, bool checkFiles = true)
     {
+        if (loaded.Unreadable) return (null, loaded.Problems);
         var r = new ConfigReader(loaded, checkFiles);
         var config = r.ReadAll();
         bool failed = r._problems.Any(p => p.Severity == ProblemSeverity.Error);
