@@ -1,0 +1,26 @@
+namespace IntegrityTarget.Integration.Tests.Infrastructure;
+
+/// <summary>tgt via ../shared/tools/ref-target.sh: a known-good target to prove the harness itself.</summary>
+public sealed class RefTarget : IDisposable
+{
+    public const string TargetIqn = "iqn.2026-11.org.example:ref";
+    public const int Lun = 1;
+    public string Dir { get; }
+    public int Port { get; }
+    public string Url => $"iscsi://127.0.0.1:{Port}/{TargetIqn}/{Lun}";
+
+    public RefTarget(string size = "64M")
+    {
+        Tools.RequireTool("tgtd");
+        Dir = Directory.CreateTempSubdirectory("it-tgt-").FullName;
+        Port = Tools.FreeLowPort();
+        var r = Tools.Run("/bin/bash", [Paths.Require(Paths.RefTargetScript, "ref-target.sh"), "start", Dir, Port.ToString(), size], TimeSpan.FromMinutes(2));
+        Assert.That(r.ExitCode, Is.EqualTo(0), () => r.Describe());
+    }
+
+    public void Dispose()
+    {
+        Tools.Run("/bin/bash", [Paths.RefTargetScript, "stop", Dir], TimeSpan.FromMinutes(1));
+        try { Directory.Delete(Dir, true); } catch (IOException) { }
+    }
+}
