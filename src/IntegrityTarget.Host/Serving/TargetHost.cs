@@ -28,6 +28,9 @@ public sealed class TargetHost : IStatusProvider
 
     private TargetHost(HostConfig config, ILogger log) { _config = config; _log = log; }
 
+    /// <summary>A host over already opened LUNs without a network front end (status and scrub only), for tests.</summary>
+    internal TargetHost(HostConfig config, ILogger log, IEnumerable<ServedTarget> targets) : this(config, log) => _targets.AddRange(targets);
+
     public IReadOnlyList<ServedTarget> Targets => _targets;
 
     public static string Version =>
@@ -208,6 +211,8 @@ public sealed class TargetHost : IStatusProvider
         var served = target.Luns.FirstOrDefault(l => l.Lun == lun)
             ?? throw new CliException($"target {iqn} has no LUN {lun} (LUNs: {string.Join(", ", target.Luns.Select(l => l.Lun))})");
         string key = $"{target.Iqn}/{lun}";
+        if (!served.Settings.Integrity)
+            throw new CliException($"{key} is served without integrity protection; there are no tags to scrub");
         if (!_scrubbing.TryAdd(key, true)) throw new CliException($"{key} is already being scrubbed");
         try
         {
