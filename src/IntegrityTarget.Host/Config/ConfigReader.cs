@@ -220,7 +220,7 @@ public sealed partial class ConfigReader
             InitialR2T = Bool("Iscsi:InitialR2T", false),
             MaxOutstandingR2T = Int("Iscsi:MaxOutstandingR2T", 8, 1, 65535),
             QueueDepth = Int("Iscsi:QueueDepth", 128, 1, 65536),
-            NopIntervalSeconds = Int("Iscsi:NopIntervalSeconds", 10, 0, 3600),
+            NopIntervalSeconds = Int("Iscsi:NopIntervalSeconds", 10, 1, 3600),
             NopTimeoutSeconds = Int("Iscsi:NopTimeoutSeconds", 30, 1, 3600),
             DiscoveryChap = ReadChap("Iscsi:DiscoveryChap"),
             DiscoveryMutualChap = ReadChap("Iscsi:DiscoveryMutualChap"),

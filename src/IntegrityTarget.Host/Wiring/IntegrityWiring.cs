@@ -57,10 +57,13 @@ public static class IntegrityWiring
                 {
                     var options = new FormatOptions
                     {
-                        BlockSize = lun.BlockSize, Algorithm = alg, Key = key,
+                        BlockSize = lun.BlockSize, Algorithm = alg, Key = key, Name = name,
                         LogicalBlocks = created ? (ulong)(lun.SizeBytes!.Value / lun.BlockSize) : null,
                     };
-                    var volume = await IntegrityVolume.FormatAsync(device, options, log, null, ct);
+                    var formatted = await IntegrityVolume.FormatAsync(device, options, log, null, ct);
+                    // FormatAsync opens with default options; reopen so write-back and the name apply.
+                    await formatted.DisposeAsync();
+                    var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = lun.WriteBack, Name = name }, log, ct);
                     log.Information("Formatted {Path} as an integrity volume for {Lun}: {Blocks} blocks of {BlockSize} bytes, {Algorithm} tags",
                         lun.Path, name, volume.BlockCount, volume.BlockSize, lun.TagAlgorithm);
                     return (volume, device);
@@ -85,17 +88,20 @@ public static class IntegrityWiring
     {
         if (volume is not IntegrityVolume iv)
             throw new CliException($"{volume.Name} is served without integrity protection; there are no tags to scrub");
-        var started = System.Diagnostics.Stopwatch.StartNew();
         var report = await iv.ScrubAsync(new ScrubOptions
         {
-            RateBytesPerSecond = rateMBps is { } r ? (long)(r * 1024 * 1024) : null,
-            Progress = progress,
+            MaxMBPerSecond = rateMBps,
+            Progress = new InlineProgress<ScrubProgress>(p => progress.Report(p.Fraction)),
+            Context = new IoContext(volume.Name, "(scrub)", "SCRUB"),
         }, ct);
-        return new ScrubOutcome(volume.Name, report.BlocksChecked, report.BadLbas.ToList(), started.Elapsed.TotalSeconds);
+        if (report.Cancelled) throw new OperationCanceledException("scrub cancelled");
+        return new ScrubOutcome(volume.Name, report.BlocksChecked, report.BlocksSkippedUnmapped, report.Mismatches,
+            report.BadLbas.ToList(), report.IoErrors, report.Duration.TotalSeconds);
     }
 
     public static async Task<ScrubOutcome> ScrubFileAsync(string path, byte[] key, double? rateMBps, ILogger log, IProgress<double> progress, CancellationToken ct)
     {
+        if (!File.Exists(path)) throw new CliException($"{path}: no such file or block device", ExitCodes.Usage);
         using var device = OpenExclusive(path, "scrub");
         await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = path }, log, ct);
         return await ScrubAsync(volume, rateMBps, progress, ct);
