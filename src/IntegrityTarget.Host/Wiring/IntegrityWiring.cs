@@ -146,10 +146,11 @@ public static class IntegrityWiring
         }
     }
 
-    public static string Dump(string path)
+    /// <returns>The dump text, and whether the device holds an integrity volume at all.</returns>
+    public static (string Text, bool IsVolume) Dump(string path)
     {
         using var device = FileBlockDevice.Open(path, readOnly: true);
-        return IntegrityVolume.Dump(device);
+        return (IntegrityVolume.Dump(device), IntegrityVolume.Probe(device) == DeviceContent.IntegrityVolume);
     }
 
     private static FileBlockDevice OpenExclusive(string path, string verb)
@@ -171,6 +172,6 @@ public static class IntegrityWiring
     public static Task<ScrubOutcome> ScrubAsync(IBlockVolume volume, double? rateMBps, IProgress<double> progress, CancellationToken ct) => throw Missing();
     public static Task<ScrubOutcome> ScrubFileAsync(string path, byte[] key, double? rateMBps, ILogger log, IProgress<double> progress, CancellationToken ct) => throw Missing();
     public static Task<string> FormatFileAsync(string path, FormatRequest request, ILogger log, IProgress<double> progress, CancellationToken ct) => throw Missing();
-    public static string Dump(string path) => throw Missing();
+    public static (string Text, bool IsVolume) Dump(string path) => throw Missing();
 #endif
 }
