@@ -61,12 +61,15 @@ public sealed class ServerProcess : IDisposable
 
     public string PortalUrl => $"iscsi://{Host}:{Port}/";
 
+    /// <summary>LUN 0's backing file: the given one, else DATA/lun0.img (created by the server).</summary>
+    public string LunPath => Options.LunPath ?? Path.Combine(DataDir, "lun0.img");
+
     public IReadOnlyList<string> Args()
     {
         var a = new List<string> { "serve", "--listen", $"{Host}:{Port}", "--iqn", Options.Iqn,
             "--size", Options.Size, "--block-size", Options.BlockSize.ToString(),
             "--integrity", Options.Integrity ? "true" : "false", "--data-dir", DataDir, "--log-level", Options.LogLevel };
-        if (Options.LunPath != null) { a.Add("--lun"); a.Add(Options.LunPath); }
+        a.Add("--lun"); a.Add(LunPath);
         a.AddRange(Options.Extra);
         return a;
     }
