@@ -53,6 +53,42 @@ public static class BackingFile
         return b;
     }
 
+    /// <summary>The volume geometry `integrity-target dump PATH` prints (data area, slot and tag sizes).</summary>
+    public sealed record Geometry(long DataOffset, int ChunkBytes, long SlotBytes, int TagSize, int BlockSize)
+    {
+        /// <summary>
+        /// Where the tag of the block stored at <paramref name="dataOffset"/> lives: a physical slot is the chunk's
+        /// data followed by its tag region, one tag per block in order (as the dump's "slots of N B (tags T B)" says).
+        /// </summary>
+        public long TagOffsetFor(long dataOffset)
+        {
+            var inArea = dataOffset - DataOffset;
+            Assert.That(inArea, Is.GreaterThanOrEqualTo(0), "the block's data is not in the data area");
+            var slot = inArea / SlotBytes;
+            var within = inArea % SlotBytes;
+            Assert.That(within, Is.LessThan(ChunkBytes), "the block's data lies in a tag region");
+            return DataOffset + slot * SlotBytes + ChunkBytes + within / BlockSize * TagSize;
+        }
+    }
+
+    public static Geometry ReadGeometry(string path)
+    {
+        var r = ServerProcess.Cli(TimeSpan.FromSeconds(60), "dump", path);
+        Assert.That(r.ExitCode, Is.EqualTo(0), () => r.Describe());
+        long Num(string pattern)
+        {
+            var m = Regex.Match(r.StdOut, pattern, RegexOptions.Multiline);
+            Assert.That(m.Success, Is.True, () => $"`integrity-target dump` output has no match for {pattern}\n{r.Describe()}");
+            return long.Parse(m.Groups[1].Value);
+        }
+        return new Geometry(
+            DataOffset: Num(@"^data:\s+offset (\d+)"),
+            ChunkBytes: (int)Num(@"^chunk size:\s+(\d+) B"),
+            SlotBytes: Num(@"physical slots \d+ of (\d+) B"),
+            TagSize: (int)Num(@"tag size (\d+) B"),
+            BlockSize: (int)Num(@"^block size:\s+(\d+)"));
+    }
+
     /// <summary>
     /// Asks the integrity layer where LBA <paramref name="lba"/> lives: `integrity-target dump PATH --lba N`,
     /// parsing "data ... offset" and "tag ... offset" numbers (decimal or 0x hex). Null when the command does

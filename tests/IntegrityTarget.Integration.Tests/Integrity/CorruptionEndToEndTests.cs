@@ -23,6 +23,7 @@ public class CorruptionEndToEndTests
         public ulong Base;
         public byte[] Data = null!; // contents of Base .. Base+Count-1
         public int Count;
+        public BackingFile.Geometry Geometry = null!;
         public byte[] Block(ulong lba) => Data.AsSpan((int)(lba - Base) * Bs, Bs).ToArray();
         public void Dispose() { Ini?.Dispose(); Srv?.Dispose(); }
     }
@@ -32,7 +33,12 @@ public class CorruptionEndToEndTests
         var s = new Scenario { Bs = blockSize };
         var dir = Directory.CreateTempSubdirectory("it-corrupt-").FullName;
         s.File = Path.Combine(dir, "lun0.img");
-        s.Srv = new ServerProcess(new ServerOptions { Size = size, BlockSize = blockSize, LunPath = s.File }, dataDir: dir).Start();
+        // Formatted offline first (the format verb), so `dump` can tell the geometry before the server locks the file.
+        var fmt = ServerProcess.Cli(TimeSpan.FromMinutes(1), "format", s.File, "--size", size, "--block-size", blockSize.ToString());
+        Assert.That(fmt.ExitCode, Is.EqualTo(0), () => fmt.Describe());
+        s.Geometry = BackingFile.ReadGeometry(s.File);
+        Assert.That(s.Geometry.BlockSize, Is.EqualTo(blockSize));
+        s.Srv = new ServerProcess(new ServerOptions { Size = null, BlockSize = blockSize, LunPath = s.File }, dataDir: dir).Start();
         s.Ini = TestInitiator.Connect(s.Srv);
         s.Ini.ClearUnitAttention(Lun);
         s.Count = 256 * 1024 / blockSize;
@@ -62,7 +68,8 @@ public class CorruptionEndToEndTests
         var hits = BackingFile.FindAll(s.File, s.Block(lba), s.Bs);
         Assert.That(hits, Is.Not.Empty, $"the data of LBA {lba} is not stored in plain form in {s.File}");
         // Several hits (a journal copy and the home copy): the last one in the file is the data area.
-        return (hits.Max(), tag);
+        var home = hits.Max();
+        return (home, tag ?? s.Geometry.TagOffsetFor(home));
     }
 
     static void AssertMediumError(ScsiResult r, ulong lba, string what)
@@ -97,7 +104,6 @@ public class CorruptionEndToEndTests
         if (what == "data") BackingFile.FlipByte(s.File, dataOff + 100);
         else
         {
-            Assert.That(tagOff, Is.Not.Null, "to damage a tag the test needs its offset: `integrity-target dump PATH --lba N` must print the tag offset");
             BackingFile.FlipByte(s.File, tagOff!.Value);
         }
         var logsBefore = FailureLogLines(s.Srv, bad);
