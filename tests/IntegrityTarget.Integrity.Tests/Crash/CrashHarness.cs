@@ -59,6 +59,7 @@ internal sealed class CrashReport
 /// </summary>
 internal sealed class CrashHarness(CrashTarget target, CrashRunOptions options)
 {
+
     public async Task<CrashReport> RunAsync(ulong seed)
     {
         var report = new CrashReport();
@@ -149,8 +150,10 @@ internal sealed class CrashHarness(CrashTarget target, CrashRunOptions options)
             {
                 if (report.CrashStates >= options.MaxStates || report.Violations.Count >= options.MaxViolations) return report;
                 ulong stateSeed = SplitMix64.Hash(seed, (ulong)k * 16 + (ulong)mode);
-                var image = replay.Crash(mode, stateSeed);
-                string ctx = $"[{target.Name} seed={seed} crash at device op {k}/{ops.Count} ({Describe(ops, k)}) mode={mode} stateSeed={stateSeed}]";
+                // KeepRandom survives with few, half or most of the pending sectors.
+                double keep = (stateSeed % 3) switch { 0 => 0.1, 1 => 0.5, _ => 0.9 };
+                var image = replay.Crash(mode, stateSeed, keep);
+                string ctx = $"[{target.Name} seed={seed} crash at device op {k}/{ops.Count} ({Describe(ops, k)}) mode={mode}{(mode == CrashMode.KeepRandom ? $" p={keep}" : "")} stateSeed={stateSeed}]";
                 await CheckStateAsync(image, k, model, stamp, ctx, report, stateSeed);
             }
         }
