@@ -623,7 +623,21 @@ public sealed partial class IscsiConnection
         foreach (var t in hit) await t.Done.Task.ConfigureAwait(false);
         if (notifyInitiator && _phase == Phase.FullFeature)
         {
-            foreach (var t in hit) await SendScsiResponseAsync(t, ScsiStatus.TaskAborted, 0, default, 0).ConfigureAwait(false);
+            // Not awaited: a slow reader on this connection must not delay the caller (e.g. another
+            // session's TMF response, which only depends on the tasks having left the backend).
+            _ = NotifyAbortedAsync(hit);
+        }
+    }
+
+    private async Task NotifyAbortedAsync(List<ScsiTask> tasks)
+    {
+        try
+        {
+            foreach (var t in tasks) await SendScsiResponseAsync(t, ScsiStatus.TaskAborted, 0, default, 0).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            _log.Debug(ex, "sending TASK ABORTED failed");
         }
     }
 
