@@ -48,8 +48,9 @@ public class BasicClientTests
         {
             Assert.That(o, Does.Contain($"Target:{_srv.Iqn} Portal:127.0.0.1:{_srv.Port},"), () => r.Describe());
             Assert.That(o, Does.Contain($"Target:{SecondIqn} Portal:127.0.0.1:{_srv.Port},"), () => r.Describe());
-            Assert.That(Regex.Matches(o, @"Lun:0\s+Type:DIRECT_ACCESS \(Size:\d+M\)").Count, Is.EqualTo(2), () => r.Describe());
-            Assert.That(o, Does.Match(@"Lun:1\s+Type:DIRECT_ACCESS \(Size:32M\)"), "integrity-off LUN 1 has the file's full size\n" + o);
+            // iscsi-ls prints the last LBA's byte offset in whole MiB (a 64 MiB LUN shows 63M, as with tgt)
+            Assert.That(o, Does.Match($@"Target:{Regex.Escape(_srv.Iqn)} [^\n]*\nLun:0\s+Type:DIRECT_ACCESS \(Size:63M\)\nLun:1\s+Type:DIRECT_ACCESS \(Size:31M\)"), () => r.Describe());
+            Assert.That(o, Does.Match($@"Target:{Regex.Escape(SecondIqn)} [^\n]*\nLun:0\s+Type:DIRECT_ACCESS \(Size:15M\)"), () => r.Describe());
         });
     }
 
@@ -86,15 +87,31 @@ public class BasicClientTests
     }
 
     [Test]
-    public void Iscsi_readcapacity16_reports_block_size_and_capacity_below_the_file_with_integrity_on()
+    public void Iscsi_readcapacity16_reports_the_configured_capacity_with_integrity_metadata_in_the_file()
     {
         var on = Libiscsi("iscsi-readcapacity16", _srv.Url(0)).StdOut;
         Assert.That(on, Does.Contain("LOGICAL BLOCK LENGTH IN BYTES:512"));
-        var sizeOn = long.Parse(Regex.Match(on, @"Total size:(\d+)").Groups[1].Value);
-        Assert.That(sizeOn, Is.LessThan(64L << 20).And.GreaterThan(56L << 20), "integrity metadata lives inside the 64 MiB file\n" + on);
+        Assert.That(long.Parse(Regex.Match(on, @"Total size:(\d+)").Groups[1].Value), Is.EqualTo(64L << 20), on);
+        Assert.That(new FileInfo(_srv.LunPath).Length, Is.GreaterThan(64L << 20), "tags and journal live in the LUN file beside the data");
 
         var off = Libiscsi("iscsi-readcapacity16", _srv.Url(1)).StdOut;
         Assert.That(long.Parse(Regex.Match(off, @"Total size:(\d+)").Groups[1].Value), Is.EqualTo(32L << 20), off);
+        Assert.That(new FileInfo(Path.Combine(_srv.DataDir, "lun1.img")).Length, Is.EqualTo(32L << 20), "integrity off: the file is the LUN");
+    }
+
+    [Test]
+    public void Existing_file_served_with_integrity_gets_a_capacity_a_little_below_its_size()
+    {
+        var dir = Directory.CreateTempSubdirectory("it-existing-").FullName;
+        var file = Path.Combine(dir, "disk.img");
+        using (var f = new FileStream(file, FileMode.CreateNew)) f.SetLength(48L << 20);
+        using var srv = new ServerProcess(new ServerOptions { Size = null, LunPath = file }, dataDir: dir).Start();
+        var cap = Libiscsi("iscsi-readcapacity16", srv.Url(0)).StdOut;
+        var bytes = long.Parse(Regex.Match(cap, @"Total size:(\d+)").Groups[1].Value);
+        Assert.That(bytes, Is.LessThan(48L << 20).And.GreaterThan(32L << 20), cap);
+        Assert.That(new FileInfo(file).Length, Is.EqualTo(48L << 20), "the file keeps its size");
+        srv.Stop();
+        Directory.Delete(dir, true);
     }
 
     [Test]
@@ -113,7 +130,7 @@ public class BasicClientTests
 [TestFixture, Category("Clients")]
 public class AuthenticationTests
 {
-    const string User = "alice", Secret = "alice-secret-0123", TargetUser = "target-bob", TargetSecret = "bob-secret-4567";
+    const string User = "alice", Secret = "alice-secret-012", TargetUser = "target-bob", TargetSecret = "bob-secret-4567x";
 
     static ToolResult Inq(string url, IDictionary<string, string>? env = null, params string[] extra) =>
         Tools.Run(Tools.RequireTool("iscsi-inq"), extra.Append(url), TimeSpan.FromSeconds(60), env);
@@ -144,7 +161,7 @@ public class AuthenticationTests
             Assert.That(ini.ReadCapacity(0).BlockSize, Is.EqualTo(512));
             ini.Logout();
         }
-        Assert.That(srv.Lines, Has.None.Contains(Secret), "secrets are never logged");
+        Assert.That(srv.ServerLines, Has.None.Contains(Secret), "secrets are never logged");
         srv.Stop();
     }
 
@@ -171,7 +188,7 @@ public class AuthenticationTests
         }
         Assert.That(() => TestInitiator.Connect(srv, new LoginOptions { ChapUser = User, ChapSecret = Secret, MutualSecret = "not-the-target-secret" }).Dispose(),
             Throws.InstanceOf<IOException>().With.Message.Contains("mutual"));
-        Assert.That(srv.Lines, Has.None.Contains(TargetSecret).And.None.Contains(Secret), "secrets are never logged");
+        Assert.That(srv.ServerLines, Has.None.Contains(TargetSecret).And.None.Contains(Secret), "secrets are never logged");
         srv.Stop();
     }
 

@@ -26,13 +26,13 @@ public class ConformanceTests
         return report;
     }
 
-    [TestCase("sockets", 512)]
-    [TestCase("sockets", 4096)]
+    [TestCase("pipelines", 512)]
+    [TestCase("pipelines", 4096)]
     [TestCase("dotnetty", 512)]
     public void Libiscsi_conformance_suite_ALL_has_no_failures_with_integrity_on(string transport, int blockSize)
     {
         var o = new ServerOptions { Size = "1GiB", BlockSize = blockSize, Integrity = true };
-        o.Extra.AddRange([$"--Transport={transport}",
+        o.Extra.AddRange(["--transport", transport,
             $"--Targets:0:AllowedInitiators:0={Initiator1}", $"--Targets:0:AllowedInitiators:1={Initiator2}"]);
         using var srv = new ServerProcess(o).Start();
         var log = Path.Combine(TestContext.CurrentContext.WorkDirectory, $"iscsi-test-cu.{transport}.{blockSize}.log");

@@ -51,6 +51,28 @@ public class HarnessSelfCheckTests
     }
 
     [Test]
+    public void TestInitiator_chap_and_mutual_chap_work_against_tgt_and_catch_a_lying_target()
+    {
+        using var tgt = new RefTarget("16M");
+        tgt.AddChapAccount("alice", "alice-secret-0123");
+        tgt.AddChapAccount("tbob", "bob-secret-4567", outgoing: true);
+        using (var ini = new TestInitiator("127.0.0.1", tgt.Port))
+        {
+            ini.Login(new LoginOptions { TargetName = RefTarget.TargetIqn, ChapUser = "alice", ChapSecret = "alice-secret-0123", MutualUser = "tbob", MutualSecret = "bob-secret-4567" });
+            ini.ClearUnitAttention(RefTarget.Lun);
+            ini.Logout();
+        }
+        using (var ini = new TestInitiator("127.0.0.1", tgt.Port))
+            Assert.That(() => ini.Login(new LoginOptions { TargetName = RefTarget.TargetIqn, ChapUser = "alice", ChapSecret = "alice-secret-0123", MutualSecret = "not-bobs-secret" }),
+                Throws.InstanceOf<IOException>().With.Message.Contains("mutual"));
+        using (var ini = new TestInitiator("127.0.0.1", tgt.Port))
+        {
+            var e = Assert.Throws<LoginFailedException>(() => ini.Login(new LoginOptions { TargetName = RefTarget.TargetIqn, ChapUser = "alice", ChapSecret = "wrong-secret-99" }))!;
+            Assert.That((e.StatusClass, e.StatusDetail), Is.EqualTo(((byte)2, (byte)1)), "authentication failure");
+        }
+    }
+
+    [Test]
     public void Sense_parser_reads_fixed_and_descriptor_INFORMATION()
     {
         var fixedSense = new byte[18];

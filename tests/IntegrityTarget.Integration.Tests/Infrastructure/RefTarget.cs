@@ -18,6 +18,18 @@ public sealed class RefTarget : IDisposable
         Assert.That(r.ExitCode, Is.EqualTo(0), () => r.Describe());
     }
 
+    /// <summary>Requires CHAP: an incoming account (initiator proves itself) or an outgoing one (mutual).</summary>
+    public void AddChapAccount(string user, string secret, bool outgoing = false)
+    {
+        void Adm(params string[] a)
+        {
+            var r = Tools.Run(Tools.RequireTool("tgtadm"), ["-C", Port.ToString(), "--lld", "iscsi", .. a], TimeSpan.FromSeconds(30));
+            Assert.That(r.ExitCode, Is.EqualTo(0), () => r.Describe());
+        }
+        Adm("--op", "new", "--mode", "account", "--user", user, "--password", secret);
+        Adm(["--op", "bind", "--mode", "account", "--tid", "1", "--user", user, .. (outgoing ? new[] { "--outgoing" } : [])]);
+    }
+
     public void Dispose()
     {
         Tools.Run("/bin/bash", [Paths.RefTargetScript, "stop", Dir], TimeSpan.FromMinutes(1));

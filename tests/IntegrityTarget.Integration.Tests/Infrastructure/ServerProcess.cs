@@ -11,14 +11,15 @@ public sealed class ServerOptions
     public string Iqn { get; set; } = "iqn.2026-11.org.example:integrity";
     /// <summary>Backing file of LUN 0 (null: the server creates its default LUN file under the data dir).</summary>
     public string? LunPath { get; set; }
-    public string Size { get; set; } = "64MiB";
+    /// <summary>LUN 0's size when the server creates its file (null: serve an existing file at its size).</summary>
+    public string? Size { get; set; } = "64MiB";
     public int BlockSize { get; set; } = 512;
     public bool Integrity { get; set; } = true;
     public string LogLevel { get; set; } = "Information";
     /// <summary>Further `--Key=value` / `--key value` arguments, e.g. config keys for more LUNs, ACLs, CHAP.</summary>
     public List<string> Extra { get; } = new();
     /// <summary>Optional log line (regex) that must appear before the server counts as ready.</summary>
-    public string? ReadyLogPattern { get; set; }
+    public string? ReadyLogPattern { get; set; } = "Listening on";
 }
 
 /// <summary>
@@ -61,12 +62,16 @@ public sealed class ServerProcess : IDisposable
 
     public string PortalUrl => $"iscsi://{Host}:{Port}/";
 
+    /// <summary>LUN 0's backing file: the given one, else DATA/lun0.img (created by the server).</summary>
+    public string LunPath => Options.LunPath ?? Path.Combine(DataDir, "lun0.img");
+
     public IReadOnlyList<string> Args()
     {
         var a = new List<string> { "serve", "--listen", $"{Host}:{Port}", "--iqn", Options.Iqn,
-            "--size", Options.Size, "--block-size", Options.BlockSize.ToString(),
+            "--block-size", Options.BlockSize.ToString(),
             "--integrity", Options.Integrity ? "true" : "false", "--data-dir", DataDir, "--log-level", Options.LogLevel };
-        if (Options.LunPath != null) { a.Add("--lun"); a.Add(Options.LunPath); }
+        a.Add("--lun"); a.Add(LunPath);
+        if (Options.Size != null) { a.Add("--size"); a.Add(Options.Size); }
         a.AddRange(Options.Extra);
         return a;
     }
@@ -182,11 +187,15 @@ public sealed class ServerProcess : IDisposable
         p.Dispose();
     }
 
+    /// <summary>Everything captured, including the harness's own "---- " marker lines (command line, kills).</summary>
     public IReadOnlyList<string> Lines { get { lock (_lines) return _lines.ToList(); } }
 
-    public bool HasLog(string pattern) => Lines.Any(l => Regex.IsMatch(l, pattern));
+    /// <summary>Only what the server printed (stdout and stderr), without the harness markers.</summary>
+    public IReadOnlyList<string> ServerLines => Lines.Where(l => !l.StartsWith("---- ", StringComparison.Ordinal)).ToList();
 
-    public int CountLog(string pattern) => Lines.Count(l => Regex.IsMatch(l, pattern));
+    public bool HasLog(string pattern) => ServerLines.Any(l => Regex.IsMatch(l, pattern));
+
+    public int CountLog(string pattern) => ServerLines.Count(l => Regex.IsMatch(l, pattern));
 
     /// <summary>Waits until a log line matches (the log is asynchronous to the iSCSI responses).</summary>
     public bool WaitForLog(string pattern, TimeSpan timeout)
