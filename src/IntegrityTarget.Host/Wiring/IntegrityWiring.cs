@@ -3,9 +3,7 @@ using IntegrityTarget.Host.Config;
 using IntegrityTarget.Host.Status;
 using IntegrityTarget.Storage;
 using Serilog;
-#if HAVE_INTEGRITY
 using IntegrityTarget.Integrity;
-#endif
 
 namespace IntegrityTarget.Host.Wiring;
 
@@ -15,7 +13,6 @@ public static class IntegrityWiring
     /// <summary>What the format verb asks for.</summary>
     public sealed record FormatRequest(int BlockSize, string TagAlgorithm, byte[] Key, long? LogicalBytes, bool Force);
 
-#if HAVE_INTEGRITY
     private static TagAlgorithm Algorithm(string canonical) => canonical switch
     {
         TagAlgorithms.Crc32c => TagAlgorithm.Crc32c,
@@ -163,15 +160,4 @@ public static class IntegrityWiring
                 : $"{path} is in use by another process (served?); stop it first");
         }
     }
-#else
-    // Until the integrity layer is merged into this branch the host builds without it; remove this branch then.
-    private static CliException Missing() => new("this build has no integrity layer (IntegrityTarget.Integrity not merged yet); use Integrity: false");
-    public static bool IsVolumeError(Exception e) => false;
-    public static byte[] ReadKey(string? keyFile) => keyFile == null ? [] : File.ReadAllBytes(keyFile);
-    public static Task<(IBlockVolume Volume, IBlockDevice Device)> OpenLunAsync(LunSettings lun, string name, ILogger log, CancellationToken ct) => throw Missing();
-    public static Task<ScrubOutcome> ScrubAsync(IBlockVolume volume, double? rateMBps, IProgress<double> progress, CancellationToken ct) => throw Missing();
-    public static Task<ScrubOutcome> ScrubFileAsync(string path, byte[] key, double? rateMBps, ILogger log, IProgress<double> progress, CancellationToken ct) => throw Missing();
-    public static Task<string> FormatFileAsync(string path, FormatRequest request, ILogger log, IProgress<double> progress, CancellationToken ct) => throw Missing();
-    public static (string Text, bool IsVolume) Dump(string path) => throw Missing();
-#endif
 }
