@@ -150,6 +150,21 @@ public static class IntegrityWiring
         return (IntegrityVolume.Dump(device), IntegrityVolume.Probe(device) == DeviceContent.IntegrityVolume);
     }
 
+    /// <summary>
+    /// Where one LBA's data and tag live in the file. Opens the volume like serve would (so a pending
+    /// journal is replayed first), which needs the file not to be served.
+    /// </summary>
+    public static async Task<string> LocateAsync(string path, ulong lba, byte[] key, ILogger log, CancellationToken ct)
+    {
+        using var device = OpenExclusive(path, "dump --lba");
+        await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = path }, log, ct);
+        if (lba >= volume.BlockCount)
+            throw new CliException($"LBA {lba} is beyond the volume's {volume.BlockCount} blocks", ExitCodes.Usage);
+        return volume.LocateBlock(lba) is { } at
+            ? $"LBA {lba}: data offset {at.DataOffset}, tag offset {at.TagOffset} (tag size {at.TagSize} B, block size {volume.BlockSize} B)"
+            : $"LBA {lba}: unmapped (reads as zeros; no data or tag stored)";
+    }
+
     private static FileBlockDevice OpenExclusive(string path, string verb)
     {
         try { return FileBlockDevice.Open(path); }
