@@ -1,2 +1,15 @@
-// Entry point of the integrity-target command; the real CLI lands with the host work.
-return 0;
+using System.Runtime.InteropServices;
+using IntegrityTarget.Host.Cli;
+
+// SIGTERM/SIGINT ask the current verb to stop cleanly (serve drains, flushes and exits 0);
+// a second SIGINT is left to the runtime and ends the process at once.
+using var stop = new CancellationTokenSource();
+void OnSignal(PosixSignalContext c)
+{
+    if (stop.IsCancellationRequested) return;
+    c.Cancel = true;
+    stop.Cancel();
+}
+using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+return await Cli.RunAsync(args, CliContext.ForProcess(stop.Token));

@@ -1,0 +1,53 @@
+using IntegrityTarget.Host.Config;
+using IntegrityTarget.Host.Wiring;
+
+namespace IntegrityTarget.Host.Cli;
+
+public static class FormatVerb
+{
+    public const string Usage = """
+        usage: integrity-target format PATH [--block-size 512|4096] [--size SIZE]
+                                            [--tag-algorithm crc32c|xxhash64|hmac-sha256] [--key-file FILE] [--force]
+
+        Formats PATH (file or block device) as an integrity volume. A missing file is created sparse
+        with room for SIZE of logical capacity (e.g. 10GiB); an existing one is used whole. Refuses a
+        file that already holds a volume or any other data unless --force (which destroys it).
+        hmac-sha256 needs --key-file (at least 16 bytes); the key is never stored on the volume.
+        """;
+
+    private static readonly Dictionary<string, bool> Known = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["block-size"] = true, ["size"] = true, ["tag-algorithm"] = true, ["key-file"] = true, ["force"] = false,
+    };
+
+    public static async Task<int> RunAsync(IReadOnlyList<string> args, CliContext ctx)
+    {
+        var va = VerbArgs.Parse("format", args, Known, passUnknown: false);
+        if (va.Positionals.Count != 1) throw new CliException("give exactly one PATH to format (see: integrity-target help format)", ExitCodes.Usage);
+        string path = Path.GetFullPath(va.Positionals[0], ctx.WorkingDirectory);
+
+        int blockSize = 4096;
+        if (va.Get("block-size") is { } bs && (!int.TryParse(bs, out blockSize) || blockSize is not (512 or 4096)))
+            throw new CliException($"--block-size must be 512 or 4096, got {bs}", ExitCodes.Usage);
+        long? size = null;
+        if (va.Get("size") is { } sz)
+        {
+            if (!SizeParser.TryParse(sz, out long bytes, out var why)) throw new CliException($"--size {why}", ExitCodes.Usage);
+            if (bytes < ConfigReader.MinLunBytes) throw new CliException($"--size {sz} is too small (at least {SizeParser.Format(ConfigReader.MinLunBytes)})", ExitCodes.Usage);
+            if (bytes % blockSize != 0) throw new CliException($"--size {sz} is not a whole number of {blockSize}-byte blocks", ExitCodes.Usage);
+            size = bytes;
+        }
+        string alg = TagAlgorithms.Crc32c;
+        if (va.Get("tag-algorithm") is { } a && !TagAlgorithms.TryNormalise(a, out alg))
+            throw new CliException($"unknown --tag-algorithm '{a}' (choose {string.Join(", ", TagAlgorithms.All)})", ExitCodes.Usage);
+        var key = CliHelpers.ReadKeyFile(va.Get("key-file"), ctx);
+        if (TagAlgorithms.NeedsKey(alg) && key.Length < ConfigReader.MinKeyBytes)
+            throw new CliException($"{alg} needs --key-file with at least {ConfigReader.MinKeyBytes} bytes (e.g. head -c 32 /dev/urandom > lun.key)", ExitCodes.Usage);
+
+        using var log = CliHelpers.QuietLogger(ctx);
+        var request = new IntegrityWiring.FormatRequest(blockSize, alg, key, size, va.Has("force"));
+        var summary = await CliHelpers.WithProgressAsync(ctx, "Formatting", p => IntegrityWiring.FormatFileAsync(path, request, log, p, ctx.Stop));
+        await ctx.Out.WriteLineAsync(summary);
+        return ExitCodes.Ok;
+    }
+}

@@ -1,0 +1,62 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using IntegrityTarget.Host.Config;
+using IntegrityTarget.Host.Status;
+
+namespace IntegrityTarget.Host.Cli;
+
+public static class StatusVerb
+{
+    public const string Usage = """
+        usage: integrity-target status [--json] [--socket PATH | --config FILE | --data-dir DIR]
+
+        Asks the serving process (over its unix status socket, by default DATA_DIR/status.sock) for
+        its targets, LUNs, sessions and per-LUN counters. Exit code 1 when no server answers.
+        """;
+
+    private static readonly Dictionary<string, bool> Known = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["socket"] = true, ["json"] = false,
+    };
+
+    public static async Task<int> RunAsync(IReadOnlyList<string> args, CliContext ctx)
+    {
+        var va = VerbArgs.Parse("status", args, Known, passUnknown: true);
+        if (va.Positionals.Count > 0) throw new CliException($"unexpected argument '{va.Positionals[0]}'", ExitCodes.Usage);
+        string socket = CliHelpers.ResolveSocket(va, ctx);
+        JsonObject? reply = null;
+        await foreach (var r in StatusClient.RequestAsync(socket, "{\"command\":\"status\"}", ctx.Stop)) reply = r;
+        if (reply == null || (string?)reply["type"] != "status")
+            throw new CliException((string?)reply?["error"] ?? "the server sent no status");
+        if (va.Has("json"))
+        {
+            await ctx.Out.WriteLineAsync(reply["status"]!.ToJsonString(StatusJson.Indented));
+            return ExitCodes.Ok;
+        }
+        var s = reply["status"].Deserialize<StatusSnapshot>(StatusJson.Options) ?? throw new CliException("the server sent an empty status");
+        await ctx.Out.WriteLineAsync(Render(s));
+        return ExitCodes.Ok;
+    }
+
+    public static string Render(StatusSnapshot s)
+    {
+        var w = new StringWriter();
+        w.WriteLine($"integrity-target {s.Version}, pid {s.Pid}, up since {s.StartedUtc:u}, transport {s.Transport}");
+        w.WriteLine($"portals: {string.Join(", ", s.Portals)}");
+        foreach (var t in s.Targets)
+        {
+            w.WriteLine($"target {t.Iqn}{(t.Alias != null ? $" ({t.Alias})" : "")}  CHAP {(t.Chap ? "on" : "off")}  initiators {string.Join(",", t.AllowedInitiators)}");
+            foreach (var l in t.Luns)
+            {
+                long C(string k) => l.Counters.TryGetValue(k, out var v) ? v : 0;
+                w.WriteLine($"  LUN {l.Lun}: {l.Path}  {SizeParser.Format((long)l.Blocks * l.BlockSize)} ({l.Blocks} x {l.BlockSize})  " +
+                            $"integrity {l.TagAlgorithm}  write-back {(l.WriteBack ? "on" : "off")}{(l.ReadOnly ? "  read-only" : "")}");
+                w.WriteLine($"         reads {C("reads")} ({SizeParser.Format(C("bytesRead"))})  writes {C("writes")} ({SizeParser.Format(C("bytesWritten"))})  " +
+                            $"mismatches {C("mismatches")}  journal commits {C("journalCommits")}  flushes {C("flushes")}  unmaps {C("unmaps")}");
+            }
+        }
+        w.WriteLine($"sessions: {s.Sessions.Count}");
+        foreach (var session in s.Sessions) w.WriteLine($"  {session?.ToJsonString()}");
+        return w.ToString().TrimEnd();
+    }
+}

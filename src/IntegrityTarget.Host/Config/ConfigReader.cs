@@ -1,0 +1,456 @@
+using System.Globalization;
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.RegularExpressions;
+using Microsoft.Extensions.Configuration;
+
+namespace IntegrityTarget.Host.Config;
+
+/// <summary>
+/// Turns a <see cref="LoadedConfig"/> into a <see cref="HostConfig"/>, checking everything and collecting
+/// every problem (never stopping at the first), each naming its source and key path. Secret values never
+/// appear in a message.
+/// </summary>
+public sealed partial class ConfigReader
+{
+    public const int MinChapSecretLength = 12;   // RFC 7143 §12.1.3: at least 96 bits
+    public const int MaxMsChapSecretLength = 16; // the Microsoft initiator refuses longer ones
+    public const long MinLunBytes = 1L << 20;
+    public const ulong MaxLunNumber = 16383;     // flat space addressing (SAM-5)
+    public const int MaxUnixSocketPath = 107;    // sun_path is 108 bytes with the NUL
+
+    private readonly LoadedConfig _loaded;
+    private readonly IConfiguration _root;
+    private readonly bool _checkFiles;
+    private readonly List<ConfigProblem> _problems = [];
+
+    private ConfigReader(LoadedConfig loaded, bool checkFiles)
+    {
+        _loaded = loaded; _root = loaded.Root; _checkFiles = checkFiles;
+        _problems.AddRange(loaded.Problems);
+    }
+
+    /// <param name="checkFiles">Check backing and key files on disk (off for verbs that only need the socket path).</param>
+    public static (HostConfig? Config, IReadOnlyList<ConfigProblem> Problems) Read(LoadedConfig loaded, bool checkFiles = true)
+    {
+        if (loaded.Unreadable) return (null, loaded.Problems);
+        var r = new ConfigReader(loaded, checkFiles);
+        var config = r.ReadAll();
+        bool failed = r._problems.Any(p => p.Severity == ProblemSeverity.Error);
+        return (failed ? null : config, r._problems);
+    }
+
+    private HostConfig ReadAll()
+    {
+        CheckUnknownKeys();
+        string dataDir = Path.GetFullPath(Str("DataDirectory") ?? "data", _loaded.WorkingDirectory);
+        var portals = ReadPortals();
+        string transport = ReadTransport();
+        var iscsi = ReadIscsi();
+        var targets = ReadTargets(dataDir);
+        var logging = ReadLogging(dataDir);
+        string socket = Path.GetFullPath(Str("Status:Socket") ?? "status.sock", dataDir);
+        if (Encoding.UTF8.GetByteCount(socket) > MaxUnixSocketPath)
+            Error("Status:Socket", $"unix socket path '{socket}' is longer than {MaxUnixSocketPath} bytes; choose a shorter Status:Socket or DataDirectory");
+        return new HostConfig
+        {
+            DataDirectory = dataDir, Portals = portals, Transport = transport, Iscsi = iscsi,
+            Targets = targets, Logging = logging, StatusSocket = socket,
+        };
+    }
+
+    // ---- primitives ---------------------------------------------------------------------------
+
+    private void Error(string key, string message) => _problems.Add(ConfigProblem.Error(_loaded.SourceOf(key), key, message));
+    private void Warning(string key, string message) => _problems.Add(ConfigProblem.Warning(_loaded.SourceOf(key), key, message));
+
+    /// <summary>The value, or null when absent, empty or JSON null.</summary>
+    private string? Str(string key)
+    {
+        var v = _root[key];
+        return string.IsNullOrWhiteSpace(v) ? null : v.Trim();
+    }
+
+    private int Int(string key, int fallback, int min, int max)
+    {
+        var s = Str(key);
+        if (s == null) return fallback;
+        if (!int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v))
+        {
+            Error(key, $"must be a whole number, got '{s}'");
+            return fallback;
+        }
+        if (v < min || v > max) { Error(key, $"must be between {min} and {max}, got {v}"); return fallback; }
+        return v;
+    }
+
+    private static readonly Dictionary<string, bool> BoolWords = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["true"] = true, ["false"] = false, ["yes"] = true, ["no"] = false, ["on"] = true, ["off"] = false, ["1"] = true, ["0"] = false,
+    };
+
+    private bool Bool(string key, bool fallback)
+    {
+        var s = Str(key);
+        if (s == null) return fallback;
+        if (BoolWords.TryGetValue(s, out bool b)) return b;
+        Error(key, $"must be true or false, got '{s}'");
+        return fallback;
+    }
+
+    /// <summary>Values of an array key; a single string value counts as a one-element array.</summary>
+    private List<(string Key, string Value)> List(string key)
+    {
+        var section = _root.GetSection(key);
+        var children = section.GetChildren().ToList();
+        if (children.Count == 0)
+            return Str(key) is { } single ? [(key, single)] : [];
+        var list = new List<(string, string)>();
+        foreach (var c in children)
+            if (!string.IsNullOrWhiteSpace(c.Value)) list.Add((c.Path, c.Value.Trim()));
+        return list;
+    }
+
+    // ---- unknown keys --------------------------------------------------------------------------
+
+    private static readonly string[] Schema =
+    [
+        "DataDirectory", "Portals", "Portals:#", "Transport",
+        "Iscsi:MaxRecvDataSegmentLength", "Iscsi:MaxBurstLength", "Iscsi:FirstBurstLength", "Iscsi:ImmediateData",
+        "Iscsi:InitialR2T", "Iscsi:MaxOutstandingR2T", "Iscsi:QueueDepth", "Iscsi:NopIntervalSeconds", "Iscsi:NopTimeoutSeconds",
+        "Iscsi:DiscoveryChap:User", "Iscsi:DiscoveryChap:Secret", "Iscsi:DiscoveryMutualChap:User", "Iscsi:DiscoveryMutualChap:Secret",
+        "Targets:#:Iqn", "Targets:#:Alias", "Targets:#:AllowedInitiators", "Targets:#:AllowedInitiators:#",
+        "Targets:#:Chap:User", "Targets:#:Chap:Secret", "Targets:#:MutualChap:User", "Targets:#:MutualChap:Secret",
+        "Targets:#:Luns:#:Lun", "Targets:#:Luns:#:Path", "Targets:#:Luns:#:Size", "Targets:#:Luns:#:BlockSize",
+        "Targets:#:Luns:#:Serial", "Targets:#:Luns:#:Integrity", "Targets:#:Luns:#:TagAlgorithm", "Targets:#:Luns:#:KeyFile",
+        "Targets:#:Luns:#:WriteBack", "Targets:#:Luns:#:FormatIfBlank", "Targets:#:Luns:#:ReadOnly",
+        "Logging:Level", "Logging:File", "Logging:Json", "Status:Socket",
+    ];
+
+    private static readonly HashSet<string> Leaves = new(Schema, StringComparer.OrdinalIgnoreCase);
+    private static readonly HashSet<string> Sections = new(
+        Schema.SelectMany(s => Enumerable.Range(1, s.Split(':').Length - 1).Select(n => string.Join(':', s.Split(':').Take(n)))),
+        StringComparer.OrdinalIgnoreCase);
+
+    [GeneratedRegex(@"(?<=^|:)\d+(?=:|$)")]
+    private static partial Regex IndexSegment();
+
+    private void CheckUnknownKeys()
+    {
+        foreach (var (key, value) in _root.AsEnumerable())
+        {
+            string pattern = IndexSegment().Replace(key, "#");
+            if (Leaves.Contains(pattern)) continue;
+            // Sections show up as keys with null values; an empty leaf at a section path is a JSON null.
+            if (Sections.Contains(pattern) && string.IsNullOrEmpty(value)) continue;
+            if (value == null && _root.GetSection(key).GetChildren().Any()) continue;
+            Error(key, "unknown setting (check the spelling; see the config reference in README.md)");
+        }
+    }
+
+    // ---- sections ------------------------------------------------------------------------------
+
+    private IReadOnlyList<IPEndPoint> ReadPortals()
+    {
+        var result = new List<IPEndPoint>();
+        var entries = List("Portals");
+        if (entries.Count == 0) Error("Portals", "no portal to listen on (e.g. \"Portals\": [\"127.0.0.1:3260\"] or --listen 0.0.0.0:3260)");
+        foreach (var (key, value) in entries)
+        {
+            if (!TryParsePortal(value, out var ep))
+            {
+                Error(key, $"'{value}' is not ADDRESS:PORT (an IPv4 address, or [IPv6], and a port 0-65535; e.g. 0.0.0.0:3260)");
+                continue;
+            }
+            if (result.Contains(ep)) { Error(key, $"portal {value} is listed twice"); continue; }
+            result.Add(ep);
+        }
+        return result;
+    }
+
+    public static bool TryParsePortal(string text, out IPEndPoint endpoint)
+    {
+        endpoint = null!;
+        var s = text.Trim();
+        if (s.StartsWith('*')) s = "0.0.0.0" + s[1..];
+        if (IPAddress.TryParse(s, out var bare) && !s.Contains(':') )
+        {
+            endpoint = new IPEndPoint(bare, 3260);
+            return true;
+        }
+        if (s.StartsWith('[') && s.EndsWith(']') && IPAddress.TryParse(s[1..^1], out var v6))
+        {
+            endpoint = new IPEndPoint(v6, 3260);
+            return true;
+        }
+        if (!IPEndPoint.TryParse(s, out var ep)) return false;
+        // IPEndPoint.TryParse accepts a bare IPv6 address as "address with port 0"; require brackets for a port.
+        if (ep.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 && !s.StartsWith('[')) return false;
+        int colon = s.LastIndexOf(':');
+        if (colon < 0 || !int.TryParse(s[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out int port) || port > 65535)
+            return false;
+        endpoint = ep;
+        return true;
+    }
+
+    private static readonly Dictionary<string, string> TransportNames = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["pipelines"] = "pipelines", ["sockets"] = "pipelines", ["dotnetty"] = "dotnetty",
+    };
+
+    private string ReadTransport()
+    {
+        var s = Str("Transport");
+        if (s == null) return "pipelines";
+        if (TransportNames.TryGetValue(s, out var t)) return t;
+        Error("Transport", $"unknown transport '{s}' (choose pipelines or dotnetty)");
+        return "pipelines";
+    }
+
+    private IscsiSettings ReadIscsi()
+    {
+        const int maxSegment = (1 << 24) - 1; // RFC 7143: 512 to 2^24-1
+        var s = new IscsiSettings
+        {
+            MaxRecvDataSegmentLength = Int("Iscsi:MaxRecvDataSegmentLength", 262144, 512, maxSegment),
+            MaxBurstLength = Int("Iscsi:MaxBurstLength", 1048576, 512, maxSegment),
+            FirstBurstLength = Int("Iscsi:FirstBurstLength", 65536, 512, maxSegment),
+            ImmediateData = Bool("Iscsi:ImmediateData", true),
+            InitialR2T = Bool("Iscsi:InitialR2T", false),
+            MaxOutstandingR2T = Int("Iscsi:MaxOutstandingR2T", 8, 1, 65535),
+            QueueDepth = Int("Iscsi:QueueDepth", 128, 1, 65536),
+            NopIntervalSeconds = Int("Iscsi:NopIntervalSeconds", 10, 1, 3600),
+            NopTimeoutSeconds = Int("Iscsi:NopTimeoutSeconds", 30, 1, 3600),
+            DiscoveryChap = ReadChap("Iscsi:DiscoveryChap"),
+            DiscoveryMutualChap = ReadChap("Iscsi:DiscoveryMutualChap"),
+        };
+        if (s.FirstBurstLength > s.MaxBurstLength)
+            Error("Iscsi:FirstBurstLength", $"must not exceed Iscsi:MaxBurstLength ({s.MaxBurstLength}), got {s.FirstBurstLength} (RFC 7143 §13.14)");
+        if (s.DiscoveryMutualChap != null && s.DiscoveryChap == null)
+            Error("Iscsi:DiscoveryMutualChap", "mutual CHAP needs Iscsi:DiscoveryChap as well (the initiator authenticates first)");
+        CheckDistinctSecrets("Iscsi:DiscoveryMutualChap", s.DiscoveryChap, s.DiscoveryMutualChap);
+        return s;
+    }
+
+    private ChapSettings? ReadChap(string key)
+    {
+        string? user = Str(key + ":User"), secret = _root[key + ":Secret"];
+        if (string.IsNullOrEmpty(secret)) secret = null;
+        if (user == null && secret == null) return null;
+        bool ok = true;
+        if (user == null) { Error(key + ":User", "is missing (a CHAP secret needs a user name)"); ok = false; }
+        if (secret == null) { Error(key + ":Secret", "is missing (a CHAP user needs a secret)"); return null; }
+        // Only the length is ever reported; the secret itself never leaves this method.
+        if (secret.Length < MinChapSecretLength)
+        {
+            Error(key + ":Secret", $"must be at least {MinChapSecretLength} characters (RFC 7143 requires 96 bits), got {secret.Length} characters");
+            ok = false;
+        }
+        else if (secret.Length > MaxMsChapSecretLength)
+            Warning(key + ":Secret", $"is {secret.Length} characters; the Microsoft iSCSI initiator only accepts {MinChapSecretLength}-{MaxMsChapSecretLength}");
+        return ok ? new ChapSettings { User = user!, Secret = secret } : null;
+    }
+
+    private void CheckDistinctSecrets(string mutualKey, ChapSettings? chap, ChapSettings? mutual)
+    {
+        if (chap != null && mutual != null && chap.Secret == mutual.Secret)
+            Error(mutualKey + ":Secret", "must differ from the one-way CHAP secret (initiators refuse a target that answers with the same secret)");
+    }
+
+    [GeneratedRegex(@"^iqn\.\d{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[^\s]+)?$", RegexOptions.IgnoreCase)]
+    private static partial Regex IqnName();
+    [GeneratedRegex(@"^eui\.[0-9a-f]{16}$", RegexOptions.IgnoreCase)]
+    private static partial Regex EuiName();
+    [GeneratedRegex(@"^naa\.([0-9a-f]{16}|[0-9a-f]{32})$", RegexOptions.IgnoreCase)]
+    private static partial Regex NaaName();
+
+    /// <summary>iqn./eui./naa. names per RFC 7143 §4.2.7 (at most 223 bytes).</summary>
+    public static bool IsValidIscsiName(string name) =>
+        Encoding.UTF8.GetByteCount(name) <= 223 && (IqnName().IsMatch(name) || EuiName().IsMatch(name) || NaaName().IsMatch(name));
+
+    private IReadOnlyList<TargetSettings> ReadTargets(string dataDir)
+    {
+        var targets = new List<TargetSettings>();
+        var sections = _root.GetSection("Targets").GetChildren().ToList();
+        if (sections.Count == 0) Error("Targets", "no targets configured (give a config file with Targets, or --iqn and --lun)");
+        var iqns = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        var paths = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var t in sections)
+        {
+            string k = t.Path;
+            string? iqn = Str(k + ":Iqn");
+            if (iqn == null) Error(k + ":Iqn", "is missing (e.g. iqn.2026-11.org.example:disk1)");
+            else if (!IsValidIscsiName(iqn))
+                Error(k + ":Iqn", $"'{iqn}' is not an iSCSI name (iqn.YYYY-MM.reversed.domain[:name], eui.<16 hex>, or naa.<16 or 32 hex>)");
+            else if (iqns.TryGetValue(iqn, out var first))
+                Error(k + ":Iqn", $"'{iqn}' is already used by {first}");
+            else iqns[iqn] = k;
+
+            var allowed = new List<string>();
+            foreach (var (key, value) in List(k + ":AllowedInitiators"))
+            {
+                if (value != "*" && !IsValidIscsiName(value)) Error(key, $"'{value}' is neither * nor an initiator name (iqn./eui./naa.)");
+                else allowed.Add(value);
+            }
+            if (allowed.Count == 0 && List(k + ":AllowedInitiators").Count == 0) allowed.Add("*");
+
+            var chap = ReadChap(k + ":Chap");
+            var mutual = ReadChap(k + ":MutualChap");
+            if (mutual != null && chap == null && Str(k + ":Chap:User") == null)
+                Error(k + ":MutualChap", "mutual CHAP needs Chap as well (the initiator authenticates first)");
+            CheckDistinctSecrets(k + ":MutualChap", chap, mutual);
+
+            var luns = ReadLuns(k, iqn ?? "", dataDir, paths);
+            targets.Add(new TargetSettings
+            {
+                Iqn = iqn ?? "", Alias = Str(k + ":Alias"), AllowedInitiators = allowed, Chap = chap, MutualChap = mutual, Luns = luns,
+            });
+        }
+        return targets;
+    }
+
+    private List<LunSettings> ReadLuns(string targetKey, string iqn, string dataDir, Dictionary<string, string> paths)
+    {
+        var luns = new List<LunSettings>();
+        var sections = _root.GetSection(targetKey + ":Luns").GetChildren().ToList();
+        if (sections.Count == 0) Error(targetKey + ":Luns", "target has no LUNs (add at least one with a Path)");
+        var numbers = new Dictionary<ulong, string>();
+        int position = 0;
+        foreach (var l in sections)
+        {
+            string k = l.Path;
+            ulong lun = (ulong)position++;
+            if (Str(k + ":Lun") is { } lunText)
+            {
+                if (!ulong.TryParse(lunText, NumberStyles.None, CultureInfo.InvariantCulture, out lun) || lun > MaxLunNumber)
+                    Error(k + ":Lun", $"must be a LUN number from 0 to {MaxLunNumber}, got '{lunText}'");
+            }
+            if (numbers.TryGetValue(lun, out var firstLun)) Error(k + ":Lun", $"LUN {lun} is already used by {firstLun}");
+            else numbers[lun] = k;
+
+            int blockSize = 512;
+            if (Str(k + ":BlockSize") is { } bsText)
+            {
+                if (!int.TryParse(bsText, NumberStyles.None, CultureInfo.InvariantCulture, out blockSize) || blockSize is not (512 or 4096))
+                {
+                    Error(k + ":BlockSize", $"must be 512 or 4096, got {bsText}");
+                    blockSize = 512;
+                }
+            }
+
+            long? size = null;
+            if (Str(k + ":Size") is { } sizeText)
+            {
+                if (!SizeParser.TryParse(sizeText, out long bytes, out var why)) Error(k + ":Size", why);
+                else if (bytes < MinLunBytes) Error(k + ":Size", $"{sizeText} is too small (at least {SizeParser.Format(MinLunBytes)})");
+                else if (bytes % blockSize != 0) Error(k + ":Size", $"{sizeText} is not a whole number of {blockSize}-byte blocks");
+                else size = bytes;
+            }
+
+            string path = "";
+            if (Str(k + ":Path") is not { } pathText) Error(k + ":Path", "is missing (the backing file or block device, relative to DataDirectory)");
+            else
+            {
+                path = Path.GetFullPath(pathText, dataDir);
+                if (paths.TryGetValue(path, out var firstPath)) Error(k + ":Path", $"'{path}' is already served by {firstPath}");
+                else paths[path] = k;
+                if (_checkFiles)
+                {
+                    if (Directory.Exists(path)) Error(k + ":Path", $"'{path}' is a directory, not a file or block device");
+                    else if (!File.Exists(path) && size == null && Str(k + ":Size") == null)
+                        Error(k + ":Path", $"backing file '{path}' does not exist and no Size is given to create it");
+                }
+            }
+
+            bool integrity = Bool(k + ":Integrity", true);
+            string alg = TagAlgorithms.Crc32c;
+            if (Str(k + ":TagAlgorithm") is { } algText && !TagAlgorithms.TryNormalise(algText, out alg))
+            {
+                Error(k + ":TagAlgorithm", $"unknown tag algorithm '{algText}' (choose {string.Join(", ", TagAlgorithms.All)})");
+                alg = TagAlgorithms.Crc32c;
+            }
+            string? keyFile = Str(k + ":KeyFile") is { } kf ? Path.GetFullPath(kf, dataDir) : null;
+            if (integrity) CheckKeyFile(k, alg, keyFile);
+
+            string serial = Str(k + ":Serial") ?? DefaultSerial(iqn, lun);
+            if (serial.Length > 32 || serial.Any(c => c < 0x20 || c > 0x7e))
+                Error(k + ":Serial", $"must be at most 32 printable ASCII characters, got '{serial}'");
+
+            luns.Add(new LunSettings
+            {
+                Lun = lun, Path = path, SizeBytes = size, BlockSize = blockSize, Serial = serial,
+                Integrity = integrity, TagAlgorithm = alg, KeyFile = keyFile,
+                WriteBack = Bool(k + ":WriteBack", true), FormatIfBlank = Bool(k + ":FormatIfBlank", true),
+                ReadOnly = Bool(k + ":ReadOnly", false), KeyPath = k,
+            });
+        }
+        return luns;
+    }
+
+    public const int MinKeyBytes = 16;
+
+    private void CheckKeyFile(string lunKey, string alg, string? keyFile)
+    {
+        string key = lunKey + ":KeyFile";
+        if (keyFile == null)
+        {
+            if (TagAlgorithms.NeedsKey(alg)) Error(key, $"tag algorithm {alg} needs a KeyFile (at least {MinKeyBytes} random bytes, e.g. head -c 32 /dev/urandom > lun.key)");
+            return;
+        }
+        if (!TagAlgorithms.NeedsKey(alg)) { Warning(key, $"is ignored: tag algorithm {alg} uses no key"); return; }
+        if (!_checkFiles) return;
+        if (!File.Exists(keyFile)) { Error(key, $"key file '{keyFile}' does not exist"); return; }
+        try
+        {
+            long len = new FileInfo(keyFile).Length;
+            using var _ = File.OpenRead(keyFile);
+            if (len < MinKeyBytes) Error(key, $"key file '{keyFile}' holds {len} bytes; at least {MinKeyBytes} are needed");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Error(key, $"key file '{keyFile}' cannot be read: {e.Message}");
+        }
+    }
+
+    /// <summary>A stable serial from IQN and LUN, so a LUN keeps its identity across restarts.</summary>
+    public static string DefaultSerial(string iqn, ulong lun)
+    {
+        var hash = SHA256.HashData(Encoding.UTF8.GetBytes($"{iqn.ToLowerInvariant()}/{lun}"));
+        return Convert.ToHexString(hash, 0, 8);
+    }
+
+    private static readonly HashSet<string> Levels = new(StringComparer.OrdinalIgnoreCase)
+    {
+        "Verbose", "Debug", "Information", "Warning", "Error", "Fatal",
+    };
+
+    private LoggingSettings ReadLogging(string dataDir)
+    {
+        string level = Str("Logging:Level") ?? "Information";
+        if (level.Equals("info", StringComparison.OrdinalIgnoreCase)) level = "Information";
+        if (level.Equals("warn", StringComparison.OrdinalIgnoreCase)) level = "Warning";
+        if (!Levels.Contains(level))
+        {
+            Error("Logging:Level", $"unknown level '{level}' (choose {string.Join(", ", Levels)})");
+            level = "Information";
+        }
+        string? file = Str("Logging:File") is { } f ? Path.GetFullPath(f, dataDir) : null;
+        return new LoggingSettings { Level = level, File = file, Json = Bool("Logging:Json", false) };
+    }
+}
+
+public sealed partial class ConfigReader
+{
+    /// <summary>
+    /// Where the status socket of a serving process with this configuration is, without validating the
+    /// rest (the status and scrub verbs only need this one path).
+    /// </summary>
+    public static string StatusSocketPath(LoadedConfig loaded)
+    {
+        string dataDir = Path.GetFullPath(NonEmpty(loaded.Root["DataDirectory"]) ?? "data", loaded.WorkingDirectory);
+        return Path.GetFullPath(NonEmpty(loaded.Root["Status:Socket"]) ?? "status.sock", dataDir);
+    }
+
+    private static string? NonEmpty(string? s) => string.IsNullOrWhiteSpace(s) ? null : s.Trim();
+}

@@ -1,0 +1,229 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using IntegrityTarget.Host.Cli;
+using IntegrityTarget.Host.Config;
+using IntegrityTarget.Host.Status;
+using IntegrityTarget.Host.Wiring;
+using Serilog;
+
+namespace IntegrityTarget.Host.Serving;
+
+/// <summary>
+/// One serving process: opens every LUN, starts the iSCSI front end and the status socket, runs until
+/// told to stop, then stops accepting, drains in-flight commands, flushes every volume and closes.
+/// </summary>
+public sealed class TargetHost : IStatusProvider
+{
+    private static readonly TimeSpan DrainTimeout = TimeSpan.FromSeconds(30);
+
+    private readonly HostConfig _config;
+    private readonly ILogger _log;
+    private readonly List<ServedTarget> _targets = [];
+    private readonly ConcurrentDictionary<string, bool> _scrubbing = new();
+    private readonly DateTimeOffset _started = DateTimeOffset.UtcNow;
+    private FrontEnd? _frontEnd;
+
+    private TargetHost(HostConfig config, ILogger log) { _config = config; _log = log; }
+
+    /// <summary>A host over already opened LUNs without a network front end (status and scrub only), for tests.</summary>
+    internal TargetHost(HostConfig config, ILogger log, IEnumerable<ServedTarget> targets) : this(config, log) => _targets.AddRange(targets);
+
+    public IReadOnlyList<ServedTarget> Targets => _targets;
+
+    public static string Version =>
+        typeof(TargetHost).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+            .OfType<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion.Split('+')[0] ?? "0.0.0";
+
+    /// <summary>Serves until <paramref name="stop"/> fires. Returns the process exit code.</summary>
+    public static async Task<int> RunAsync(HostConfig config, ILogger log, CancellationToken stop)
+    {
+        var host = new TargetHost(config, log);
+        StatusServer? status = null;
+        try
+        {
+            if (!await host.OpenVolumesAsync(stop)) return ExitCodes.Failure;
+            if (!await host.StartFrontEndAsync(stop)) return ExitCodes.Failure;
+            status = new StatusServer(config.StatusSocket, host, log);
+            status.Start();
+            host.LogSummary();
+            log.Information("Ready; SIGTERM or Ctrl-C stops the target");
+            try { await Task.Delay(Timeout.Infinite, stop); }
+            catch (OperationCanceledException) { }
+            log.Information("Stopping: no new connections, draining in-flight commands");
+            return await host.ShutdownAsync();
+        }
+        catch (CliException e)
+        {
+            log.Error("{Message}", e.Message);
+            return e.ExitCode;
+        }
+        finally
+        {
+            if (status != null) await status.DisposeAsync();
+            await host.CloseAsync();
+        }
+    }
+
+    private async Task<bool> OpenVolumesAsync(CancellationToken ct)
+    {
+        bool ok = true;
+        foreach (var t in _config.Targets)
+        {
+            var luns = new List<ServedLun>();
+            foreach (var l in t.Luns)
+            {
+                try { luns.Add(await VolumeOpener.OpenAsync(t, l, _log, ct)); }
+                catch (CliException e)
+                {
+                    // Keep going: every LUN that cannot be opened is reported in the same run.
+                    _log.Error("Cannot open LUN: {Message}", e.Message);
+                    ok = false;
+                }
+            }
+            _targets.Add(new ServedTarget(t, luns));
+        }
+        return ok;
+    }
+
+    private async Task<bool> StartFrontEndAsync(CancellationToken ct)
+    {
+        try
+        {
+            _frontEnd = await FrontEnd.StartAsync(_config, _targets, _log, ct);
+            return true;
+        }
+        catch (Exception e) when (FrontEnd.IsBindFailure(e))
+        {
+            _log.Error("{Message}", e.Message);
+            return false;
+        }
+        catch (Exception e) when (FindSocketError(e) is { } se)
+        {
+            _log.Error("Cannot listen on {Portals}: {Reason}", string.Join(", ", _config.Portals), DescribeSocketError(se));
+            return false;
+        }
+    }
+
+    private static SocketException? FindSocketError(Exception? e)
+    {
+        for (; e != null; e = e.InnerException)
+            if (e is SocketException se) return se;
+        return null;
+    }
+
+    public static string DescribeSocketError(SocketException e) => e.SocketErrorCode switch
+    {
+        SocketError.AddressAlreadyInUse => "address already in use (another target, tgtd or LIO on that port? choose another with --listen ADDR:PORT)",
+        SocketError.AddressNotAvailable => "that address does not belong to this machine",
+        SocketError.AccessDenied => "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+        _ => e.Message,
+    };
+
+    private void LogSummary()
+    {
+        var endpoints = _frontEnd?.BoundEndpoints ?? [];
+        _log.Information("Portals {Portals}, transport {Transport}, status socket {Socket}",
+            string.Join(", ", endpoints.Select(e => e.ToString())), _config.Transport, _config.StatusSocket);
+        foreach (var t in _targets)
+        {
+            _log.Information("Target {Iqn}{Alias}: initiators {Allowed}, CHAP {Chap}", t.Iqn,
+                t.Settings.Alias is { } a ? $" ({a})" : "", string.Join(",", t.Settings.AllowedInitiators),
+                t.Settings.Chap == null ? "off" : t.Settings.MutualChap == null ? "one-way" : "mutual");
+            foreach (var l in t.Luns)
+            {
+                var v = l.Volume;
+                _log.Information("  LUN {Lun}: {Path}, {Size} in {Blocks} blocks of {BlockSize} bytes, integrity {Integrity}, write-back {WriteBack}{ReadOnly}",
+                    l.Lun, l.Settings.Path, SizeParser.Format((long)v.BlockCount * v.BlockSize), v.BlockCount, v.BlockSize,
+                    v.TagAlgorithm, v.WriteBack ? "on" : "off", l.Settings.ReadOnly ? ", read-only" : "");
+            }
+        }
+    }
+
+    private async Task<int> ShutdownAsync()
+    {
+        int code = ExitCodes.Ok;
+        if (_frontEnd != null)
+        {
+            using var drain = new CancellationTokenSource(DrainTimeout);
+            try
+            {
+                await _frontEnd.ShutdownAsync(drain.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                _log.Warning("In-flight commands did not finish within {Seconds} s; closing anyway", DrainTimeout.TotalSeconds);
+            }
+            await _frontEnd.DisposeAsync();
+            _frontEnd = null;
+        }
+        foreach (var l in _targets.SelectMany(t => t.Luns))
+        {
+            var r = await l.Volume.FlushAsync(CancellationToken.None);
+            if (!r.IsOk)
+            {
+                _log.Error("Flushing {Volume} at shutdown failed: {Status} {Detail}", l.Volume.Name, r.Status, r.Detail);
+                code = ExitCodes.Failure;
+            }
+        }
+        if (code == ExitCodes.Ok) _log.Information("Stopped; every volume flushed");
+        return code;
+    }
+
+    /// <summary>Releases whatever is still open (also after a failed start).</summary>
+    private async Task CloseAsync()
+    {
+        if (_frontEnd != null) { await _frontEnd.DisposeAsync(); _frontEnd = null; }
+        foreach (var l in _targets.SelectMany(t => t.Luns))
+        {
+            try { await l.Volume.DisposeAsync(); }
+            catch (Exception e) { _log.Error(e, "Closing {Volume} failed", l.Volume.Name); }
+            l.Device.Dispose();
+        }
+        _targets.Clear();
+    }
+
+    // ---- status socket ------------------------------------------------------------------------
+
+    public StatusSnapshot GetStatus()
+    {
+        var targets = _targets.Select(t => new TargetStatus(
+            t.Iqn, t.Settings.Alias, t.Settings.Chap != null, t.Settings.AllowedInitiators,
+            t.Luns.Select(l => new LunStatus(l.Lun, l.Settings.Path, l.Settings.Integrity, l.Volume.TagAlgorithm, l.Volume.BlockSize,
+                l.Volume.BlockCount, l.Volume.WriteBack, l.Settings.ReadOnly, l.Volume.Counters.Snapshot())).ToList())).ToList();
+        var portals = (_frontEnd?.BoundEndpoints ?? (IReadOnlyList<IPEndPoint>)_config.Portals).Select(e => e.ToString()).ToList();
+        var sessions = (_frontEnd?.Sessions() ?? []).Select(DescribeSession).ToList();
+        return new StatusSnapshot(Environment.ProcessId, Version, _started, _config.Transport, portals, targets, sessions);
+    }
+
+    /// <summary>Sessions are the iSCSI layer's records; serialise their public properties, or their text if that fails.</summary>
+    private static JsonNode? DescribeSession(object session)
+    {
+        try { return JsonSerializer.SerializeToNode(session, session.GetType(), StatusJson.Options); }
+        catch (Exception e) when (e is NotSupportedException or InvalidOperationException or JsonException or SocketException)
+        {
+            return JsonValue.Create(session.ToString());
+        }
+    }
+
+    public async Task<ScrubOutcome> ScrubAsync(string iqn, ulong lun, double? rateMBps, IProgress<double> progress, CancellationToken ct)
+    {
+        var target = _targets.FirstOrDefault(t => t.Iqn.Equals(iqn, StringComparison.OrdinalIgnoreCase))
+            ?? throw new CliException($"no target {iqn} is served here (targets: {string.Join(", ", _targets.Select(t => t.Iqn))})");
+        var served = target.Luns.FirstOrDefault(l => l.Lun == lun)
+            ?? throw new CliException($"target {iqn} has no LUN {lun} (LUNs: {string.Join(", ", target.Luns.Select(l => l.Lun))})");
+        string key = $"{target.Iqn}/{lun}";
+        if (!served.Settings.Integrity)
+            throw new CliException($"{key} is served without integrity protection; there are no tags to scrub");
+        if (!_scrubbing.TryAdd(key, true)) throw new CliException($"{key} is already being scrubbed");
+        try
+        {
+            var outcome = await IntegrityWiring.ScrubAsync(served.Volume, rateMBps, progress, ct);
+            _log.Information("Scrub of {Lun} finished: {Blocks} blocks checked, {Bad} bad", key, outcome.BlocksChecked, outcome.Mismatches);
+            return outcome;
+        }
+        finally { _scrubbing.TryRemove(key, out _); }
+    }
+}

@@ -1,0 +1,177 @@
+using IntegrityTarget.Host.Cli;
+using IntegrityTarget.Host.Config;
+using IntegrityTarget.Host.Status;
+using IntegrityTarget.Storage;
+using Serilog;
+#if HAVE_INTEGRITY
+using IntegrityTarget.Integrity;
+#endif
+
+namespace IntegrityTarget.Host.Wiring;
+
+/// <summary>The host's only contact with the integrity layer: open/create/format a LUN, scrub, dump.</summary>
+public static class IntegrityWiring
+{
+    /// <summary>What the format verb asks for.</summary>
+    public sealed record FormatRequest(int BlockSize, string TagAlgorithm, byte[] Key, long? LogicalBytes, bool Force);
+
+#if HAVE_INTEGRITY
+    private static TagAlgorithm Algorithm(string canonical) => canonical switch
+    {
+        TagAlgorithms.Crc32c => TagAlgorithm.Crc32c,
+        TagAlgorithms.XxHash64 => TagAlgorithm.XxHash64,
+        TagAlgorithms.HmacSha256 => TagAlgorithm.HmacSha256,
+        _ => throw new CliException($"unknown tag algorithm '{canonical}'", ExitCodes.Usage),
+    };
+
+    public static bool IsVolumeError(Exception e) => e is IntegrityVolumeException;
+
+    public static byte[] ReadKey(string? keyFile) => keyFile == null ? [] : File.ReadAllBytes(keyFile);
+
+    public static async Task<(IBlockVolume Volume, IBlockDevice Device)> OpenLunAsync(LunSettings lun, string name, ILogger log, CancellationToken ct)
+    {
+        var alg = Algorithm(lun.TagAlgorithm);
+        var key = ReadKey(lun.KeyFile);
+        bool created = false;
+        FileBlockDevice device;
+        if (!File.Exists(lun.Path))
+        {
+            ulong blocks = (ulong)(lun.SizeBytes!.Value / lun.BlockSize);
+            device = FileBlockDevice.CreateSparse(lun.Path, IntegrityVolume.DeviceBytesFor(blocks, lun.BlockSize, alg));
+            created = true;
+        }
+        else device = FileBlockDevice.Open(lun.Path);
+        try
+        {
+            switch (IntegrityVolume.Probe(device))
+            {
+                case DeviceContent.IntegrityVolume:
+                {
+                    var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = lun.WriteBack, Name = name }, log, ct);
+                    if (volume.BlockSize != lun.BlockSize)
+                        log.Warning("{Lun}: the volume in {Path} was formatted with {Actual}-byte blocks; the configured BlockSize {Configured} does not apply",
+                            name, lun.Path, volume.BlockSize, lun.BlockSize);
+                    return (volume, device);
+                }
+                case DeviceContent.Blank when created || lun.FormatIfBlank:
+                {
+                    var options = new FormatOptions
+                    {
+                        BlockSize = lun.BlockSize, Algorithm = alg, Key = key, Name = name,
+                        LogicalBlocks = created ? (ulong)(lun.SizeBytes!.Value / lun.BlockSize) : null,
+                    };
+                    var formatted = await IntegrityVolume.FormatAsync(device, options, log, null, ct);
+                    // FormatAsync opens with default options; reopen so write-back and the name apply.
+                    await formatted.DisposeAsync();
+                    var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = lun.WriteBack, Name = name }, log, ct);
+                    log.Information("Formatted {Path} as an integrity volume for {Lun}: {Blocks} blocks of {BlockSize} bytes, {Algorithm} tags",
+                        lun.Path, name, volume.BlockCount, volume.BlockSize, lun.TagAlgorithm);
+                    return (volume, device);
+                }
+                case DeviceContent.Blank:
+                    throw new CliException("the file is blank (all zeros) and FormatIfBlank is false; format it with: integrity-target format " + lun.Path);
+                default:
+                    throw new CliException("the file holds data that is not an integrity volume, so it is not formatted implicitly. " +
+                        "Serve it without integrity (\"Integrity\": false, or --integrity false), or format it explicitly, " +
+                        "which DESTROYS its contents: integrity-target format " + lun.Path + " --force");
+            }
+        }
+        catch
+        {
+            device.Dispose();
+            if (created) File.Delete(lun.Path); // do not leave a half-made file that the next start would refuse
+            throw;
+        }
+    }
+
+    public static async Task<ScrubOutcome> ScrubAsync(IBlockVolume volume, double? rateMBps, IProgress<double> progress, CancellationToken ct)
+    {
+        if (volume is not IntegrityVolume iv)
+            throw new CliException($"{volume.Name} is served without integrity protection; there are no tags to scrub");
+        var report = await iv.ScrubAsync(new ScrubOptions
+        {
+            MaxMBPerSecond = rateMBps,
+            Progress = new InlineProgress<ScrubProgress>(p => progress.Report(p.Fraction)),
+            Context = new IoContext(volume.Name, "(scrub)", "SCRUB"),
+        }, ct);
+        if (report.Cancelled) throw new OperationCanceledException("scrub cancelled");
+        return new ScrubOutcome(volume.Name, report.BlocksChecked, report.BlocksSkippedUnmapped, report.Mismatches,
+            report.BadLbas.ToList(), report.IoErrors, report.Duration.TotalSeconds);
+    }
+
+    public static async Task<ScrubOutcome> ScrubFileAsync(string path, byte[] key, double? rateMBps, ILogger log, IProgress<double> progress, CancellationToken ct)
+    {
+        if (!File.Exists(path)) throw new CliException($"{path}: no such file or block device", ExitCodes.Usage);
+        using var device = OpenExclusive(path, "scrub");
+        await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = path }, log, ct);
+        return await ScrubAsync(volume, rateMBps, progress, ct);
+    }
+
+    public static async Task<string> FormatFileAsync(string path, FormatRequest request, ILogger log, IProgress<double> progress, CancellationToken ct)
+    {
+        var alg = Algorithm(request.TagAlgorithm);
+        bool created = false;
+        FileBlockDevice device;
+        if (!File.Exists(path))
+        {
+            if (request.LogicalBytes == null)
+                throw new CliException($"{path} does not exist; give --size to create it", ExitCodes.Usage);
+            device = FileBlockDevice.CreateSparse(path, IntegrityVolume.DeviceBytesFor((ulong)(request.LogicalBytes.Value / request.BlockSize), request.BlockSize, alg));
+            created = true;
+        }
+        else device = OpenExclusive(path, "format");
+        using (device)
+        {
+            try
+            {
+                var content = IntegrityVolume.Probe(device);
+                if (content != DeviceContent.Blank && !request.Force)
+                    throw new CliException(content == DeviceContent.IntegrityVolume
+                        ? $"{path} already holds an integrity volume; add --force to format over it (its data is lost)"
+                        : $"{path} holds data that is not an integrity volume; add --force to format over it (its data is lost)");
+                var options = new FormatOptions
+                {
+                    BlockSize = request.BlockSize, Algorithm = alg, Key = request.Key, Force = request.Force,
+                    LogicalBlocks = request.LogicalBytes is { } b ? (ulong)(b / request.BlockSize) : null,
+                };
+                await using var volume = await IntegrityVolume.FormatAsync(device, options, log, progress, ct);
+                await volume.FlushAsync(ct);
+                return $"{path}: formatted: {volume.BlockCount} blocks of {volume.BlockSize} bytes ({SizeParser.Format((long)volume.BlockCount * volume.BlockSize)}), {request.TagAlgorithm} tags";
+            }
+            catch when (created)
+            {
+                File.Delete(path);
+                throw;
+            }
+        }
+    }
+
+    /// <returns>The dump text, and whether the device holds an integrity volume at all.</returns>
+    public static (string Text, bool IsVolume) Dump(string path)
+    {
+        using var device = FileBlockDevice.Open(path, readOnly: true);
+        return (IntegrityVolume.Dump(device), IntegrityVolume.Probe(device) == DeviceContent.IntegrityVolume);
+    }
+
+    private static FileBlockDevice OpenExclusive(string path, string verb)
+    {
+        try { return FileBlockDevice.Open(path); }
+        catch (StorageException e) when (e.Message.Contains("in use", StringComparison.Ordinal))
+        {
+            throw new CliException(verb == "scrub"
+                ? $"{path} is in use (served?); scrub a served LUN online with: integrity-target scrub --lun IQN/LUN"
+                : $"{path} is in use by another process (served?); stop it first");
+        }
+    }
+#else
+    // Until the integrity layer is merged into this branch the host builds without it; remove this branch then.
+    private static CliException Missing() => new("this build has no integrity layer (IntegrityTarget.Integrity not merged yet); use Integrity: false");
+    public static bool IsVolumeError(Exception e) => false;
+    public static byte[] ReadKey(string? keyFile) => keyFile == null ? [] : File.ReadAllBytes(keyFile);
+    public static Task<(IBlockVolume Volume, IBlockDevice Device)> OpenLunAsync(LunSettings lun, string name, ILogger log, CancellationToken ct) => throw Missing();
+    public static Task<ScrubOutcome> ScrubAsync(IBlockVolume volume, double? rateMBps, IProgress<double> progress, CancellationToken ct) => throw Missing();
+    public static Task<ScrubOutcome> ScrubFileAsync(string path, byte[] key, double? rateMBps, ILogger log, IProgress<double> progress, CancellationToken ct) => throw Missing();
+    public static Task<string> FormatFileAsync(string path, FormatRequest request, ILogger log, IProgress<double> progress, CancellationToken ct) => throw Missing();
+    public static (string Text, bool IsVolume) Dump(string path) => throw Missing();
+#endif
+}

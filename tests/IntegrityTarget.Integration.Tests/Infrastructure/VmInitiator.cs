@@ -1,0 +1,23 @@
+namespace IntegrityTarget.Integration.Tests.Infrastructure;
+
+/// <summary>../shared/tools/vm-initiator/run.sh: open-iscsi in a Linux guest under QEMU TCG.</summary>
+public static class VmInitiator
+{
+    public static ToolResult Run(ServerProcess srv, int lun, Dictionary<string, string>? env = null, string? iqn = null)
+    {
+        Tools.RequireTool("qemu-system-x86_64");
+        Tools.RequireTool("socat");
+        var script = Paths.Require(Path.Combine(Paths.VmInitiatorDir, "run.sh"), "vm-initiator run.sh");
+        env ??= new();
+        env.TryAdd("VM_TIMEOUT", "600");
+        env.TryAdd("VM_RUN_DIR", Path.Combine(srv.DataDir, "vm"));
+        TestContext.Progress.WriteLine($"vm-initiator against {srv.Host}:{srv.Port} {iqn ?? srv.Iqn} LUN {lun} (1-2 min under TCG)");
+        return Tools.Run("/bin/bash", [script, srv.Host, srv.Port.ToString(), iqn ?? srv.Iqn, lun.ToString()], TimeSpan.FromMinutes(12), env);
+    }
+
+    public static void AssertPass(ToolResult r)
+    {
+        var last = r.StdOut.TrimEnd().Split('\n').LastOrDefault()?.Trim();
+        Assert.That(last, Is.EqualTo("VM-INITIATOR: PASS"), () => r.Describe(12000));
+    }
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Side-by-side fio (libiscsi engine) comparison in ONE run: integrity-target with integrity on,
+# integrity off, and tgt (reference) on the same kind of sparse backing file. Prints a markdown
+# table with ratios. Not a test: machines here are noisy, only the ratios in one run mean much.
+#   tests/bench/fio-compare.sh [RUNTIME_SECONDS=10] [SIZE=1G] [ROUNDS=2]
+set -euo pipefail
+runtime=${1:-10}; size=${2:-1G}; rounds=${3:-2}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+tools=${SHARED_TOOLS:-$repo/../shared/tools}
+work=$(mktemp -d /tmp/fio-compare.XXXXXX)
+FIO=$("$tools/fio-iscsi/build.sh" | tail -n 1)
+dotnet build -c Release "$repo/src/IntegrityTarget.Host" -o "$work/bin" >/dev/null
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  "$tools/ref-target.sh" stop "$work/tgt" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Reference target.
+"$tools/ref-target.sh" start "$work/tgt" 3311 "$size" >/dev/null
+declare -A url
+url[tgt]='iscsi\://127.0.0.1\:3311/iqn.2026-11.org.example\:ref/1'
+
+start_ours() { # name port integrity
+  local name=$1 port=$2 integ=$3
+  mkdir -p "$work/$name"
+  dotnet "$work/bin/integrity-target.dll" serve --listen 127.0.0.1:"$port" --iqn iqn.2026-11.org.example:"$name" \
+    --data-dir "$work/$name" --lun "$work/$name/lun0.img" --size "$size" --block-size 512 --integrity "$integ" \
+    --log-level Warning >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.2; done
+  url[$name]="iscsi\\://127.0.0.1\\:$port/iqn.2026-11.org.example\\:$name/0"
+}
+start_ours on 3312 true
+start_ours off 3313 false
+targets=(tgt on off)
+
+# name rw bs iodepth
+jobs=("seqwrite-1M-QD8 write 1M 8" "seqread-1M-QD8 read 1M 8" "randwrite-4k-QD32 randwrite 4k 32"
+      "randread-4k-QD32 randread 4k 32" "randwrite-4k-QD1 randwrite 4k 1" "randread-4k-QD1 randread 4k 1")
+
+run_fio() { # target rw bs depth -> "iops MB/s"
+  local out
+  out=$("$FIO" --name=j --ioengine=libiscsi --filename="${url[$1]}" --rw="$2" --bs="$3" --iodepth="$4" \
+        --size="$size" --time_based --runtime="$runtime" --ramp_time=1 --output-format=json 2>/dev/null)
+  python3 -c '
+import sys, json
+t = sys.stdin.read(); j = json.loads(t[t.index("{"):])["jobs"][0]
+d = j["write"] if j["write"]["io_bytes"] > 0 else j["read"]
+print("%.0f %.1f" % (d["iops"], d["bw_bytes"] / 1e6))' <<<"$out"
+}
+
+# Precondition: fill every LUN once so reads do not hit holes.
+for t in "${targets[@]}"; do "$FIO" --name=fill --ioengine=libiscsi --filename="${url[$t]}" --rw=write --bs=1M --iodepth=8 --size="$size" >/dev/null 2>&1; done
+
+declare -A best
+for ((r = 0; r < rounds; r++)); do
+  for j in "${jobs[@]}"; do
+    read -r name rw bs depth <<<"$j"
+    for t in "${targets[@]}"; do
+      read -r iops mbs <<<"$(run_fio "$t" "$rw" "$bs" "$depth")"
+      key="$name/$t"
+      # keep the best of the rounds for each cell (least disturbed by foreign load)
+      if [[ -z "${best[$key]:-}" ]] || python3 -c "import sys; sys.exit(0 if $iops > ${best[$key]%% *} else 1)"; then best[$key]="$iops $mbs"; fi
+    done
+  done
+done
+
+echo "| job | tgt IOPS (MB/s) | integrity on | integrity off | on/tgt | on/off |"
+echo "|---|---|---|---|---|---|"
+for j in "${jobs[@]}"; do
+  read -r name _ <<<"$j"
+  read -r ti tm <<<"${best[$name/tgt]}"; read -r oi om <<<"${best[$name/on]}"; read -r fi fm <<<"${best[$name/off]}"
+  python3 -c "print('| $name | $ti ($tm) | $oi ($om) | $fi ($fm) | %.2f | %.2f |' % ($oi / max($ti, 1), $oi / max($fi, 1)))"
+done
+echo
+echo "fio $("$FIO" --version), runtime ${runtime}s per cell, best of $rounds rounds, size $size, $(nproc) cores, $(date -u +%F)"
