@@ -16,6 +16,8 @@ public enum CdbLayout : byte
     Rw16,
     /// <summary>COMPARE AND WRITE: LBA bytes 2-9, NUMBER OF LOGICAL BLOCKS byte 13.</summary>
     CompareAndWrite,
+    /// <summary>WRITE ATOMIC(16): LBA bytes 2-9, ATOMIC BOUNDARY 10-11, length bytes 12-13, group byte 14.</summary>
+    Atomic16,
 }
 
 /// <summary>The decoded addressing fields of a data-transfer CDB. LBAs are <c>ulong</c>, block counts <c>uint</c>.</summary>
@@ -39,6 +41,7 @@ public static class Cdb
         CdbLayout.Rw12 => new(BinaryPrimitives.ReadUInt32BigEndian(c[2..]), BinaryPrimitives.ReadUInt32BigEndian(c[6..]), c[1], (byte)(c[10] & 0x1F)),
         CdbLayout.Rw16 => new(BinaryPrimitives.ReadUInt64BigEndian(c[2..]), BinaryPrimitives.ReadUInt32BigEndian(c[10..]), c[1], (byte)(c[14] & 0x1F)),
         CdbLayout.CompareAndWrite => new(BinaryPrimitives.ReadUInt64BigEndian(c[2..]), c[13], c[1], (byte)(c[14] & 0x1F)),
+        CdbLayout.Atomic16 => new(BinaryPrimitives.ReadUInt64BigEndian(c[2..]), BinaryPrimitives.ReadUInt16BigEndian(c[12..]), c[1], (byte)(c[14] & 0x1F)),
         _ => default,
     };
 

@@ -7,8 +7,8 @@ namespace IntegrityTarget.Scsi;
 // SBC-3 block commands: everything that moves data to or from the volume.
 public sealed partial class ScsiLogicalUnit
 {
-    /// <summary>Block Limits: largest WRITE SAME in blocks.</summary>
-    public const uint MaxWriteSameBlocks = 0x10000;
+    /// <summary>Block Limits: largest WRITE SAME in blocks (as large as a transfer, so initiators that verify with one READ can).</summary>
+    public uint MaxWriteSameBlocks => MaxTransferBlocks;
     /// <summary>Block Limits: UNMAP limits (SBC-3 6.5.3).</summary>
     public const uint MaxUnmapBlocks = 0x100000, MaxUnmapDescriptors = 256;
     /// <summary>Block Limits: largest COMPARE AND WRITE in blocks.</summary>
@@ -69,6 +69,28 @@ public sealed partial class ScsiLogicalUnit
         long want = (long)f.Blocks * BlockSize;
         if (f.Blocks == 0) return Outcome.Wrote(0);
         if (f.Blocks > MaxTransferBlocks) return ScsiError.Cdb(LengthFieldByte(r.Info.Layout));
+        var err = await WriteData(r, f.Lba, f.Fua, r.Command.DataOut, want).ConfigureAwait(false);
+        return err.IsError ? err : Outcome.Wrote(want);
+    }
+
+    /// <summary>
+    /// WRITE ATOMIC(16) and the Block Limits atomic fields are offered only when the volume's crash-atomic
+    /// write covers what initiators (and libiscsi's conformance tests) expect to send atomically: up to 256
+    /// blocks or the maximum transfer length. A smaller atomic unit is not advertised at all.
+    /// </summary>
+    public uint AtomicWriteBlocks => Volume.MaxAtomicWriteBlocks >= Math.Min(256u, MaxTransferBlocks) ? Math.Min(Volume.MaxAtomicWriteBlocks, MaxTransferBlocks) : 0;
+
+    internal async ValueTask<Outcome> WriteAtomic(Request r)
+    {
+        var f = r.Fields;
+        if (!Cdb.InRange(f.Lba, f.Blocks, Volume.BlockCount)) return ScsiError.OutOfRange;
+        var wp = CheckWritable();
+        if (wp.IsError) return wp;
+        long want = (long)f.Blocks * BlockSize;
+        if (f.Blocks == 0) return Outcome.Wrote(0);
+        if (f.Blocks > AtomicWriteBlocks) return ScsiError.Cdb(12);
+        // All or nothing: a short Data-Out is not written at all rather than written in part.
+        if (r.Command.DataOut.Length < want) return ScsiError.Cdb(12);
         var err = await WriteData(r, f.Lba, f.Fua, r.Command.DataOut, want).ConfigureAwait(false);
         return err.IsError ? err : Outcome.Wrote(want);
     }
@@ -182,6 +204,41 @@ public sealed partial class ScsiLogicalUnit
         finally { ArrayPool<byte>.Shared.Return(buf); }
     }
 
+    /// <summary>ORWRITE(16): each written byte is the OR of the medium and Data-Out, atomic against other writes.</summary>
+    internal async ValueTask<Outcome> OrWrite(Request r)
+    {
+        var f = r.Fields;
+        if (!Cdb.InRange(f.Lba, f.Blocks, Volume.BlockCount)) return ScsiError.OutOfRange;
+        var wp = CheckWritable();
+        if (wp.IsError) return wp;
+        long want = (long)f.Blocks * BlockSize;
+        if (f.Blocks == 0) return Outcome.Wrote(0);
+        if (f.Blocks > MaxTransferBlocks) return ScsiError.Cdb(10);
+        int bytes = (int)(Math.Min(r.Command.DataOut.Length, want) / BlockSize * BlockSize);
+        if (bytes == 0) return Outcome.Wrote(want);
+        if (r.Ct.IsCancellationRequested) return ScsiError.Of(SenseReason.TaskAborted);
+        var buf = ArrayPool<byte>.Shared.Rent(bytes);
+        try
+        {
+            using var _ = await _rangeLock.AcquireAsync(f.Lba, (ulong)(bytes / BlockSize), r.Ct).ConfigureAwait(false);
+            var res = await Volume.ReadAsync(f.Lba, buf.AsMemory(0, bytes), Context(r), r.Ct).ConfigureAwait(false);
+            if (!res.IsOk) return FromVolume(res, write: false);
+            OrInto(buf.AsSpan(0, bytes), r.Command.DataOut.Span[..bytes]);
+            res = await Volume.WriteAsync(f.Lba, buf.AsMemory(0, bytes), f.Fua, r.Ct).ConfigureAwait(false);
+            var e = FromVolume(res, write: true);
+            return e.IsError ? e : Outcome.Wrote(want);
+        }
+        finally { ArrayPool<byte>.Shared.Return(buf); }
+    }
+
+    private static void OrInto(Span<byte> dst, ReadOnlySpan<byte> src)
+    {
+        var d = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(dst);
+        var s = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(src);
+        for (int i = 0; i < d.Length; i++) d[i] |= s[i];
+        for (int i = d.Length * 8; i < dst.Length; i++) dst[i] |= src[i];
+    }
+
     internal ValueTask<Outcome> PreFetch(Request r)
     {
         var f = r.Fields;
@@ -220,7 +277,9 @@ public sealed partial class ScsiLogicalUnit
         bool zero = ndob || !data.Span.ContainsAnyExcept((byte)0);
         using var _ = await _rangeLock.AcquireAsync(f.Lba, blocks, r.Ct).ConfigureAwait(false);
         VolumeResult res;
-        if (zero && unmap && Volume.SupportsUnmap) res = await Volume.UnmapAsync(f.Lba, blocks, r.Ct).ConfigureAwait(false);
+        // UNMAP = 1 lets the device server deallocate instead of writing (SBC-3 5.45); with LBPRZ the blocks
+        // then read as zeros whatever the Data-Out held, which is what initiators that set it expect.
+        if (unmap && Volume.SupportsUnmap) res = await Volume.UnmapAsync(f.Lba, blocks, r.Ct).ConfigureAwait(false);
         else if (zero) res = await Volume.WriteZeroesAsync(f.Lba, blocks, deallocate: false, r.Ct).ConfigureAwait(false);
         else res = await WriteRepeated(f.Lba, blocks, data, r.Ct).ConfigureAwait(false);
         var e = FromVolume(res, write: true);
@@ -311,13 +370,15 @@ public sealed partial class ScsiLogicalUnit
     {
         var f = r.Fields;
         if (!Cdb.InRange(f.Lba, f.Blocks, Volume.BlockCount)) return ScsiError.OutOfRange;
-        if (f.Blocks == 0) return Outcome.Good;
         if (f.Blocks > MaxCompareAndWriteBlocks || f.Blocks > MaxTransferBlocks) return ScsiError.Cdb(13);
-        var wp = CheckWritable();
-        if (wp.IsError) return wp;
         int half = (int)f.Blocks * BlockSize;
         var data = r.Command.DataOut;
+        // Data-Out must be exactly verify + write halves; a mismatch (e.g. a 256-block request whose count
+        // wrapped to 0 in the one-byte field) is rejected rather than guessed at.
         if (data.Length != 2 * half) return ScsiError.Cdb(13);
+        if (f.Blocks == 0) return Outcome.Good;
+        var wp = CheckWritable();
+        if (wp.IsError) return wp;
         if (r.Ct.IsCancellationRequested) return ScsiError.Of(SenseReason.TaskAborted);
         // The range stays locked from the read to the write, so the compare and the write are atomic with
         // respect to every other write to these blocks on this LU.

@@ -160,9 +160,7 @@ public sealed partial class ScsiLogicalUnit
             BinaryPrimitives.WriteUInt32BigEndian(p[28..], 1);             // optimal unmap granularity
         }
         BinaryPrimitives.WriteUInt64BigEndian(p[36..], MaxWriteSameBlocks);
-        BinaryPrimitives.WriteUInt32BigEndian(p[44..], Math.Min(Volume.MaxAtomicWriteBlocks, MaxTransferBlocks));
-        BinaryPrimitives.WriteUInt32BigEndian(p[48..], 1);                 // atomic alignment
-        BinaryPrimitives.WriteUInt32BigEndian(p[52..], 1);                 // atomic transfer length granularity
+        BinaryPrimitives.WriteUInt32BigEndian(p[44..], AtomicWriteBlocks); // atomic alignment/granularity 0: none required
         return 64;
     }
 
@@ -196,7 +194,7 @@ public sealed partial class ScsiLogicalUnit
 
         if (options == 0)
         {
-            var all = OpcodeTable.AllCommands().ToList();
+            var all = OpcodeTable.AllCommands().Where(Implements).ToList();
             int len = 4 + all.Count * (8 + tdLen);
             var owner = Rent(len);
             var s = owner.Memory.Span;
@@ -220,7 +218,7 @@ public sealed partial class ScsiLogicalUnit
         {
             case 1:
                 if (entry?.ServiceActions != null) return new(ScsiError.Cdb(2, 0));
-                target = entry?.Handler != null ? entry : null;
+                target = entry?.Handler != null && Implements(entry) ? entry : null;
                 break;
             case 2:
                 if (entry != null && entry.ServiceActions == null) return new(ScsiError.Cdb(2, 1));
@@ -229,7 +227,7 @@ public sealed partial class ScsiLogicalUnit
             case 3:
                 if (entry?.ServiceActions != null) target = reqSa < 32 ? entry.ServiceActions[reqSa] : null;
                 else if (reqSa != 0) return new(ScsiError.Cdb(4));
-                else target = entry?.Handler != null ? entry : null;
+                else target = entry?.Handler != null && Implements(entry) ? entry : null;
                 break;
             default:
                 return new(ScsiError.Cdb(2, 2));

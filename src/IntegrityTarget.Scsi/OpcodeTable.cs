@@ -142,12 +142,14 @@ public static class OpcodeTable
         Add(new() { Opcode = 0x88, Name = "READ(16)", Usage = Rw16(0x88, 0x18), Direction = In, Access = R, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.Read(r) });
         Add(new() { Opcode = 0x89, Name = "COMPARE AND WRITE", Usage = U(0x89, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0x1F, Ctl), Direction = Out, Access = W, Layout = CdbLayout.CompareAndWrite, Handler = static (lu, r) => lu.CompareAndWrite(r) });
         Add(new() { Opcode = 0x8A, Name = "WRITE(16)", Usage = Rw16(0x8A, 0x18), Direction = Out, Access = W, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.Write(r) });
+        Add(new() { Opcode = 0x8B, Name = "ORWRITE(16)", Usage = Rw16(0x8B, 0x18), Direction = Out, Access = W, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.OrWrite(r) });
         Add(new() { Opcode = 0x8E, Name = "WRITE AND VERIFY(16)", Usage = Rw16(0x8E, 0x16), Direction = Out, Access = W, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.WriteAndVerify(r) });
         Add(new() { Opcode = 0x8F, Name = "VERIFY(16)", Usage = Rw16(0x8F, 0x16), Direction = Out, Access = R, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.Verify(r) });
         Add(new() { Opcode = 0x90, Name = "PRE-FETCH(16)", Usage = Rw16(0x90, 0x02), Access = R, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.PreFetch(r) });
         Add(new() { Opcode = 0x91, Name = "SYNCHRONIZE CACHE(16)", Usage = Rw16(0x91, 0x06), Access = W, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.SynchronizeCache(r) });
         Add(new() { Opcode = 0x93, Name = "WRITE SAME(16)", Usage = Rw16(0x93, 0x09), Direction = Out, Access = W, Layout = CdbLayout.Rw16, Handler = static (lu, r) => lu.WriteSame(r) });
 
+        Add(new() { Opcode = 0x9C, Name = "WRITE ATOMIC(16)", Usage = U(0x9C, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0x1F, Ctl), Direction = Out, Access = W, Layout = CdbLayout.Atomic16, Handler = static (lu, r) => lu.WriteAtomic(r) });
         var sai = new CommandInfo?[32];
         sai[0x10] = new() { Opcode = 0x9E, ServiceAction = 0x10, Name = "READ CAPACITY(16)", Usage = U(0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, Ctl), Direction = In, Access = A, Handler = static (lu, r) => lu.ReadCapacity16(r) };
         sai[0x12] = new() { Opcode = 0x9E, ServiceAction = 0x12, Name = "GET LBA STATUS", Usage = U(0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, Ctl), Direction = In, Access = R, Handler = static (lu, r) => lu.GetLbaStatus(r) };

@@ -344,7 +344,7 @@ public sealed partial class ScsiLogicalUnit
                 default:
                     result = ScsiError.Cdb(1, 4); break;
             }
-            if (!result.IsError && sa != 1 && sa != 2) _pr.Persist();
+            if (!result.IsError) _pr.Persist();
         }
         foreach (var (reg, ua) in notify) UnitAttentionFor(reg.InitiatorPort, reg.TargetPort, ua);
         if (abort is { Count: > 0 }) AbortTasksRequested?.Invoke(Lun, abort);

@@ -145,7 +145,7 @@ public sealed partial class ScsiLogicalUnit
         var info = OpcodeTable.Get(cdb[0]);
         var nexus = GetNexus(cmd.Nexus);
         bool dsense = _mode.DSense;
-        if (info == null || !info.IsSupported) return Fail(nexus, ScsiError.Of(SenseReason.InvalidOpcode), info);
+        if (info == null || !info.IsSupported || !Implements(info)) return Fail(nexus, ScsiError.Of(SenseReason.InvalidOpcode), info);
         if (info.ServiceActions != null)
         {
             if (cdb.Length < 2) return Fail(nexus, ScsiError.Cdb(1, 4), info);
@@ -178,6 +178,14 @@ public sealed partial class ScsiLogicalUnit
         }
         return ToResponse(o, _mode.DSense);
     }
+
+    /// <summary>Commands of the table this unit offers given its volume (UNMAP needs thin provisioning, WRITE ATOMIC an atomic unit).</summary>
+    public bool Implements(CommandInfo c) => c.Opcode switch
+    {
+        0x42 => Volume.SupportsUnmap,
+        0x9C => AtomicWriteBlocks > 0,
+        _ => true,
+    };
 
     private ScsiResponse Fail(NexusState nexus, ScsiError e, CommandInfo? info)
     {

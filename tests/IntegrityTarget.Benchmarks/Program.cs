@@ -1,2 +1,6 @@
-// Benchmarks entry point; suites land with the volume and target work.
-return 0;
+using IntegrityTarget.Benchmarks;
+
+// Benchmarks entry point: `dotnet run -c Release --project tests/IntegrityTarget.Benchmarks -- volume [--size-mib N] [--dir DIR]`.
+if (args.Length > 0 && args[0] == "volume") return await VolumeBenchmark.RunAsync(args[1..]);
+Console.Error.WriteLine("usage: IntegrityTarget.Benchmarks volume [--size-mib 512] [--dir /var/tmp] [--seconds 3]");
+return 2;

@@ -8,6 +8,7 @@ public static class DumpVerb
         usage: integrity-target dump PATH
 
         Prints the superblock and journal state of the integrity volume in PATH (read-only).
+        Exit code 1 when PATH holds no integrity volume.
         """;
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CliContext ctx)
@@ -18,7 +19,9 @@ public static class DumpVerb
         if (!File.Exists(path)) throw new CliException($"{path}: no such file or block device", ExitCodes.Usage);
         try
         {
-            await ctx.Out.WriteLineAsync(IntegrityWiring.Dump(path).TrimEnd());
+            var (text, isVolume) = IntegrityWiring.Dump(path);
+            await ctx.Out.WriteLineAsync(text.TrimEnd());
+            if (!isVolume) throw new CliException($"{path} does not hold an integrity volume");
         }
         catch (Exception e) when (e is Storage.StorageException or IOException || IntegrityWiring.IsVolumeError(e))
         {

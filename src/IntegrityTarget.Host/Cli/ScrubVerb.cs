@@ -61,7 +61,7 @@ public static class ScrubVerb
             }
         }
         await Report(outcome, va.Has("json"), ctx);
-        return outcome.BadLbas.Count == 0 ? ExitCodes.Ok : ExitCodes.Failure;
+        return outcome.Clean ? ExitCodes.Ok : ExitCodes.Failure;
     }
 
     private static async Task<ScrubOutcome> OnlineAsync(string socket, string iqn, ulong lun, double? rate, IProgress<double> progress, CancellationToken ct)
@@ -91,7 +91,9 @@ public static class ScrubVerb
             await ctx.Out.WriteLineAsync(JsonSerializer.Serialize(o, StatusJson.Indented));
             return;
         }
-        await ctx.Out.WriteLineAsync($"{o.Volume}: {o.BlocksChecked} blocks checked in {o.Seconds:0.0} s, {o.BadLbas.Count} bad");
+        await ctx.Out.WriteLineAsync($"{o.Volume}: {o.BlocksChecked} blocks checked ({o.BlocksSkippedUnmapped} unmapped skipped) in {o.Seconds:0.0} s: " +
+            $"{o.Mismatches} bad{(o.IoErrors > 0 ? $", {o.IoErrors} I/O errors" : "")}");
         foreach (var lba in o.BadLbas) await ctx.Out.WriteLineAsync($"bad LBA {lba}");
+        if (o.BadLbas.Count < o.Mismatches) await ctx.Out.WriteLineAsync($"(first {o.BadLbas.Count} of {o.Mismatches} bad LBAs listed)");
     }
 }

@@ -22,6 +22,8 @@ public sealed class LoadedConfig
     /// <summary>Flags the verb handles itself (e.g. --json, --force), with their values ("" for bare flags).</summary>
     public required IReadOnlyDictionary<string, string> Flags { get; init; }
     public required Func<string, string> SourceResolver { get; init; }
+    /// <summary>The file could not be parsed: nothing else is worth checking.</summary>
+    public bool Unreadable { get; init; }
 
     /// <summary>"config/x.json", "environment (INTEGRITYTARGET_Targets__0__Iqn)", "command line (--iqn)" or "built-in defaults".</summary>
     public string SourceOf(string key) => SourceResolver(key);
@@ -165,7 +167,7 @@ public static class ConfigLoader
             return new LoadedConfig
             {
                 Root = root, WorkingDirectory = input.WorkingDirectory, FileDisplayName = fileDisplay,
-                Problems = problems, Flags = flags, SourceResolver = _ => fileDisplay ?? "config",
+                Problems = problems, Flags = flags, SourceResolver = _ => fileDisplay ?? "config", Unreadable = true,
             };
         }
 

@@ -34,6 +34,7 @@ public sealed partial class ConfigReader
     /// <param name="checkFiles">Check backing and key files on disk (off for verbs that only need the socket path).</param>
     public static (HostConfig? Config, IReadOnlyList<ConfigProblem> Problems) Read(LoadedConfig loaded, bool checkFiles = true)
     {
+        if (loaded.Unreadable) return (null, loaded.Problems);
         var r = new ConfigReader(loaded, checkFiles);
         var config = r.ReadAll();
         bool failed = r._problems.Any(p => p.Severity == ProblemSeverity.Error);
@@ -219,7 +220,7 @@ public sealed partial class ConfigReader
             InitialR2T = Bool("Iscsi:InitialR2T", false),
             MaxOutstandingR2T = Int("Iscsi:MaxOutstandingR2T", 8, 1, 65535),
             QueueDepth = Int("Iscsi:QueueDepth", 128, 1, 65536),
-            NopIntervalSeconds = Int("Iscsi:NopIntervalSeconds", 10, 0, 3600),
+            NopIntervalSeconds = Int("Iscsi:NopIntervalSeconds", 10, 1, 3600),
             NopTimeoutSeconds = Int("Iscsi:NopTimeoutSeconds", 30, 1, 3600),
             DiscoveryChap = ReadChap("Iscsi:DiscoveryChap"),
             DiscoveryMutualChap = ReadChap("Iscsi:DiscoveryMutualChap"),

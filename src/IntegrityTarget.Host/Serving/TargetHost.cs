@@ -28,6 +28,9 @@ public sealed class TargetHost : IStatusProvider
 
     private TargetHost(HostConfig config, ILogger log) { _config = config; _log = log; }
 
+    /// <summary>A host over already opened LUNs without a network front end (status and scrub only), for tests.</summary>
+    internal TargetHost(HostConfig config, ILogger log, IEnumerable<ServedTarget> targets) : this(config, log) => _targets.AddRange(targets);
+
     public IReadOnlyList<ServedTarget> Targets => _targets;
 
     public static string Version =>
@@ -92,6 +95,11 @@ public sealed class TargetHost : IStatusProvider
             _frontEnd = await FrontEnd.StartAsync(_config, _targets, _log, ct);
             return true;
         }
+        catch (Exception e) when (FrontEnd.IsBindFailure(e))
+        {
+            _log.Error("{Message}", e.Message);
+            return false;
+        }
         catch (Exception e) when (FindSocketError(e) is { } se)
         {
             _log.Error("Cannot listen on {Portals}: {Reason}", string.Join(", ", _config.Portals), DescribeSocketError(se));
@@ -117,8 +125,8 @@ public sealed class TargetHost : IStatusProvider
     private void LogSummary()
     {
         var endpoints = _frontEnd?.BoundEndpoints ?? [];
-        foreach (var ep in endpoints) _log.Information("Listening on {Portal}", ep.ToString());
-        _log.Information("Transport {Transport}; status socket {Socket}", _config.Transport, _config.StatusSocket);
+        _log.Information("Portals {Portals}, transport {Transport}, status socket {Socket}",
+            string.Join(", ", endpoints.Select(e => e.ToString())), _config.Transport, _config.StatusSocket);
         foreach (var t in _targets)
         {
             _log.Information("Target {Iqn}{Alias}: initiators {Allowed}, CHAP {Chap}", t.Iqn,
@@ -142,8 +150,7 @@ public sealed class TargetHost : IStatusProvider
             using var drain = new CancellationTokenSource(DrainTimeout);
             try
             {
-                await _frontEnd.StopAcceptingAsync(drain.Token);
-                await _frontEnd.DrainAsync(drain.Token);
+                await _frontEnd.ShutdownAsync(drain.Token);
             }
             catch (OperationCanceledException)
             {
@@ -208,11 +215,13 @@ public sealed class TargetHost : IStatusProvider
         var served = target.Luns.FirstOrDefault(l => l.Lun == lun)
             ?? throw new CliException($"target {iqn} has no LUN {lun} (LUNs: {string.Join(", ", target.Luns.Select(l => l.Lun))})");
         string key = $"{target.Iqn}/{lun}";
+        if (!served.Settings.Integrity)
+            throw new CliException($"{key} is served without integrity protection; there are no tags to scrub");
         if (!_scrubbing.TryAdd(key, true)) throw new CliException($"{key} is already being scrubbed");
         try
         {
             var outcome = await IntegrityWiring.ScrubAsync(served.Volume, rateMBps, progress, ct);
-            _log.Information("Scrub of {Lun} finished: {Blocks} blocks checked, {Bad} bad", key, outcome.BlocksChecked, outcome.BadLbas.Count);
+            _log.Information("Scrub of {Lun} finished: {Blocks} blocks checked, {Bad} bad", key, outcome.BlocksChecked, outcome.Mismatches);
             return outcome;
         }
         finally { _scrubbing.TryRemove(key, out _); }

@@ -38,8 +38,12 @@ public sealed record LunStatus(
     bool ReadOnly,
     IReadOnlyDictionary<string, long> Counters);
 
-/// <summary>Result of verifying every block of one volume.</summary>
-public sealed record ScrubOutcome(string Volume, ulong BlocksChecked, IReadOnlyList<ulong> BadLbas, double Seconds);
+/// <summary>Result of verifying every block of one volume. <see cref="BadLbas"/> may be capped; <see cref="Mismatches"/> is the full count.</summary>
+public sealed record ScrubOutcome(string Volume, ulong BlocksChecked, ulong BlocksSkippedUnmapped, long Mismatches,
+    IReadOnlyList<ulong> BadLbas, long IoErrors, double Seconds)
+{
+    public bool Clean => Mismatches == 0 && IoErrors == 0 && BadLbas.Count == 0;
+}
 
 public static class StatusJson
 {

@@ -168,6 +168,11 @@ public sealed class StatusServer : IAsyncDisposable
 }
 
 /// <summary>IProgress that reports on the caller's thread (Progress&lt;T&gt; would post to the thread pool out of order).</summary>
+public sealed class InlineProgress<T>(Action<T> report) : IProgress<T>
+{
+    public void Report(T value) => report(value);
+}
+
 public sealed class InlineProgress(Action<double> report) : IProgress<double>
 {
     public void Report(double value) => report(value);

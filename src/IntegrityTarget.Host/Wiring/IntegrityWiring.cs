@@ -57,10 +57,13 @@ public static class IntegrityWiring
                 {
                     var options = new FormatOptions
                     {
-                        BlockSize = lun.BlockSize, Algorithm = alg, Key = key,
+                        BlockSize = lun.BlockSize, Algorithm = alg, Key = key, Name = name,
                         LogicalBlocks = created ? (ulong)(lun.SizeBytes!.Value / lun.BlockSize) : null,
                     };
-                    var volume = await IntegrityVolume.FormatAsync(device, options, log, null, ct);
+                    var formatted = await IntegrityVolume.FormatAsync(device, options, log, null, ct);
+                    // FormatAsync opens with default options; reopen so write-back and the name apply.
+                    await formatted.DisposeAsync();
+                    var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = lun.WriteBack, Name = name }, log, ct);
                     log.Information("Formatted {Path} as an integrity volume for {Lun}: {Blocks} blocks of {BlockSize} bytes, {Algorithm} tags",
                         lun.Path, name, volume.BlockCount, volume.BlockSize, lun.TagAlgorithm);
                     return (volume, device);
@@ -85,17 +88,20 @@ public static class IntegrityWiring
     {
         if (volume is not IntegrityVolume iv)
             throw new CliException($"{volume.Name} is served without integrity protection; there are no tags to scrub");
-        var started = System.Diagnostics.Stopwatch.StartNew();
         var report = await iv.ScrubAsync(new ScrubOptions
         {
-            RateBytesPerSecond = rateMBps is { } r ? (long)(r * 1024 * 1024) : null,
-            Progress = progress,
+            MaxMBPerSecond = rateMBps,
+            Progress = new InlineProgress<ScrubProgress>(p => progress.Report(p.Fraction)),
+            Context = new IoContext(volume.Name, "(scrub)", "SCRUB"),
         }, ct);
-        return new ScrubOutcome(volume.Name, report.BlocksChecked, report.BadLbas.ToList(), started.Elapsed.TotalSeconds);
+        if (report.Cancelled) throw new OperationCanceledException("scrub cancelled");
+        return new ScrubOutcome(volume.Name, report.BlocksChecked, report.BlocksSkippedUnmapped, report.Mismatches,
+            report.BadLbas.ToList(), report.IoErrors, report.Duration.TotalSeconds);
     }
 
     public static async Task<ScrubOutcome> ScrubFileAsync(string path, byte[] key, double? rateMBps, ILogger log, IProgress<double> progress, CancellationToken ct)
     {
+        if (!File.Exists(path)) throw new CliException($"{path}: no such file or block device", ExitCodes.Usage);
         using var device = OpenExclusive(path, "scrub");
         await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = path }, log, ct);
         return await ScrubAsync(volume, rateMBps, progress, ct);
@@ -140,10 +146,11 @@ public static class IntegrityWiring
         }
     }
 
-    public static string Dump(string path)
+    /// <returns>The dump text, and whether the device holds an integrity volume at all.</returns>
+    public static (string Text, bool IsVolume) Dump(string path)
     {
         using var device = FileBlockDevice.Open(path, readOnly: true);
-        return IntegrityVolume.Dump(device);
+        return (IntegrityVolume.Dump(device), IntegrityVolume.Probe(device) == DeviceContent.IntegrityVolume);
     }
 
     private static FileBlockDevice OpenExclusive(string path, string verb)
@@ -165,6 +172,6 @@ public static class IntegrityWiring
     public static Task<ScrubOutcome> ScrubAsync(IBlockVolume volume, double? rateMBps, IProgress<double> progress, CancellationToken ct) => throw Missing();
     public static Task<ScrubOutcome> ScrubFileAsync(string path, byte[] key, double? rateMBps, ILogger log, IProgress<double> progress, CancellationToken ct) => throw Missing();
     public static Task<string> FormatFileAsync(string path, FormatRequest request, ILogger log, IProgress<double> progress, CancellationToken ct) => throw Missing();
-    public static string Dump(string path) => throw Missing();
+    public static (string Text, bool IsVolume) Dump(string path) => throw Missing();
 #endif
 }

@@ -48,6 +48,8 @@ public sealed class FrontEnd : IAsyncDisposable
             DiscoveryChap = Chap(s.DiscoveryChap),
             DiscoveryMutualChap = Chap(s.DiscoveryMutualChap),
         };
+        if (options.Validate() is { Count: > 0 } errors)
+            throw new CliException("Iscsi: " + string.Join("; ", errors), ExitCodes.Usage);
         var server = new IscsiServer(iscsiTargets, options, log);
         IIscsiTransport transport = config.Transport switch
         {
@@ -75,11 +77,17 @@ public sealed class FrontEnd : IAsyncDisposable
 
     public IReadOnlyList<object> Sessions() => [.. _server.Sessions];
 
-    /// <summary>Stop accepting connections (existing ones carry on until drained).</summary>
-    public Task StopAcceptingAsync(CancellationToken ct) => _transport.StopAsync(ct);
+    /// <summary>
+    /// The server refuses new logins and lets in-flight commands finish; then the transport stops
+    /// listening and closes what is left.
+    /// </summary>
+    public async Task ShutdownAsync(CancellationToken ct)
+    {
+        try { await _server.ShutdownAsync(ct); }
+        finally { await _transport.StopAsync(CancellationToken.None); }
+    }
 
-    /// <summary>Let in-flight commands finish and close the sessions.</summary>
-    public Task DrainAsync(CancellationToken ct) => _server.ShutdownAsync(ct);
+    public static bool IsBindFailure(Exception e) => e is TransportBindException;
 
     public async ValueTask DisposeAsync()
     {
@@ -92,8 +100,8 @@ public sealed class FrontEnd : IAsyncDisposable
         throw new CliException("this build has no iSCSI/SCSI layer yet (IntegrityTarget.Iscsi/Scsi not merged); cannot serve");
     public IReadOnlyList<IPEndPoint> BoundEndpoints => [];
     public IReadOnlyList<object> Sessions() => [];
-    public Task StopAcceptingAsync(CancellationToken ct) => Task.CompletedTask;
-    public Task DrainAsync(CancellationToken ct) => Task.CompletedTask;
+    public Task ShutdownAsync(CancellationToken ct) => Task.CompletedTask;
+    public static bool IsBindFailure(Exception e) => false;
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
 #endif
 }

@@ -1,0 +1,638 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Diagnostics;
+using IntegrityTarget.Storage;
+
+namespace IntegrityTarget.Integrity;
+
+public sealed partial class IntegrityVolume
+{
+    private long ChunkOf(ulong lba) => (long)(lba / (ulong)_bpc);
+    private bool InRange(ulong lba, ulong blocks) => blocks <= BlockCount && lba <= BlockCount - blocks;
+
+    // ------------------------------------------------------------------ reads
+
+    public async ValueTask<VolumeResult> ReadAsync(ulong lba, Memory<byte> buffer, IoContext? context = null, CancellationToken ct = default)
+    {
+        if (buffer.Length % _bs != 0) return new VolumeResult(VolumeStatus.OutOfRange, lba, 0, $"buffer of {buffer.Length} bytes is not whole {_bs}-byte blocks");
+        ulong blocks = (ulong)(buffer.Length / _bs);
+        if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
+        if (blocks == 0) return VolumeResult.Success;
+        if (ct.IsCancellationRequested) return new VolumeResult(VolumeStatus.Cancelled);
+        ulong end = lba + blocks;
+        var lk = await _locks.AcquireAsync(ChunkOf(lba), ChunkOf(end - 1), shared: true).ConfigureAwait(false);
+        try
+        {
+            ulong cur = lba;
+            int off = 0;
+            while (cur < end)
+            {
+                long c = ChunkOf(cur);
+                ulong pieceEnd = Math.Min(end, (ulong)(c + 1) * (ulong)_bpc);
+                int n = (int)(pieceEnd - cur);
+                int bad = await ReadPieceAsync(c, cur, n, buffer.Slice(off, n * _bs), ct).ConfigureAwait(false);
+                if (bad >= 0)
+                {
+                    ulong fail = cur + (ulong)bad;
+                    ReportFailure(fail, context);
+                    return VolumeResult.Integrity(fail, fail - lba, $"{TagAlgorithm} tag mismatch at LBA {fail}");
+                }
+                cur = pieceEnd; off += n * _bs;
+            }
+        }
+        catch (IOException e) { return VolumeResult.Io(lba, 0, e.Message); }
+        finally { _locks.Release(lk); }
+        Counters.AddRead(buffer.Length);
+        return VolumeResult.Success;
+    }
+
+    /// <summary>Reads and verifies blocks of one chunk; on a mismatch re-reads from the failing block once
+    /// (a racing home write or a transient read must not fail a good block). Returns the index of the
+    /// first block that failed twice, or -1.</summary>
+    private async ValueTask<int> ReadPieceAsync(long c, ulong start, int n, Memory<byte> mem, CancellationToken ct)
+    {
+        int bad = await ReadAndVerifyAsync(c, start, n, mem, ct).ConfigureAwait(false);
+        if (bad < 0) return -1;
+        int again = await ReadAndVerifyAsync(c, start + (ulong)bad, n - bad, mem.Slice(bad * _bs), ct).ConfigureAwait(false);
+        return again < 0 ? -1 : bad + again;
+    }
+
+    private async ValueTask<int> ReadAndVerifyAsync(long c, ulong start, int n, Memory<byte> mem, CancellationToken ct)
+    {
+        long e = Volatile.Read(ref _map[c]);
+        if (e == 0) { mem.Span.Clear(); return -1; } // unmapped: zeros, nothing to verify
+        long p = e - 1;
+        int idx0 = (int)(start % (ulong)_bpc);
+        await _dev.ReadAsync(_g.SlotOffset(p) + (long)idx0 * _bs, mem, ct).ConfigureAwait(false);
+        int ts = _g.TagSize;
+        long tOff = _g.TagOffset(p, idx0);
+        long tStart = tOff & ~511L, tEnd = Geometry.RoundUp(tOff + (long)n * ts, 512);
+        byte[] tags = ArrayPool<byte>.Shared.Rent((int)(tEnd - tStart));
+        try
+        {
+            await _dev.ReadAsync(tStart, tags.AsMemory(0, (int)(tEnd - tStart)), ct).ConfigureAwait(false);
+            bool[]? fromOverlay = OverlayCopy(start, n, mem);
+            int rel = (int)(tOff - tStart);
+            for (int i = 0; i < n; i++)
+            {
+                if (fromOverlay != null && fromOverlay[i]) continue;
+                if (!_tagger.Verify(start + (ulong)i, mem.Span.Slice(i * _bs, _bs), tags.AsSpan(rel + i * ts, ts))) return i;
+            }
+            return -1;
+        }
+        finally { ArrayPool<byte>.Shared.Return(tags); }
+    }
+
+    /// <summary>Copies acknowledged-but-not-yet-applied blocks over what was read from home.</summary>
+    private bool[]? OverlayCopy(ulong start, int n, Memory<byte> mem)
+    {
+        lock (_q)
+        {
+            if (_overlay.Count == 0) return null;
+            bool[]? hit = null;
+            for (int i = 0; i < n; i++)
+                if (_overlay.TryGetValue(start + (ulong)i, out var r))
+                {
+                    r.Buf.AsSpan(0, _bs).CopyTo(mem.Span.Slice(i * _bs, _bs));
+                    (hit ??= new bool[n])[i] = true;
+                }
+            return hit;
+        }
+    }
+
+    /// <summary>The one log event (and counter) of a verification failure.</summary>
+    private void ReportFailure(ulong lba, IoContext? ctx)
+    {
+        Counters.AddMismatch();
+        _log.Error("Integrity verification failed on {Volume} at LBA {Lba} ({TagAlgorithm}); unit {Unit}, initiator {Initiator}, command {Command}",
+            Name, lba, TagAlgorithm, ctx?.Unit, ctx?.Initiator, ctx?.Command);
+    }
+
+    // ------------------------------------------------------------------ writes
+
+    public async ValueTask<VolumeResult> WriteAsync(ulong lba, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+    {
+        if (data.Length % _bs != 0) return new VolumeResult(VolumeStatus.OutOfRange, lba, 0, $"data of {data.Length} bytes is not whole {_bs}-byte blocks");
+        ulong blocks = (ulong)(data.Length / _bs);
+        if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
+        if (blocks == 0) return VolumeResult.Success;
+        if (ct.IsCancellationRequested) return new VolumeResult(VolumeStatus.Cancelled);
+        if (_failed != null) return VolumeResult.Io(lba, 0, $"{Name}: volume failed: {_failed.Message}");
+        ulong done = 0;
+        while (done < blocks)
+        {
+            ulong n = Math.Min(blocks - done, MaxAtomicWriteBlocks);
+            var r = await WriteCommandAsync(lba + done, data.Slice((int)done * _bs, (int)n * _bs), fua, ct).ConfigureAwait(false);
+            if (!r.IsOk) return r with { GoodBlocks = done };
+            done += n;
+        }
+        Counters.AddWrite(data.Length);
+        return VolumeResult.Success;
+    }
+
+    private async ValueTask<VolumeResult> WriteCommandAsync(ulong lba, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct)
+    {
+        await BackpressureAsync().ConfigureAwait(false);
+        ulong end = lba + (ulong)(data.Length / _bs);
+        long c0 = ChunkOf(lba), c1 = ChunkOf(end - 1);
+        var lk = await _locks.AcquireAsync(c0, c1, shared: false).ConfigureAwait(false);
+        var u = new Unit { Durable = fua || !WriteBack };
+        List<long>? allocated = null;
+        try
+        {
+            int need = 0;
+            for (long c = c0; c <= c1; c++) if (IsWholeChunk(c, lba, end) || _map[c] == 0) need++;
+            if (need > 0) allocated = await AllocateAsync(need, ct).ConfigureAwait(false);
+            int ai = 0;
+            for (long c = c0; c <= c1; c++)
+            {
+                ulong cs = (ulong)c * (ulong)_bpc;
+                ulong s = Math.Max(lba, cs), e = Math.Min(end, cs + (ulong)_g.BlocksInChunk(c));
+                var piece = data.Slice((int)(s - lba) * _bs, (int)(e - s) * _bs);
+                if (IsWholeChunk(c, lba, end) || _map[c] == 0)
+                {
+                    // Redirect-on-write: the chunk goes to a free slot with its tags; the journal only
+                    // records the remap. An unmapped chunk gets its first blocks the same way, zero-filled.
+                    long p = allocated![ai++];
+                    await WriteSlotAsync(p, c, (int)(s - cs), piece, ct).ConfigureAwait(false);
+                    (u.Maps ??= new()).Add((c, p + 1));
+                    if (_map[c] != 0) (u.FreeAfter ??= new()).Add(_map[c] - 1);
+                    u.Bytes += Txn.RecordBytes;
+                }
+                else
+                {
+                    long p = _map[c] - 1;
+                    u.Data ??= new();
+                    for (ulong b = s; b < e; b++)
+                    {
+                        var buf = ArrayPool<byte>.Shared.Rent(_bs);
+                        piece.Span.Slice((int)(b - s) * _bs, _bs).CopyTo(buf); // private copy: the caller may reuse its buffer
+                        u.Data.Add(new DataRec { Lba = b, Phys = p, Buf = buf });
+                        u.Bytes += _bs + Txn.RecordBytes;
+                    }
+                }
+            }
+            Enqueue(u);
+            allocated = null;
+        }
+        catch (Exception ex) when (ex is IOException or OperationCanceledException)
+        {
+            if (allocated != null) lock (_freeLock) foreach (var p in allocated) _free.Push(p);
+            if (u.Data != null) foreach (var r in u.Data) ArrayPool<byte>.Shared.Return(r.Buf);
+            return ex is OperationCanceledException ? new VolumeResult(VolumeStatus.Cancelled, lba) : Classify((IOException)ex, lba);
+        }
+        finally { _locks.Release(lk); }
+        if (u.Durable) return await AwaitUnitAsync(u, lba).ConfigureAwait(false);
+        return VolumeResult.Success;
+    }
+
+    private static VolumeResult Classify(IOException e, ulong lba) =>
+        e.HResult == 28 ? new VolumeResult(VolumeStatus.NoSpace, lba, 0, e.Message) : VolumeResult.Io(lba, 0, e.Message);
+
+    private async ValueTask<VolumeResult> AwaitUnitAsync(Unit u, ulong lba)
+    {
+        try { await u.Done.Task.ConfigureAwait(false); return VolumeResult.Success; }
+        catch (Exception e) { return VolumeResult.Io(lba, 0, $"{Name}: journal commit failed: {e.Message}"); }
+    }
+
+    private bool IsWholeChunk(long c, ulong lba, ulong end)
+    {
+        ulong cs = (ulong)c * (ulong)_bpc;
+        return lba <= cs && end >= cs + (ulong)_g.BlocksInChunk(c);
+    }
+
+    private async ValueTask WriteSlotAsync(long p, long c, int firstIndex, ReadOnlyMemory<byte> piece, CancellationToken ct)
+    {
+        int slot = (int)_g.SlotBytes;
+        byte[] buf = ArrayPool<byte>.Shared.Rent(slot);
+        try
+        {
+            var span = buf.AsSpan(0, slot);
+            span.Clear();
+            piece.Span.CopyTo(span[(firstIndex * _bs)..]);
+            int cb = _g.BlocksInChunk(c), ts = _g.TagSize;
+            ulong cs = (ulong)c * (ulong)_bpc;
+            for (int i = 0; i < cb; i++)
+                _tagger.ComputeTag(cs + (ulong)i, span.Slice(i * _bs, _bs), span.Slice(_g.ChunkBytes + i * ts, ts));
+            await _dev.WriteAsync(_g.SlotOffset(p), buf.AsMemory(0, slot), fua: false, ct).ConfigureAwait(false);
+        }
+        finally { ArrayPool<byte>.Shared.Return(buf); }
+    }
+
+    private async ValueTask<List<long>> AllocateAsync(int n, CancellationToken ct)
+    {
+        while (true)
+        {
+            Task wait;
+            lock (_freeLock)
+            {
+                if (_free.Count >= n)
+                {
+                    var list = new List<long>(n);
+                    for (int i = 0; i < n; i++) list.Add(_free.Pop());
+                    // Low water: start a commit now so replaced slots return before writers must wait.
+                    if (_free.Count < _lowWater) RequestCommit();
+                    return list;
+                }
+                wait = _freed.Task;
+            }
+            // Old slots come back once the remaps that replaced them are committed.
+            RequestCommit();
+            await wait.WaitAsync(ct).ConfigureAwait(false);
+        }
+    }
+
+    private async ValueTask BackpressureAsync()
+    {
+        while (Volatile.Read(ref _queuedBytes) > _maxPending && _failed == null)
+        {
+            Task t;
+            lock (_q) t = _drained.Task;
+            RequestCommit();
+            await t.ConfigureAwait(false);
+        }
+    }
+
+    private void Enqueue(Unit u)
+    {
+        bool wake;
+        lock (_q)
+        {
+            if (u.Maps != null)
+                foreach (var (c, e) in u.Maps)
+                {
+                    Volatile.Write(ref _map[c], e);
+                    // The remap replaces the whole chunk: older queued blocks of it must no longer show.
+                    if (_overlay.Count > 0)
+                    {
+                        ulong cs = (ulong)c * (ulong)_bpc;
+                        for (int i = 0; i < _bpc; i++) _overlay.Remove(cs + (ulong)i);
+                    }
+                }
+            if (u.Data != null) foreach (var r in u.Data) _overlay[r.Lba] = r;
+            if (_queue.Count == 0) _oldestTicks = Environment.TickCount64;
+            _queue.Add(u);
+            _queuedBytes += u.Bytes;
+            if (u.Durable) _commitRequested = true;
+            wake = u.Durable || _queuedBytes >= _watermark;
+        }
+        if (wake) Wake();
+    }
+
+    private void RequestCommit()
+    {
+        lock (_q) _commitRequested = true;
+        Wake();
+    }
+
+    private void Wake()
+    {
+        if (_wake.CurrentCount == 0) _wake.Release();
+    }
+
+    public async ValueTask<VolumeResult> FlushAsync(CancellationToken ct = default)
+    {
+        if (_failed != null) return VolumeResult.Io(0, 0, $"{Name}: volume failed: {_failed.Message}");
+        var u = new Unit { Durable = true };
+        Enqueue(u);
+        var r = await AwaitUnitAsync(u, 0).ConfigureAwait(false);
+        if (r.IsOk) Counters.AddFlush();
+        return r;
+    }
+
+    // ------------------------------------------------------------------ unmap / status
+
+    public ValueTask<VolumeResult> UnmapAsync(ulong lba, ulong blocks, CancellationToken ct = default) => WriteZeroesAsync(lba, blocks, true, ct);
+
+    public async ValueTask<VolumeResult> WriteZeroesAsync(ulong lba, ulong blocks, bool deallocate, CancellationToken ct = default)
+    {
+        if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
+        if (blocks == 0) return VolumeResult.Success;
+        if (_failed != null) return VolumeResult.Io(lba, 0, $"{Name}: volume failed: {_failed.Message}");
+        ulong end = lba + blocks, cur = lba;
+        while (cur < end)
+        {
+            // Bounded groups keep one unit's record table small; unmap is not promised atomic as a whole.
+            ulong groupEnd = Math.Min(end, ((ulong)ChunkOf(cur) + MaxMapRecordsPerUnit) * (ulong)_bpc);
+            await BackpressureAsync().ConfigureAwait(false);
+            long c0 = ChunkOf(cur), c1 = ChunkOf(groupEnd - 1);
+            var lk = await _locks.AcquireAsync(c0, c1, shared: false).ConfigureAwait(false);
+            var u = new Unit { Durable = !WriteBack, Unmap = true };
+            try
+            {
+                for (long c = c0; c <= c1; c++)
+                {
+                    if (_map[c] == 0) continue; // already reads as zeros
+                    if (IsWholeChunk(c, cur, groupEnd))
+                    {
+                        (u.Maps ??= new()).Add((c, 0));
+                        (u.FreeAfter ??= new()).Add(_map[c] - 1);
+                        u.Bytes += Txn.RecordBytes;
+                    }
+                    else
+                    {
+                        ulong cs = (ulong)c * (ulong)_bpc;
+                        ulong s = Math.Max(cur, cs), e = Math.Min(groupEnd, cs + (ulong)_g.BlocksInChunk(c));
+                        u.Data ??= new();
+                        for (ulong b = s; b < e; b++)
+                        {
+                            var buf = ArrayPool<byte>.Shared.Rent(_bs);
+                            Array.Clear(buf, 0, _bs);
+                            u.Data.Add(new DataRec { Lba = b, Phys = _map[c] - 1, Buf = buf });
+                            u.Bytes += _bs + Txn.RecordBytes;
+                        }
+                    }
+                }
+                Enqueue(u);
+            }
+            finally { _locks.Release(lk); }
+            if (u.Durable)
+            {
+                var r = await AwaitUnitAsync(u, cur).ConfigureAwait(false);
+                if (!r.IsOk) return r;
+            }
+            cur = groupEnd;
+        }
+        Counters.AddUnmap();
+        return VolumeResult.Success;
+    }
+
+    public ValueTask<LbaExtent> GetLbaStatusAsync(ulong lba, CancellationToken ct = default)
+    {
+        if (lba >= BlockCount) return ValueTask.FromResult(new LbaExtent(lba, 0, true));
+        long c = ChunkOf(lba);
+        bool mapped = Volatile.Read(ref _map[c]) != 0;
+        long c2 = c + 1;
+        while (c2 < _g.LogicalChunks && (Volatile.Read(ref _map[c2]) != 0) == mapped) c2++;
+        ulong endLba = Math.Min(BlockCount, (ulong)c2 * (ulong)_bpc);
+        return ValueTask.FromResult(new LbaExtent(lba, endLba - lba, mapped));
+    }
+
+    /// <summary>
+    /// Where a block's data and tag currently live on the device (null when unmapped, i.e. reads as
+    /// zeros). For diagnostics and corruption tests; blocks still only in the journal are found after
+    /// <see cref="FlushAsync"/>, which copies them home.
+    /// </summary>
+    public (long DataOffset, long TagOffset, int TagSize)? LocateBlock(ulong lba)
+    {
+        if (lba >= BlockCount) throw new ArgumentOutOfRangeException(nameof(lba), $"LBA {lba} beyond the volume's {BlockCount} blocks");
+        long e = Volatile.Read(ref _map[ChunkOf(lba)]);
+        if (e == 0) return null;
+        int idx = (int)(lba % (ulong)_bpc);
+        return (_g.SlotOffset(e - 1) + (long)idx * _bs, _g.TagOffset(e - 1, idx), _g.TagSize);
+    }
+
+    /// <summary>Journal area location (offset, bytes), for diagnostics and tests.</summary>
+    public (long Offset, long Bytes) JournalArea => (_g.JournalAreaOffset, _g.JournalAreaBytes);
+
+    /// <summary>Chunk-map area location (offset, bytes), for diagnostics and tests.</summary>
+    public (long Offset, long Bytes) MapArea => (_g.MapOffset, _g.MapBytes);
+
+    // ------------------------------------------------------------------ committer
+
+    private async Task CommitterLoopAsync()
+    {
+        while (!_abandon)
+        {
+            List<Unit>? batch = null;
+            bool stopping = _stop.IsCancellationRequested, pending;
+            lock (_q)
+            {
+                pending = _queue.Count > 0;
+                if (pending && (_commitRequested || stopping || _queuedBytes >= _watermark || Environment.TickCount64 - _oldestTicks >= MaxAgeMs))
+                {
+                    long bytes = 0; int n = 0;
+                    while (n < _queue.Count)
+                    {
+                        var u = _queue[n];
+                        long ub = u.Bytes + Txn.FixedHeader;
+                        if (n > 0 && bytes + ub > _maxTxnBytes - 8192) break;
+                        bytes += ub; n++;
+                    }
+                    batch = _queue.GetRange(0, n);
+                    _queue.RemoveRange(0, n);
+                    foreach (var u in batch) _queuedBytes -= u.Bytes;
+                    _commitRequested = _queue.Exists(x => x.Durable);
+                    _oldestTicks = Environment.TickCount64;
+                }
+            }
+            if (batch != null)
+            {
+                try { await CommitBatchAsync(batch).ConfigureAwait(false); }
+                catch (Exception e) { Fail(e, batch); }
+                continue;
+            }
+            if (stopping) break;
+            try { await _wake.WaitAsync(pending ? MaxAgeMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
+            catch (OperationCanceledException) { }
+        }
+    }
+
+    private void Fail(Exception e, List<Unit> batch)
+    {
+        _failed ??= e;
+        _log.Error(e, "Journal commit on {Volume} failed; the volume refuses further writes", Name);
+        foreach (var u in batch) u.Done.TrySetException(e);
+        List<Unit> rest;
+        lock (_q) { rest = new(_queue); _queue.Clear(); _queuedBytes = 0; }
+        foreach (var u in rest) u.Done.TrySetException(e);
+        TaskCompletionSource d, f;
+        lock (_q) { d = _drained; _drained = new(TaskCreationOptions.RunContinuationsAsynchronously); }
+        lock (_freeLock) { f = _freed; _freed = new(TaskCreationOptions.RunContinuationsAsynchronously); }
+        d.TrySetResult(); f.TrySetException(e as IOException ?? new IOException(e.Message, e));
+    }
+
+    /// <summary>
+    /// One journal transaction for a batch of commands: slots written by redirect-on-write are flushed
+    /// first (a durable remap must never point at non-durable data), then the transaction is written with
+    /// FUA, then partial-chunk blocks are copied home and replaced slots are released.
+    /// </summary>
+    private async ValueTask CommitBatchAsync(List<Unit> batch)
+    {
+        var ct = CancellationToken.None;
+        int nData = 0, nRecs = 0;
+        bool hasMaps = false;
+        foreach (var u in batch) { nData += u.Data?.Count ?? 0; nRecs += u.Records; hasMaps |= u.Maps is { Count: > 0 }; }
+        if (nRecs > 0)
+        {
+            if (hasMaps) await _dev.FlushAsync(ct).ConfigureAwait(false);
+            int hb = Txn.HeaderBytes(nRecs);
+            long total = Geometry.RoundUp(hb + (long)nData * _bs, 4096);
+            if (_head + total > _g.JournalAreaBytes) await CheckpointAsync(ct).ConfigureAwait(false);
+            byte[] buf = ArrayPool<byte>.Shared.Rent((int)total);
+            try
+            {
+                var span = buf.AsSpan(0, (int)total);
+                span[..hb].Clear();
+                Txn.Magic.CopyTo(span);
+                BinaryPrimitives.WriteUInt64LittleEndian(span[8..], _nextSeq);
+                BinaryPrimitives.WriteInt32LittleEndian(span[16..], (int)total);
+                BinaryPrimitives.WriteInt32LittleEndian(span[20..], nRecs);
+                BinaryPrimitives.WriteInt32LittleEndian(span[24..], hb);
+                int ri = 0, payload = hb;
+                foreach (var u in batch)
+                {
+                    if (u.Data != null)
+                        foreach (var r in u.Data)
+                        {
+                            WriteRecord(span, ri++, Txn.TypeData, r.Lba, (ulong)r.Phys);
+                            r.Buf.AsSpan(0, _bs).CopyTo(span[payload..]);
+                            payload += _bs;
+                        }
+                    if (u.Maps != null)
+                        foreach (var (c, e) in u.Maps) WriteRecord(span, ri++, Txn.TypeMap, (ulong)c, (ulong)e);
+                }
+                span[payload..].Clear();
+                _tagger.Checksum(span, span.Slice(32, 32));
+                await _dev.WriteAsync(_g.JournalAreaOffset + _head, buf.AsMemory(0, (int)total), fua: true, ct).ConfigureAwait(false);
+            }
+            finally { ArrayPool<byte>.Shared.Return(buf); }
+            _head += total;
+            _nextSeq++;
+            Counters.AddJournalCommit();
+
+            // The journal is durable: copy partial-chunk blocks home, then fold remaps into the committed map.
+            if (nData > 0)
+            {
+                var apply = new List<(ulong, long, ReadOnlyMemory<byte>)>(nData);
+                foreach (var u in batch) if (u.Data != null) foreach (var r in u.Data) apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
+                await ApplyAsync(apply, ct).ConfigureAwait(false);
+            }
+            foreach (var u in batch)
+                if (u.Maps != null)
+                    foreach (var (c, e) in u.Maps) { _committedMap[c] = e; _dirtyMapSectors.Add(c / Geometry.MapEntriesPerSector); }
+            lock (_q)
+            {
+                foreach (var u in batch)
+                    if (u.Data != null)
+                        foreach (var r in u.Data)
+                            if (_overlay.TryGetValue(r.Lba, out var cur) && ReferenceEquals(cur, r)) _overlay.Remove(r.Lba);
+            }
+            foreach (var u in batch)
+                if (u.Data != null) foreach (var r in u.Data) ArrayPool<byte>.Shared.Return(r.Buf);
+            // Slots replaced by committed remaps are free now; release their space before reuse.
+            foreach (var u in batch)
+                if (u.FreeAfter != null)
+                    foreach (var p in u.FreeAfter)
+                    {
+                        // Unmap releases space; a slot replaced by an overwrite is reused soon, so punching
+                        // it would only churn the filesystem's allocation.
+                        if (u.Unmap && _dev.CanDeallocate) await _dev.DiscardAsync(_g.SlotOffset(p), _g.SlotBytes, ct).ConfigureAwait(false);
+                        lock (_freeLock) _free.Push(p);
+                    }
+        }
+        foreach (var u in batch) u.Done.TrySetResult();
+        TaskCompletionSource d, f;
+        lock (_q) { d = _drained; _drained = new(TaskCreationOptions.RunContinuationsAsynchronously); }
+        lock (_freeLock) { f = _freed; _freed = new(TaskCreationOptions.RunContinuationsAsynchronously); }
+        d.TrySetResult(); f.TrySetResult();
+    }
+
+    private static void WriteRecord(Span<byte> txn, int i, uint type, ulong a, ulong b)
+    {
+        var r = txn.Slice(Txn.FixedHeader + i * Txn.RecordBytes, Txn.RecordBytes);
+        BinaryPrimitives.WriteUInt32LittleEndian(r, type);
+        BinaryPrimitives.WriteUInt64LittleEndian(r[8..], a);
+        BinaryPrimitives.WriteUInt64LittleEndian(r[16..], b);
+    }
+
+    /// <summary>Writes journaled blocks to their home slots with fresh tags (one tag-region rewrite per slot).</summary>
+    private async ValueTask ApplyAsync(IReadOnlyList<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct)
+    {
+        var regions = new Dictionary<long, byte[]>();
+        int ts = _g.TagSize, tr = _g.TagRegionBytes;
+        try
+        {
+            // Coalesce runs of consecutive blocks in one slot into one write.
+            int i = 0;
+            while (i < recs.Count)
+            {
+                var (lba, p, _) = recs[i];
+                int j = i + 1;
+                while (j < recs.Count && recs[j].Phys == p && recs[j].Lba == recs[j - 1].Lba + 1 && j - i < _bpc) j++;
+                int idx = (int)(lba % (ulong)_bpc);
+                if (j - i == 1) await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, recs[i].Data, fua: false, ct).ConfigureAwait(false);
+                else
+                {
+                    byte[] run = ArrayPool<byte>.Shared.Rent((j - i) * _bs);
+                    for (int k = i; k < j; k++) recs[k].Data.Span.CopyTo(run.AsSpan((k - i) * _bs));
+                    await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, run.AsMemory(0, (j - i) * _bs), fua: false, ct).ConfigureAwait(false);
+                    ArrayPool<byte>.Shared.Return(run);
+                }
+                for (int k = i; k < j; k++)
+                {
+                    if (!regions.TryGetValue(p, out var region))
+                    {
+                        region = ArrayPool<byte>.Shared.Rent(tr);
+                        await _dev.ReadAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), ct).ConfigureAwait(false);
+                        regions[p] = region;
+                    }
+                    int ki = (int)(recs[k].Lba % (ulong)_bpc);
+                    _tagger.ComputeTag(recs[k].Lba, recs[k].Data.Span, region.AsSpan(ki * ts, ts));
+                }
+                i = j;
+            }
+            foreach (var (p, region) in regions)
+                await _dev.WriteAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), fua: false, ct).ConfigureAwait(false);
+        }
+        finally { foreach (var r in regions.Values) ArrayPool<byte>.Shared.Return(r); }
+    }
+
+    /// <summary>
+    /// Makes the journal's effects permanent so its space can be reused: committed map sectors are
+    /// written, everything is flushed (home copies included), and only then does the journal superblock
+    /// move the start past the applied transactions (one atomic sector write with FUA).
+    /// </summary>
+    private async ValueTask CheckpointAsync(CancellationToken ct)
+    {
+        var sec = new byte[512];
+        foreach (long s in _dirtyMapSectors)
+        {
+            Array.Clear(sec);
+            for (int k = 0; k < Geometry.MapEntriesPerSector; k++)
+            {
+                long c = s * Geometry.MapEntriesPerSector + k;
+                if (c >= _g.LogicalChunks) break;
+                BinaryPrimitives.WriteInt64LittleEndian(sec.AsSpan(k * 8), _committedMap[c]);
+            }
+            BinaryPrimitives.WriteUInt32LittleEndian(sec.AsSpan(504), MapSectorCrc(s, sec));
+            await _dev.WriteAsync(_g.MapOffset + s * 512, sec, fua: false, ct).ConfigureAwait(false);
+        }
+        await _dev.FlushAsync(ct).ConfigureAwait(false);
+        _checkpoints++;
+        await _dev.WriteAsync(_g.JournalOffset, new JournalSuper(_nextSeq, _checkpoints).Serialize(), fua: true, ct).ConfigureAwait(false);
+        _dirtyMapSectors.Clear();
+        _head = 0;
+    }
+
+    // ------------------------------------------------------------------ lifecycle
+
+    /// <summary>Commits everything queued, checkpoints, and stops background work.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        if (!_abandon)
+        {
+            if (_failed == null) await FlushAsync().ConfigureAwait(false);
+            _stop.Cancel();
+            if (_committer != null) await _committer.ConfigureAwait(false);
+            if (_failed == null && (_head > 0 || _dirtyMapSectors.Count > 0))
+            {
+                try { await CheckpointAsync(CancellationToken.None).ConfigureAwait(false); }
+                catch (IOException e) { _log.Warning(e, "Final checkpoint of {Volume} failed; the journal will be replayed at next open", Name); }
+            }
+        }
+        if (OwnsDevice) _dev.Dispose();
+    }
+
+    /// <summary>Stops background work without writing anything more (simulates power loss in tests).
+    /// Commands still queued never complete durably; the volume object must not be used afterwards.</summary>
+    public async ValueTask AbandonAsync()
+    {
+        _abandon = true;
+        _disposed = true;
+        _stop.Cancel();
+        if (_committer != null) { try { await _committer.ConfigureAwait(false); } catch { /* the simulated crash may fail I/O */ } }
+    }
+}

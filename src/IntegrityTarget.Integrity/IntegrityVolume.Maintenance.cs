@@ -1,0 +1,144 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Text;
+using IntegrityTarget.Storage;
+
+namespace IntegrityTarget.Integrity;
+
+public sealed partial class IntegrityVolume
+{
+    /// <summary>
+    /// Verifies every mapped block while the volume stays online (reads take the same shared range locks
+    /// as any read, one chunk at a time), throttled to <see cref="ScrubOptions.MaxMBPerSecond"/>. Each bad
+    /// LBA gets its one log event and counts as a mismatch; unmapped chunks read as zeros and are skipped.
+    /// </summary>
+    public async ValueTask<ScrubReport> ScrubAsync(ScrubOptions options, CancellationToken ct = default)
+    {
+        var sw = Stopwatch.StartNew();
+        ulong done = 0, skipped = 0;
+        long mismatches = 0, ioErrors = 0;
+        var bad = new List<ulong>();
+        bool cancelled = false;
+        double rate = options.MaxMBPerSecond is double r && r > 0 ? r * 1e6 : 0;
+        byte[] buf = ArrayPool<byte>.Shared.Rent(_g.ChunkBytes);
+        long lastReport = -1;
+        try
+        {
+            for (long c = 0; c < _g.LogicalChunks; c++)
+            {
+                if (ct.IsCancellationRequested) { cancelled = true; break; }
+                int cb = _g.BlocksInChunk(c);
+                ulong cs = (ulong)c * (ulong)_bpc;
+                var lk = await _locks.AcquireAsync(c, c, shared: true).ConfigureAwait(false);
+                try
+                {
+                    if (Volatile.Read(ref _map[c]) == 0) skipped += (ulong)cb;
+                    else
+                    {
+                        int pos = 0;
+                        while (pos < cb)
+                        {
+                            int b = await ReadPieceAsync(c, cs + (ulong)pos, cb - pos, buf.AsMemory(pos * _bs, (cb - pos) * _bs), ct).ConfigureAwait(false);
+                            if (b < 0) break;
+                            ulong fail = cs + (ulong)(pos + b);
+                            ReportFailure(fail, options.Context);
+                            mismatches++;
+                            if (bad.Count < options.MaxListedBadLbas) bad.Add(fail);
+                            pos += b + 1;
+                        }
+                    }
+                }
+                catch (IOException e)
+                {
+                    ioErrors++;
+                    _log.Error("Scrub of {Volume}: read error in LBAs {First}..{Last}: {Error}", Name, cs, cs + (ulong)cb - 1, e.Message);
+                }
+                finally { _locks.Release(lk); }
+                done += (ulong)cb;
+                long pct = (long)(done * 1000 / BlockCount);
+                if (pct != lastReport) { lastReport = pct; options.Progress?.Report(new ScrubProgress(done, BlockCount, mismatches)); }
+                if (rate > 0)
+                {
+                    double due = (done - skipped) * (double)_bs / rate;
+                    double ahead = due - sw.Elapsed.TotalSeconds;
+                    if (ahead > 0.001)
+                    {
+                        try { await Task.Delay(TimeSpan.FromSeconds(ahead), ct).ConfigureAwait(false); }
+                        catch (OperationCanceledException) { cancelled = true; break; }
+                    }
+                }
+            }
+        }
+        finally { ArrayPool<byte>.Shared.Return(buf); }
+        options.Progress?.Report(new ScrubProgress(done, BlockCount, mismatches));
+        _log.Information("Scrub of {Volume}: {Checked} blocks checked, {Skipped} unmapped skipped, {Mismatches} mismatches, {IoErrors} read errors in {Seconds:F1} s{Cancelled}",
+            Name, done - skipped, skipped, mismatches, ioErrors, sw.Elapsed.TotalSeconds, cancelled ? " (cancelled)" : "");
+        return new ScrubReport(done - skipped, skipped, mismatches, bad, ioErrors, sw.Elapsed, cancelled);
+    }
+
+    /// <summary>
+    /// Human-readable superblock, journal and map state. Reads only; never needs the key (keyed journal
+    /// checksums are then checked for structure only). Goes as far as the damage allows.
+    /// </summary>
+    public static string Dump(IBlockDevice device)
+    {
+        var o = new StringBuilder();
+        o.AppendLine($"device:            {device.Name} ({device.Length} bytes)");
+        Superblock? sb;
+        try
+        {
+            var s = new byte[Math.Min(4096, (int)Math.Min(device.Length, 4096))];
+            if (s.Length < 512) { o.AppendLine("superblock:        device too small"); return o.ToString(); }
+            ReadSync(device, 0, s);
+            sb = Superblock.Parse(s, out var problem);
+            if (sb == null) { o.AppendLine($"superblock:        INVALID: {problem}"); return o.ToString(); }
+        }
+        catch (Exception e) { o.AppendLine($"superblock:        unreadable: {e.Message}"); return o.ToString(); }
+        string alg = Enum.IsDefined(typeof(TagAlgorithm), (int)sb.AlgorithmId) ? Tagger.NameOf((TagAlgorithm)sb.AlgorithmId) : $"unknown ({sb.AlgorithmId})";
+        o.AppendLine($"superblock:        checksum ok, version {sb.Version}");
+        o.AppendLine($"uuid:              {sb.Uuid}");
+        o.AppendLine($"formatted:         {DateTimeOffset.FromUnixTimeSeconds(sb.FormattedUnixSeconds):u}");
+        o.AppendLine($"block size:        {sb.BlockSize}");
+        o.AppendLine($"logical blocks:    {sb.LogicalBlocks} ({(double)sb.LogicalBlocks * sb.BlockSize / (1 << 20):F1} MiB)");
+        o.AppendLine($"tag algorithm:     {alg}, tag size {sb.TagSize} B{(sb.AlgorithmId == (uint)Integrity.TagAlgorithm.HmacSha256 ? " (keyed; key not stored, check value stored)" : "")}");
+        o.AppendLine($"chunk size:        {sb.ChunkBytes} B, logical chunks {sb.LogicalChunks}, physical slots {sb.PhysicalChunks} of {sb.SlotBytes} B (tags {sb.TagRegionBytes} B)");
+        o.AppendLine($"journal:           offset {sb.JournalOffset}, {sb.JournalBytes} B");
+        o.AppendLine($"map:               offset {sb.MapOffset}, {sb.MapBytes} B");
+        o.AppendLine($"data:              offset {sb.DataOffset}");
+        o.AppendLine($"salt:              {Convert.ToHexString(sb.Salt)}");
+        var g = sb.Validate(out var gp);
+        if (g == null) { o.AppendLine($"geometry:          INVALID: {gp}"); return o.ToString(); }
+        if (device.Length < g.DeviceBytes) o.AppendLine($"geometry:          TRUNCATED: device has {device.Length} bytes, volume needs {g.DeviceBytes}");
+        else o.AppendLine($"geometry:          ok (needs {g.DeviceBytes} bytes)");
+        if (device.Length < g.DataOffset) return o.ToString();
+        try
+        {
+            var js = new byte[512];
+            ReadSync(device, g.JournalOffset, js);
+            var jsb = JournalSuper.Parse(js, out var jp);
+            if (jsb == null) o.AppendLine($"journal super:     INVALID: {jp}");
+            else
+            {
+                o.AppendLine($"journal super:     start sequence {jsb.Value.StartSequence}, {jsb.Value.Checkpoints} checkpoints");
+                var tagger = g.Algorithm == Integrity.TagAlgorithm.HmacSha256 ? null : new Tagger(g.Algorithm, sb.Salt, default);
+                var txns = ScanJournal(device, g, tagger, jsb.Value.StartSequence, out bool torn, out bool corrupt, out string stop);
+                long recs = 0, bytes = 0;
+                foreach (var t in txns) { recs += t.Records; bytes += t.Total; }
+                o.AppendLine($"journal:           {txns.Count} committed transactions to replay, {recs} records, {bytes} B used of {g.JournalAreaBytes}{(tagger == null ? " (keyed checksums not verified)" : "")}");
+                if (txns.Count > 0) o.AppendLine($"                   sequences {txns[0].Seq}..{txns[^1].Seq}");
+                o.AppendLine($"journal end:       {stop}{(torn ? " [torn transaction discarded]" : "")}{(corrupt ? " [DAMAGED transaction before an intact one]" : "")}");
+            }
+        }
+        catch (Exception e) { o.AppendLine($"journal:           unreadable: {e.Message}"); }
+        try
+        {
+            var map = new long[g.LogicalChunks];
+            LoadMap(device, g, map, device.Name, out var badSector);
+            long mapped = 0;
+            foreach (var e in map) if (e != 0) mapped++;
+            o.AppendLine($"map:               {mapped} of {g.LogicalChunks} chunks mapped (at last checkpoint){(badSector is long b ? $"; DAMAGED map sector {b}" : "")}");
+        }
+        catch (Exception e) { o.AppendLine($"map:               unreadable: {e.Message}"); }
+        return o.ToString();
+    }
+}

@@ -1,0 +1,61 @@
+using IntegrityTarget.Storage;
+
+namespace IntegrityTarget.Integrity;
+
+/// <summary>Per-block tag algorithm. The numeric value is stored in the superblock: never renumber.</summary>
+public enum TagAlgorithm { Crc32c = 1, XxHash64 = 2, HmacSha256 = 3 }
+
+public sealed class FormatOptions
+{
+    public int BlockSize { get; init; } = 4096;
+    public TagAlgorithm Algorithm { get; init; } = TagAlgorithm.Crc32c;
+    /// <summary>HMAC key (HmacSha256 only). Never stored on the volume; only a check value is.</summary>
+    public ReadOnlyMemory<byte> Key { get; init; }
+    /// <summary>Journal size in bytes (null = 1/32 of the logical size, clamped to 2..64 MiB).</summary>
+    public long? JournalBytes { get; init; }
+    /// <summary>null = as many blocks as fit on the device.</summary>
+    public ulong? LogicalBlocks { get; init; }
+    /// <summary>Format even when the device already holds a volume or other data.</summary>
+    public bool Force { get; init; }
+    /// <summary>Name used in log events (defaults to the device name).</summary>
+    public string? Name { get; init; }
+}
+
+public sealed class OpenOptions
+{
+    public ReadOnlyMemory<byte> Key { get; init; }
+    public bool WriteBack { get; init; } = true;
+    public string? Name { get; init; }
+}
+
+public enum DeviceContent { Blank, IntegrityVolume, Unknown }
+
+/// <summary>A volume problem a person must act on; the message names the device and says what is wrong.</summary>
+public sealed class IntegrityVolumeException : Exception
+{
+    public IntegrityVolumeException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>What the recovery pass at open did.</summary>
+public sealed record RecoveryReport(
+    long TransactionsReplayed, long RecordsReplayed, long TornDiscarded, bool CorruptTransactionFound,
+    TimeSpan Duration, ulong FirstSequence, ulong NextSequence);
+
+public sealed class ScrubOptions
+{
+    /// <summary>Throttle in MB/s (10^6 bytes) of logical data checked; null or &lt;= 0 = unthrottled.</summary>
+    public double? MaxMBPerSecond { get; init; }
+    public IProgress<ScrubProgress>? Progress { get; init; }
+    /// <summary>Names the scrub in the per-failure log events.</summary>
+    public IoContext? Context { get; init; }
+    /// <summary>Stop listing (not counting) bad LBAs after this many.</summary>
+    public int MaxListedBadLbas { get; init; } = 10_000;
+}
+
+public readonly record struct ScrubProgress(ulong BlocksDone, ulong BlocksTotal, long Mismatches)
+{
+    public double Fraction => BlocksTotal == 0 ? 1 : (double)BlocksDone / BlocksTotal;
+}
+
+public sealed record ScrubReport(ulong BlocksChecked, ulong BlocksSkippedUnmapped, long Mismatches,
+    IReadOnlyList<ulong> BadLbas, long IoErrors, TimeSpan Duration, bool Cancelled);

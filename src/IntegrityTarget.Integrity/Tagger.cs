@@ -1,0 +1,112 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Hashing;
+using System.Numerics;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+
+namespace IntegrityTarget.Integrity;
+
+/// <summary>
+/// Computes per-block tags over (LBA, data) and journal checksums. One instance per volume (holds the
+/// key and salt); stateless per call, so safe from many threads.
+/// </summary>
+internal sealed class Tagger
+{
+    private readonly TagAlgorithm _alg;
+    private readonly byte[] _key;
+    private readonly uint _crcSeed;
+    private readonly long _xxSeed;
+
+    public Tagger(TagAlgorithm alg, ReadOnlySpan<byte> salt, ReadOnlySpan<byte> key)
+    {
+        _alg = alg;
+        _key = key.ToArray();
+        // The salt makes tags volume-specific: a block copied from another volume does not verify.
+        _crcSeed = Crc32C(0xFFFFFFFFu, salt);
+        _xxSeed = BinaryPrimitives.ReadInt64LittleEndian(salt);
+    }
+
+    public TagAlgorithm Algorithm => _alg;
+    public int TagSize => SizeOf(_alg);
+
+    public static int SizeOf(TagAlgorithm alg) => alg switch
+    {
+        TagAlgorithm.Crc32c => 4,
+        TagAlgorithm.XxHash64 => 8,
+        TagAlgorithm.HmacSha256 => 32,
+        _ => throw new ArgumentOutOfRangeException(nameof(alg), $"unknown tag algorithm {(int)alg}"),
+    };
+
+    public static string NameOf(TagAlgorithm alg) => alg switch
+    {
+        TagAlgorithm.Crc32c => "crc32c",
+        TagAlgorithm.XxHash64 => "xxhash64",
+        TagAlgorithm.HmacSha256 => "hmac-sha256",
+        _ => $"unknown({(int)alg})",
+    };
+
+    public void ComputeTag(ulong lba, ReadOnlySpan<byte> data, Span<byte> tag)
+    {
+        switch (_alg)
+        {
+            case TagAlgorithm.Crc32c:
+            {
+                Span<byte> l = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(l, lba);
+                uint c = Crc32C(Crc32C(_crcSeed, l), data);
+                BinaryPrimitives.WriteUInt32LittleEndian(tag, ~c);
+                break;
+            }
+            case TagAlgorithm.XxHash64:
+                // The LBA goes into the seed, so a block written to the wrong place fails.
+                BinaryPrimitives.WriteUInt64LittleEndian(tag, XxHash64.HashToUInt64(data, _xxSeed ^ (long)lba));
+                break;
+            case TagAlgorithm.HmacSha256:
+            {
+                byte[] buf = ArrayPool<byte>.Shared.Rent(data.Length + 8);
+                data.CopyTo(buf);
+                BinaryPrimitives.WriteUInt64LittleEndian(buf.AsSpan(data.Length), lba);
+                HMACSHA256.HashData(_key, buf.AsSpan(0, data.Length + 8), tag);
+                ArrayPool<byte>.Shared.Return(buf);
+                break;
+            }
+        }
+    }
+
+    public bool Verify(ulong lba, ReadOnlySpan<byte> data, ReadOnlySpan<byte> stored)
+    {
+        Span<byte> t = stackalloc byte[32];
+        ComputeTag(lba, data, t[..TagSize]);
+        return t[..TagSize].SequenceEqual(stored);
+    }
+
+    /// <summary>Journal transaction checksum: keyed under HMAC so the journal cannot be forged either.</summary>
+    public void Checksum(ReadOnlySpan<byte> data, Span<byte> dest32)
+    {
+        dest32.Clear();
+        if (_alg == TagAlgorithm.HmacSha256) HMACSHA256.HashData(_key, data, dest32);
+        else BinaryPrimitives.WriteUInt32LittleEndian(dest32, ~Crc32C(_crcSeed, data));
+    }
+
+    /// <summary>HMAC(key, salt || "check"): lets open detect a wrong key without storing the key.</summary>
+    public static byte[] KeyCheck(ReadOnlySpan<byte> key, ReadOnlySpan<byte> salt)
+    {
+        var src = new byte[salt.Length + 5];
+        salt.CopyTo(src);
+        "check"u8.CopyTo(src.AsSpan(salt.Length));
+        return HMACSHA256.HashData(key.ToArray(), src);
+    }
+
+    /// <summary>CRC-32C (Castagnoli) using the SSE4.2/ARM crc instructions through BitOperations.</summary>
+    public static uint Crc32C(uint crc, ReadOnlySpan<byte> data)
+    {
+        var words = MemoryMarshal.Cast<byte, ulong>(data);
+        foreach (ulong w in words) crc = BitOperations.Crc32C(crc, w);
+        foreach (byte b in data[(words.Length * 8)..]) crc = BitOperations.Crc32C(crc, b);
+        return crc;
+    }
+
+    /// <summary>Plain CRC-32C of a buffer (for superblock, journal super and map sectors).</summary>
+    public static uint Crc(ReadOnlySpan<byte> data) => ~Crc32C(0xFFFFFFFFu, data);
+}

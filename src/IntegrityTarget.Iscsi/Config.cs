@@ -1,0 +1,73 @@
+namespace IntegrityTarget.Iscsi;
+
+/// <summary>CHAP user name and secret. The secret never appears in logs or <see cref="ToString"/>.</summary>
+public sealed record ChapCredentials(string User, string Secret)
+{
+    public override string ToString() => $"ChapCredentials {{ User = {User}, Secret = *** }}";
+}
+
+/// <summary>One iSCSI target: its name, who may log in, and the SCSI layer serving its LUNs.</summary>
+public sealed class IscsiTargetConfig
+{
+    public required string Iqn { get; init; }
+    public string? Alias { get; init; }
+    public required IntegrityTarget.Scsi.IScsiTarget Scsi { get; init; }
+    /// <summary>Initiator IQNs allowed to log in; empty or containing "*" means any.</summary>
+    public IReadOnlyList<string> AllowedInitiators { get; init; } = [];
+    /// <summary>When set, initiators must authenticate with CHAP using these credentials.</summary>
+    public ChapCredentials? Chap { get; init; }
+    /// <summary>Credentials the target uses to authenticate itself when the initiator asks (mutual CHAP).</summary>
+    public ChapCredentials? MutualChap { get; init; }
+
+    internal bool Allows(string initiatorName) =>
+        AllowedInitiators.Count == 0 ||
+        AllowedInitiators.Any(a => a == "*" || string.Equals(a, initiatorName, StringComparison.OrdinalIgnoreCase));
+}
+
+/// <summary>Our side of the operational parameters and connection housekeeping.</summary>
+public sealed class IscsiServerOptions
+{
+    public int MaxRecvDataSegmentLength { get; init; } = 262144;
+    public int MaxBurstLength { get; init; } = 1048576;
+    public int FirstBurstLength { get; init; } = 65536;
+    public bool ImmediateData { get; init; } = true;
+    public bool InitialR2T { get; init; } = false;
+    public int MaxOutstandingR2T { get; init; } = 8;
+    /// <summary>Commands a session may have outstanding; advertised through MaxCmdSN.</summary>
+    public int QueueDepth { get; init; } = 128;
+    public TimeSpan NopInterval { get; init; } = TimeSpan.FromSeconds(10);
+    public TimeSpan NopTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    public ChapCredentials? DiscoveryChap { get; init; }
+    public ChapCredentials? DiscoveryMutualChap { get; init; }
+    public ushort PortalGroupTag { get; init; } = 1;
+    /// <summary>A connection that has not finished login in this time is closed.</summary>
+    public TimeSpan LoginTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Largest expected data transfer length accepted for one write command (bounds buffers).</summary>
+    public int MaxCommandDataLength { get; init; } = 64 * 1024 * 1024;
+
+    /// <summary>Returns every problem with these options (empty when valid).</summary>
+    public IReadOnlyList<string> Validate()
+    {
+        var errors = new List<string>();
+        if (MaxRecvDataSegmentLength is < 512 or > 16777215) errors.Add($"MaxRecvDataSegmentLength must be 512..16777215, got {MaxRecvDataSegmentLength}");
+        if (MaxBurstLength is < 512 or > 16777215) errors.Add($"MaxBurstLength must be 512..16777215, got {MaxBurstLength}");
+        if (FirstBurstLength < 512 || FirstBurstLength > MaxBurstLength) errors.Add($"FirstBurstLength must be 512..MaxBurstLength ({MaxBurstLength}), got {FirstBurstLength}");
+        if (MaxOutstandingR2T is < 1 or > 65535) errors.Add($"MaxOutstandingR2T must be 1..65535, got {MaxOutstandingR2T}");
+        if (QueueDepth is < 1 or > 65536) errors.Add($"QueueDepth must be 1..65536, got {QueueDepth}");
+        if (NopInterval <= TimeSpan.Zero) errors.Add("NopInterval must be positive");
+        if (NopTimeout <= TimeSpan.Zero) errors.Add("NopTimeout must be positive");
+        if (MaxCommandDataLength < MaxBurstLength) errors.Add($"MaxCommandDataLength must be at least MaxBurstLength ({MaxBurstLength})");
+        return errors;
+    }
+}
+
+/// <summary>A snapshot of one session for status output.</summary>
+public sealed record SessionInfo(
+    string Target,
+    string Initiator,
+    string Isid,
+    ushort Tsih,
+    bool Discovery,
+    int Connections,
+    int CommandsInFlight,
+    string? Remote);

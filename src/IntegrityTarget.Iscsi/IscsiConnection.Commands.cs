@@ -1,0 +1,619 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using IntegrityTarget.Iscsi.Pdus;
+using IntegrityTarget.Iscsi.Session;
+using IntegrityTarget.Scsi;
+
+namespace IntegrityTarget.Iscsi;
+
+// Full feature phase: CmdSN window, SCSI commands with immediate/unsolicited/solicited Data-Out,
+// Data-In and SCSI Response with residuals, NOP-Out.
+public sealed partial class IscsiConnection
+{
+    private uint _expCmdSN;
+    private readonly SortedSet<uint> _aheadCmdSNs = new(); // CmdSNs received inside the window but ahead of ExpCmdSN
+    private readonly Dictionary<uint, ScsiTask> _tasks = [];
+    private int _activeCommands;
+    private TaskCompletionSource? _idleWaiter;
+
+    public int TasksInFlight { get { lock (_sync) return _tasks.Count; } }
+
+    private uint _advertisedMaxCmdSN;
+    private bool _advertised;
+
+    /// <summary>
+    /// MaxCmdSN = ExpCmdSN + free queue slots - 1 (the window closes when the queue is full), never below
+    /// what was already advertised (an initiator may use what it was given). Caller holds _sync.
+    /// </summary>
+    private uint MaxCmdSNLocked()
+    {
+        int free = Math.Max(0, Options.QueueDepth - _activeCommands);
+        uint max = _expCmdSN + (uint)free - 1;
+        if (_advertised && Bhs.SnLess(max, _advertisedMaxCmdSN)) max = _advertisedMaxCmdSN;
+        _advertisedMaxCmdSN = max;
+        _advertised = true;
+        return max;
+    }
+
+    /// <summary>
+    /// CmdSN acceptance (RFC 7143 §3.2.2.1): immediate commands are always taken; others must lie in
+    /// [ExpCmdSN, MaxCmdSN] or are dropped silently. Returns false for a dropped PDU.
+    /// </summary>
+    private bool AcceptCmdSN(byte[] header, bool countsAsCommand)
+    {
+        uint cmdSN = Bhs.U32(header, 24);
+        lock (_sync)
+        {
+            if (Bhs.Immediate(header))
+            {
+                if (countsAsCommand) _activeCommands++;
+                return true;
+            }
+            // Only what was advertised counts: a queue slot freed since then is not yet known to the initiator.
+            uint max = _advertised ? _advertisedMaxCmdSN : MaxCmdSNLocked();
+            if (Bhs.SnLess(cmdSN, _expCmdSN) || Bhs.SnLess(max, cmdSN))
+            {
+                _log.Debug("Dropping {Opcode} with CmdSN {CmdSN} outside window [{Exp}, {Max}]", Bhs.Op(header), cmdSN, _expCmdSN, max);
+                return false;
+            }
+            if (cmdSN == _expCmdSN)
+            {
+                _expCmdSN++;
+                while (_aheadCmdSNs.Remove(_expCmdSN)) _expCmdSN++;
+            }
+            else if (!_aheadCmdSNs.Add(cmdSN))
+            {
+                _log.Debug("Dropping duplicate CmdSN {CmdSN}", cmdSN);
+                return false;
+            }
+            if (countsAsCommand) _activeCommands++;
+            return true;
+        }
+    }
+
+    // ---------------------------------------------------------------- SCSI Command
+
+    private async ValueTask HandleScsiCommandAsync(InboundPdu pdu)
+    {
+        var h = pdu.Header;
+        if (Session?.Target is not { } target)
+        {
+            await RejectAsync(pdu, RejectReason.ProtocolError, "SCSI command in a discovery session").ConfigureAwait(false);
+            return;
+        }
+        bool final = (h[1] & 0x80) != 0, read = (h[1] & 0x40) != 0, write = (h[1] & 0x20) != 0;
+        uint edtlRaw = Bhs.U32(h, 20);
+        int immediate = pdu.DataLength;
+        uint itt = Bhs.Itt(h);
+
+        // Header checks that make the PDU unusable (nothing consumed from the CmdSN window yet).
+        string? invalid = null;
+        if (itt == Bhs.ReservedTag) invalid = "ITT 0xffffffff is reserved";
+        else if (read && write) invalid = "bidirectional commands are not supported";
+        else if (write && edtlRaw > (uint)Options.MaxCommandDataLength) invalid = $"expected data transfer length {edtlRaw} exceeds {Options.MaxCommandDataLength}";
+        else if (immediate > 0 && !write) invalid = "data segment on a command without the W bit";
+        else if (immediate > 0 && !Parameters.ImmediateData) invalid = "immediate data although ImmediateData=No";
+        else if (immediate > Math.Min((long)Parameters.FirstBurstLength, edtlRaw)) invalid = "immediate data longer than FirstBurstLength or the expected length";
+        else if (!final && (!write || Parameters.InitialR2T)) invalid = "F bit clear without unsolicited data allowed";
+        else if (!final && immediate >= edtlRaw) invalid = "F bit clear but all data already sent";
+        else if (pdu.AhsLength > 0 && !TryCdbFromAhs(pdu, out _)) invalid = "malformed AHS";
+        if (invalid is not null)
+        {
+            if (AcceptCmdSN(h, countsAsCommand: false))
+                await RejectAsync(pdu, RejectReason.InvalidPduField, invalid).ConfigureAwait(false);
+            return;
+        }
+
+        if (!AcceptCmdSN(h, countsAsCommand: true)) return;
+
+        var task = new ScsiTask
+        {
+            Itt = itt,
+            LunField = Bhs.Lun(h),
+            CmdSN = Bhs.U32(h, 24),
+            Read = read,
+            Write = write,
+            Edtl = (int)Math.Min(edtlRaw, int.MaxValue),
+            Attribute = (TaskAttribute)(h[1] & 0x07),
+        };
+        task.Lun = LunAddress.Decode(task.LunField);
+        TryCdbFromAhs(pdu, out var cdb);
+        task.Cdb = cdb;
+
+        lock (_sync)
+        {
+            if (!_tasks.TryAdd(itt, task))
+            {
+                _activeCommands--;
+                invalid = "ITT already in use";
+            }
+        }
+        if (invalid is not null)
+        {
+            await SendRejectAsync(h, RejectReason.TaskInProgress).ConfigureAwait(false);
+            return;
+        }
+
+        if (write && task.Edtl > 0)
+        {
+            task.Buffer = _server.BufferPool.Rent(task.Edtl);
+            if (immediate > 0) pdu.Data.CopyTo(task.Buffer);
+            task.Received = immediate;
+            task.UnsolicitedNext = immediate;
+            if (!final)
+            {
+                task.UnsolicitedOpen = true;
+                task.UnsolicitedEnd = Math.Min(Parameters.FirstBurstLength, task.Edtl);
+            }
+            task.NextR2TOffset = final ? immediate : task.UnsolicitedEnd;
+            task.R2Ts = new R2TState[Math.Max(1, Parameters.MaxOutstandingR2T)];
+            if (task.Received < task.Edtl)
+            {
+                await IssueR2TsAsync(task).ConfigureAwait(false);
+                return;
+            }
+        }
+        StartExecution(task, target);
+    }
+
+    /// <summary>CDB from the BHS plus an extended-CDB AHS (type 1) when present.</summary>
+    private static bool TryCdbFromAhs(InboundPdu pdu, out byte[] cdb)
+    {
+        var h = pdu.Header;
+        int extra = 0, extOffset = 0;
+        var ahs = pdu.Ahs.AsSpan(0, pdu.AhsLength);
+        int pos = 0;
+        while (pos + 4 <= ahs.Length)
+        {
+            int len = BinaryPrimitives.ReadUInt16BigEndian(ahs[pos..]);
+            byte type = ahs[pos + 2];
+            if (len == 0 || pos + 3 + len > ahs.Length) { cdb = []; return false; }
+            if (type == 1) { extOffset = pos + 4; extra = len - 1; }
+            pos += Bhs.Padded(3 + len);
+        }
+        cdb = new byte[16 + extra];
+        h.AsSpan(32, 16).CopyTo(cdb);
+        if (extra > 0) ahs.Slice(extOffset, extra).CopyTo(cdb.AsSpan(16));
+        return true;
+    }
+
+    /// <summary>Sends R2Ts for the data not yet solicited, keeping at most MaxOutstandingR2T outstanding.</summary>
+    private async ValueTask IssueR2TsAsync(ScsiTask task)
+    {
+        // R2Ts wait until the unsolicited burst is over, so that they start where it really ended.
+        while (true)
+        {
+            R2TState r2t;
+            lock (_sync)
+            {
+                if (task.Aborted || task.UnsolicitedOpen || task.NextR2TOffset >= task.Edtl || task.R2TCount >= task.R2Ts.Length) return;
+                int len = Math.Min(Parameters.MaxBurstLength, task.Edtl - task.NextR2TOffset);
+                r2t = new R2TState { Ttt = NextTttLocked(), R2TSN = task.NextR2TSN++, Offset = task.NextR2TOffset, Length = len };
+                task.NextR2TOffset += len;
+                task.R2Ts[task.R2TCount++] = r2t;
+            }
+            await _sendLock.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                var h = _tx.AsSpan();
+                h.Clear();
+                h[0] = (byte)Opcode.R2T;
+                h[1] = 0x80;
+                Bhs.SetU64(h, 8, task.LunField);
+                Bhs.SetU32(h, 16, task.Itt);
+                Bhs.SetU32(h, 20, r2t.Ttt);
+                FillSequenceNumbers(h, advanceStatSN: false);
+                Bhs.SetU32(h, 36, r2t.R2TSN);
+                Bhs.SetU32(h, 40, (uint)r2t.Offset);
+                Bhs.SetU32(h, 44, (uint)r2t.Length);
+                Emit(h, default);
+            }
+            finally { _sendLock.Release(); }
+        }
+    }
+
+    private uint NextTttLocked()
+    {
+        var t = _nextTtt++;
+        if (_nextTtt == Bhs.ReservedTag) _nextTtt = 1;
+        return t;
+    }
+
+    // ---------------------------------------------------------------- Data-Out
+
+    private async ValueTask HandleDataOutAsync(InboundPdu pdu)
+    {
+        var h = pdu.Header;
+        uint itt = Bhs.Itt(h), ttt = Bhs.U32(h, 20), dataSN = Bhs.U32(h, 36);
+        int offset = (int)Math.Min(Bhs.U32(h, 40), int.MaxValue);
+        int len = pdu.DataLength;
+        bool final = Bhs.Final(h);
+        ScsiTask? task;
+        string? error = null;
+        var kind = DataOutError.None;
+        bool complete = false, moreR2T = false;
+        lock (_sync)
+        {
+            if (!_tasks.TryGetValue(itt, out task) || task.Aborted || task.Executing)
+            {
+                // Data for a task that was aborted (or never existed) is discarded silently (RFC 7143 §4.2.3.3).
+                _log.Debug("Discarding Data-Out for unknown or finished ITT 0x{Itt:x8}", itt);
+                return;
+            }
+            if (ttt == Bhs.ReservedTag)
+            {
+                if (!task.UnsolicitedOpen) (kind, error) = (DataOutError.UnexpectedUnsolicited, "unsolicited Data-Out not expected");
+                else if (dataSN != task.UnsolicitedDataSN) (kind, error) = (DataOutError.DataSn, $"DataSN {dataSN}, expected {task.UnsolicitedDataSN}");
+                else if (offset != task.UnsolicitedNext) (kind, error) = (DataOutError.Offset, $"buffer offset {offset}, expected {task.UnsolicitedNext}");
+                else if ((long)offset + len > task.UnsolicitedEnd) (kind, error) = (DataOutError.TooMuch, "unsolicited data beyond FirstBurstLength");
+                else if (!final && offset + len == task.UnsolicitedEnd) (kind, error) = (DataOutError.FinalBit, "F bit missing on the last unsolicited Data-Out");
+                else
+                {
+                    pdu.Data.CopyTo(task.Buffer.AsSpan(offset, len));
+                    task.Received += len;
+                    task.UnsolicitedNext += len;
+                    task.UnsolicitedDataSN++;
+                    if (final)
+                    {
+                        task.UnsolicitedOpen = false;
+                        // Fewer unsolicited bytes than allowed: R2Ts solicit the rest from here.
+                        task.UnsolicitedEnd = task.UnsolicitedNext;
+                        task.NextR2TOffset = task.UnsolicitedNext;
+                    }
+                }
+            }
+            else
+            {
+                int i = Array.FindIndex(task.R2Ts, 0, task.R2TCount, r => r.Ttt == ttt);
+                if (i < 0) (kind, error) = (DataOutError.Ttt, $"TTT 0x{ttt:x8} does not match an outstanding R2T");
+                else
+                {
+                    ref var r2t = ref task.R2Ts[i];
+                    if (dataSN != r2t.NextDataSN) (kind, error) = (DataOutError.DataSn, $"DataSN {dataSN}, expected {r2t.NextDataSN}");
+                    else if (offset != r2t.Offset + r2t.Received) (kind, error) = (DataOutError.Offset, $"buffer offset {offset}, expected {r2t.Offset + r2t.Received}");
+                    else if (r2t.Received + len > r2t.Length) (kind, error) = (DataOutError.TooMuch, "more data than the R2T asked for");
+                    else if (final != (r2t.Received + len == r2t.Length)) (kind, error) = (DataOutError.FinalBit, final ? "F bit before the end of the burst" : "F bit missing at the end of the burst");
+                    else
+                    {
+                        pdu.Data.CopyTo(task.Buffer.AsSpan(offset, len));
+                        task.Received += len;
+                        r2t.Received += len;
+                        r2t.NextDataSN++;
+                        if (final)
+                        {
+                            task.R2Ts[i] = task.R2Ts[task.R2TCount - 1];
+                            task.R2TCount--;
+                            moreR2T = true;
+                        }
+                    }
+                }
+            }
+            if (error is null && task.Received == task.Edtl && !task.UnsolicitedOpen && task.R2TCount == 0)
+            {
+                task.Executing = true;
+                complete = true;
+            }
+            if (error is not null) task.Aborted = true; // later Data-Out for it is discarded
+        }
+        if (error is not null)
+        {
+            await FailDataOutAsync(pdu, task, kind, error).ConfigureAwait(false);
+            return;
+        }
+        if (complete) StartExecution(task, Session!.Target!);
+        else if (moreR2T || !task.UnsolicitedOpen) await IssueR2TsAsync(task).ConfigureAwait(false);
+    }
+
+    private enum DataOutError { None, UnexpectedUnsolicited, DataSn, Offset, TooMuch, FinalBit, Ttt, Digest }
+
+    /// <summary>Sense (ABORTED COMMAND) per Data-Out failure, RFC 7143 §11.4.7.2 / SPC-4 ASC table.</summary>
+    private static readonly (byte Asc, byte Ascq)[] DataOutSense = BuildDataOutSense();
+
+    private static (byte, byte)[] BuildDataOutSense()
+    {
+        var t = new (byte, byte)[8];
+        t[(int)DataOutError.UnexpectedUnsolicited] = (0x0c, 0x0c); // unexpected unsolicited data
+        t[(int)DataOutError.DataSn] = (0x4b, 0x00);                // data phase error
+        t[(int)DataOutError.Offset] = (0x4b, 0x05);                // data offset error
+        t[(int)DataOutError.TooMuch] = (0x4b, 0x02);               // too much write data
+        t[(int)DataOutError.FinalBit] = (0x4b, 0x00);              // data phase error
+        t[(int)DataOutError.Ttt] = (0x4b, 0x00);                   // data phase error
+        t[(int)DataOutError.Digest] = (0x47, 0x05);                // protocol service CRC error
+        return t;
+    }
+
+    /// <summary>
+    /// A Data-Out that breaks the sequence is rejected, and at ErrorRecoveryLevel 0 its command cannot be
+    /// repaired: it ends with CHECK CONDITION / ABORTED COMMAND before it ever reaches the backend. The
+    /// connection stays usable (no buffer was written past, nothing executed).
+    /// </summary>
+    private async ValueTask FailDataOutAsync(InboundPdu pdu, ScsiTask task, DataOutError kind, string why)
+    {
+        await RejectAsync(pdu, kind == DataOutError.Digest ? RejectReason.DataDigestError : RejectReason.ProtocolError,
+            $"ITT 0x{task.Itt:x8}: {why}").ConfigureAwait(false);
+        var (asc, ascq) = DataOutSense[(int)kind];
+        var sense = new byte[18];
+        sense[0] = 0x70; sense[2] = 0x0b; sense[7] = 10; sense[12] = asc; sense[13] = ascq;
+        lock (_sync) ReleaseSlotLocked(task);
+        await SendScsiResponseAsync(task, ScsiStatus.CheckCondition, 0, sense, 0).ConfigureAwait(false);
+        FinishTask(task);
+    }
+
+    private ValueTask DataOutDigestErrorAsync(InboundPdu pdu)
+    {
+        ScsiTask? task;
+        lock (_sync)
+        {
+            if (!_tasks.TryGetValue(Bhs.Itt(pdu.Header), out task) || task.Aborted || task.Executing) task = null;
+            else task.Aborted = true;
+        }
+        return task is null
+            ? RejectAsync(pdu, RejectReason.DataDigestError, "data digest error in Data-Out")
+            : FailDataOutAsync(pdu, task, DataOutError.Digest, "data digest error in Data-Out");
+    }
+
+    // ---------------------------------------------------------------- execution and response
+
+    private void StartExecution(ScsiTask task, IscsiTargetConfig target)
+    {
+        lock (_sync)
+        {
+            if (task.Aborted) return; // aborted before it started: the abort already finished it
+            task.Executing = true;
+        }
+        _ = ExecuteAndRespondAsync(task, target);
+    }
+
+    private async Task ExecuteAndRespondAsync(ScsiTask task, IscsiTargetConfig target)
+    {
+        ScsiResponse? response = null;
+        try
+        {
+            var command = new ScsiCommand
+            {
+                Nexus = Session!.Nexus!,
+                Lun = task.Lun,
+                Cdb = task.Cdb,
+                ExpectedTransferLength = (uint)task.Edtl,
+                Direction = task.Write ? DataDirection.Write : task.Read ? DataDirection.Read : DataDirection.None,
+                DataOut = task.Buffer is null ? ReadOnlyMemory<byte>.Empty : task.Buffer.AsMemory(0, task.Edtl),
+                Attribute = task.Attribute,
+                TaskTag = task.Itt,
+            };
+            try
+            {
+                response = await target.Scsi.ExecuteAsync(command, task.Cts.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (task.Cts.IsCancellationRequested)
+            {
+                response = null;
+            }
+            catch (Exception ex)
+            {
+                _log.Error(ex, "SCSI layer threw for ITT 0x{Itt:x8} CDB {Opcode:x2}; answering target failure", task.Itt, task.Cdb[0]);
+            }
+            bool aborted;
+            lock (_sync)
+            {
+                aborted = task.Aborted;
+                // The backend is done: the queue slot is free, and the response about to go out says so in MaxCmdSN.
+                ReleaseSlotLocked(task);
+            }
+            if (!aborted && _phase != Phase.Closed)
+            {
+                if (response is null) await SendScsiResponseAsync(task, 0, 0x01, default, 0).ConfigureAwait(false);
+                else await SendScsiResultAsync(task, response).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            response?.Dispose();
+            FinishTask(task);
+        }
+    }
+
+    private void ReleaseSlotLocked(ScsiTask task)
+    {
+        if (task.SlotReleased) return;
+        task.SlotReleased = true;
+        _activeCommands--;
+    }
+
+    private void FinishTask(ScsiTask task)
+    {
+        TaskCompletionSource? idle = null;
+        lock (_sync)
+        {
+            if (_tasks.TryGetValue(task.Itt, out var t) && t == task) _tasks.Remove(task.Itt);
+            ReleaseSlotLocked(task);
+            if (_tasks.Count == 0) { idle = _idleWaiter; _idleWaiter = null; }
+        }
+        if (task.Buffer is not null) { _server.BufferPool.Return(task.Buffer); task.Buffer = null; }
+        task.Done.TrySetResult();
+        idle?.TrySetResult();
+    }
+
+    /// <summary>
+    /// Sends the data (Data-In PDUs of at most the initiator's MaxRecvDataSegmentLength, sequences of at
+    /// most MaxBurstLength) and status: in the last Data-In when GOOD without sense, otherwise a SCSI Response.
+    /// </summary>
+    private async ValueTask SendScsiResultAsync(ScsiTask task, ScsiResponse response)
+    {
+        int readLimit = task.Read ? task.Edtl : 0;
+        var data = response.DataIn;
+        int sendLength = Math.Min(data.Length, readLimit);
+        long transfer = response.TransferLength;
+        byte residualFlags = 0;
+        uint residual = 0;
+        if (transfer > task.Edtl) { residualFlags = 0x04; residual = (uint)Math.Min(transfer - task.Edtl, uint.MaxValue); }
+        else if (transfer < task.Edtl) { residualFlags = 0x02; residual = (uint)(task.Edtl - transfer); }
+        bool statusInData = sendLength > 0 && response.Sense.IsEmpty &&
+                            response.Status is ScsiStatus.Good or ScsiStatus.ConditionMet;
+        uint dataSN = 0;
+        if (sendLength > 0)
+        {
+            await _sendLock.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                int maxSeg = Parameters.InitiatorMaxRecvDataSegmentLength;
+                int burst = Parameters.MaxBurstLength;
+                int offset = 0, burstLeft = burst;
+                while (offset < sendLength)
+                {
+                    int seg = Math.Min(Math.Min(maxSeg, sendLength - offset), burstLeft);
+                    bool last = offset + seg == sendLength;
+                    bool endOfSequence = last || seg == burstLeft;
+                    var h = _tx.AsSpan();
+                    h.Clear();
+                    h[0] = (byte)Opcode.DataIn;
+                    if (endOfSequence) h[1] |= 0x80;
+                    bool withStatus = last && statusInData;
+                    if (withStatus)
+                    {
+                        h[1] |= (byte)(0x01 | residualFlags);
+                        h[3] = response.Status;
+                        Bhs.SetU32(h, 44, residual);
+                    }
+                    Bhs.SetU64(h, 8, task.LunField);
+                    Bhs.SetU32(h, 16, task.Itt);
+                    Bhs.SetU32(h, 20, Bhs.ReservedTag);
+                    FillSequenceNumbers(h, advanceStatSN: withStatus);
+                    Bhs.SetU32(h, 36, dataSN++);
+                    Bhs.SetU32(h, 40, (uint)offset);
+                    Emit(h, data.Span.Slice(offset, seg));
+                    offset += seg;
+                    burstLeft -= seg;
+                    if (burstLeft == 0) burstLeft = burst;
+                    if (_unflushed >= 256 * 1024 && !await FlushAsync().ConfigureAwait(false)) return;
+                }
+                if (statusInData) await FlushAsync().ConfigureAwait(false);
+            }
+            finally { _sendLock.Release(); }
+            if (statusInData) return;
+        }
+        await SendScsiResponseAsync(task, response.Status, 0, response.Sense, dataSN, residualFlags, residual).ConfigureAwait(false);
+    }
+
+    private async ValueTask SendScsiResponseAsync(ScsiTask task, byte status, byte iscsiResponse, ReadOnlyMemory<byte> sense,
+        uint expDataSN, byte residualFlags = 0, uint residual = 0)
+    {
+        await _sendLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var h = _tx.AsSpan();
+            h.Clear();
+            h[0] = (byte)Opcode.ScsiResponse;
+            h[1] = (byte)(0x80 | residualFlags);
+            h[2] = iscsiResponse;
+            h[3] = status;
+            Bhs.SetU32(h, 16, task.Itt);
+            FillSequenceNumbers(h, advanceStatSN: true);
+            Bhs.SetU32(h, 36, expDataSN);
+            Bhs.SetU32(h, 44, residual);
+            if (sense.IsEmpty)
+            {
+                Emit(h, default);
+            }
+            else
+            {
+                // Sense data is prefixed by its 2-byte length (RFC 7143 §11.4.7.2).
+                int n = Math.Min(sense.Length, 0xffff);
+                var buf = ArrayPool<byte>.Shared.Rent(n + 2);
+                BinaryPrimitives.WriteUInt16BigEndian(buf, (ushort)n);
+                sense.Span[..n].CopyTo(buf.AsSpan(2));
+                Emit(h, buf.AsSpan(0, n + 2));
+                ArrayPool<byte>.Shared.Return(buf);
+            }
+            await FlushAsync().ConfigureAwait(false);
+        }
+        finally { _sendLock.Release(); }
+    }
+
+    // ---------------------------------------------------------------- NOP-Out
+
+    private async ValueTask HandleNopOutAsync(InboundPdu pdu)
+    {
+        var h = pdu.Header;
+        uint itt = Bhs.Itt(h), ttt = Bhs.U32(h, 20);
+        if (itt == Bhs.ReservedTag)
+        {
+            // An answer to our ping (TTT ours) or a ping that wants no answer; either way it may not carry the I bit off.
+            if (ttt != Bhs.ReservedTag && ttt == _pingTtt) _pingTtt = Bhs.ReservedTag;
+            return;
+        }
+        if (ttt != Bhs.ReservedTag)
+        {
+            await RejectAsync(pdu, RejectReason.InvalidPduField, "NOP-Out with an ITT must carry TTT 0xffffffff").ConfigureAwait(false);
+            return;
+        }
+        if (!AcceptCmdSN(h, countsAsCommand: false)) return;
+        int len = Math.Min(pdu.DataLength, Parameters.InitiatorMaxRecvDataSegmentLength);
+        var echo = ArrayPool<byte>.Shared.Rent(Math.Max(len, 1));
+        pdu.Data.Slice(0, len).CopyTo(echo);
+        await _sendLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var o = _tx.AsSpan();
+            o.Clear();
+            o[0] = (byte)Opcode.NopIn;
+            o[1] = 0x80;
+            Bhs.SetU64(o, 8, Bhs.Lun(h));
+            Bhs.SetU32(o, 16, itt);
+            Bhs.SetU32(o, 20, Bhs.ReservedTag);
+            FillSequenceNumbers(o, advanceStatSN: true);
+            Emit(o, echo.AsSpan(0, len));
+            await FlushAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            _sendLock.Release();
+            ArrayPool<byte>.Shared.Return(echo);
+        }
+    }
+
+    // ---------------------------------------------------------------- task set helpers
+
+    /// <summary>
+    /// Aborts matching tasks: they stop receiving data, their CancellationToken fires, and this completes
+    /// only when none of them can touch the backend any more. Their responses are suppressed, or replaced
+    /// by TASK ABORTED when <paramref name="notifyInitiator"/> (tasks of another nexus).
+    /// </summary>
+    internal async Task AbortTasksAsync(Func<ScsiTask, bool> match, bool notifyInitiator, string why)
+    {
+        List<ScsiTask> hit = [];
+        List<ScsiTask> waiting = [];
+        lock (_sync)
+        {
+            foreach (var t in _tasks.Values)
+            {
+                if (t.Aborted || !match(t)) continue;
+                t.Aborted = true;
+                t.NotifyAborted = notifyInitiator;
+                hit.Add(t);
+                if (!t.Executing) waiting.Add(t);
+            }
+        }
+        if (hit.Count == 0) return;
+        _log.Information("Aborting {Count} tasks: {Why}", hit.Count, why);
+        foreach (var t in hit)
+        {
+            try { t.Cts.Cancel(); } catch (Exception ex) { _log.Debug(ex, "cancel callback failed"); }
+        }
+        foreach (var t in waiting) FinishTask(t); // never reached the backend
+        foreach (var t in hit) await t.Done.Task.ConfigureAwait(false);
+        if (notifyInitiator && _phase == Phase.FullFeature)
+        {
+            foreach (var t in hit) await SendScsiResponseAsync(t, ScsiStatus.TaskAborted, 0, default, 0).ConfigureAwait(false);
+        }
+    }
+
+    private Task WaitForTasksAsync(CancellationToken ct)
+    {
+        lock (_sync)
+        {
+            if (_tasks.Count == 0) return Task.CompletedTask;
+            _idleWaiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _idleWaiter.Task.WaitAsync(ct);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+using System.Buffers;
+using System.Net;
+using IntegrityTarget.Iscsi.Session;
+using Serilog;
+
+namespace IntegrityTarget.Iscsi;
+
+/// <summary>
+/// The iSCSI target core: the targets it serves, the sessions logged in, and connection creation for
+/// transports (see <see cref="IPduSink"/> for the transport seam). Knows nothing about sockets.
+/// </summary>
+public sealed class IscsiServer : IAsyncDisposable
+{
+    private readonly Dictionary<string, IscsiTargetConfig> _targets;
+    private readonly List<IscsiTargetConfig> _targetList;
+    private readonly object _sync = new();
+    private readonly List<IscsiSession> _sessions = [];
+    private readonly HashSet<IscsiConnection> _connections = [];
+    private ushort _nextTsih = 1;
+    private volatile bool _shuttingDown;
+    private readonly List<(IscsiTargetConfig Target, Action<ulong, IReadOnlyCollection<string>> Handler)> _subscriptions = [];
+
+    public IscsiServer(IEnumerable<IscsiTargetConfig> targets, IscsiServerOptions options, ILogger log)
+    {
+        ArgumentNullException.ThrowIfNull(targets);
+        Options = options ?? throw new ArgumentNullException(nameof(options));
+        Log = (log ?? throw new ArgumentNullException(nameof(log))).ForContext<IscsiServer>();
+        var problems = options.Validate().ToList();
+        _targetList = targets.ToList();
+        _targets = new Dictionary<string, IscsiTargetConfig>(StringComparer.OrdinalIgnoreCase);
+        foreach (var t in _targetList)
+        {
+            if (string.IsNullOrWhiteSpace(t.Iqn)) problems.Add("a target has an empty IQN");
+            else if (!_targets.TryAdd(t.Iqn, t)) problems.Add($"target IQN '{t.Iqn}' is configured twice");
+        }
+        if (problems.Count > 0)
+            throw new ArgumentException("Invalid iSCSI configuration: " + string.Join("; ", problems));
+
+        // Large Data-Out buffers: a retaining pool owned by this server (MemoryPool.Shared collapses with deep 1 MiB queues).
+        BufferPool = ArrayPool<byte>.Create(Math.Max(options.MaxCommandDataLength, 1 << 20), 64);
+        foreach (var t in _targetList)
+        {
+            var target = t;
+            Action<ulong, IReadOnlyCollection<string>> handler = (lun, ports) => OnAbortTasksRequested(target, lun, ports);
+            t.Scsi.AbortTasksRequested += handler;
+            _subscriptions.Add((t, handler));
+        }
+    }
+
+    public IscsiServerOptions Options { get; }
+    internal ILogger Log { get; }
+    internal ArrayPool<byte> BufferPool { get; }
+    internal IReadOnlyList<IscsiTargetConfig> Targets => _targetList;
+    public bool IsShuttingDown => _shuttingDown;
+
+    public IReadOnlyCollection<SessionInfo> Sessions
+    {
+        get { lock (_sync) return _sessions.Select(s => s.Snapshot()).ToList(); }
+    }
+
+    internal IscsiTargetConfig? FindTarget(string iqn) => _targets.GetValueOrDefault(iqn);
+
+    /// <summary>
+    /// Creates the protocol state for one accepted transport connection. Returns null while shutting down.
+    /// </summary>
+    public IscsiConnection? CreateConnection(IPduSink sink, IPEndPoint? local, IPEndPoint? remote)
+    {
+        ArgumentNullException.ThrowIfNull(sink);
+        lock (_sync)
+        {
+            if (_shuttingDown) return null;
+            var c = new IscsiConnection(this, sink, local, remote);
+            _connections.Add(c);
+            return c;
+        }
+    }
+
+    internal void ConnectionClosed(IscsiConnection c)
+    {
+        lock (_sync)
+        {
+            _connections.Remove(c);
+            if (c.Session is { } s) _sessions.Remove(s);
+        }
+    }
+
+    /// <summary>
+    /// Registers a session that completed login. A session with the same initiator name, ISID and target
+    /// is reinstated: it is closed (tasks aborted, nexus lost) before the new one becomes active.
+    /// </summary>
+    internal async Task<IscsiSession?> RegisterSessionAsync(
+        IscsiTargetConfig? target, string initiator, ulong isid, ushort requestedTsih, IscsiConnection connection,
+        Func<ushort, IscsiSession> create)
+    {
+        List<IscsiSession> old;
+        lock (_sync)
+        {
+            old = _sessions.Where(s => s.Target == target && s.Isid == isid &&
+                                       string.Equals(s.InitiatorName, initiator, StringComparison.OrdinalIgnoreCase)).ToList();
+            foreach (var s in old) _sessions.Remove(s);
+        }
+        foreach (var s in old)
+        {
+            Log.Information("Reinstating session {Initiator} ISID {Isid} TSIH {Tsih}: closing the old one", initiator, LunAddress.IsidHex(isid), s.Tsih);
+            await s.Connection.CloseAsync("session reinstated").ConfigureAwait(false);
+        }
+        lock (_sync)
+        {
+            if (_shuttingDown) return null;
+            ushort tsih = requestedTsih != 0 && old.Any(o => o.Tsih == requestedTsih) ? requestedTsih : AllocateTsih();
+            var session = create(tsih);
+            _sessions.Add(session);
+            return session;
+        }
+    }
+
+    internal bool TsihExists(ushort tsih)
+    {
+        lock (_sync) return _sessions.Any(s => s.Tsih == tsih);
+    }
+
+    private ushort AllocateTsih()
+    {
+        // Called under _sync. TSIH 0 is reserved for "new session".
+        for (int i = 0; i < 65535; i++)
+        {
+            var t = _nextTsih++;
+            if (_nextTsih == 0) _nextTsih = 1;
+            if (t != 0 && !_sessions.Any(s => s.Tsih == t)) return t;
+        }
+        throw new InvalidOperationException("no free TSIH: 65535 sessions are open");
+    }
+
+    internal IReadOnlyList<IscsiConnection> ConnectionsOf(IscsiTargetConfig target)
+    {
+        lock (_sync) return _sessions.Where(s => s.Target == target).Select(s => s.Connection).ToList();
+    }
+
+    private void OnAbortTasksRequested(IscsiTargetConfig target, ulong lun, IReadOnlyCollection<string> ports)
+    {
+        foreach (var c in ConnectionsOf(target))
+        {
+            if (c.Session?.Nexus is { } n && ports.Contains(n.InitiatorPortName))
+                _ = c.AbortTasksAsync(t => t.Lun == lun, notifyInitiator: true, "PREEMPT AND ABORT");
+        }
+    }
+
+    /// <summary>Stops accepting logins, lets in-flight commands finish, then closes every connection.</summary>
+    public async Task ShutdownAsync(CancellationToken ct)
+    {
+        List<IscsiConnection> conns;
+        lock (_sync)
+        {
+            _shuttingDown = true;
+            conns = _connections.ToList();
+        }
+        Log.Information("iSCSI shutdown: draining {Count} connections", conns.Count);
+        await Task.WhenAll(conns.Select(c => c.DrainAndCloseAsync(ct))).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await ShutdownAsync(CancellationToken.None).ConfigureAwait(false);
+        foreach (var (t, h) in _subscriptions) t.Scsi.AbortTasksRequested -= h;
+        _subscriptions.Clear();
+    }
+}

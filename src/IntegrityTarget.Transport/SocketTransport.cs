@@ -1,0 +1,302 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Sockets;
+using IntegrityTarget.Iscsi;
+using Serilog;
+
+namespace IntegrityTarget.Transport;
+
+/// <summary>
+/// Default transport: sockets with System.IO.Pipelines. Per connection one receive loop (socket → input
+/// pipe), one processing loop (input pipe → <see cref="IscsiConnection.ReceiveAsync"/>) and one send loop
+/// (output pipe → socket). Back-pressure: the core awaits the output pipe's flush, which pauses above
+/// the writer threshold; the input pipe pauses the receive loop when the core falls behind, so bytes in
+/// flight per connection are bounded by the two thresholds.
+/// </summary>
+public sealed class SocketTransport : IIscsiTransport
+{
+    private readonly IscsiServer _server;
+    private readonly ILogger _log;
+    private readonly RetainingMemoryPool _pool = new();
+    private readonly List<Socket> _listeners = [];
+    private readonly List<IPEndPoint> _bound = [];
+    private readonly List<Task> _acceptLoops = [];
+    private readonly HashSet<SocketConnection> _connections = [];
+    private readonly object _sync = new();
+    private readonly CancellationTokenSource _stop = new();
+    private readonly PipeOptions _pipeOptions;
+
+    public SocketTransport(IscsiServer server, ILogger log)
+    {
+        _server = server ?? throw new ArgumentNullException(nameof(server));
+        _log = (log ?? throw new ArgumentNullException(nameof(log))).ForContext<SocketTransport>();
+        // The pause threshold must exceed the largest frame, or a single PDU could never be completed.
+        long maxFrame = 48 + 1020 + 4 + Math.Max(server.Options.MaxRecvDataSegmentLength, 8192) + 8;
+        long pause = Math.Max(1 << 20, 2 * maxFrame);
+        _pipeOptions = new PipeOptions(_pool, PipeScheduler.ThreadPool, PipeScheduler.ThreadPool,
+            pauseWriterThreshold: pause, resumeWriterThreshold: pause / 2, minimumSegmentSize: 64 * 1024, useSynchronizationContext: false);
+    }
+
+    public IReadOnlyList<IPEndPoint> BoundEndpoints { get { lock (_sync) return _bound.ToList(); } }
+
+    public Task StartAsync(IReadOnlyList<IPEndPoint> portals, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(portals);
+        if (portals.Count == 0) throw new ArgumentException("at least one portal is needed", nameof(portals));
+        foreach (var portal in portals)
+        {
+            ct.ThrowIfCancellationRequested();
+            var listener = new Socket(portal.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                if (portal.AddressFamily == AddressFamily.InterNetworkV6 && portal.Address.Equals(IPAddress.IPv6Any))
+                    listener.DualMode = true;
+                listener.Bind(portal);
+                listener.Listen(512);
+            }
+            catch (SocketException ex)
+            {
+                listener.Dispose();
+                var reason = ex.SocketErrorCode switch
+                {
+                    SocketError.AddressAlreadyInUse => "the address is already in use (another target running?)",
+                    SocketError.AddressNotAvailable => "the address is not assigned to this machine",
+                    SocketError.AccessDenied => "permission denied (ports below 1024 need privileges)",
+                    _ => ex.Message,
+                };
+                _ = StopAsync(CancellationToken.None);
+                throw new TransportBindException(portal, reason, ex);
+            }
+            var ep = (IPEndPoint)listener.LocalEndPoint!;
+            lock (_sync)
+            {
+                _listeners.Add(listener);
+                _bound.Add(ep);
+                _acceptLoops.Add(AcceptLoopAsync(listener));
+            }
+            _log.Information("Listening for iSCSI on {Endpoint}", ep);
+        }
+        return Task.CompletedTask;
+    }
+
+    private async Task AcceptLoopAsync(Socket listener)
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            Socket socket;
+            try
+            {
+                socket = await listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) { return; }
+            catch (ObjectDisposedException) { return; }
+            catch (SocketException ex)
+            {
+                _log.Warning("accept failed: {Error}", ex.SocketErrorCode);
+                continue;
+            }
+            socket.NoDelay = true;
+            var connection = new SocketConnection(this, socket);
+            lock (_sync) _connections.Add(connection);
+            _ = connection.RunAsync();
+        }
+    }
+
+    public async Task StopAsync(CancellationToken ct)
+    {
+        _stop.Cancel();
+        List<SocketConnection> conns;
+        lock (_sync)
+        {
+            foreach (var l in _listeners) l.Dispose();
+            _listeners.Clear();
+            conns = _connections.ToList();
+        }
+        foreach (var c in conns) c.Abort();
+        Task[] loops;
+        lock (_sync) loops = [.. _acceptLoops, .. conns.Select(c => c.Completion)];
+        try { await Task.WhenAll(loops).WaitAsync(ct).ConfigureAwait(false); }
+        catch (OperationCanceledException) { }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(CancellationToken.None).ConfigureAwait(false);
+        _pool.Dispose();
+        _stop.Dispose();
+    }
+
+    private void Remove(SocketConnection c)
+    {
+        lock (_sync) _connections.Remove(c);
+    }
+
+    /// <summary>One accepted socket and its three loops.</summary>
+    private sealed class SocketConnection : IPduSink
+    {
+        private readonly SocketTransport _owner;
+        private readonly Socket _socket;
+        private readonly Pipe _input;
+        private readonly Pipe _output;
+        private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly object _closeLock = new();
+        private byte[] _scratch = [];
+        private bool _closed;
+
+        public SocketConnection(SocketTransport owner, Socket socket)
+        {
+            _owner = owner;
+            _socket = socket;
+            _input = new Pipe(owner._pipeOptions);
+            _output = new Pipe(owner._pipeOptions);
+        }
+
+        public Task Completion => _done.Task;
+
+        public async Task RunAsync()
+        {
+            var local = _socket.LocalEndPoint as IPEndPoint;
+            var remote = _socket.RemoteEndPoint as IPEndPoint;
+            if (local is not null && local.Address.IsIPv4MappedToIPv6) local = new IPEndPoint(local.Address.MapToIPv4(), local.Port);
+            IscsiConnection? connection = null;
+            try
+            {
+                connection = _owner._server.CreateConnection(this, local, remote);
+                if (connection is null) return; // shutting down
+                _owner._log.Debug("Connection from {Remote} to {Local}", remote, local);
+                var receive = ReceiveLoopAsync();
+                var send = SendLoopAsync();
+                await ProcessLoopAsync(connection).ConfigureAwait(false);
+                await connection.OnTransportClosedAsync().ConfigureAwait(false);
+                Close();
+                await Task.WhenAll(receive, send).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                _owner._log.Error(ex, "connection from {Remote} failed", remote);
+                if (connection is not null) await connection.OnTransportClosedAsync().ConfigureAwait(false);
+            }
+            finally
+            {
+                _socket.Dispose();
+                _owner.Remove(this);
+                _done.TrySetResult();
+            }
+        }
+
+        private async Task ReceiveLoopAsync()
+        {
+            var writer = _input.Writer;
+            try
+            {
+                while (true)
+                {
+                    var memory = writer.GetMemory(8192);
+                    int n = await _socket.ReceiveAsync(memory, SocketFlags.None).ConfigureAwait(false);
+                    if (n == 0) break;
+                    writer.Advance(n);
+                    var flush = await writer.FlushAsync().ConfigureAwait(false);
+                    if (flush.IsCompleted || flush.IsCanceled) break;
+                }
+            }
+            catch (Exception ex) when (ex is SocketException or ObjectDisposedException or OperationCanceledException)
+            {
+                // Peer reset or we closed the socket: both simply end the connection.
+            }
+            await writer.CompleteAsync().ConfigureAwait(false);
+        }
+
+        private async Task ProcessLoopAsync(IscsiConnection connection)
+        {
+            var reader = _input.Reader;
+            try
+            {
+                while (!connection.IsClosed)
+                {
+                    var result = await reader.ReadAsync().ConfigureAwait(false);
+                    var buffer = result.Buffer;
+                    var consumed = await connection.ReceiveAsync(buffer).ConfigureAwait(false);
+                    reader.AdvanceTo(consumed, buffer.End);
+                    if (result.IsCompleted || result.IsCanceled) break;
+                }
+            }
+            finally
+            {
+                await reader.CompleteAsync().ConfigureAwait(false);
+            }
+        }
+
+        private async Task SendLoopAsync()
+        {
+            var reader = _output.Reader;
+            try
+            {
+                while (true)
+                {
+                    var result = await reader.ReadAsync().ConfigureAwait(false);
+                    var buffer = result.Buffer;
+                    foreach (var segment in buffer)
+                    {
+                        var mem = segment;
+                        while (!mem.IsEmpty)
+                        {
+                            int n = await _socket.SendAsync(mem, SocketFlags.None).ConfigureAwait(false);
+                            mem = mem[n..];
+                        }
+                    }
+                    reader.AdvanceTo(buffer.End);
+                    if (result.IsCompleted || result.IsCanceled) break;
+                }
+                try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { }
+            }
+            catch (Exception ex) when (ex is SocketException or ObjectDisposedException or OperationCanceledException)
+            {
+            }
+            await reader.CompleteAsync().ConfigureAwait(false);
+            // The peer may never close its side: closing the socket ends the receive loop too.
+            _socket.Close();
+        }
+
+        // ---- IPduSink: the core writes PDUs here, one writer at a time.
+
+        public void Advance(int count)
+        {
+            if (!_closed) _output.Writer.Advance(count);
+        }
+
+        public Memory<byte> GetMemory(int sizeHint = 0) => _closed ? Scratch(sizeHint) : _output.Writer.GetMemory(sizeHint);
+
+        public Span<byte> GetSpan(int sizeHint = 0) => _closed ? Scratch(sizeHint).Span : _output.Writer.GetSpan(sizeHint);
+
+        private Memory<byte> Scratch(int sizeHint)
+        {
+            if (_scratch.Length < Math.Max(sizeHint, 256)) _scratch = new byte[Math.Max(sizeHint, 256)];
+            return _scratch;
+        }
+
+        public async ValueTask<bool> FlushAsync(CancellationToken ct = default)
+        {
+            if (_closed) return false;
+            var r = await _output.Writer.FlushAsync(ct).ConfigureAwait(false);
+            return !r.IsCompleted && !r.IsCanceled;
+        }
+
+        public void Close()
+        {
+            lock (_closeLock)
+            {
+                if (_closed) return;
+                _closed = true;
+            }
+            _output.Writer.Complete();
+        }
+
+        /// <summary>Hard close (transport stop): the socket goes away, the loops end.</summary>
+        public void Abort()
+        {
+            Close();
+            try { _socket.Close(); } catch (ObjectDisposedException) { }
+        }
+    }
+}

@@ -1,0 +1,28 @@
+using IntegrityTarget.Storage;
+
+namespace IntegrityTarget.Benchmarks;
+
+/// <summary>Passes everything through and counts bytes written and flushes, to measure write amplification.</summary>
+internal sealed class CountingDevice(IBlockDevice inner) : IBlockDevice
+{
+    private long _written, _flushes;
+    public long BytesWritten => Interlocked.Read(ref _written);
+    public long Flushes => Interlocked.Read(ref _flushes);
+    public void Reset() { Interlocked.Exchange(ref _written, 0); Interlocked.Exchange(ref _flushes, 0); }
+
+    public string Name => inner.Name;
+    public long Length => inner.Length;
+    public int SectorSize => inner.SectorSize;
+    public bool CanDeallocate => inner.CanDeallocate;
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+    {
+        Interlocked.Add(ref _written, data.Length);
+        if (fua) Interlocked.Increment(ref _flushes);
+        return inner.WriteAsync(offset, data, fua, ct);
+    }
+    public ValueTask FlushAsync(CancellationToken ct = default) { Interlocked.Increment(ref _flushes); return inner.FlushAsync(ct); }
+    public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default) => inner.DiscardAsync(offset, length, ct);
+    public (bool Allocated, long Length) GetAllocation(long offset) => inner.GetAllocation(offset);
+    public void Dispose() => inner.Dispose();
+}

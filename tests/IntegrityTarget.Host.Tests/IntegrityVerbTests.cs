@@ -1,0 +1,119 @@
+using IntegrityTarget.Integrity;
+using IntegrityTarget.Storage;
+using Serilog;
+
+namespace IntegrityTarget.Host.Tests;
+
+/// <summary>format, dump and offline scrub on real files, and how serve treats what it finds in a LUN file.</summary>
+public class IntegrityVerbTests
+{
+    private static readonly ILogger Log = new LoggerConfiguration().CreateLogger();
+
+    [Test]
+    public async Task Format_creates_a_volume_that_dump_describes_and_a_second_format_needs_force()
+    {
+        using var dir = new TempDir();
+        var format = await CliRun.RunAsync(dir.Path, ["format", "v.img", "--size", "4MiB", "--block-size", "512"]);
+        Assert.That(format.ExitCode, Is.EqualTo(0), format.AllOutput);
+        Assert.That(format.Out.ToString(), Does.Contain("formatted: 8192 blocks of 512 bytes (4 MiB), crc32c tags"));
+
+        var dump = await CliRun.RunAsync(dir.Path, ["dump", "v.img"]);
+        Assert.That(dump.ExitCode, Is.EqualTo(0), dump.AllOutput);
+        Assert.That(dump.Out.ToString(), Does.Contain("superblock:        checksum ok").And.Contain("crc32c"));
+
+        var again = await CliRun.RunAsync(dir.Path, ["format", "v.img"]);
+        Assert.That(again.ExitCode, Is.EqualTo(1));
+        Assert.That(again.Err.ToString(), Does.Contain("already holds an integrity volume; add --force"));
+
+        var forced = await CliRun.RunAsync(dir.Path, ["format", "v.img", "--force", "--tag-algorithm", "xxhash64"]);
+        Assert.That(forced.ExitCode, Is.EqualTo(0), forced.AllOutput);
+        Assert.That(forced.Out.ToString(), Does.Contain("xxhash64 tags"));
+    }
+
+    [Test]
+    public async Task Format_refuses_a_file_holding_other_data_unless_forced()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("raw.img");
+        var bytes = new byte[4 << 20];
+        bytes[12345] = 0x42;
+        await File.WriteAllBytesAsync(path, bytes);
+
+        var run = await CliRun.RunAsync(dir.Path, ["format", "raw.img"]);
+        Assert.That(run.ExitCode, Is.EqualTo(1));
+        Assert.That(run.Err.ToString(), Does.Contain("holds data that is not an integrity volume; add --force"));
+        Assert.That((await File.ReadAllBytesAsync(path))[12345], Is.EqualTo(0x42), "the refused format changed nothing");
+    }
+
+    [Test]
+    public async Task Dump_of_a_file_without_a_volume_exits_1()
+    {
+        using var dir = new TempDir();
+        await File.WriteAllBytesAsync(dir.File("zero.img"), new byte[1 << 20]);
+        var run = await CliRun.RunAsync(dir.Path, ["dump", "zero.img"]);
+        Assert.That(run.ExitCode, Is.EqualTo(1));
+        Assert.That(run.Err.ToString(), Does.Contain("does not hold an integrity volume"));
+    }
+
+    [Test]
+    public async Task Offline_scrub_passes_a_clean_volume_and_lists_the_exact_corrupted_lba()
+    {
+        using var dir = new TempDir();
+        var path = Path.Combine(dir.Path, "s.img");
+        Assert.That((await CliRun.RunAsync(dir.Path, ["format", "s.img", "--size", "2MiB", "--block-size", "512"])).ExitCode, Is.EqualTo(0));
+
+        // Write blocks 0..15 through the volume, then flip one byte of block 5's data in the file.
+        long offset;
+        using (var device = FileBlockDevice.Open(path))
+        {
+            await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions(), Log);
+            var data = new byte[16 * 512];
+            Random.Shared.NextBytes(data);
+            Assert.That((await volume.WriteAsync(0, data, fua: true)).IsOk);
+            Assert.That((await volume.FlushAsync()).IsOk);
+            offset = volume.LocateBlock(5)!.Value.DataOffset;
+        }
+        var clean = await CliRun.RunAsync(dir.Path, ["scrub", "s.img"]);
+        Assert.That(clean.ExitCode, Is.EqualTo(0), clean.AllOutput);
+        Assert.That(clean.Out.ToString(), Does.Contain(": 0 bad"));
+
+        await using (var fs = new FileStream(path, FileMode.Open, FileAccess.ReadWrite))
+        {
+            fs.Position = offset + 100;
+            int b = fs.ReadByte();
+            fs.Position = offset + 100;
+            fs.WriteByte((byte)(b ^ 0xFF));
+        }
+        var bad = await CliRun.RunAsync(dir.Path, ["scrub", "s.img"]);
+        Assert.That(bad.ExitCode, Is.EqualTo(1), bad.AllOutput);
+        Assert.That(bad.Out.ToString(), Does.Contain(": 1 bad").And.Contain("bad LBA 5"));
+        Assert.That(bad.Out.ToString(), Does.Not.Contain("bad LBA 4").And.Not.Contain("bad LBA 6"));
+    }
+
+    [Test]
+    public async Task Serve_refuses_to_format_a_lun_file_that_holds_other_data()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("foreign.img");
+        var bytes = new byte[2 << 20];
+        bytes[0] = 1;
+        await File.WriteAllBytesAsync(path, bytes);
+
+        var run = await CliRun.RunAsync(dir.Path, ["serve", "--listen", "127.0.0.1:0", "--data-dir", ".", "--lun", "foreign.img"]);
+
+        Assert.That(run.ExitCode, Is.EqualTo(1));
+        Assert.That(run.Out.ToString(), Does.Contain("Targets:0:Luns:0 (" + path + "): the file holds data that is not an integrity volume, so it is not formatted implicitly"));
+        Assert.That((await File.ReadAllBytesAsync(path))[0], Is.EqualTo(1), "nothing was written to the foreign file");
+    }
+
+    [Test]
+    public async Task Serve_leaves_a_blank_file_alone_when_FormatIfBlank_is_false()
+    {
+        using var dir = new TempDir();
+        await File.WriteAllBytesAsync(dir.File("blank.img"), new byte[2 << 20]);
+        var run = await CliRun.RunAsync(dir.Path,
+            ["serve", "--listen", "127.0.0.1:0", "--data-dir", ".", "--lun", "blank.img", "--Targets:0:Luns:0:FormatIfBlank", "false"]);
+        Assert.That(run.ExitCode, Is.EqualTo(1));
+        Assert.That(run.Out.ToString(), Does.Contain("the file is blank (all zeros) and FormatIfBlank is false"));
+    }
+}

@@ -1,0 +1,194 @@
+using IntegrityTarget.Storage;
+
+namespace IntegrityTarget.Integrity.Tests;
+
+/// <summary>Damage on the backing device is found at the exact LBA, once, and nowhere else.</summary>
+public class CorruptionTests
+{
+    private const int Bs = 4096;
+    private const ulong Blocks = 1024;
+    private static readonly IoContext Ctx = new("lun0", "iqn.2026-11.test:init", "READ(16)");
+
+    private static async Task<(MemoryBlockDevice Dev, IntegrityVolume Vol, CapturingSink Sink)> Filled(TagAlgorithm alg)
+    {
+        var sink = new CapturingSink();
+        var dev = T.Memory(Blocks, Bs, alg);
+        var v = await IntegrityVolume.FormatAsync(dev, T.Format(Bs, alg), sink.Logger());
+        // Whole chunks (redirect path) and a partial-chunk write (journal path, copied home by flush).
+        await T.WriteOk(v, 0, T.Pattern(0, 512, Bs, 1));
+        await T.WriteOk(v, 40, T.Pattern(40, 3, Bs, 2));
+        Assert.That((await v.FlushAsync()).IsOk);
+        return (dev, v, sink);
+    }
+
+    private static byte[] Expected(ulong lba, int n)
+    {
+        var b = T.Pattern(lba, n, Bs, 1);
+        for (ulong l = Math.Max(lba, 40); l < Math.Min(lba + (ulong)n, 43); l++)
+            T.Pattern(l, 1, Bs, 2).CopyTo(b, (int)(l - lba) * Bs);
+        return b;
+    }
+
+    /// <summary>Every block of [0,512) except <paramref name="bad"/> reads fine; each bad one fails alone with one event.</summary>
+    private static async Task AssertOnlyBad(IntegrityVolume v, CapturingSink sink, params ulong[] bad)
+    {
+        int before = sink.Failures.Count;
+        long mismatches = v.Counters.Mismatches;
+        for (ulong l = 0; l < 512; l++)
+        {
+            var buf = new byte[Bs];
+            var r = await v.ReadAsync(l, buf, Ctx);
+            if (bad.Contains(l)) Assert.That((r.Status, r.Lba, r.GoodBlocks), Is.EqualTo((VolumeStatus.IntegrityError, l, 0UL)), $"LBA {l} must fail");
+            else
+            {
+                Assert.That(r.Status, Is.EqualTo(VolumeStatus.Ok), $"LBA {l} must read fine (false positive)");
+                Assert.That(buf, Is.EqualTo(Expected(l, 1)), $"LBA {l} content");
+            }
+        }
+        var events = sink.Failures.Skip(before).ToList();
+        Assert.That(events.Select(CapturingSink.LbaOf), Is.EqualTo(bad.OrderBy(x => x)), "exactly one event per failure, naming the LBA");
+        Assert.That(v.Counters.Mismatches - mismatches, Is.EqualTo(bad.Length));
+        foreach (var e in events)
+        {
+            Assert.That(CapturingSink.Prop(e, "Volume"), Is.EqualTo("mem"));
+            Assert.That(CapturingSink.Prop(e, "TagAlgorithm"), Is.EqualTo(v.TagAlgorithm));
+            Assert.That(CapturingSink.Prop(e, "Initiator"), Is.EqualTo("iqn.2026-11.test:init"));
+            Assert.That(CapturingSink.Prop(e, "Command"), Is.EqualTo("READ(16)"));
+            Assert.That(CapturingSink.Prop(e, "Unit"), Is.EqualTo("lun0"));
+        }
+    }
+
+    [TestCase(TagAlgorithm.Crc32c)]
+    [TestCase(TagAlgorithm.XxHash64)]
+    [TestCase(TagAlgorithm.HmacSha256)]
+    public async Task FlippedDataBitsAreFoundAtTheirLba(TagAlgorithm alg)
+    {
+        var (dev, v, sink) = await Filled(alg);
+        await using var _ = v;
+        foreach (ulong l in new ulong[] { 7, 41, 300 }) T.Flip(dev, v.LocateBlock(l)!.Value.DataOffset + 1000 + (long)l, (int)(l % 8));
+        await AssertOnlyBad(v, sink, 7, 41, 300);
+    }
+
+    [TestCase(TagAlgorithm.Crc32c)]
+    [TestCase(TagAlgorithm.HmacSha256)]
+    public async Task FlippedTagBitsAreFoundAtTheirLba(TagAlgorithm alg)
+    {
+        var (dev, v, sink) = await Filled(alg);
+        await using var _ = v;
+        foreach (ulong l in new ulong[] { 0, 42, 511 })
+        {
+            var loc = v.LocateBlock(l)!.Value;
+            T.Flip(dev, loc.TagOffset + loc.TagSize - 1, 7);
+        }
+        await AssertOnlyBad(v, sink, 0, 42, 511);
+    }
+
+    [Test]
+    public async Task SwappedBlocksBothFail()
+    {
+        var (dev, v, sink) = await Filled(TagAlgorithm.Crc32c);
+        await using var _ = v;
+        foreach (var (a, b) in new[] { (10UL, 11UL), (100UL, 400UL) })
+        {
+            long oa = v.LocateBlock(a)!.Value.DataOffset, ob = v.LocateBlock(b)!.Value.DataOffset;
+            var ba = new byte[Bs]; var bb = new byte[Bs];
+            dev.Read(oa, ba); dev.Read(ob, bb);
+            dev.Write(oa, bb); dev.Write(ob, ba);
+        }
+        await AssertOnlyBad(v, sink, 10, 11, 100, 400);
+    }
+
+    [Test]
+    public async Task ABlockWrittenToTheWrongPlaceFailsThere()
+    {
+        var (dev, v, sink) = await Filled(TagAlgorithm.XxHash64);
+        await using var _ = v;
+        // A misdirected write: block 5's data and tag land where block 200 lives.
+        var src = v.LocateBlock(5)!.Value; var dst = v.LocateBlock(200)!.Value;
+        var data = new byte[Bs]; var tag = new byte[src.TagSize];
+        dev.Read(src.DataOffset, data); dev.Read(src.TagOffset, tag);
+        dev.Write(dst.DataOffset, data); dev.Write(dst.TagOffset, tag);
+        await AssertOnlyBad(v, sink, 200);
+    }
+
+    [Test]
+    public async Task AFailingMultiBlockReadReturnsTheGoodBlocksBeforeIt()
+    {
+        var (dev, v, sink) = await Filled(TagAlgorithm.Crc32c);
+        await using var _ = v;
+        T.Flip(dev, v.LocateBlock(150)!.Value.DataOffset + 17);
+        var buf = new byte[200 * Bs];
+        var r = await v.ReadAsync(100, buf, Ctx);
+        Assert.That((r.Status, r.Lba, r.GoodBlocks), Is.EqualTo((VolumeStatus.IntegrityError, 150UL, 50UL)));
+        Assert.That(buf.AsSpan(0, 50 * Bs).ToArray(), Is.EqualTo(Expected(100, 50)));
+        Assert.That(sink.Failures, Has.Count.EqualTo(1));
+        Assert.That(CapturingSink.LbaOf(sink.Failures[0]), Is.EqualTo(150UL));
+    }
+
+    [Test]
+    public async Task RewritingABadBlockHealsItAndUnmapMakesItZeros()
+    {
+        var (dev, v, sink) = await Filled(TagAlgorithm.Crc32c);
+        await using var _ = v;
+        T.Flip(dev, v.LocateBlock(20)!.Value.DataOffset);
+        T.Flip(dev, v.LocateBlock(300)!.Value.DataOffset);
+        Assert.That((await v.ReadAsync(20, new byte[Bs])).Status, Is.EqualTo(VolumeStatus.IntegrityError));
+        await T.WriteOk(v, 20, T.Pattern(20, 1, Bs, 1));
+        Assert.That(await T.ReadOk(v, 20, 1), Is.EqualTo(T.Pattern(20, 1, Bs, 1)), "rewrite heals");
+        Assert.That((await v.FlushAsync()).IsOk);
+        Assert.That(await T.ReadOk(v, 20, 1), Is.EqualTo(T.Pattern(20, 1, Bs, 1)), "still healed once copied home");
+        Assert.That((await v.UnmapAsync(300, 1)).IsOk);
+        Assert.That(await T.ReadOk(v, 300, 1), Is.EqualTo(new byte[Bs]), "unmapped block reads zeros and verifies");
+        Assert.That((await v.UnmapAsync(256, 32)).IsOk); // a whole chunk
+        Assert.That(await T.ReadOk(v, 256, 32), Is.EqualTo(new byte[32 * Bs]));
+        Assert.That(await v.GetLbaStatusAsync(256), Is.EqualTo(new LbaExtent(256, 32, false)));
+        Assert.That(await v.GetLbaStatusAsync(0), Is.EqualTo(new LbaExtent(0, 256, true)));
+        Assert.That(sink.Failures, Has.Count.EqualTo(1));
+    }
+
+    [Test]
+    public async Task ScrubListsExactlyTheBadLbas()
+    {
+        var (dev, v, sink) = await Filled(TagAlgorithm.Crc32c);
+        await using var _ = v;
+        ulong[] bad = { 3, 33, 34, 41, 255, 256, 511 };
+        foreach (var l in bad) T.Flip(dev, v.LocateBlock(l)!.Value.DataOffset + 99);
+        var progress = new List<ScrubProgress>();
+        var report = await v.ScrubAsync(new ScrubOptions { Progress = new SyncProgress<ScrubProgress>(progress.Add), Context = new IoContext("lun0", "scrub", "SCRUB") });
+        Assert.That(report.BadLbas, Is.EqualTo(bad));
+        Assert.That(report.Mismatches, Is.EqualTo(bad.Length));
+        Assert.That(report.BlocksChecked, Is.EqualTo(512UL));
+        Assert.That(report.BlocksSkippedUnmapped, Is.EqualTo(Blocks - 512));
+        Assert.That(sink.Failures.Select(CapturingSink.LbaOf), Is.EqualTo(bad));
+        Assert.That(v.Counters.Mismatches, Is.EqualTo(bad.Length));
+        Assert.That(progress[^1].BlocksDone, Is.EqualTo(Blocks));
+    }
+
+    [Test]
+    public async Task AJournalTransactionWithAFlippedBitIsDiscardedNotReplayed()
+    {
+        var sink = new CapturingSink();
+        using var dev = T.Memory(256);
+        (long Offset, long Bytes) journal;
+        await using (var v = await IntegrityVolume.FormatAsync(dev, T.Format(), sink.Logger()))
+        {
+            await T.WriteOk(v, 3, T.Pattern(3, 1, Bs, 1), fua: true);
+            await T.WriteOk(v, 3, T.Pattern(3, 1, Bs, 2), fua: true);
+            journal = v.JournalArea;
+            await v.AbandonAsync(); // power loss: the journal is not checkpointed
+        }
+        Assert.That(IntegrityVolume.Dump(dev), Does.Contain("2 committed transactions to replay"));
+        // txn 1 (first write maps the chunk: header only) at 0, txn 2 (a journaled block) at 4096: flip its payload.
+        T.Flip(dev, journal.Offset + 4096 + 4096 + 100);
+        await using var v2 = await IntegrityVolume.OpenAsync(dev, T.Open(), sink.Logger());
+        Assert.That(v2.LastRecovery.TransactionsReplayed, Is.EqualTo(1));
+        Assert.That(v2.LastRecovery.TornDiscarded, Is.EqualTo(1));
+        Assert.That(v2.LastRecovery.CorruptTransactionFound, Is.False, "the damaged one was the last: indistinguishable from torn");
+        // Block 3 was already copied home when its commit completed, so it holds old or new content, verified.
+        var got = await T.ReadOk(v2, 3, 1);
+        Assert.That(got, Is.EqualTo(T.Pattern(3, 1, Bs, 1)).Or.EqualTo(T.Pattern(3, 1, Bs, 2)));
+        Assert.That(sink.Failures, Is.Empty);
+    }
+
+    private sealed class SyncProgress<TP>(Action<TP> a) : IProgress<TP> { public void Report(TP value) => a(value); }
+}

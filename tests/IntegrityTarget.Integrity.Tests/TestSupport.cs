@@ -1,0 +1,75 @@
+using IntegrityTarget.Integrity;
+using IntegrityTarget.Storage;
+using Serilog;
+using Serilog.Core;
+using Serilog.Events;
+
+namespace IntegrityTarget.Integrity.Tests;
+
+/// <summary>Collects Serilog events in memory so tests can count the one event per failure.</summary>
+public sealed class CapturingSink : ILogEventSink
+{
+    private readonly List<LogEvent> _events = new();
+    public void Emit(LogEvent e) { lock (_events) _events.Add(e); }
+    public IReadOnlyList<LogEvent> Events { get { lock (_events) return _events.ToList(); } }
+
+    /// <summary>Verification-failure events (the ones carrying an Lba property at Warning or above).</summary>
+    public IReadOnlyList<LogEvent> Failures => Events.Where(e => e.Level >= LogEventLevel.Warning && e.Properties.ContainsKey("Lba")).ToList();
+
+    public static ulong LbaOf(LogEvent e) => (ulong)((ScalarValue)e.Properties["Lba"]).Value!;
+    public static string? Prop(LogEvent e, string name) =>
+        e.Properties.TryGetValue(name, out var v) && v is ScalarValue s ? s.Value?.ToString() : null;
+
+    public ILogger Logger() => new LoggerConfiguration().MinimumLevel.Verbose().WriteTo.Sink(this).CreateLogger();
+}
+
+internal static class T
+{
+    public static readonly byte[] Key = Enumerable.Range(1, 32).Select(i => (byte)i).ToArray();
+
+    public static MemoryBlockDevice Memory(ulong blocks, int blockSize = 4096, TagAlgorithm alg = TagAlgorithm.Crc32c, string name = "mem") =>
+        new(IntegrityVolume.DeviceBytesFor(blocks, blockSize, alg), name);
+
+    public static FormatOptions Format(int blockSize = 4096, TagAlgorithm alg = TagAlgorithm.Crc32c, bool force = false) =>
+        new() { BlockSize = blockSize, Algorithm = alg, Key = alg == TagAlgorithm.HmacSha256 ? Key : default, Force = force };
+
+    public static OpenOptions Open(TagAlgorithm alg = TagAlgorithm.Crc32c, bool writeBack = true) =>
+        new() { Key = alg == TagAlgorithm.HmacSha256 ? Key : default, WriteBack = writeBack };
+
+    /// <summary>A block whose bytes encode (lba, version) so any misplaced or stale block is recognisable.</summary>
+    public static byte[] Pattern(ulong lba, int blocks, int blockSize, int version)
+    {
+        var b = new byte[blocks * blockSize];
+        for (int i = 0; i < blocks; i++)
+        {
+            var s = b.AsSpan(i * blockSize, blockSize);
+            var rnd = new Random(HashCode.Combine(lba + (ulong)i, version));
+            rnd.NextBytes(s);
+            BitConverter.TryWriteBytes(s, lba + (ulong)i);
+            BitConverter.TryWriteBytes(s[8..], version);
+        }
+        return b;
+    }
+
+    public static async Task<byte[]> ReadOk(IntegrityVolume v, ulong lba, int blocks)
+    {
+        var buf = new byte[blocks * v.BlockSize];
+        var r = await v.ReadAsync(lba, buf);
+        Assert.That(r.Status, Is.EqualTo(VolumeStatus.Ok), $"read of {blocks} blocks at LBA {lba}: {r}");
+        return buf;
+    }
+
+    public static async Task WriteOk(IntegrityVolume v, ulong lba, byte[] data, bool fua = false)
+    {
+        var r = await v.WriteAsync(lba, data, fua);
+        Assert.That(r.Status, Is.EqualTo(VolumeStatus.Ok), $"write at LBA {lba}: {r}");
+    }
+
+    public static void Flip(MemoryBlockDevice d, long offset, int bit = 0)
+    {
+        var b = new byte[1];
+        d.Read(offset, b);
+        b[0] ^= (byte)(1 << bit);
+        d.Write(offset, b);
+    }
+}

@@ -1,0 +1,230 @@
+using System.Buffers.Binary;
+using IntegrityTarget.Scsi;
+
+namespace IntegrityTarget.Scsi.Tests;
+
+public class ReservationTests
+{
+    private Harness _h = null!;
+    private const ulong KeyA = 0xA1A1, KeyB = 0xB2B2;
+
+    [SetUp]
+    public void SetUp() { _h = new Harness(); _h.Quiet(_h.A, _h.B); }
+
+    private ScsiResponse ProutRaw(ItNexus n, int sa, ulong key, ulong saKey, byte type = 0, byte flags = 0)
+    {
+        var p = new byte[24];
+        BinaryPrimitives.WriteUInt64BigEndian(p, key);
+        BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), saKey);
+        p[20] = flags;
+        return _h.Exec([0x5F, (byte)sa, type, 0, 0, 0, 0, 0, 24, 0], p, n);
+    }
+
+    private void Prout(ItNexus n, int sa, ulong key, ulong saKey, byte type = 0, byte flags = 0, byte expect = ScsiStatus.Good)
+    {
+        using var r = ProutRaw(n, sa, key, saKey, type, flags);
+        Assert.That(r.Status, Is.EqualTo(expect), $"PROUT SA {sa} from {n.InitiatorName}");
+    }
+
+    private byte[] Prin(ItNexus n, int sa)
+    {
+        using var r = _h.Exec([0x5E, (byte)sa, 0, 0, 0, 0, 0, 0x10, 0, 0], null, n);
+        Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        return r.DataIn.ToArray();
+    }
+
+    private byte Status(ScsiResponse r) { using (r) return r.Status; }
+    private byte ReadStatus(ItNexus n) => Status(_h.Exec(Harness.Read16(0, 1), null, n));
+    private byte WriteStatus(ItNexus n) => Status(_h.Exec(Harness.Write16(0, 1), new byte[512], n));
+
+    [TestCase((byte)1, true, false, true, false)]   // WE: others read, nobody else writes
+    [TestCase((byte)3, false, false, false, false)] // EA
+    [TestCase((byte)5, true, true, true, false)]    // WERO: registrants read and write
+    [TestCase((byte)6, true, true, false, false)]   // EARO
+    [TestCase((byte)7, true, true, true, false)]    // WEAR
+    [TestCase((byte)8, true, true, false, false)]   // EAAR
+    public void AccessOfOtherNexusFollowsTheReservationType(byte type, bool regRead, bool regWrite, bool unregRead, bool unregWrite)
+    {
+        Prout(_h.A, 6, 0, KeyA);
+        Prout(_h.B, 6, 0, KeyB);
+        Prout(_h.A, 1, KeyA, 0, type);
+        Assert.That(ReadStatus(_h.A), Is.EqualTo(ScsiStatus.Good));
+        Assert.That(WriteStatus(_h.A), Is.EqualTo(ScsiStatus.Good));
+        Assert.That(ReadStatus(_h.B), Is.EqualTo(regRead ? ScsiStatus.Good : ScsiStatus.ReservationConflict), "registered read");
+        Assert.That(WriteStatus(_h.B), Is.EqualTo(regWrite ? ScsiStatus.Good : ScsiStatus.ReservationConflict), "registered write");
+        Prout(_h.B, 0, KeyB, 0);
+        Assert.That(ReadStatus(_h.B), Is.EqualTo(unregRead ? ScsiStatus.Good : ScsiStatus.ReservationConflict), "unregistered read");
+        Assert.That(WriteStatus(_h.B), Is.EqualTo(unregWrite ? ScsiStatus.Good : ScsiStatus.ReservationConflict), "unregistered write");
+        Prout(_h.A, 2, KeyA, 0, type);
+        Assert.That(WriteStatus(_h.B), Is.EqualTo(ScsiStatus.Good));
+    }
+
+    [Test]
+    public void ReadKeysAndReadReservationReportRegistrationsAndHolder()
+    {
+        Prout(_h.A, 6, 0, KeyA);
+        Prout(_h.B, 0, 0, KeyB);
+        Prout(_h.A, 1, KeyA, 0, 1);
+        var keys = Prin(_h.A, 0);
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(keys), Is.EqualTo(2), "generation counts registrations");
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(keys.AsSpan(4)), Is.EqualTo(16));
+        Assert.That(BinaryPrimitives.ReadUInt64BigEndian(keys.AsSpan(8)), Is.EqualTo(KeyA));
+        Assert.That(BinaryPrimitives.ReadUInt64BigEndian(keys.AsSpan(16)), Is.EqualTo(KeyB));
+        var res = Prin(_h.B, 1);
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(res.AsSpan(4)), Is.EqualTo(16));
+        Assert.That(BinaryPrimitives.ReadUInt64BigEndian(res.AsSpan(8)), Is.EqualTo(KeyA));
+        Assert.That(res[21], Is.EqualTo(1));
+    }
+
+    [Test]
+    public void ReadFullStatusCarriesTransportIdsAndHolderFlag()
+    {
+        Prout(_h.A, 6, 0, KeyA);
+        Prout(_h.A, 1, KeyA, 0, 3);
+        var fs = Prin(_h.A, 3);
+        Assert.That(BinaryPrimitives.ReadUInt64BigEndian(fs.AsSpan(8)), Is.EqualTo(KeyA));
+        Assert.That(fs[8 + 12] & 1, Is.EqualTo(1), "R_HOLDER");
+        Assert.That(fs[8 + 13], Is.EqualTo(3));
+        int tidLen = (int)BinaryPrimitives.ReadUInt32BigEndian(fs.AsSpan(8 + 20));
+        Assert.That(fs.AsSpan(8 + 24, _h.A.InitiatorTransportId.Length).ToArray(), Is.EqualTo(_h.A.InitiatorTransportId));
+        Assert.That(tidLen % 4, Is.Zero);
+    }
+
+    [Test]
+    public void RegisterWithWrongKeyIsAConflictAndUnregisteredReserveIsAConflict()
+    {
+        Prout(_h.A, 0, 0, KeyA);
+        Prout(_h.A, 0, 0x999, KeyB, expect: ScsiStatus.ReservationConflict);
+        Prout(_h.B, 1, KeyB, 0, 1, expect: ScsiStatus.ReservationConflict);
+    }
+
+    [Test]
+    public void UnregisteringTheHolderReleasesAnExclusiveReservationButNotAnAllRegistrantsOne()
+    {
+        Prout(_h.A, 6, 0, KeyA); Prout(_h.B, 6, 0, KeyB);
+        Prout(_h.A, 1, KeyA, 0, 3);
+        Prout(_h.A, 0, KeyA, 0);
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(Prin(_h.B, 1).AsSpan(4)), Is.Zero);
+
+        Prout(_h.A, 6, 0, KeyA);
+        Prout(_h.A, 1, KeyA, 0, 8);
+        Prout(_h.A, 0, KeyA, 0);
+        var res = Prin(_h.B, 1);
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(res.AsSpan(4)), Is.EqualTo(16));
+        Assert.That(BinaryPrimitives.ReadUInt64BigEndian(res.AsSpan(8)), Is.Zero, "all-registrants reservations report key 0");
+    }
+
+    [Test]
+    public void PreemptAndAbortRemovesTheOtherRegistrationTakesTheReservationAndAsksForAbort()
+    {
+        var aborted = new List<(ulong, IReadOnlyCollection<string>)>();
+        _h.Target.AbortTasksRequested += (lun, ports) => aborted.Add((lun, ports));
+        Prout(_h.A, 6, 0, KeyA); Prout(_h.B, 6, 0, KeyB);
+        Prout(_h.B, 1, KeyB, 0, 1);
+        Prout(_h.A, 5, KeyA, KeyB, 3);
+        var res = Prin(_h.A, 1);
+        Assert.That(BinaryPrimitives.ReadUInt64BigEndian(res.AsSpan(8)), Is.EqualTo(KeyA));
+        Assert.That(res[21], Is.EqualTo(3));
+        Assert.That(aborted, Has.Count.EqualTo(1));
+        Assert.That(aborted[0].Item2, Is.EquivalentTo(new[] { _h.B.InitiatorPortName }));
+        using var ua = _h.Exec(new byte[6], null, _h.B);
+        SenseAssert.Is(ua, 0x06, 0x2A, 0x05);
+        Assert.That(ReadStatus(_h.B), Is.EqualTo(ScsiStatus.ReservationConflict));
+    }
+
+    [Test]
+    public void ClearRemovesEverythingAndTellsTheOthers()
+    {
+        Prout(_h.A, 6, 0, KeyA); Prout(_h.B, 6, 0, KeyB);
+        Prout(_h.A, 1, KeyA, 0, 5);
+        Prout(_h.A, 3, KeyA, 0);
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(Prin(_h.A, 0).AsSpan(4)), Is.Zero);
+        using var ua = _h.Exec(new byte[6], null, _h.B);
+        SenseAssert.Is(ua, 0x06, 0x2A, 0x03);
+    }
+
+    [Test]
+    public void ReleaseWithTheWrongTypeIsInvalidReleaseOfPersistentReservation()
+    {
+        Prout(_h.A, 6, 0, KeyA);
+        Prout(_h.A, 1, KeyA, 0, 1);
+        using var r = ProutRaw(_h.A, 2, KeyA, 0, 3);
+        SenseAssert.Is(r, 0x05, 0x26, 0x04);
+    }
+
+    [Test]
+    public void ReportCapabilitiesListsEveryReservationType()
+    {
+        var caps = Prin(_h.A, 2);
+        Assert.That(BinaryPrimitives.ReadUInt16BigEndian(caps), Is.EqualTo(8));
+        Assert.That(caps[4], Is.EqualTo(0xEA));
+        Assert.That(caps[5], Is.EqualTo(0x01));
+    }
+
+    [Test]
+    public void PersistentReserveInServiceActionsAboveThreeAreInvalid()
+    {
+        for (int sa = 4; sa < 0x20; sa++)
+        {
+            using var r = _h.Exec([0x5E, (byte)sa, 0, 0, 0, 0, 0, 0x10, 0, 0]);
+            SenseAssert.Is(r, 0x05, 0x24, 0x00);
+        }
+    }
+
+    [Test]
+    public void AptplStateIsReloadedByANewUnitFromTheFile()
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"pr-{Guid.NewGuid():N}.json");
+        try
+        {
+            var h1 = new Harness(prFile: file);
+            h1.Quiet(h1.A);
+            var p = new byte[24];
+            BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), KeyA); p[20] = 0x01;
+            using (var r = h1.Exec([0x5F, 6, 0, 0, 0, 0, 0, 0, 24, 0], p)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+            BinaryPrimitives.WriteUInt64BigEndian(p, KeyA); BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), 0); p[20] = 0;
+            using (var r = h1.Exec([0x5F, 1, 3, 0, 0, 0, 0, 0, 24, 0], p)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+            var h2 = new Harness(prFile: file);
+            h2.Quiet(h2.A, h2.B);
+            using var res = h2.Exec([0x5E, 1, 0, 0, 0, 0, 0, 0x10, 0, 0], null, h2.B);
+            Assert.That(BinaryPrimitives.ReadUInt64BigEndian(res.DataIn.Span[8..]), Is.EqualTo(KeyA));
+            Assert.That(res.DataIn.Span[21], Is.EqualTo(3));
+            using var read = h2.Exec(Harness.Read16(0, 1), null, h2.B);
+            Assert.That(read.Status, Is.EqualTo(ScsiStatus.ReservationConflict));
+        }
+        finally { File.Delete(file); }
+    }
+
+    [Test]
+    public void DamagedReservationFileStartsTheUnitWithoutReservations()
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"pr-{Guid.NewGuid():N}.json");
+        File.WriteAllText(file, "{not json");
+        try
+        {
+            var h = new Harness(prFile: file);
+            h.Quiet(h.A);
+            using var keys = h.Exec([0x5E, 0, 0, 0, 0, 0, 0, 0x10, 0, 0]);
+            Assert.That(BinaryPrimitives.ReadUInt32BigEndian(keys.DataIn.Span[4..]), Is.Zero);
+        }
+        finally { File.Delete(file); }
+    }
+
+    [Test]
+    public void Reserve6BlocksOtherNexusesUntilReleasedAndConflictsWithPersistentReservations()
+    {
+        using (var r = _h.Exec([0x16, 0, 0, 0, 0, 0], null, _h.A)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        using (var r = _h.Exec([0x16, 0, 0, 0, 0, 0], null, _h.A)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good), "holder may reserve again");
+        using (var r = _h.Exec([0x16, 0, 0, 0, 0, 0], null, _h.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.ReservationConflict));
+        using (var r = _h.Exec([0x17, 0, 0, 0, 0, 0], null, _h.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good), "release by a non-holder does nothing");
+        using (var r = _h.Exec([0x1A, 0, 0x3F, 0, 255, 0], null, _h.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.ReservationConflict));
+        using (var r = _h.Exec([0x12, 0, 0, 0, 36, 0], null, _h.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        _h.Target.LogicalUnitReset(0, _h.A);
+        _h.Quiet(_h.B);
+        using (var r = _h.Exec([0x16, 0, 0, 0, 0, 0], null, _h.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good), "LUN reset released it");
+        using (var r = _h.Exec([0x17, 0, 0, 0, 0, 0], null, _h.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        Prout(_h.A, 6, 0, KeyA);
+        Prout(_h.A, 1, KeyA, 0, 1);
+        using (var r = _h.Exec([0x16, 0, 0, 0, 0, 0], null, _h.A)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.ReservationConflict));
+    }
+}
