@@ -19,9 +19,11 @@ public sealed class TcpInitiator : IDisposable
 
     private TcpInitiator(Socket socket) => _socket = socket;
 
-    public static async Task<TcpInitiator> ConnectAsync(IPEndPoint target)
+    /// <param name="receiveBufferSize">A small kernel receive buffer makes the target's sends block sooner.</param>
+    public static async Task<TcpInitiator> ConnectAsync(IPEndPoint target, int? receiveBufferSize = null)
     {
         var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        if (receiveBufferSize is { } size) s.ReceiveBufferSize = size;
         await s.ConnectAsync(target);
         return new TcpInitiator(s);
     }
