@@ -189,8 +189,9 @@ public sealed partial class IscsiConnection
             AppendKey(response, "TargetPortalGroupTag", Options.PortalGroupTag.ToString(CultureInfo.InvariantCulture));
             if (!string.IsNullOrEmpty(_loginTarget?.Alias)) AppendKey(response, "TargetAlias", _loginTarget!.Alias!);
         }
-        bool goingOperational = csg == 1 || (transit && nsg >= 1 && _auth == AuthState.Done);
-        if (goingOperational && !_declarationsSent && !_negotiatedKeys.Contains("MaxRecvDataSegmentLength"))
+        // Operational keys only in the operational stage (open-iscsi refuses them in the security stage);
+        // an initiator that skips that stage assumes the 8192 default for us, which we accept anyway.
+        if (csg == 1 && !_declarationsSent && !_negotiatedKeys.Contains("MaxRecvDataSegmentLength"))
         {
             AppendKey(response, "MaxRecvDataSegmentLength", Options.MaxRecvDataSegmentLength.ToString(CultureInfo.InvariantCulture));
             _declarationsSent = true;

@@ -37,7 +37,7 @@ public sealed class IscsiServer : IAsyncDisposable
             throw new ArgumentException("Invalid iSCSI configuration: " + string.Join("; ", problems));
 
         // Large Data-Out buffers: a retaining pool owned by this server (MemoryPool.Shared collapses with deep 1 MiB queues).
-        BufferPool = ArrayPool<byte>.Create(Math.Max(options.MaxCommandDataLength, 1 << 20), 64);
+        BufferPool = ArrayPool<byte>.Create(Math.Max(options.MaxCommandDataLength, 1 << 20), 16);
         foreach (var t in _targetList)
         {
             var target = t;
@@ -158,9 +158,11 @@ public sealed class IscsiServer : IAsyncDisposable
         await Task.WhenAll(conns.Select(c => c.DrainAndCloseAsync(ct))).ConfigureAwait(false);
     }
 
+    /// <summary>Shuts down (giving in-flight commands up to 5 s; call <see cref="ShutdownAsync"/> first for a longer drain).</summary>
     public async ValueTask DisposeAsync()
     {
-        await ShutdownAsync(CancellationToken.None).ConfigureAwait(false);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+        await ShutdownAsync(cts.Token).ConfigureAwait(false);
         foreach (var (t, h) in _subscriptions) t.Scsi.AbortTasksRequested -= h;
         _subscriptions.Clear();
     }

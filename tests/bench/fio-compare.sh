@@ -9,7 +9,8 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 tools=${SHARED_TOOLS:-$repo/../shared/tools}
 work=$(mktemp -d /tmp/fio-compare.XXXXXX)
 FIO=$("$tools/fio-iscsi/build.sh" | tail -n 1)
-dotnet build -c Release "$repo/src/IntegrityTarget.Host" -o "$work/bin" >/dev/null
+if [[ -n "${INTEGRITY_TARGET_BIN:-}" ]]; then mkdir -p "$work/bin"; cp -r "$INTEGRITY_TARGET_BIN"/. "$work/bin/"
+else dotnet build -c Release "$repo/src/IntegrityTarget.Host" -o "$work/bin" >/dev/null; fi
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

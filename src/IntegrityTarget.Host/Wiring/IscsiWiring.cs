@@ -3,17 +3,14 @@ using IntegrityTarget.Host.Cli;
 using IntegrityTarget.Host.Config;
 using IntegrityTarget.Host.Serving;
 using Serilog;
-#if HAVE_ISCSI
 using IntegrityTarget.Iscsi;
 using IntegrityTarget.Transport;
-#endif
 
 namespace IntegrityTarget.Host.Wiring;
 
 /// <summary>The network side of a serving process: the iSCSI server over the configured transport.</summary>
 public sealed class FrontEnd : IAsyncDisposable
 {
-#if HAVE_ISCSI && HAVE_SCSI
     private readonly IscsiServer _server;
     private readonly IIscsiTransport _transport;
 
@@ -94,14 +91,4 @@ public sealed class FrontEnd : IAsyncDisposable
         await _transport.DisposeAsync();
         await _server.DisposeAsync();
     }
-#else
-    // Until the iSCSI, transport and SCSI layers are merged into this branch the host builds without them; remove this branch then.
-    public static Task<FrontEnd> StartAsync(HostConfig config, IReadOnlyList<ServedTarget> targets, ILogger log, CancellationToken ct) =>
-        throw new CliException("this build has no iSCSI/SCSI layer yet (IntegrityTarget.Iscsi/Scsi not merged); cannot serve");
-    public IReadOnlyList<IPEndPoint> BoundEndpoints => [];
-    public IReadOnlyList<object> Sessions() => [];
-    public Task ShutdownAsync(CancellationToken ct) => Task.CompletedTask;
-    public static bool IsBindFailure(Exception e) => false;
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
-#endif
 }
