@@ -177,7 +177,7 @@ internal sealed class DotNettyConnection : ChannelHandlerAdapter, IPduSink, IThr
                     }
                 }
                 // AutoRead is flipped on the event loop only, so a pause and a resume can never reorder.
-                if (resume) _channel.EventLoop.Execute(_resumeReading);
+                if (resume) ResumeReading();
             }
         }
         catch (Exception ex)
@@ -185,6 +185,15 @@ internal sealed class DotNettyConnection : ChannelHandlerAdapter, IPduSink, IThr
             _owner.Log.Error(ex, "connection from {Remote} failed", connection?.Remote);
         }
         await FinishAsync(connection).ConfigureAwait(false);
+    }
+
+    private void ResumeReading()
+    {
+        try { _channel.EventLoop.Execute(_resumeReading); }
+        catch (Exception ex) when (ex is DotNetty.Common.Concurrency.RejectedExecutionException or InvalidOperationException)
+        {
+            // The event loops are shutting down (transport stop): the channel is being closed anyway.
+        }
     }
 
     /// <summary>The one exit of a connection: release the inbound buffers, tell the core once, close the channel.</summary>
