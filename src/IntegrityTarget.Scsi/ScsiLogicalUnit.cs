@@ -115,12 +115,15 @@ public sealed partial class ScsiLogicalUnit
         ReleaseSpc2If(nexus);
     }
 
-    /// <summary>LOGICAL UNIT RESET: SPC-2 reservation released, other nexuses get 29/03; PR state survives (SPC-4 5.9.12).</summary>
-    internal void Reset(ItNexus? by, SenseReason ua)
+    /// <summary>
+    /// LOGICAL UNIT RESET / warm reset: SPC-2 reservation released and every nexus, the issuer's included,
+    /// gets the reset unit attention (SAM: the reset is reported on every I_T nexus; libiscsi's
+    /// MultipathIO.Reset checks each path); PR state survives (SPC-4 5.9.12).
+    /// </summary>
+    internal void Reset(SenseReason ua)
     {
         ReleaseSpc2All();
-        foreach (var s in _nexuses.Values)
-            if (by == null || s.Key != (by.InitiatorPortName, by.TargetPortName)) s.AddUnitAttention(ua);
+        foreach (var s in _nexuses.Values) s.AddUnitAttention(ua);
     }
 
     /// <summary>Queues a unit attention for every nexus except <paramref name="except"/>.</summary>

@@ -108,13 +108,13 @@ public sealed class ScsiTarget : IScsiTarget
 
     public void LogicalUnitReset(ulong lun, ItNexus nexus)
     {
-        if (_units.TryGetValue(lun, out var u)) u.Reset(nexus, SenseReason.BusDeviceReset);
+        if (_units.TryGetValue(lun, out var u)) u.Reset(SenseReason.BusDeviceReset);
         _log.Information("LUN reset of {Target} LUN {Lun} by {Initiator}", Name, lun, nexus.InitiatorName);
     }
 
     public void TargetReset(ItNexus nexus)
     {
-        foreach (var u in _units.Values) u.Reset(nexus, SenseReason.ScsiBusReset);
+        foreach (var u in _units.Values) u.Reset(SenseReason.ScsiBusReset);
         _log.Information("Target reset of {Target} by {Initiator}", Name, nexus.InitiatorName);
     }
 }

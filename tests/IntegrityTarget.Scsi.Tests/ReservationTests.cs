@@ -220,7 +220,7 @@ public class ReservationTests
         using (var r = _h.Exec([0x1A, 0, 0x3F, 0, 255, 0], null, _h.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.ReservationConflict));
         using (var r = _h.Exec([0x12, 0, 0, 0, 36, 0], null, _h.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
         _h.Target.LogicalUnitReset(0, _h.A);
-        _h.Quiet(_h.B);
+        _h.Quiet(_h.A, _h.B); // the reset is reported to every nexus, the issuer included
         using (var r = _h.Exec([0x16, 0, 0, 0, 0, 0], null, _h.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good), "LUN reset released it");
         using (var r = _h.Exec([0x17, 0, 0, 0, 0, 0], null, _h.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
         Prout(_h.A, 6, 0, KeyA);

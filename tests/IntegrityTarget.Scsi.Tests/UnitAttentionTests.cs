@@ -43,13 +43,13 @@ public class UnitAttentionTests
     }
 
     [Test]
-    public void LogicalUnitResetGivesOtherNexusesBusDeviceReset()
+    public void LogicalUnitResetGivesEveryNexusBusDeviceResetIncludingTheIssuer()
     {
         var h = new Harness();
         h.Quiet(h.A, h.B);
         h.Target.LogicalUnitReset(0, h.A);
         using var a = h.Exec(new byte[6], null, h.A);
-        Assert.That(a.Status, Is.EqualTo(ScsiStatus.Good));
+        SenseAssert.Is(a, 0x06, 0x29, 0x03);
         using var b = h.Exec(new byte[6], null, h.B);
         SenseAssert.Is(b, 0x06, 0x29, 0x03);
     }
