@@ -110,6 +110,18 @@ public sealed partial class IntegrityVolume
         return (g.SlotOffset(e - 1) + (long)idx * g.BlockSize, g.TagOffset(e - 1, idx), g.TagSize);
     }
 
+    /// <summary>
+    /// One line saying where block <paramref name="lba"/> lives, for `dump --lba N`:
+    /// "lba N: data at offset D, tag at offset T (S B)" or "lba N: unmapped (reads as zeros)".
+    /// </summary>
+    public static string DumpBlock(IBlockDevice device, ulong lba)
+    {
+        var loc = LocateBlock(device, lba);
+        return loc is { } l
+            ? $"lba {lba}: data at offset {l.DataOffset}, tag at offset {l.TagOffset} ({l.TagSize} B)"
+            : $"lba {lba}: unmapped (reads as zeros)";
+    }
+
     /// <summary>A tag function for measurements (benchmarks): (data, lba, tag destination).</summary>
     public delegate void TagFunction(ReadOnlySpan<byte> data, ulong lba, Span<byte> tag);
 

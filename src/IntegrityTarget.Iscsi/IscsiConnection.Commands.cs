@@ -161,7 +161,9 @@ public sealed partial class IscsiConnection
                 task.UnsolicitedEnd = Math.Min(Parameters.FirstBurstLength, task.Edtl);
             }
             task.NextR2TOffset = final ? immediate : task.UnsolicitedEnd;
-            task.R2Ts = new R2TState[Math.Max(1, Parameters.MaxOutstandingR2T)];
+            // Room for the R2Ts this command can ever have outstanding at once, not the negotiated maximum.
+            long bursts = ((long)task.Edtl - task.NextR2TOffset + Parameters.MaxBurstLength - 1) / Parameters.MaxBurstLength;
+            task.R2Ts = new R2TState[(int)Math.Clamp(bursts, 1, Math.Max(1, Parameters.MaxOutstandingR2T))];
             if (task.Received < task.Edtl)
             {
                 await IssueR2TsAsync(task).ConfigureAwait(false);

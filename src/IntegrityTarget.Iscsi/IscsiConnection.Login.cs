@@ -246,7 +246,7 @@ public sealed partial class IscsiConnection
     {
         if (_initiatorName is null) throw new LoginFailure(LoginStatus.MissingParameter, "InitiatorName missing in the first login request");
         if (_server.IsShuttingDown) throw new LoginFailure(LoginStatus.ServiceUnavailable, "server is shutting down");
-        if (_requestedTsih != 0 && !_server.TsihExists(_requestedTsih))
+        if (_requestedTsih != 0 && !_server.SessionExists(_requestedTsih, _initiatorName, _isid))
             throw new LoginFailure(LoginStatus.SessionDoesNotExist, $"TSIH {_requestedTsih} does not exist");
         if (_discovery) return;
         if (_targetName is null) throw new LoginFailure(LoginStatus.MissingParameter, "TargetName missing for a normal session");

@@ -114,9 +114,11 @@ public sealed class IscsiServer : IAsyncDisposable
         }
     }
 
-    internal bool TsihExists(ushort tsih)
+    /// <summary>Whether a login naming an existing TSIH refers to a session of this initiator and ISID.</summary>
+    internal bool SessionExists(ushort tsih, string initiator, ulong isid)
     {
-        lock (_sync) return _sessions.Any(s => s.Tsih == tsih);
+        lock (_sync)
+            return _sessions.Any(s => s.Tsih == tsih && s.Isid == isid && string.Equals(s.InitiatorName, initiator, StringComparison.OrdinalIgnoreCase));
     }
 
     private ushort AllocateTsih()

@@ -162,4 +162,22 @@ public class SocketTransportTests
         await good.SendAsync(TestPdu.NopOut(9, 0xffffffff, good.CmdSN, "ok"u8.ToArray()));
         Assert.That((await good.ExpectAsync(Opcode.NopIn)).Data, Is.EqualTo("ok"u8.ToArray()));
     }
+
+    [Test]
+    public async Task Peer_vanishing_mid_session_ends_the_session_and_the_nexus()
+    {
+        var scsi = new FakeScsiTarget();
+        await using var server = TestTargets.Server(scsi);
+        await using var transport = new SocketTransport(server, TestTargets.Log);
+        await transport.StartAsync([new IPEndPoint(IPAddress.Loopback, 0)], CancellationToken.None);
+        var i = new TcpInitiator();
+        await i.ConnectAsync(transport.BoundEndpoints[0]);
+        await i.LoginAsync(TestTargets.Iqn);
+        Assert.That(server.Sessions, Has.Count.EqualTo(1));
+        // Half a PDU, then the socket goes away.
+        await i.SendAsync(TestPdu.ScsiCommand(1, 1, [0, 0, 0, 0, 0, 0], 0)[..20]);
+        await i.DisposeAsync();
+        Assert.That(() => server.Sessions.Count, Is.Zero.After(10000, 20));
+        Assert.That(() => scsi.Events.Any(e => e.StartsWith("lost ")), Is.True.After(10000, 20));
+    }
 }

@@ -45,8 +45,10 @@ internal sealed class CrashReport
     public long DeviceOperations { get; set; }
     public int PersistencePoints { get; set; }
     public List<string> Violations { get; } = new();
+    public TimeSpan RecordTime { get; set; }
+    public TimeSpan CheckTime { get; set; }
     public override string ToString() =>
-        $"{CrashStates} crash states, {RecoveryCrashStates} crashes during recovery, {DeviceOperations} device ops, {PersistencePoints} flush/FUA points, {Violations.Count} violations";
+        $"{CrashStates} crash states, {RecoveryCrashStates} crashes during recovery, {DeviceOperations} device ops, {PersistencePoints} flush/FUA points, {Violations.Count} violations (run {RecordTime.TotalSeconds:F1} s, checks {CheckTime.TotalSeconds:F1} s)";
 }
 
 /// <summary>
@@ -57,9 +59,17 @@ internal sealed class CrashReport
 /// </summary>
 internal sealed class CrashHarness(CrashTarget target, CrashRunOptions options)
 {
+
     public async Task<CrashReport> RunAsync(ulong seed)
     {
         var report = new CrashReport();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        try { return await RunCoreAsync(seed, report, clock); }
+        finally { report.CheckTime = clock.Elapsed - report.RecordTime; }
+    }
+
+    private async Task<CrashReport> RunCoreAsync(ulong seed, CrashReport report, System.Diagnostics.Stopwatch clock)
+    {
         var stamp = new BlockStamp(SplitMix64.Hash(seed, 0xB10C), target.BlockSize);
         uint maxWrite = (uint)Math.Max(1, options.MaxWriteBytes / target.BlockSize);
         var batches = WorkloadGenerator.Generate(seed, target.Blocks, maxWrite, options.Commands, options.MaxBatch);
@@ -105,6 +115,7 @@ internal sealed class CrashHarness(CrashTarget target, CrashRunOptions options)
         }
         try { await vol.DisposeAsync(); } catch (Exception e) { report.Violations.Add(Where($"clean close failed: {e.Message}")); }
         var ops = dev.RecordedOperations;
+        report.RecordTime = clock.Elapsed;
         report.DeviceOperations = ops.Count - formatOps;
 
         var model = new CrashModel(all, target.Blocks, !target.WriteBack, atomic);
@@ -139,8 +150,10 @@ internal sealed class CrashHarness(CrashTarget target, CrashRunOptions options)
             {
                 if (report.CrashStates >= options.MaxStates || report.Violations.Count >= options.MaxViolations) return report;
                 ulong stateSeed = SplitMix64.Hash(seed, (ulong)k * 16 + (ulong)mode);
-                var image = replay.Crash(mode, stateSeed);
-                string ctx = $"[{target.Name} seed={seed} crash at device op {k}/{ops.Count} ({Describe(ops, k)}) mode={mode} stateSeed={stateSeed}]";
+                // KeepRandom survives with few, half or most of the pending sectors.
+                double keep = (stateSeed % 3) switch { 0 => 0.1, 1 => 0.5, _ => 0.9 };
+                var image = replay.Crash(mode, stateSeed, keep);
+                string ctx = $"[{target.Name} seed={seed} crash at device op {k}/{ops.Count} ({Describe(ops, k)}) mode={mode}{(mode == CrashMode.KeepRandom ? $" p={keep}" : "")} stateSeed={stateSeed}]";
                 await CheckStateAsync(image, k, model, stamp, ctx, report, stateSeed);
             }
         }

@@ -41,6 +41,9 @@ internal sealed class CrashModel
         foreach (var f in _flushes)
             if (f.CompleteOps <= k && f.StartSeq > flushedSeq) { flushedSeq = f.StartSeq; coveringFlush = f; }
 
+        // Reached the device: issued before the cut, or completed by then (a queued write-back command or an
+        // unmap of never-mapped blocks may complete without any device operation).
+        bool Visible(Command c) => c.StartOps < k || c.CompleteOps <= k;
         bool Durable(Command c) => c.CompleteOps <= k && (WriteThrough || c.Fua || c.CompleteSeq < flushedSeq);
         string DurableWhy(Command c) => WriteThrough ? "completed with write-back off" : c.Fua ? "FUA completed" : $"flushed by completed {coveringFlush}";
 
@@ -49,7 +52,7 @@ internal sealed class CrashModel
             Command? required = null;
             foreach (var c in _writers[b])
                 if (Durable(c) && (required is null || c.StartSeq > required.StartSeq)) required = c;
-            var e = CheckBlock(b, versions[b], why[b], c => c.StartOps < k, required, required is null ? "" : DurableWhy(required));
+            var e = CheckBlock(b, versions[b], why[b], Visible, required, required is null ? "" : DurableWhy(required));
             if (e != null) errors.Add(e);
         }
 
@@ -57,12 +60,12 @@ internal sealed class CrashModel
         foreach (var w in _atomicCandidates)
         {
             if (errors.Count >= limit) break;
-            if (w.StartOps >= k) continue;
+            if (!Visible(w)) continue;
             var showing = new List<ulong>();
             var notShowing = new List<ulong>();
             for (ulong b = w.Lba; b < w.Lba + w.Blocks; b++)
             {
-                bool contested = _writers[b].Any(c => c != w && c.StartOps < k && !c.OrderedBefore(w));
+                bool contested = _writers[b].Any(c => c != w && Visible(c) && !c.OrderedBefore(w));
                 if (contested || versions[b] < 0) continue;
                 (versions[b] == w.Id ? showing : notShowing).Add(b);
             }

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using IntegrityTarget.Storage;
 
 namespace IntegrityTarget.Integrity.Tests.Crash;
@@ -84,11 +85,19 @@ internal sealed class BlockStamp(ulong runTag, int blockSize)
 
     public void Fill(Span<byte> block, long commandId, ulong lba)
     {
-        BitConverter.TryWriteBytes(block[0..8], commandId);
-        BitConverter.TryWriteBytes(block[8..16], lba);
-        BitConverter.TryWriteBytes(block[16..24], runTag);
-        var rng = new SplitMix64(SplitMix64.Hash(runTag ^ (ulong)commandId, lba));
-        for (int i = 24; i < block.Length; i += 8) BitConverter.TryWriteBytes(block[i..], rng.Next());
+        // Every 8-byte word depends on (run, command, LBA, sector, position): a sector of another version,
+        // another block or another place in the block does not match.
+        var words = MemoryMarshal.Cast<byte, ulong>(block);
+        ulong key = SplitMix64.Hash(runTag ^ (ulong)commandId, lba);
+        for (int s = 0; s < words.Length / 64; s++)
+        {
+            ulong k = SplitMix64.Mix(key + (ulong)s);
+            var w = words.Slice(s * 64, 64);
+            for (int i = 0; i < w.Length; i++) w[i] = k + (ulong)i * 0x9E3779B97F4A7C15UL;
+        }
+        words[0] = (ulong)commandId;
+        words[1] = lba;
+        words[2] = runTag;
     }
 
     /// <summary>Which version a block holds: <see cref="Zero"/>, a command id, or <see cref="Garbage"/> (with why).</summary>

@@ -1,0 +1,122 @@
+using IntegrityTarget.Storage;
+
+namespace IntegrityTarget.Integrity.Tests.Crash;
+
+/// <summary>
+/// The crash properties of issue 3 against the real <see cref="IntegrityVolume"/>: crash at every device
+/// flush/FUA point of fixed workloads and at random points of random workloads, in every crash mode,
+/// reopen (running recovery), check; crash again in the middle of that recovery, reopen, check again.
+/// CI runs a few thousand crash states; set INTEGRITY_CRASH_LONG=1 (10× the seeds) or
+/// INTEGRITY_CRASH_STATES=n (random workloads until n states per configuration) for a long run, and
+/// INTEGRITY_CRASH_SEED=s to rerun one seed printed by a failure.
+/// </summary>
+[Parallelizable(ParallelScope.Children)]
+public class IntegrityVolumeCrashTests
+{
+    private static readonly byte[] Key = Enumerable.Range(100, 32).Select(i => (byte)i).ToArray();
+
+    /// <summary>(block size, algorithm, journal bytes): both block sizes, every algorithm, a small journal that wraps and checkpoints.</summary>
+    private static readonly (int Bs, TagAlgorithm Alg, long? Journal)[] Configs =
+    [
+        (4096, TagAlgorithm.Crc32c, null),
+        (512, TagAlgorithm.XxHash64, null),
+        (4096, TagAlgorithm.HmacSha256, null),
+        (512, TagAlgorithm.Crc32c, 1L << 20),
+    ];
+
+    internal static CrashTarget Target(int blockSize, TagAlgorithm alg, long? journalBytes, bool writeBack = true)
+    {
+        ulong blocks = (ulong)((2 << 20) / blockSize); // 2 MiB: 16 chunks of 128 KiB, room for 1 MiB writes
+        var key = alg == TagAlgorithm.HmacSha256 ? Key : ReadOnlyMemory<byte>.Empty;
+        var log = Serilog.Core.Logger.None;
+        return new CrashTarget(
+            $"integrity-{blockSize}-{alg}{(journalBytes is { } j ? $"-j{j >> 10}k" : "")}{(writeBack ? "" : "-wt")}",
+            blockSize, blocks, IntegrityVolume.DeviceBytesFor(blocks, blockSize, alg, journalBytes),
+            async dev => await IntegrityVolume.FormatAsync(dev, new FormatOptions
+            {
+                BlockSize = blockSize, Algorithm = alg, Key = key, JournalBytes = journalBytes, LogicalBlocks = blocks,
+            }, log),
+            async dev => await IntegrityVolume.OpenAsync(dev, new OpenOptions { Key = key, WriteBack = writeBack }, log))
+        {
+            WriteBack = writeBack,
+        };
+    }
+
+    private static bool Long => Environment.GetEnvironmentVariable("INTEGRITY_CRASH_LONG") == "1";
+
+    private static int? StatesWanted =>
+        int.TryParse(Environment.GetEnvironmentVariable("INTEGRITY_CRASH_STATES"), out int n) && n > 0 ? n : null;
+
+    private static ulong[] Seeds(ulong first, int count)
+    {
+        if (ulong.TryParse(Environment.GetEnvironmentVariable("INTEGRITY_CRASH_SEED"), out ulong s)) return [s];
+        return Enumerable.Range(0, Long ? count * 10 : count).Select(i => first + (ulong)i).ToArray();
+    }
+
+    private static IEnumerable<TestCaseData> ConfigCases() =>
+        Configs.Select(c => new TestCaseData(c.Bs, c.Alg, c.Journal).SetArgDisplayNames($"{c.Bs}", $"{c.Alg}", c.Journal is { } j ? $"journal {j >> 10} KiB" : "default journal"));
+
+    private static async Task<CrashReport> RunSeeds(CrashTarget target, CrashRunOptions options, ulong[] seeds, int? statesWanted = null)
+    {
+        var total = new CrashReport();
+        for (int i = 0; ; i++)
+        {
+            ulong seed = i < seeds.Length ? seeds[i] : seeds[^1] + (ulong)(i - seeds.Length + 1);
+            if (i >= seeds.Length && (statesWanted is null || total.CrashStates >= statesWanted)) break;
+            var r = await new CrashHarness(target, options).RunAsync(seed);
+            total.CrashStates += r.CrashStates;
+            total.RecoveryCrashStates += r.RecoveryCrashStates;
+            total.DeviceOperations += r.DeviceOperations;
+            total.PersistencePoints += r.PersistencePoints;
+            total.Violations.AddRange(r.Violations);
+            total.RecordTime += r.RecordTime; total.CheckTime += r.CheckTime;
+            if (total.Violations.Count > 0) break;
+        }
+        TestContext.Out.WriteLine($"{target.Name}: {total}");
+        return total;
+    }
+
+    [TestCaseSource(nameof(ConfigCases))]
+    public async Task A_crash_at_every_flush_and_FUA_point_leaves_every_block_readable_durable_and_old_or_new(int blockSize, TagAlgorithm alg, long? journal)
+    {
+        var options = new CrashRunOptions { Commands = 70, MaxBatch = 4, RandomPoints = 0, RecoveryCrashes = 1 };
+        var report = await RunSeeds(Target(blockSize, alg, journal), options, Seeds(1000, 2));
+        Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
+        Assert.That(report.PersistencePoints, Is.GreaterThan(10), "the workload must reach the device's persistence points");
+        Assert.That(report.RecoveryCrashStates, Is.GreaterThan(0), "recovery must be crashed in the middle at least once");
+    }
+
+    [TestCaseSource(nameof(ConfigCases))]
+    public async Task Random_crash_points_of_random_workloads_keep_the_crash_properties(int blockSize, TagAlgorithm alg, long? journal)
+    {
+        var options = new CrashRunOptions { Commands = 60, MaxBatch = 6, EveryPersistencePoint = false, RandomPoints = 40, RecoveryCrashes = 1 };
+        var report = await RunSeeds(Target(blockSize, alg, journal), options, Seeds(2000, 4), StatesWanted);
+        Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
+        Assert.That(report.CrashStates, Is.GreaterThan(100));
+    }
+
+    [Test]
+    public async Task With_write_back_off_every_completed_write_survives_a_crash()
+    {
+        var options = new CrashRunOptions { Commands = 50, MaxBatch = 4, RandomPoints = 30, RecoveryCrashes = 1 };
+        var report = await RunSeeds(Target(4096, TagAlgorithm.Crc32c, null, writeBack: false), options, Seeds(3000, 1));
+        Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
+    }
+
+    [Test]
+    public async Task Commands_issued_from_many_threads_at_once_keep_the_crash_properties()
+    {
+        var options = new CrashRunOptions { Commands = 80, MaxBatch = 8, ParallelIssue = true, EveryPersistencePoint = false, RandomPoints = 40, RecoveryCrashes = 1 };
+        var report = await RunSeeds(Target(4096, TagAlgorithm.XxHash64, null), options, Seeds(4000, 2));
+        Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
+    }
+
+    [Test]
+    public async Task Several_crashes_in_a_row_during_recovery_still_recover()
+    {
+        var options = new CrashRunOptions { Commands = 60, MaxBatch = 4, EveryPersistencePoint = false, RandomPoints = 15, RecoveryCrashes = 4 };
+        var report = await RunSeeds(Target(4096, TagAlgorithm.Crc32c, 1L << 20), options, Seeds(5000, 1));
+        Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
+        Assert.That(report.RecoveryCrashStates, Is.GreaterThan(20));
+    }
+}
