@@ -44,6 +44,11 @@ public sealed class IscsiServerOptions
     public TimeSpan LoginTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>Largest expected data transfer length accepted for one write command (bounds buffers).</summary>
     public int MaxCommandDataLength { get; init; } = 64 * 1024 * 1024;
+    /// <summary>
+    /// Write-data buffers one connection may hold at once. A write that would exceed it is answered
+    /// TASK SET FULL (the initiator retries), so a peer cannot make the target allocate without bound.
+    /// </summary>
+    public long MaxWriteBufferBytesPerConnection { get; init; } = 256L * 1024 * 1024;
 
     /// <summary>Returns every problem with these options (empty when valid).</summary>
     public IReadOnlyList<string> Validate()
@@ -57,6 +62,7 @@ public sealed class IscsiServerOptions
         if (NopInterval <= TimeSpan.Zero) errors.Add("NopInterval must be positive");
         if (NopTimeout <= TimeSpan.Zero) errors.Add("NopTimeout must be positive");
         if (MaxCommandDataLength < MaxBurstLength) errors.Add($"MaxCommandDataLength must be at least MaxBurstLength ({MaxBurstLength})");
+        if (MaxWriteBufferBytesPerConnection < MaxCommandDataLength) errors.Add($"MaxWriteBufferBytesPerConnection must be at least MaxCommandDataLength ({MaxCommandDataLength})");
         return errors;
     }
 }

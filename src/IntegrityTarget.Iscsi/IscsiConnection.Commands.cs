@@ -14,6 +14,7 @@ public sealed partial class IscsiConnection
     private readonly SortedSet<uint> _aheadCmdSNs = new(); // CmdSNs received inside the window but ahead of ExpCmdSN
     private readonly Dictionary<uint, ScsiTask> _tasks = [];
     private int _activeCommands;
+    private long _writeBufferBytes;
     private TaskCompletionSource? _idleWaiter;
 
     public int TasksInFlight { get { lock (_sync) return _tasks.Count; } }
@@ -136,6 +137,20 @@ public sealed partial class IscsiConnection
 
         if (write && task.Edtl > 0)
         {
+            bool full;
+            lock (_sync)
+            {
+                full = _writeBufferBytes + task.Edtl > Options.MaxWriteBufferBytesPerConnection;
+                if (!full) _writeBufferBytes += task.Edtl;
+            }
+            if (full)
+            {
+                _log.Debug("Write buffer budget exhausted: ITT 0x{Itt:x8} answered TASK SET FULL", itt);
+                lock (_sync) ReleaseSlotLocked(task);
+                await SendScsiResponseAsync(task, ScsiStatus.TaskSetFull, 0, default, 0).ConfigureAwait(false);
+                FinishTask(task);
+                return;
+            }
             task.Buffer = _server.BufferPool.Rent(task.Edtl);
             if (immediate > 0) pdu.Data.CopyTo(task.Buffer);
             task.Received = immediate;
@@ -146,7 +161,9 @@ public sealed partial class IscsiConnection
                 task.UnsolicitedEnd = Math.Min(Parameters.FirstBurstLength, task.Edtl);
             }
             task.NextR2TOffset = final ? immediate : task.UnsolicitedEnd;
-            task.R2Ts = new R2TState[Math.Max(1, Parameters.MaxOutstandingR2T)];
+            // Room for the R2Ts this command can ever have outstanding at once, not the negotiated maximum.
+            long bursts = ((long)task.Edtl - task.NextR2TOffset + Parameters.MaxBurstLength - 1) / Parameters.MaxBurstLength;
+            task.R2Ts = new R2TState[(int)Math.Clamp(bursts, 1, Math.Max(1, Parameters.MaxOutstandingR2T))];
             if (task.Received < task.Edtl)
             {
                 await IssueR2TsAsync(task).ConfigureAwait(false);
@@ -428,7 +445,12 @@ public sealed partial class IscsiConnection
             ReleaseSlotLocked(task);
             if (_tasks.Count == 0) { idle = _idleWaiter; _idleWaiter = null; }
         }
-        if (task.Buffer is not null) { _server.BufferPool.Return(task.Buffer); task.Buffer = null; }
+        if (task.Buffer is not null)
+        {
+            _server.BufferPool.Return(task.Buffer);
+            task.Buffer = null;
+            lock (_sync) _writeBufferBytes -= task.Edtl;
+        }
         task.Done.TrySetResult();
         idle?.TrySetResult();
     }
@@ -603,7 +625,21 @@ public sealed partial class IscsiConnection
         foreach (var t in hit) await t.Done.Task.ConfigureAwait(false);
         if (notifyInitiator && _phase == Phase.FullFeature)
         {
-            foreach (var t in hit) await SendScsiResponseAsync(t, ScsiStatus.TaskAborted, 0, default, 0).ConfigureAwait(false);
+            // Not awaited: a slow reader on this connection must not delay the caller (e.g. another
+            // session's TMF response, which only depends on the tasks having left the backend).
+            _ = NotifyAbortedAsync(hit);
+        }
+    }
+
+    private async Task NotifyAbortedAsync(List<ScsiTask> tasks)
+    {
+        try
+        {
+            foreach (var t in tasks) await SendScsiResponseAsync(t, ScsiStatus.TaskAborted, 0, default, 0).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            _log.Debug(ex, "sending TASK ABORTED failed");
         }
     }
 

@@ -189,8 +189,9 @@ public sealed partial class IscsiConnection
             AppendKey(response, "TargetPortalGroupTag", Options.PortalGroupTag.ToString(CultureInfo.InvariantCulture));
             if (!string.IsNullOrEmpty(_loginTarget?.Alias)) AppendKey(response, "TargetAlias", _loginTarget!.Alias!);
         }
-        bool goingOperational = csg == 1 || (transit && nsg >= 1 && _auth == AuthState.Done);
-        if (goingOperational && !_declarationsSent && !_negotiatedKeys.Contains("MaxRecvDataSegmentLength"))
+        // Operational keys only in the operational stage (open-iscsi refuses them in the security stage);
+        // an initiator that skips that stage assumes the 8192 default for us, which we accept anyway.
+        if (csg == 1 && !_declarationsSent && !_negotiatedKeys.Contains("MaxRecvDataSegmentLength"))
         {
             AppendKey(response, "MaxRecvDataSegmentLength", Options.MaxRecvDataSegmentLength.ToString(CultureInfo.InvariantCulture));
             _declarationsSent = true;
@@ -245,7 +246,7 @@ public sealed partial class IscsiConnection
     {
         if (_initiatorName is null) throw new LoginFailure(LoginStatus.MissingParameter, "InitiatorName missing in the first login request");
         if (_server.IsShuttingDown) throw new LoginFailure(LoginStatus.ServiceUnavailable, "server is shutting down");
-        if (_requestedTsih != 0 && !_server.TsihExists(_requestedTsih))
+        if (_requestedTsih != 0 && !_server.SessionExists(_requestedTsih, _initiatorName, _isid))
             throw new LoginFailure(LoginStatus.SessionDoesNotExist, $"TSIH {_requestedTsih} does not exist");
         if (_discovery) return;
         if (_targetName is null) throw new LoginFailure(LoginStatus.MissingParameter, "TargetName missing for a normal session");

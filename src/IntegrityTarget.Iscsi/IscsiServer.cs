@@ -37,7 +37,7 @@ public sealed class IscsiServer : IAsyncDisposable
             throw new ArgumentException("Invalid iSCSI configuration: " + string.Join("; ", problems));
 
         // Large Data-Out buffers: a retaining pool owned by this server (MemoryPool.Shared collapses with deep 1 MiB queues).
-        BufferPool = ArrayPool<byte>.Create(Math.Max(options.MaxCommandDataLength, 1 << 20), 64);
+        BufferPool = ArrayPool<byte>.Create(Math.Max(options.MaxCommandDataLength, 1 << 20), 16);
         foreach (var t in _targetList)
         {
             var target = t;
@@ -114,9 +114,11 @@ public sealed class IscsiServer : IAsyncDisposable
         }
     }
 
-    internal bool TsihExists(ushort tsih)
+    /// <summary>Whether a login naming an existing TSIH refers to a session of this initiator and ISID.</summary>
+    internal bool SessionExists(ushort tsih, string initiator, ulong isid)
     {
-        lock (_sync) return _sessions.Any(s => s.Tsih == tsih);
+        lock (_sync)
+            return _sessions.Any(s => s.Tsih == tsih && s.Isid == isid && string.Equals(s.InitiatorName, initiator, StringComparison.OrdinalIgnoreCase));
     }
 
     private ushort AllocateTsih()
@@ -158,9 +160,11 @@ public sealed class IscsiServer : IAsyncDisposable
         await Task.WhenAll(conns.Select(c => c.DrainAndCloseAsync(ct))).ConfigureAwait(false);
     }
 
+    /// <summary>Shuts down (giving in-flight commands up to 5 s; call <see cref="ShutdownAsync"/> first for a longer drain).</summary>
     public async ValueTask DisposeAsync()
     {
-        await ShutdownAsync(CancellationToken.None).ConfigureAwait(false);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+        await ShutdownAsync(cts.Token).ConfigureAwait(false);
         foreach (var (t, h) in _subscriptions) t.Scsi.AbortTasksRequested -= h;
         _subscriptions.Clear();
     }

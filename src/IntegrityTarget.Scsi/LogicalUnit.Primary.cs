@@ -26,7 +26,7 @@ public sealed partial class ScsiLogicalUnit
         return new(Reply(owner, sense.Length, alloc));
     }
 
-    internal ValueTask<Outcome> ReportLuns(Request r) => new(ScsiTarget.ReportLuns(Target?.Luns ?? [Lun], r.Cdb));
+    internal ValueTask<Outcome> ReportLuns(Request r) => new(ScsiTarget.ReportLuns(Target?.Luns ?? [Lun], r.Cdb, _buffers));
 
     // ---- INQUIRY and the VPD page table -------------------------------------------------------
 

@@ -34,7 +34,7 @@ internal sealed class PersistentReservations
     public readonly object Lock = new();
     public readonly List<Registration> Registrations = new();
     public Registration? Holder;          // null with a reservation = all-registrants type
-    public bool Reserved;
+    public volatile bool Reserved; // read without the lock on the command fast path
     public PrType Type;
     public uint Generation;
     public bool Aptpl;

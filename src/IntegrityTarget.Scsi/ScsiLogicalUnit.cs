@@ -121,7 +121,6 @@ public sealed partial class ScsiLogicalUnit
         ReleaseSpc2All();
         foreach (var s in _nexuses.Values)
             if (by == null || s.Key != (by.InitiatorPortName, by.TargetPortName)) s.AddUnitAttention(ua);
-            else s.ClearUnitAttentions();
     }
 
     /// <summary>Queues a unit attention for every nexus except <paramref name="except"/>.</summary>
@@ -213,13 +212,10 @@ public sealed partial class ScsiLogicalUnit
         return r;
     }
 
-    /// <summary>A pooled data-in buffer of exactly <paramref name="length"/> usable bytes, zeroed.</summary>
-    internal static IMemoryOwner<byte> Rent(int length, bool clear = true)
-    {
-        var owner = MemoryPool<byte>.Shared.Rent(Math.Max(length, 1));
-        if (clear) owner.Memory.Span[..length].Clear();
-        return owner;
-    }
+    private readonly BufferPool _buffers = new();
+
+    /// <summary>A pooled data-in buffer of exactly <paramref name="length"/> usable bytes, zeroed unless told otherwise.</summary>
+    internal IMemoryOwner<byte> Rent(int length, bool clear = true) => _buffers.Rent(length, clear);
 
     /// <summary>Returns <paramref name="full"/> bytes of a built response truncated to the allocation length.</summary>
     internal static Outcome Reply(IMemoryOwner<byte> owner, int full, long allocationLength) =>
@@ -235,7 +231,7 @@ public sealed partial class ScsiLogicalUnit
         naa[0] = (byte)(0x60u | (oui >> 20));
         naa[1] = (byte)(oui >> 12);
         naa[2] = (byte)(oui >> 4);
-        naa[3] = (byte)(((oui & 0xF) << 4) | (h[0] & 0x0F));
+        naa[3] = (byte)(((oui & 0xF) << 4) | (uint)(h[0] & 0x0F));
         h.AsSpan(1, 12).CopyTo(naa.AsSpan(4));
         return naa;
     }

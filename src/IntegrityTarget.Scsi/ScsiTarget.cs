@@ -10,6 +10,7 @@ public sealed class ScsiTarget : IScsiTarget
 {
     private readonly Dictionary<ulong, ScsiLogicalUnit> _units;
     private readonly Serilog.ILogger _log;
+    private readonly BufferPool _buffers = new();
 
     public ScsiTarget(string name, IEnumerable<ScsiLogicalUnit> units, Serilog.ILogger log)
     {
@@ -46,18 +47,18 @@ public sealed class ScsiTarget : IScsiTarget
         {
             case 0x12 when cdb.Length >= 6 && (cdb[1] & 1) == 0 && cdb[2] == 0:
             {
-                var owner = ScsiLogicalUnit.Rent(ScsiLogicalUnit.StandardInquiryLength);
+                var owner = _buffers.Rent(ScsiLogicalUnit.StandardInquiryLength);
                 ScsiLogicalUnit.WriteStandardInquiry(owner.Memory.Span, null, connected: false);
                 int n = Math.Min(ScsiLogicalUnit.StandardInquiryLength, (int)BinaryPrimitives.ReadUInt16BigEndian(cdb[3..]));
                 return new ScsiResponse(owner) { DataIn = owner.Memory[..n], TransferLength = n };
             }
             case 0xA0 when cdb.Length >= 12:
-                return ToResponse(ReportLuns(Luns, cdb));
+                return ToResponse(ReportLuns(Luns, cdb, _buffers));
             case 0x03 when cdb.Length >= 6:
             {
                 // REQUEST SENSE to a missing LUN reports LOGICAL UNIT NOT SUPPORTED as data, status GOOD (SPC-4 6.39).
                 var sense = SenseBuilder.Build(ScsiError.Of(SenseReason.LogicalUnitNotSupported), (cdb[1] & 1) != 0);
-                var owner = ScsiLogicalUnit.Rent(sense.Length);
+                var owner = _buffers.Rent(sense.Length);
                 sense.CopyTo(owner.Memory.Span);
                 int n = Math.Min(sense.Length, (int)cdb[4]);
                 return new ScsiResponse(owner) { DataIn = owner.Memory[..n], TransferLength = n };
@@ -74,7 +75,7 @@ public sealed class ScsiTarget : IScsiTarget
     }
 
     /// <summary>REPORT LUNS (SPC-4 6.33): peripheral addressing below 256, flat space addressing above.</summary>
-    internal static Outcome ReportLuns(IReadOnlyList<ulong> luns, ReadOnlySpan<byte> cdb)
+    internal static Outcome ReportLuns(IReadOnlyList<ulong> luns, ReadOnlySpan<byte> cdb, BufferPool buffers)
     {
         byte select = cdb[2];
         long alloc = Cdb.AllocationLength32(cdb, 6);
@@ -82,7 +83,7 @@ public sealed class ScsiTarget : IScsiTarget
         if (select is not (0x00 or 0x01 or 0x02)) return ScsiError.Cdb(2);
         var list = select == 0x01 ? Array.Empty<ulong>() : luns; // no well-known LUNs
         int len = 8 + 8 * list.Count;
-        var owner = ScsiLogicalUnit.Rent(len);
+        var owner = buffers.Rent(len);
         var s = owner.Memory.Span;
         BinaryPrimitives.WriteUInt32BigEndian(s, (uint)(8 * list.Count));
         for (int i = 0; i < list.Count; i++)

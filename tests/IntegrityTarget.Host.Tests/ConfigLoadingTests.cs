@@ -124,7 +124,7 @@ public class ConfigLoadingTests
             "--listen", "0.0.0.0:3262", "--iqn", "iqn.2026-11.org.example:x", "--alias", "lab", "--allow", "iqn.1994-05.com.redhat:client",
             "--lun", "x.img", "--size", "2MiB", "--block-size", "4096", "--integrity", "true", "--tag-algorithm", "xxhash64",
             "--write-back", "false", "--read-only", "true", "--chap-user", "alice", "--chap-secret", "0123456789abcd",
-            "--data-dir", "d", "--log-level", "Debug", "--log-file", "log.txt", "--transport", "dotnetty", "--status-socket", "s.sock",
+            "--data-dir", "d", "--log-level", "Debug", "--log-file", "log.txt", "--transport", "sockets", "--status-socket", "s.sock",
         ]);
         Assert.That(problems.Errors(), Is.Empty);
         var t = config!.Targets.Single();
@@ -136,7 +136,7 @@ public class ConfigLoadingTests
         Assert.That(config.DataDirectory, Is.EqualTo(Path.Combine(dir.Path, "d")));
         Assert.That(l.Path, Is.EqualTo(Path.Combine(dir.Path, "d", "x.img")));
         Assert.That((config.Logging.Level, config.Logging.File), Is.EqualTo(("Debug", Path.Combine(dir.Path, "d", "log.txt"))));
-        Assert.That(config.Transport, Is.EqualTo("dotnetty"));
+        Assert.That(config.Transport, Is.EqualTo("pipelines"), "sockets is another name for the default transport");
         Assert.That(config.StatusSocket, Is.EqualTo(Path.Combine(dir.Path, "d", "s.sock")));
     }
 
@@ -175,5 +175,19 @@ public class ConfigLoadingTests
         Assert.That(config!.Portals.Single().Port, Is.EqualTo(3300));
         Assert.That(config.Targets[0].AllowedInitiators, Is.EqualTo(new[] { "iqn.2026-11.org.example:client" }));
         Assert.That(config.Targets[0].Luns[0].Lun, Is.EqualTo(0UL), "a LUN without a number takes its position");
+    }
+
+    [Test]
+    public void Dotnetty_transport_is_accepted_exactly_when_this_build_contains_it()
+    {
+        using var dir = new TempDir();
+        var (config, problems) = ConfigTestExtensions.Load(dir.Path, ["--transport", "DotNetty"]);
+        if (Wiring.FrontEnd.HasTransport("dotnetty"))
+        {
+            Assert.That(problems.Errors(), Is.Empty);
+            Assert.That(config!.Transport, Is.EqualTo("dotnetty"));
+        }
+        else
+            Assert.That(problems.Errors(), Has.Member("command line (--transport): Transport: transport 'dotnetty' is not in this build (use pipelines)"));
     }
 }

@@ -46,6 +46,35 @@ public class IntegrityVerbTests
     }
 
     [Test]
+    public async Task Dump_lba_prints_where_the_block_data_and_tag_are_stored()
+    {
+        using var dir = new TempDir();
+        var path = Path.Combine(dir.Path, "l.img");
+        Assert.That((await CliRun.RunAsync(dir.Path, ["format", "l.img", "--size", "2MiB", "--block-size", "4096"])).ExitCode, Is.EqualTo(0));
+        var unmapped = await CliRun.RunAsync(dir.Path, ["dump", "l.img", "--lba", "3"]);
+        Assert.That(unmapped.Out.ToString().Trim(), Is.EqualTo("LBA 3: unmapped (reads as zeros; no data or tag stored)"));
+
+        var block = new byte[4096];
+        Random.Shared.NextBytes(block);
+        using (var device = FileBlockDevice.Open(path))
+        {
+            await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions(), Log);
+            Assert.That((await volume.WriteAsync(3, block, fua: true)).IsOk);
+        }
+        var mapped = await CliRun.RunAsync(dir.Path, ["dump", "l.img", "--lba", "3"]);
+        Assert.That(mapped.ExitCode, Is.EqualTo(0), mapped.AllOutput);
+        var m = System.Text.RegularExpressions.Regex.Match(mapped.Out.ToString(), @"^LBA 3: data offset (\d+), tag offset (\d+) \(tag size 4 B, block size 4096 B\)");
+        Assert.That(m.Success, Is.True, mapped.AllOutput);
+        var stored = new byte[4096];
+        await using (var fs = File.OpenRead(path))
+        {
+            fs.Position = long.Parse(m.Groups[1].Value);
+            await fs.ReadExactlyAsync(stored);
+        }
+        Assert.That(stored, Is.EqualTo(block), "the printed data offset holds the block");
+    }
+
+    [Test]
     public async Task Dump_of_a_file_without_a_volume_exits_1()
     {
         using var dir = new TempDir();

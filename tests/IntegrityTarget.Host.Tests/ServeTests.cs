@@ -39,6 +39,7 @@ public class ServeTests
         var json = JsonNode.Parse(status.Out.ToString())!;
         var portal = IPEndPoint.Parse((string)json["portals"]![0]!);
         Assert.That(portal.Port, Is.Not.EqualTo(0), "status shows the port actually bound");
+        Assert.That(run.OutText, Does.Contain($"Listening on {portal}"), "scripts wait for this line");
         var lun = json["targets"]![0]!["luns"]![0]!;
         Assert.That(((bool?)lun["integrity"], (string?)lun["tagAlgorithm"], (ulong?)lun["blocks"]), Is.EqualTo(((bool?)true, "crc32c", (ulong?)16384UL)));
         Assert.That((bool?)json["targets"]![0]!["chap"], Is.True);

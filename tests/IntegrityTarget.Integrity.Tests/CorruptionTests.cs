@@ -84,6 +84,20 @@ public class CorruptionTests
     }
 
     [Test]
+    public async Task TheOfflineLocatorAgreesWithTheOpenVolume()
+    {
+        var (dev, v, _) = await Filled(TagAlgorithm.Crc32c);
+        await using var __ = v;
+        await T.WriteOk(v, 600, T.Pattern(600, 32, Bs, 3), fua: true); // a remap still only in the journal
+        foreach (ulong l in new ulong[] { 0, 41, 511, 600, 631, 700 })
+            Assert.That(IntegrityVolume.LocateBlock(dev, l), Is.EqualTo(v.LocateBlock(l)), $"LBA {l}");
+        Assert.That(IntegrityVolume.LocateBlock(dev, 700), Is.Null, "unmapped");
+        var at = v.LocateBlock(41)!.Value;
+        Assert.That(IntegrityVolume.DumpBlock(dev, 41), Is.EqualTo($"lba 41: data at offset {at.DataOffset}, tag at offset {at.TagOffset} (4 B)"));
+        Assert.That(IntegrityVolume.DumpBlock(dev, 700), Is.EqualTo("lba 700: unmapped (reads as zeros)"));
+    }
+
+    [Test]
     public async Task SwappedBlocksBothFail()
     {
         var (dev, v, sink) = await Filled(TagAlgorithm.Crc32c);

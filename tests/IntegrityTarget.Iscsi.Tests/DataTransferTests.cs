@@ -219,6 +219,29 @@ public class DataTransferTests
     }
 
     [Test]
+    public async Task Writes_beyond_the_per_connection_buffer_budget_get_task_set_full()
+    {
+        var options = new IscsiServerOptions { MaxCommandDataLength = 1 << 20, MaxWriteBufferBytesPerConnection = 2 << 20 };
+        var (server, scsi, i) = await SessionAsync(options, "InitialR2T=Yes", "ImmediateData=No");
+        await using var _s = server;
+        // Two 1 MiB writes waiting for data use the budget up; the third is refused, not buffered.
+        await i.SendAsync(TestPdu.ScsiCommand(i.NextItt(), i.CmdSN++, TestTargets.Write10(0, 2048), 1 << 20, write: true));
+        await i.SendAsync(TestPdu.ScsiCommand(i.NextItt(), i.CmdSN++, TestTargets.Write10(0, 2048), 1 << 20, write: true));
+        uint third = i.NextItt();
+        await i.SendAsync(TestPdu.ScsiCommand(third, i.CmdSN++, TestTargets.Write10(0, 2048), 1 << 20, write: true));
+        TestPdu? status = null;
+        for (int n = 0; n < 20 && status is null; n++)
+        {
+            var p = await i.NextAsync() ?? throw new AssertionException("no PDU");
+            if (p.Opcode == Opcode.ScsiResponse) status = p;
+        }
+        Assert.That(status!.Itt, Is.EqualTo(third));
+        Assert.That(status.Header[3], Is.EqualTo(ScsiStatus.TaskSetFull));
+        Assert.That(scsi.Executed, Is.Empty);
+        await i.Connection.CloseAsync("test done"); // the two writes never get their data
+    }
+
+    [Test]
     public async Task Lun_field_is_decoded_to_a_flat_number()
     {
         var (server, scsi, i) = await SessionAsync();

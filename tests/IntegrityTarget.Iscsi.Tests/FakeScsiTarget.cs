@@ -139,7 +139,7 @@ public sealed class FakeScsiTarget : IScsiTarget
             case 0x0a: case 0x2a: case 0xaa: case 0x8a:
             {
                 var (lba, count) = DecodeRw(cdb);
-                if (lba + count > blocks) return Check(0x05, 0x21);
+                if (lba >= blocks || count > blocks - lba) return Check(0x05, 0x21);
                 long bytes = (long)count * BlockSize;
                 bool isWrite = cdb[0] is 0x0a or 0x2a or 0xaa or 0x8a;
                 if (isWrite)

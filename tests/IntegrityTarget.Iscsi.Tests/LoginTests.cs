@@ -168,9 +168,11 @@ public class LoginTests
         var r = await i.ExpectAsync(Opcode.LoginResponse);
         Assert.That(r.LoginStatus, Is.EqualTo(0));
         Assert.That(r.Flags, Is.EqualTo(0x81));
+        Assert.That(r.Keys(), Does.Not.ContainKey("MaxRecvDataSegmentLength"), "no operational keys in the security stage (open-iscsi refuses them)");
         await i.SendAsync(TestPdu.Login(["HeaderDigest=None", "DataDigest=None"], 1, 3, true));
         var f = await i.ExpectAsync(Opcode.LoginResponse);
         Assert.That(f.LoginStatus, Is.EqualTo(0));
+        Assert.That(f.Keys()["MaxRecvDataSegmentLength"], Is.EqualTo("262144"));
         Assert.That(i.Connection.IsFullFeature, Is.True);
     }
 

@@ -194,4 +194,44 @@ public class SessionTests
         Assert.That(i.Sink.Closed, Is.True);
         Assert.That(server.CreateConnection(new MemorySink(), null, null), Is.Null, "no new connections while shut down");
     }
+
+    [Test]
+    public async Task Unsupported_opcodes_and_SNACK_get_Reject_command_not_supported()
+    {
+        await using var server = TestTargets.Server(new FakeScsiTarget());
+        var i = new MemoryInitiator(server);
+        await i.LoginAsync();
+        foreach (byte op in new byte[] { 0x10, 0x1c, 0x21, 0x3f })
+        {
+            var h = TestPdu.NewHeader((Opcode)op, immediate: true);
+            await i.SendAsync(TestPdu.Frame(h, []));
+            var r = await i.ExpectAsync(Opcode.Reject);
+            Assert.That(r.Header[2], Is.EqualTo((byte)RejectReason.CommandNotSupported), $"opcode 0x{op:x2}");
+            Assert.That(r.Data.Take(48), Is.EqualTo(h), "rejected header echoed");
+        }
+        await i.SendAsync(TestPdu.NopOut(0x20, 0xffffffff, i.CmdSN));
+        await i.ExpectAsync(Opcode.NopIn);
+    }
+
+    [Test]
+    public async Task Discovery_CHAP_is_required_when_configured()
+    {
+        var targets = new[] { new IscsiTargetConfig { Iqn = TestTargets.Iqn, Scsi = new FakeScsiTarget() } };
+        await using var server = new IscsiServer(targets, new IscsiServerOptions { DiscoveryChap = new("d", "discovery-secret") }, TestTargets.Log);
+        var i = new MemoryInitiator(server);
+        await i.SendAsync(TestPdu.Login([$"InitiatorName={TestTargets.Initiator}", "SessionType=Discovery", "AuthMethod=None"], 0, 1, true));
+        Assert.That((await i.ExpectAsync(Opcode.LoginResponse)).LoginStatus, Is.EqualTo(0x0201));
+    }
+
+    [Test]
+    public void Invalid_options_and_duplicate_targets_are_reported_together()
+    {
+        var targets = new[]
+        {
+            new IscsiTargetConfig { Iqn = "iqn.x:a", Scsi = new FakeScsiTarget() },
+            new IscsiTargetConfig { Iqn = "iqn.x:a", Scsi = new FakeScsiTarget() },
+        };
+        var ex = Assert.Throws<ArgumentException>(() => new IscsiServer(targets, new IscsiServerOptions { MaxBurstLength = 100, QueueDepth = 0 }, TestTargets.Log));
+        Assert.That(ex!.Message, Does.Contain("MaxBurstLength").And.Contain("QueueDepth").And.Contain("configured twice"));
+    }
 }

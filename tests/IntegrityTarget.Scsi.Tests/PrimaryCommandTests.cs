@@ -114,6 +114,23 @@ public class PrimaryCommandTests
     }
 
     [Test]
+    public void RequestSenseToAnUnknownLunReportsLogicalUnitNotSupportedAsData()
+    {
+        using var r = _h.Exec([0x03, 0, 0, 0, 18, 0], lun: 9);
+        Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        Assert.That(SenseAssert.Parse(r.DataIn), Is.EqualTo(((byte)5, (byte)0x25, (byte)0)));
+    }
+
+    [Test]
+    public void ReportLunsWellKnownOnlyIsEmptyAndUnknownSelectReportIsInvalid()
+    {
+        using var wk = _h.Exec([0xA0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(wk.DataIn.Span), Is.Zero);
+        using var bad = _h.Exec([0xA0, 0, 7, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+        SenseAssert.Is(bad, 0x05, 0x24, 0x00);
+    }
+
+    [Test]
     public void ReportLunsListsTheTargetsLuns()
     {
         using var r = _h.Exec([0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);

@@ -5,20 +5,29 @@ namespace IntegrityTarget.Host.Cli;
 public static class DumpVerb
 {
     public const string Usage = """
-        usage: integrity-target dump PATH
+        usage: integrity-target dump PATH [--lba N [--key-file FILE]]
 
         Prints the superblock and journal state of the integrity volume in PATH (read-only).
+        --lba N prints where block N's data and tag are stored (byte offsets in PATH); this opens the
+        volume as serve would (replaying a pending journal), so PATH must not be served.
         Exit code 1 when PATH holds no integrity volume.
         """;
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CliContext ctx)
     {
-        var va = VerbArgs.Parse("dump", args, new Dictionary<string, bool>(), passUnknown: false);
+        var va = VerbArgs.Parse("dump", args, new Dictionary<string, bool> { ["lba"] = true, ["key-file"] = true }, passUnknown: false);
         if (va.Positionals.Count != 1) throw new CliException("give exactly one PATH to dump", ExitCodes.Usage);
         string path = Path.GetFullPath(va.Positionals[0], ctx.WorkingDirectory);
         if (!File.Exists(path)) throw new CliException($"{path}: no such file or block device", ExitCodes.Usage);
         try
         {
+            if (va.Get("lba") is { } lbaText)
+            {
+                if (!ulong.TryParse(lbaText, out ulong lba)) throw new CliException($"--lba must be a block number, got '{lbaText}'", ExitCodes.Usage);
+                using var log = CliHelpers.QuietLogger(ctx);
+                await ctx.Out.WriteLineAsync(await IntegrityWiring.LocateAsync(path, lba, CliHelpers.ReadKeyFile(va.Get("key-file"), ctx), log, ctx.Stop));
+                return ExitCodes.Ok;
+            }
             var (text, isVolume) = IntegrityWiring.Dump(path);
             await ctx.Out.WriteLineAsync(text.TrimEnd());
             if (!isVolume) throw new CliException($"{path} does not hold an integrity volume");

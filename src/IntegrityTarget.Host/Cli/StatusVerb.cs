@@ -25,7 +25,17 @@ public static class StatusVerb
         if (va.Positionals.Count > 0) throw new CliException($"unexpected argument '{va.Positionals[0]}'", ExitCodes.Usage);
         string socket = CliHelpers.ResolveSocket(va, ctx);
         JsonObject? reply = null;
-        await foreach (var r in StatusClient.RequestAsync(socket, "{\"command\":\"status\"}", ctx.Stop)) reply = r;
+        // A hung server must not hang a health check: status answers from memory, so 15 s is plenty.
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.Stop);
+        timeout.CancelAfter(TimeSpan.FromSeconds(15));
+        try
+        {
+            await foreach (var r in StatusClient.RequestAsync(socket, "{\"command\":\"status\"}", timeout.Token)) reply = r;
+        }
+        catch (OperationCanceledException) when (!ctx.Stop.IsCancellationRequested)
+        {
+            throw new CliException($"the serving process did not answer on {socket} within 15 s");
+        }
         if (reply == null || (string?)reply["type"] != "status")
             throw new CliException((string?)reply?["error"] ?? "the server sent no status");
         if (va.Has("json"))

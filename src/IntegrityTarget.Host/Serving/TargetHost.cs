@@ -124,9 +124,9 @@ public sealed class TargetHost : IStatusProvider
 
     private void LogSummary()
     {
-        var endpoints = _frontEnd?.BoundEndpoints ?? [];
-        _log.Information("Portals {Portals}, transport {Transport}, status socket {Socket}",
-            string.Join(", ", endpoints.Select(e => e.ToString())), _config.Transport, _config.StatusSocket);
+        // Scripts and the integration harness wait for "Listening on ADDR:PORT" (with port 0 resolved).
+        foreach (var ep in _frontEnd?.BoundEndpoints ?? []) _log.Information("Listening on {Portal}", ep.ToString());
+        _log.Information("Transport {Transport}, status socket {Socket}", _config.Transport, _config.StatusSocket);
         foreach (var t in _targets)
         {
             _log.Information("Target {Iqn}{Alias}: initiators {Allowed}, CHAP {Chap}", t.Iqn,

@@ -3,9 +3,7 @@ using IntegrityTarget.Host.Config;
 using IntegrityTarget.Host.Status;
 using IntegrityTarget.Storage;
 using Serilog;
-#if HAVE_INTEGRITY
 using IntegrityTarget.Integrity;
-#endif
 
 namespace IntegrityTarget.Host.Wiring;
 
@@ -15,7 +13,6 @@ public static class IntegrityWiring
     /// <summary>What the format verb asks for.</summary>
     public sealed record FormatRequest(int BlockSize, string TagAlgorithm, byte[] Key, long? LogicalBytes, bool Force);
 
-#if HAVE_INTEGRITY
     private static TagAlgorithm Algorithm(string canonical) => canonical switch
     {
         TagAlgorithms.Crc32c => TagAlgorithm.Crc32c,
@@ -153,6 +150,21 @@ public static class IntegrityWiring
         return (IntegrityVolume.Dump(device), IntegrityVolume.Probe(device) == DeviceContent.IntegrityVolume);
     }
 
+    /// <summary>
+    /// Where one LBA's data and tag live in the file. Opens the volume like serve would (so a pending
+    /// journal is replayed first), which needs the file not to be served.
+    /// </summary>
+    public static async Task<string> LocateAsync(string path, ulong lba, byte[] key, ILogger log, CancellationToken ct)
+    {
+        using var device = OpenExclusive(path, "dump --lba");
+        await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = path }, log, ct);
+        if (lba >= volume.BlockCount)
+            throw new CliException($"LBA {lba} is beyond the volume's {volume.BlockCount} blocks", ExitCodes.Usage);
+        return volume.LocateBlock(lba) is { } at
+            ? $"LBA {lba}: data offset {at.DataOffset}, tag offset {at.TagOffset} (tag size {at.TagSize} B, block size {volume.BlockSize} B)"
+            : $"LBA {lba}: unmapped (reads as zeros; no data or tag stored)";
+    }
+
     private static FileBlockDevice OpenExclusive(string path, string verb)
     {
         try { return FileBlockDevice.Open(path); }
@@ -163,15 +175,4 @@ public static class IntegrityWiring
                 : $"{path} is in use by another process (served?); stop it first");
         }
     }
-#else
-    // Until the integrity layer is merged into this branch the host builds without it; remove this branch then.
-    private static CliException Missing() => new("this build has no integrity layer (IntegrityTarget.Integrity not merged yet); use Integrity: false");
-    public static bool IsVolumeError(Exception e) => false;
-    public static byte[] ReadKey(string? keyFile) => keyFile == null ? [] : File.ReadAllBytes(keyFile);
-    public static Task<(IBlockVolume Volume, IBlockDevice Device)> OpenLunAsync(LunSettings lun, string name, ILogger log, CancellationToken ct) => throw Missing();
-    public static Task<ScrubOutcome> ScrubAsync(IBlockVolume volume, double? rateMBps, IProgress<double> progress, CancellationToken ct) => throw Missing();
-    public static Task<ScrubOutcome> ScrubFileAsync(string path, byte[] key, double? rateMBps, ILogger log, IProgress<double> progress, CancellationToken ct) => throw Missing();
-    public static Task<string> FormatFileAsync(string path, FormatRequest request, ILogger log, IProgress<double> progress, CancellationToken ct) => throw Missing();
-    public static (string Text, bool IsVolume) Dump(string path) => throw Missing();
-#endif
 }

@@ -3,17 +3,14 @@ using IntegrityTarget.Host.Cli;
 using IntegrityTarget.Host.Config;
 using IntegrityTarget.Host.Serving;
 using Serilog;
-#if HAVE_ISCSI
 using IntegrityTarget.Iscsi;
 using IntegrityTarget.Transport;
-#endif
 
 namespace IntegrityTarget.Host.Wiring;
 
 /// <summary>The network side of a serving process: the iSCSI server over the configured transport.</summary>
 public sealed class FrontEnd : IAsyncDisposable
 {
-#if HAVE_ISCSI && HAVE_SCSI
     private readonly IscsiServer _server;
     private readonly IIscsiTransport _transport;
 
@@ -51,27 +48,46 @@ public sealed class FrontEnd : IAsyncDisposable
         if (options.Validate() is { Count: > 0 } errors)
             throw new CliException("Iscsi: " + string.Join("; ", errors), ExitCodes.Usage);
         var server = new IscsiServer(iscsiTargets, options, log);
-        IIscsiTransport transport = config.Transport switch
-        {
-#if HAVE_DOTNETTY
-            "dotnetty" => new DotNettyTransport(server, log),
-#else
-            "dotnetty" => throw new CliException("Transport dotnetty is not in this build yet; use pipelines", ExitCodes.Usage),
-#endif
-            _ => new SocketTransport(server, log),
-        };
+        IIscsiTransport? transport = null;
         try
         {
+            transport = config.Transport switch
+            {
+#if HAVE_DOTNETTY
+                "dotnetty" => new DotNettyTransport(server, log),
+#else
+                "dotnetty" => CreateByName(DotNettyTypeName, server, log),
+#endif
+                _ => new SocketTransport(server, log),
+            };
             await transport.StartAsync(config.Portals, ct);
         }
         catch
         {
-            await transport.DisposeAsync();
+            if (transport != null) await transport.DisposeAsync();
             await server.DisposeAsync();
             throw;
         }
         return new FrontEnd(server, transport);
     }
+
+    private const string DotNettyTypeName = "IntegrityTarget.Transport.DotNettyTransport";
+
+    /// <summary>Whether this build contains the named transport (config validation asks before anything is opened).</summary>
+    public static bool HasTransport(string name) =>
+        name != "dotnetty" || typeof(SocketTransport).Assembly.GetType(DotNettyTypeName) != null;
+
+#if !HAVE_DOTNETTY
+    // Until HaveDotNettyTransport is switched on, find the DotNetty transport by name so a build that
+    // already contains it serves "Transport": "dotnetty" without waiting for the host to be rebuilt
+    // with the switch. Remove with the switch.
+    private static IIscsiTransport CreateByName(string typeName, IscsiServer server, ILogger log)
+    {
+        var type = typeof(SocketTransport).Assembly.GetType(typeName)
+            ?? throw new CliException("Transport dotnetty is not in this build; use pipelines", ExitCodes.Usage);
+        return (IIscsiTransport)Activator.CreateInstance(type, server, log)!;
+    }
+#endif
 
     public IReadOnlyList<IPEndPoint> BoundEndpoints => _transport.BoundEndpoints;
 
@@ -94,14 +110,4 @@ public sealed class FrontEnd : IAsyncDisposable
         await _transport.DisposeAsync();
         await _server.DisposeAsync();
     }
-#else
-    // Until the iSCSI, transport and SCSI layers are merged into this branch the host builds without them; remove this branch then.
-    public static Task<FrontEnd> StartAsync(HostConfig config, IReadOnlyList<ServedTarget> targets, ILogger log, CancellationToken ct) =>
-        throw new CliException("this build has no iSCSI/SCSI layer yet (IntegrityTarget.Iscsi/Scsi not merged); cannot serve");
-    public IReadOnlyList<IPEndPoint> BoundEndpoints => [];
-    public IReadOnlyList<object> Sessions() => [];
-    public Task ShutdownAsync(CancellationToken ct) => Task.CompletedTask;
-    public static bool IsBindFailure(Exception e) => false;
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
-#endif
 }

@@ -1,16 +1,13 @@
 using IntegrityTarget.Host.Cli;
 using IntegrityTarget.Host.Serving;
 using Serilog;
-#if HAVE_SCSI
 using IntegrityTarget.Scsi;
-#endif
 
 namespace IntegrityTarget.Host.Wiring;
 
 /// <summary>Builds the SCSI target of one configured target from its opened LUN volumes.</summary>
 public static class ScsiWiring
 {
-#if HAVE_SCSI
     public static IScsiTarget Build(ServedTarget target, ILogger log)
     {
         var units = new List<ScsiLogicalUnit>();
@@ -30,5 +27,4 @@ public static class ScsiWiring
         }
         return new ScsiTarget(target.Iqn, units, log.ForContext("Target", target.Iqn));
     }
-#endif
 }

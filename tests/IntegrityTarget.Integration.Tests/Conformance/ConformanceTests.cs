@@ -38,13 +38,15 @@ public class ConformanceTests
         var log = Path.Combine(TestContext.CurrentContext.WorkDirectory, $"iscsi-test-cu.{transport}.{blockSize}.log");
         var report = RunSuite(srv.Url(0), log);
 
+        // The full list (failed with reasons, skipped with reasons) is in the test output above, printed once.
+        var failed = string.Join(", ", report.Failed);
         Assert.Multiple(() =>
         {
-            Assert.That(report.SummaryFailed, Is.EqualTo(0), () => "CUnit failures\n" + report.Describe());
-            Assert.That(report.Failed, Is.Empty, () => report.Describe());
+            Assert.That(report.SummaryFailed, Is.EqualTo(0), () => "CUnit failures: " + failed);
+            Assert.That(report.Failed, Is.Empty, () => "failed tests: " + failed);
             Assert.That(report.SummaryRan, Is.EqualTo(report.SummaryTotal), "every test ran");
-            Assert.That(report.Skipped.Count, Is.LessThan(TgtSkippedTests), () => "skips as many tests as tgt or more\n" + report.Describe());
-            Assert.That(report.SkippedLines, Is.LessThan(TgtSkippedLines), () => "prints as many [SKIPPED] lines as tgt or more\n" + report.Describe());
+            Assert.That(report.Skipped.Count, Is.LessThan(TgtSkippedTests), "skips fewer tests than tgt");
+            Assert.That(report.SkippedLines, Is.LessThan(TgtSkippedLines), "prints fewer [SKIPPED] lines than tgt");
         });
         Assert.That(srv.IsRunning, Is.True, () => "the server died during the suite\n" + srv.Output());
         srv.Stop();

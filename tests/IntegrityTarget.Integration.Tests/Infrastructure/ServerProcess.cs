@@ -19,7 +19,7 @@ public sealed class ServerOptions
     /// <summary>Further `--Key=value` / `--key value` arguments, e.g. config keys for more LUNs, ACLs, CHAP.</summary>
     public List<string> Extra { get; } = new();
     /// <summary>Optional log line (regex) that must appear before the server counts as ready.</summary>
-    public string? ReadyLogPattern { get; set; } = "Listening on";
+    public string? ReadyLogPattern { get; set; }
 }
 
 /// <summary>

@@ -76,22 +76,33 @@ public class QemuTests
         }
         Qemu("qemu-io", [.. new[] { "-f", "raw" }, .. writes, srv.Url(0)]);
 
+        // QEMU 7.2's iscsi driver asserts (iscsi_co_block_status: QEMU_IS_ALIGNED(offset | bytes, block_size)) on
+        // reads of 32 KiB or more from a 4 KiB-block LUN that reports LBPRZ: it asks GET LBA STATUS for
+        // BDRV_REQUEST_MAX_BYTES, which is only 512-aligned (a known QEMU bug, also seen with FreeNAS LUNs).
+        // So on 4 KiB LUNs the checks read in 16 KiB pieces.
+        var piece = blockSize == 4096 ? 16384 : int.MaxValue;
+        IEnumerable<string> ReadCmds(byte pat, long off, long len)
+        {
+            for (var p = off; p < off + len; p += piece) { yield return "-c"; yield return $"read -P 0x{pat:x2} {p} {Math.Min(piece, off + len - p)}"; }
+        }
         var reads = new List<string>();
+        var checkedRanges = 0;
         for (var i = 0; i < ops.Count; i++)
         {
             // only check what no later write touched
             var (off, len) = ops[i];
             var overwritten = ops.Skip(i + 1).Any(o => o.Off < off + len && off < o.Off + o.Len);
             if (overwritten) continue;
-            reads.Add("-c"); reads.Add($"read -P 0x{patterns[i]:x2} {off} {len}");
+            reads.AddRange(ReadCmds(patterns[i], off, len));
+            checkedRanges++;
         }
-        Assert.That(reads.Count / 2, Is.GreaterThanOrEqualTo(ops.Count / 2), "enough ranges survive to be checked");
+        Assert.That(checkedRanges, Is.GreaterThanOrEqualTo(ops.Count / 2), "enough ranges survive to be checked");
         var r = Qemu("qemu-io", [.. new[] { "-f", "raw" }, .. reads, srv.Url(0)]);
         Assert.That(r.Combined, Does.Not.Contain("verification failed").And.Not.Contain("failed"), () => r.Describe());
         Assert.That(r.StdOut.Split('\n').Count(l => l.StartsWith("read ")), Is.EqualTo(reads.Count / 2), () => r.Describe());
 
         // a never-written range reads as zeros
-        var z = Qemu("qemu-io", "-f", "raw", "-c", $"read -P 0 {62L << 20} 65536", srv.Url(0));
+        var z = Qemu("qemu-io", [.. new[] { "-f", "raw" }, .. ReadCmds(0, 62L << 20, 65536), srv.Url(0)]);
         Assert.That(z.Combined, Does.Not.Contain("failed"), () => z.Describe());
         srv.Stop();
     }
