@@ -7,7 +7,9 @@ RUN dotnet publish src/IntegrityTarget.Host/IntegrityTarget.Host.csproj -c Relea
 
 FROM mcr.microsoft.com/dotnet/runtime:10.0
 COPY --from=build /app /app
-RUN ln -s /app/integrity-target /usr/local/bin/integrity-target \
+# A one-line launcher rather than the apphost, so the runtime is found whatever the image's layout.
+RUN printf '#!/bin/sh\nexec dotnet /app/integrity-target.dll "$@"\n' > /usr/local/bin/integrity-target \
+ && chmod 755 /usr/local/bin/integrity-target \
  && mkdir -p /etc/integrity-target /var/lib/integrity-target
 COPY config/integrity-target.json /etc/integrity-target/integrity-target.json
 # Listen on every interface inside the container; keep LUN files on the data volume.

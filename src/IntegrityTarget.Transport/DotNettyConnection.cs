@@ -327,10 +327,21 @@ internal sealed class DotNettyConnection : ChannelHandlerAdapter, IPduSink, IThr
         _ = flush ? _channel.WriteAndFlushAsync(b) : _channel.WriteAsync(b);
     }
 
+    private const int ReuseThreshold = 8 * 1024 + 64;
+
     public ValueTask<bool> FlushAsync(CancellationToken ct = default)
     {
         if (Volatile.Read(ref _closeRequested) != 0) return new ValueTask<bool>(false);
-        if (_out is { } b) Send(b, flush: true);
+        var b = _out;
+        if (b is not null && b.IsReadable() && b.WritableBytes >= ReuseThreshold)
+        {
+            // Small PDUs (a 4 KiB read's answer) share one pooled chunk: send a retained slice of what was
+            // written and keep writing behind it, instead of taking a fresh chunk from the pool per flush.
+            var slice = b.RetainedSlice(b.ReaderIndex, b.ReadableBytes);
+            b.SetReaderIndex(b.WriterIndex);
+            _ = _channel.WriteAndFlushAsync(slice);
+        }
+        else if (b is not null) Send(b, flush: true);
         else _channel.Flush();
         if (!_channel.Active) return new ValueTask<bool>(false);
         return _channel.IsWritable ? new ValueTask<bool>(true) : WaitWritableAsync(ct);

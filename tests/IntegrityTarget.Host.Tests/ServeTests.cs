@@ -60,6 +60,24 @@ public class ServeTests
     }
 
     [Test]
+    public async Task Serve_over_the_dotnetty_transport_accepts_connections_and_stops_with_exit_0()
+    {
+        using var dir = new TempDir();
+        using var stop = new CancellationTokenSource();
+        var (run, task) = CliRun.StartAsync(dir.Path,
+            ["serve", "--listen", "127.0.0.1:0", "--data-dir", ".", "--size", "2MiB", "--integrity", "false", "--transport", "dotnetty"], stop: stop.Token);
+        await WaitForAsync(() => run.OutText.Contains("Ready;") || task.IsCompleted, "Ready", () => run.OutText);
+        Assert.That(task.IsCompleted, Is.False, run.OutText);
+        var line = run.OutText.Split('\n').First(l => l.Contains("Listening on "));
+        var portal = IPEndPoint.Parse(line[(line.IndexOf("Listening on ", StringComparison.Ordinal) + 13)..].Trim());
+        using (var tcp = new TcpClient())
+            await tcp.ConnectAsync(portal);
+        Assert.That(run.OutText, Does.Contain("Transport dotnetty"));
+        stop.Cancel();
+        Assert.That(await task, Is.EqualTo(0), run.AllOutput);
+    }
+
+    [Test]
     public async Task Serve_on_a_port_in_use_exits_1_saying_so()
     {
         using var dir = new TempDir();

@@ -15,4 +15,5 @@ echo "conformance run against $url -> $out"
 iscsi-test-cu --dataloss --test=ALL \
   -i iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test -I iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2 \
   "$url" >"$out" 2>&1 </dev/null || true
-sed -n '/Run Summary/,$p' "$out"
+sed -n "/Run Summary/,\$p" "$out"
+echo "[SKIPPED] lines: $(grep -c "\[SKIPPED\]" "$out")"

@@ -203,11 +203,7 @@ public sealed partial class ConfigReader
     {
         var s = Str("Transport");
         if (s == null) return "pipelines";
-        if (TransportNames.TryGetValue(s, out var t))
-        {
-            if (!Wiring.FrontEnd.HasTransport(t)) Error("Transport", $"transport '{t}' is not in this build (use pipelines)");
-            return t;
-        }
+        if (TransportNames.TryGetValue(s, out var t)) return t;
         Error("Transport", $"unknown transport '{s}' (choose pipelines or dotnetty)");
         return "pipelines";
     }

@@ -53,11 +53,7 @@ public sealed class FrontEnd : IAsyncDisposable
         {
             transport = config.Transport switch
             {
-#if HAVE_DOTNETTY
                 "dotnetty" => new DotNettyTransport(server, log),
-#else
-                "dotnetty" => CreateByName(DotNettyTypeName, server, log),
-#endif
                 _ => new SocketTransport(server, log),
             };
             await transport.StartAsync(config.Portals, ct);
@@ -70,24 +66,6 @@ public sealed class FrontEnd : IAsyncDisposable
         }
         return new FrontEnd(server, transport);
     }
-
-    private const string DotNettyTypeName = "IntegrityTarget.Transport.DotNettyTransport";
-
-    /// <summary>Whether this build contains the named transport (config validation asks before anything is opened).</summary>
-    public static bool HasTransport(string name) =>
-        name != "dotnetty" || typeof(SocketTransport).Assembly.GetType(DotNettyTypeName) != null;
-
-#if !HAVE_DOTNETTY
-    // Until HaveDotNettyTransport is switched on, find the DotNetty transport by name so a build that
-    // already contains it serves "Transport": "dotnetty" without waiting for the host to be rebuilt
-    // with the switch. Remove with the switch.
-    private static IIscsiTransport CreateByName(string typeName, IscsiServer server, ILogger log)
-    {
-        var type = typeof(SocketTransport).Assembly.GetType(typeName)
-            ?? throw new CliException("Transport dotnetty is not in this build; use pipelines", ExitCodes.Usage);
-        return (IIscsiTransport)Activator.CreateInstance(type, server, log)!;
-    }
-#endif
 
     public IReadOnlyList<IPEndPoint> BoundEndpoints => _transport.BoundEndpoints;
 

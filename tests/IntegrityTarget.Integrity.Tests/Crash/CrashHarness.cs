@@ -46,9 +46,11 @@ internal sealed class CrashReport
     public int PersistencePoints { get; set; }
     public List<string> Violations { get; } = new();
     public TimeSpan RecordTime { get; set; }
+    /// <summary>FUA writes to the most often FUA-written offset (a journal superblock rewritten at each checkpoint shows here).</summary>
+    public int MostRewrittenFuaLocation { get; set; }
     public TimeSpan CheckTime { get; set; }
     public override string ToString() =>
-        $"{CrashStates} crash states, {RecoveryCrashStates} crashes during recovery, {DeviceOperations} device ops, {PersistencePoints} flush/FUA points, {Violations.Count} violations (run {RecordTime.TotalSeconds:F1} s, checks {CheckTime.TotalSeconds:F1} s)";
+        $"{CrashStates} crash states, {RecoveryCrashStates} crashes during recovery, {DeviceOperations} device ops, {PersistencePoints} flush/FUA points (max {MostRewrittenFuaLocation} FUA at one offset), {Violations.Count} violations (run {RecordTime.TotalSeconds:F1} s, checks {CheckTime.TotalSeconds:F1} s)";
 }
 
 /// <summary>
@@ -116,6 +118,7 @@ internal sealed class CrashHarness(CrashTarget target, CrashRunOptions options)
         try { await vol.DisposeAsync(); } catch (Exception e) { report.Violations.Add(Where($"clean close failed: {e.Message}")); }
         var ops = dev.RecordedOperations;
         report.RecordTime = clock.Elapsed;
+        report.MostRewrittenFuaLocation = ops.Skip((int)formatOps).Where(o => o.Fua).GroupBy(o => o.Offset).Select(g => g.Count()).DefaultIfEmpty(0).Max();
         report.DeviceOperations = ops.Count - formatOps;
 
         var model = new CrashModel(all, target.Blocks, !target.WriteBack, atomic);
