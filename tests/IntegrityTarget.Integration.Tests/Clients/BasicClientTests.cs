@@ -105,13 +105,13 @@ public class BasicClientTests
         var dir = Directory.CreateTempSubdirectory("it-existing-").FullName;
         var file = Path.Combine(dir, "disk.img");
         using (var f = new FileStream(file, FileMode.CreateNew)) f.SetLength(48L << 20);
+        using var cleanup = new DirectoryCleanup(dir);
         using var srv = new ServerProcess(new ServerOptions { Size = null, LunPath = file }, dataDir: dir).Start();
         var cap = Libiscsi("iscsi-readcapacity16", srv.Url(0)).StdOut;
         var bytes = long.Parse(Regex.Match(cap, @"Total size:(\d+)").Groups[1].Value);
         Assert.That(bytes, Is.LessThan(48L << 20).And.GreaterThan(32L << 20), cap);
         Assert.That(new FileInfo(file).Length, Is.EqualTo(48L << 20), "the file keeps its size");
         srv.Stop();
-        Directory.Delete(dir, true);
     }
 
     [Test]

@@ -135,3 +135,13 @@ public static class Tools
         return port;
     }
 }
+
+/// <summary>Deletes a test's temporary directory at the end of a using block (KEEP_TEST_DATA=1 keeps it).</summary>
+public sealed class DirectoryCleanup(string dir) : IDisposable
+{
+    public void Dispose()
+    {
+        if (Environment.GetEnvironmentVariable("KEEP_TEST_DATA") == "1") return;
+        try { Directory.Delete(dir, true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+}

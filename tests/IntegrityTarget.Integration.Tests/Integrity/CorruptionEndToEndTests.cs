@@ -25,7 +25,13 @@ public class CorruptionEndToEndTests
         public int Count;
         public BackingFile.Geometry Geometry = null!;
         public byte[] Block(ulong lba) => Data.AsSpan((int)(lba - Base) * Bs, Bs).ToArray();
-        public void Dispose() { Ini?.Dispose(); Srv?.Dispose(); }
+        public void Dispose()
+        {
+            Ini?.Dispose();
+            Srv?.Dispose();
+            if (Srv != null && Environment.GetEnvironmentVariable("KEEP_TEST_DATA") != "1")
+                try { Directory.Delete(Srv.DataDir, true); } catch (IOException) { }
+        }
     }
 
     static Scenario Setup(int blockSize, string size = "64MiB")
