@@ -76,6 +76,32 @@ internal sealed class Tagger
         return t[..TagSize].SequenceEqual(stored);
     }
 
+    /// <summary>
+    /// Verifies consecutive blocks starting at <paramref name="lba0"/> against their packed tags; blocks
+    /// marked in <paramref name="skip"/> are not checked. Returns the index of the first mismatch, or -1.
+    /// crc32c compares the 4-byte tag as an integer, without the per-block dispatch of <see cref="Verify"/>.
+    /// </summary>
+    public int VerifyBlocks(ulong lba0, ReadOnlySpan<byte> data, int blockSize, ReadOnlySpan<byte> tags, bool[]? skip)
+    {
+        int n = data.Length / blockSize, ts = TagSize;
+        if (_alg == TagAlgorithm.Crc32c)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                if (skip != null && skip[i]) continue;
+                uint want = BinaryPrimitives.ReadUInt32LittleEndian(tags.Slice(i * 4, 4));
+                if (Crc32C4(_crcSeed, lba0 + (ulong)i, data.Slice(i * blockSize, blockSize)) != want) return i;
+            }
+            return -1;
+        }
+        for (int i = 0; i < n; i++)
+        {
+            if (skip != null && skip[i]) continue;
+            if (!Verify(lba0 + (ulong)i, data.Slice(i * blockSize, blockSize), tags.Slice(i * ts, ts))) return i;
+        }
+        return -1;
+    }
+
     /// <summary>Journal transaction checksum: keyed under HMAC so the journal cannot be forged either.</summary>
     public void Checksum(ReadOnlySpan<byte> data, Span<byte> dest32)
     {

@@ -83,6 +83,30 @@ public class CorruptionTests
         await AssertOnlyBad(v, sink, 0, 42, 511);
     }
 
+    /// <summary>A multi-chunk read fetches a chunk's data and tags in one device read: a tag flipped in the
+    /// device between two such reads is still found, at its LBA, with the good blocks before it.</summary>
+    [TestCase(TagAlgorithm.Crc32c, 42UL)]
+    [TestCase(TagAlgorithm.Crc32c, 63UL)]
+    [TestCase(TagAlgorithm.Crc32c, 32UL)]
+    [TestCase(TagAlgorithm.HmacSha256, 63UL)]
+    public async Task TagsFlippedUnderLargeReadsAreFoundAtTheirLba(TagAlgorithm alg, ulong bad)
+    {
+        var (dev, v, sink) = await Filled(alg);
+        await using var _ = v;
+        Assert.That(await T.ReadOk(v, 0, 512), Is.EqualTo(Expected(0, 512)), "clean before the flip");
+        var loc = v.LocateBlock(bad)!.Value;
+        T.Flip(dev, loc.TagOffset, 3);
+        foreach (ulong start in new ulong[] { 0, 17, bad })
+        {
+            var buf = new byte[(512 - (int)start) * Bs];
+            var r = await v.ReadAsync(start, buf, Ctx);
+            Assert.That((r.Status, r.Lba, r.GoodBlocks), Is.EqualTo((VolumeStatus.IntegrityError, bad, bad - start)), $"read from {start}");
+            Assert.That(buf.AsSpan(0, (int)(bad - start) * Bs).SequenceEqual(Expected(start, (int)(bad - start))), Is.True, $"good blocks before {bad}");
+        }
+        Assert.That(sink.Failures.Select(CapturingSink.LbaOf), Is.EqualTo(new[] { bad, bad, bad }), "one event per failed read");
+        Assert.That(await T.ReadOk(v, bad + 1, 511 - (int)bad), Is.EqualTo(Expected(bad + 1, 511 - (int)bad)), "blocks after it read fine");
+    }
+
     [Test]
     public async Task TheOfflineLocatorAgreesWithTheOpenVolume()
     {
