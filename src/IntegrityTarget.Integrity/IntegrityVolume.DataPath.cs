@@ -30,7 +30,9 @@ public sealed partial class IntegrityVolume
                 long c = ChunkOf(cur);
                 ulong pieceEnd = Math.Min(end, (ulong)(c + 1) * (ulong)_bpc);
                 int n = (int)(pieceEnd - cur);
-                int bad = await ReadPieceAsync(c, cur, n, buffer.Slice(off, n * _bs), ct).ConfigureAwait(false);
+                // The rest of the caller's buffer (from this piece on) lets a piece that ends at its chunk's end
+                // read its tags in the same device read: they follow the data in the slot.
+                int bad = await ReadPieceAsync(c, cur, n, buffer[off..], ct).ConfigureAwait(false);
                 if (bad >= 0)
                 {
                     ulong fail = cur + (ulong)bad;
@@ -46,46 +48,60 @@ public sealed partial class IntegrityVolume
         return VolumeResult.Success;
     }
 
-    /// <summary>Reads and verifies blocks of one chunk; on a mismatch re-reads from the failing block once
-    /// (a racing home write or a transient read must not fail a good block). Returns the index of the
-    /// first block that failed twice, or -1.</summary>
-    private async ValueTask<int> ReadPieceAsync(long c, ulong start, int n, Memory<byte> mem, CancellationToken ct)
+    /// <summary>Reads and verifies blocks of one chunk into the start of <paramref name="rest"/> (n blocks; bytes
+    /// after them may be used as scratch and are overwritten by later pieces); on a mismatch re-reads from the
+    /// failing block once (a racing home write or a transient read must not fail a good block). Returns the
+    /// index of the first block that failed twice, or -1.</summary>
+    private async ValueTask<int> ReadPieceAsync(long c, ulong start, int n, Memory<byte> rest, CancellationToken ct)
     {
-        int bad = await ReadAndVerifyAsync(c, start, n, mem, ct).ConfigureAwait(false);
+        int bad = await ReadAndVerifyAsync(c, start, n, rest, ct).ConfigureAwait(false);
         if (bad < 0) return -1;
-        int again = await ReadAndVerifyAsync(c, start + (ulong)bad, n - bad, mem.Slice(bad * _bs), ct).ConfigureAwait(false);
+        int again = await ReadAndVerifyAsync(c, start + (ulong)bad, n - bad, rest.Slice(bad * _bs, (n - bad) * _bs), ct).ConfigureAwait(false);
         return again < 0 ? -1 : bad + again;
     }
 
-    private async ValueTask<int> ReadAndVerifyAsync(long c, ulong start, int n, Memory<byte> mem, CancellationToken ct)
+    private async ValueTask<int> ReadAndVerifyAsync(long c, ulong start, int n, Memory<byte> rest, CancellationToken ct)
     {
+        var mem = rest[..(n * _bs)];
         long e = Volatile.Read(ref _map[c]);
         if (e == 0) { mem.Span.Clear(); return -1; } // unmapped: zeros, nothing to verify
         long p = e - 1;
         int idx0 = (int)(start % (ulong)_bpc);
-        await _dev.ReadAsync(_g.SlotOffset(p) + (long)idx0 * _bs, mem, ct).ConfigureAwait(false);
         int ts = _g.TagSize;
+        long dOff = _g.SlotOffset(p) + (long)idx0 * _bs;
+        // A piece that runs to the end of a full chunk is followed on the device by the tag region: when the
+        // caller's buffer has room, one device read brings data and the current tags (never a cached copy).
+        int joined = n * _bs + (int)Geometry.RoundUp((long)(idx0 + n) * ts, 512);
+        if (idx0 + n == _bpc && rest.Length >= joined)
+        {
+            await _dev.ReadAsync(dOff, rest[..joined], ct).ConfigureAwait(false);
+            return VerifyRead(start, n, mem, rest.Span.Slice(n * _bs + idx0 * ts, n * ts));
+        }
+        await _dev.ReadAsync(dOff, mem, ct).ConfigureAwait(false);
         long tOff = _g.TagOffset(p, idx0);
         long tStart = tOff & ~511L, tEnd = Geometry.RoundUp(tOff + (long)n * ts, 512);
         byte[] tags = ArrayPool<byte>.Shared.Rent((int)(tEnd - tStart));
         try
         {
             await _dev.ReadAsync(tStart, tags.AsMemory(0, (int)(tEnd - tStart)), ct).ConfigureAwait(false);
-            bool[]? fromOverlay = OverlayCopy(start, n, mem);
-            int rel = (int)(tOff - tStart);
-            for (int i = 0; i < n; i++)
-            {
-                if (fromOverlay != null && fromOverlay[i]) continue;
-                if (!_tagger.Verify(start + (ulong)i, mem.Span.Slice(i * _bs, _bs), tags.AsSpan(rel + i * ts, ts))) return i;
-            }
-            return -1;
+            return VerifyRead(start, n, mem, tags.AsSpan((int)(tOff - tStart), n * ts));
         }
         finally { ArrayPool<byte>.Shared.Return(tags); }
+    }
+
+    /// <summary>Lays not-yet-applied journaled blocks over what was read, then verifies every other block.</summary>
+    private int VerifyRead(ulong start, int n, Memory<byte> mem, ReadOnlySpan<byte> tags)
+    {
+        bool[]? fromOverlay = OverlayCopy(start, n, mem);
+        return _tagger.VerifyBlocks(start, mem.Span, _bs, tags, fromOverlay);
     }
 
     /// <summary>Copies acknowledged-but-not-yet-applied blocks over what was read from home.</summary>
     private bool[]? OverlayCopy(ulong start, int n, Memory<byte> mem)
     {
+        // Writers publish overlay entries under _q before acknowledging; the count is re-read under the
+        // lock, so skipping the lock when it is zero only skips blocks no acknowledged write still holds.
+        if (Volatile.Read(ref _overlayCount) == 0) return null;
         lock (_q)
         {
             if (_overlay.Count == 0) return null;
@@ -208,8 +224,11 @@ public sealed partial class IntegrityVolume
         try
         {
             var span = buf.AsSpan(0, slot);
-            span.Clear();
-            piece.Span.CopyTo(span[(firstIndex * _bs)..]);
+            // Zero only what the piece does not cover (a whole-chunk write clears just the tag region's tail).
+            int from = firstIndex * _bs, to = from + piece.Length;
+            span[..from].Clear();
+            piece.Span.CopyTo(span[from..]);
+            span[to..].Clear();
             int cb = _g.BlocksInChunk(c), ts = _g.TagSize;
             ulong cs = (ulong)c * (ulong)_bpc;
             for (int i = 0; i < cb; i++)
@@ -270,6 +289,7 @@ public sealed partial class IntegrityVolume
                     }
                 }
             if (u.Data != null) foreach (var r in u.Data) _overlay[r.Lba] = r;
+            Volatile.Write(ref _overlayCount, _overlay.Count);
             if (_queue.Count == 0) _oldestTicks = Environment.TickCount64;
             _queue.Add(u);
             _queuedBytes += u.Bytes;
@@ -507,6 +527,7 @@ public sealed partial class IntegrityVolume
                     if (u.Data != null)
                         foreach (var r in u.Data)
                             if (_overlay.TryGetValue(r.Lba, out var cur) && ReferenceEquals(cur, r)) _overlay.Remove(r.Lba);
+                Volatile.Write(ref _overlayCount, _overlay.Count);
             }
             foreach (var u in batch)
                 if (u.Data != null) foreach (var r in u.Data) ArrayPool<byte>.Shared.Return(r.Buf);

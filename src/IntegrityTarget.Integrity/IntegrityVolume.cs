@@ -61,6 +61,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
     // but not yet applied partial-chunk writes. Both guarded by _q.
     private readonly object _q = new();
     private readonly Dictionary<ulong, DataRec> _overlay = new();
+    /// <summary>_overlay.Count as last set under _q: lets reads skip the lock when nothing is pending.</summary>
+    private int _overlayCount;
     private readonly List<Unit> _queue = new();
     private long _queuedBytes;
     private bool _commitRequested;

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Collections.Concurrent;
 using System.Buffers.Binary;
 using System.IO.Hashing;
 using System.Numerics;
@@ -17,6 +18,10 @@ internal sealed class Tagger
     private readonly byte[] _key;
     private readonly uint _crcSeed;
     private readonly long _xxSeed;
+    // Keyed HMAC states, reused: HMACSHA256.HashData would redo the key schedule (and we would copy the
+    // block to append the LBA) for every block. Per volume, not static; IncrementalHash is single-user,
+    // so each caller takes one out and puts it back.
+    private readonly ConcurrentBag<IncrementalHash> _hmacs = new();
 
     public Tagger(TagAlgorithm alg, ReadOnlySpan<byte> salt, ReadOnlySpan<byte> key)
     {
@@ -59,11 +64,14 @@ internal sealed class Tagger
                 break;
             case TagAlgorithm.HmacSha256:
             {
-                byte[] buf = ArrayPool<byte>.Shared.Rent(data.Length + 8);
-                data.CopyTo(buf);
-                BinaryPrimitives.WriteUInt64LittleEndian(buf.AsSpan(data.Length), lba);
-                HMACSHA256.HashData(_key, buf.AsSpan(0, data.Length + 8), tag);
-                ArrayPool<byte>.Shared.Return(buf);
+                // HMAC(key, data || le64(LBA)), fed in two pieces to a keyed state that is reset, not re-keyed.
+                var h = _hmacs.TryTake(out var pooled) ? pooled : IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, _key);
+                Span<byte> le = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(le, lba);
+                h.AppendData(data);
+                h.AppendData(le);
+                h.GetHashAndReset(tag);
+                _hmacs.Add(h);
                 break;
             }
         }
@@ -74,6 +82,32 @@ internal sealed class Tagger
         Span<byte> t = stackalloc byte[32];
         ComputeTag(lba, data, t[..TagSize]);
         return t[..TagSize].SequenceEqual(stored);
+    }
+
+    /// <summary>
+    /// Verifies consecutive blocks starting at <paramref name="lba0"/> against their packed tags; blocks
+    /// marked in <paramref name="skip"/> are not checked. Returns the index of the first mismatch, or -1.
+    /// crc32c compares the 4-byte tag as an integer, without the per-block dispatch of <see cref="Verify"/>.
+    /// </summary>
+    public int VerifyBlocks(ulong lba0, ReadOnlySpan<byte> data, int blockSize, ReadOnlySpan<byte> tags, bool[]? skip)
+    {
+        int n = data.Length / blockSize, ts = TagSize;
+        if (_alg == TagAlgorithm.Crc32c)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                if (skip != null && skip[i]) continue;
+                uint want = BinaryPrimitives.ReadUInt32LittleEndian(tags.Slice(i * 4, 4));
+                if (Crc32C4(_crcSeed, lba0 + (ulong)i, data.Slice(i * blockSize, blockSize)) != want) return i;
+            }
+            return -1;
+        }
+        for (int i = 0; i < n; i++)
+        {
+            if (skip != null && skip[i]) continue;
+            if (!Verify(lba0 + (ulong)i, data.Slice(i * blockSize, blockSize), tags.Slice(i * ts, ts))) return i;
+        }
+        return -1;
     }
 
     /// <summary>Journal transaction checksum: keyed under HMAC so the journal cannot be forged either.</summary>
