@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side fio (libiscsi engine) comparison in ONE run: integrity-target with integrity on,
-# integrity off, and tgt (reference) on the same kind of sparse backing file. Prints a markdown
+# integrity off, integrity off over the DotNetty transport, and tgt (reference) on the same kind of
+# sparse backing file. Prints a markdown
 # table with ratios. Not a test: machines here are noisy, only the ratios in one run mean much.
 #   tests/bench/fio-compare.sh [RUNTIME_SECONDS=10] [SIZE=1G] [ROUNDS=2]
 set -euo pipefail
@@ -25,19 +26,20 @@ trap cleanup EXIT
 declare -A url
 url[tgt]='iscsi\://127.0.0.1\:3311/iqn.2026-11.org.example\:ref/1'
 
-start_ours() { # name port integrity
-  local name=$1 port=$2 integ=$3
+start_ours() { # name port integrity [transport]
+  local name=$1 port=$2 integ=$3 transport=${4:-pipelines}
   mkdir -p "$work/$name"
   dotnet "$work/bin/integrity-target.dll" serve --listen 127.0.0.1:"$port" --iqn iqn.2026-11.org.example:"$name" \
     --data-dir "$work/$name" --lun "$work/$name/lun0.img" --size "$size" --block-size 512 --integrity "$integ" \
-    --log-level Warning >"$work/$name.log" 2>&1 &
+    --transport "$transport" --log-level Warning >"$work/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.2; done
   url[$name]="iscsi\\://127.0.0.1\\:$port/iqn.2026-11.org.example\\:$name/0"
 }
 start_ours on 3312 true
 start_ours off 3313 false
-targets=(tgt on off)
+start_ours dotnetty 3314 false dotnetty
+targets=(tgt on off dotnetty)
 
 # name rw bs iodepth
 jobs=("seqwrite-1M-QD8 write 1M 8" "seqread-1M-QD8 read 1M 8" "randwrite-4k-QD32 randwrite 4k 32"
@@ -70,12 +72,13 @@ for ((r = 0; r < rounds; r++)); do
   done
 done
 
-echo "| job | tgt IOPS (MB/s) | integrity on | integrity off | on/tgt | on/off |"
-echo "|---|---|---|---|---|---|"
+echo "| job | tgt IOPS (MB/s) | integrity on | integrity off | off, DotNetty | on/tgt | on/off | DotNetty/pipelines |"
+echo "|---|---|---|---|---|---|---|---|"
 for j in "${jobs[@]}"; do
   read -r name _ <<<"$j"
   read -r ti tm <<<"${best[$name/tgt]}"; read -r oi om <<<"${best[$name/on]}"; read -r fi fm <<<"${best[$name/off]}"
-  python3 -c "print('| $name | $ti ($tm) | $oi ($om) | $fi ($fm) | %.2f | %.2f |' % ($oi / max($ti, 1), $oi / max($fi, 1)))"
+  read -r di dm <<<"${best[$name/dotnetty]}"
+  python3 -c "print('| $name | $ti ($tm) | $oi ($om) | $fi ($fm) | $di ($dm) | %.2f | %.2f | %.2f |' % ($oi / max($ti, 1), $oi / max($fi, 1), $di / max($fi, 1)))"
 done
 echo
 echo "fio $("$FIO" --version), runtime ${runtime}s per cell, best of $rounds rounds, size $size, $(nproc) cores, $(date -u +%F)"
