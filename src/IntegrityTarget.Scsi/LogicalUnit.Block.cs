@@ -23,6 +23,20 @@ public sealed partial class ScsiLogicalUnit
     private ScsiError CheckWritable() =>
         Options.ReadOnly || _mode.SoftwareWriteProtect ? ScsiError.Of(SenseReason.WriteProtected) : ScsiError.None;
 
+    /// <summary>
+    /// The checks a plain write command makes before touching data, in one order for all of them: LBA range,
+    /// write protection, an empty transfer (done), the length limit. Null means go on and write.
+    /// </summary>
+    private Outcome? CheckWrite(in CdbFields f, uint maxBlocks, int lengthFieldByte)
+    {
+        if (!Cdb.InRange(f.Lba, f.Blocks, Volume.BlockCount)) return ScsiError.OutOfRange;
+        var wp = CheckWritable();
+        if (wp.IsError) return wp;
+        if (f.Blocks == 0) return Outcome.Wrote(0);
+        if (f.Blocks > maxBlocks) return ScsiError.Cdb(lengthFieldByte);
+        return null;
+    }
+
     /// <summary>The one mapping from volume results to sense (the volume already logged integrity failures).</summary>
     private static ScsiError FromVolume(in VolumeResult res, bool write) => res.Status switch
     {
@@ -63,12 +77,8 @@ public sealed partial class ScsiLogicalUnit
     internal async ValueTask<Outcome> Write(Request r)
     {
         var f = r.Fields;
-        if (!Cdb.InRange(f.Lba, f.Blocks, Volume.BlockCount)) return ScsiError.OutOfRange;
-        var wp = CheckWritable();
-        if (wp.IsError) return wp;
+        if (CheckWrite(f, MaxTransferBlocks, LengthFieldByte(r.Info.Layout)) is { } early) return early;
         long want = (long)f.Blocks * BlockSize;
-        if (f.Blocks == 0) return Outcome.Wrote(0);
-        if (f.Blocks > MaxTransferBlocks) return ScsiError.Cdb(LengthFieldByte(r.Info.Layout));
         var err = await WriteData(r, f.Lba, f.Fua, r.Command.DataOut, want).ConfigureAwait(false);
         return err.IsError ? err : Outcome.Wrote(want);
     }
@@ -83,12 +93,8 @@ public sealed partial class ScsiLogicalUnit
     internal async ValueTask<Outcome> WriteAtomic(Request r)
     {
         var f = r.Fields;
-        if (!Cdb.InRange(f.Lba, f.Blocks, Volume.BlockCount)) return ScsiError.OutOfRange;
-        var wp = CheckWritable();
-        if (wp.IsError) return wp;
+        if (CheckWrite(f, AtomicWriteBlocks, 12) is { } early) return early;
         long want = (long)f.Blocks * BlockSize;
-        if (f.Blocks == 0) return Outcome.Wrote(0);
-        if (f.Blocks > AtomicWriteBlocks) return ScsiError.Cdb(12);
         // All or nothing: a short Data-Out is not written at all rather than written in part.
         if (r.Command.DataOut.Length < want) return ScsiError.Cdb(12);
         var err = await WriteData(r, f.Lba, f.Fua, r.Command.DataOut, want).ConfigureAwait(false);
@@ -208,12 +214,8 @@ public sealed partial class ScsiLogicalUnit
     internal async ValueTask<Outcome> OrWrite(Request r)
     {
         var f = r.Fields;
-        if (!Cdb.InRange(f.Lba, f.Blocks, Volume.BlockCount)) return ScsiError.OutOfRange;
-        var wp = CheckWritable();
-        if (wp.IsError) return wp;
+        if (CheckWrite(f, MaxTransferBlocks, 10) is { } early) return early;
         long want = (long)f.Blocks * BlockSize;
-        if (f.Blocks == 0) return Outcome.Wrote(0);
-        if (f.Blocks > MaxTransferBlocks) return ScsiError.Cdb(10);
         int bytes = (int)(Math.Min(r.Command.DataOut.Length, want) / BlockSize * BlockSize);
         if (bytes == 0) return Outcome.Wrote(want);
         if (r.Ct.IsCancellationRequested) return ScsiError.Of(SenseReason.TaskAborted);
