@@ -62,6 +62,23 @@ public sealed partial class IntegrityVolume
 
     private async ValueTask<int> ReadAndVerifyAsync(long c, ulong start, int n, Memory<byte> rest, CancellationToken ct)
     {
+        while (true)
+        {
+            // Home copies race with reads (the committer takes no range lock): a read that fetched a block
+            // from the device before its home copy landed, and looked at the overlay after the entry left
+            // it, would return the older content. The home sequence (odd while copies are being written)
+            // tells whether that can have happened; then the read is simply done again.
+            long seq = Volatile.Read(ref _homeSeq);
+            if ((seq & 1) != 0) { await HomeCopyDoneAsync().ConfigureAwait(false); continue; }
+            int r = await ReadOnceAsync(c, start, n, rest, seq, ct).ConfigureAwait(false);
+            if (r != Stale) return r;
+        }
+    }
+
+    private const int Stale = -2;
+
+    private async ValueTask<int> ReadOnceAsync(long c, ulong start, int n, Memory<byte> rest, long seq, CancellationToken ct)
+    {
         var mem = rest[..(n * _bs)];
         long e = Volatile.Read(ref _map[c]);
         if (e == 0) { mem.Span.Clear(); return -1; } // unmapped: zeros, nothing to verify
@@ -75,7 +92,7 @@ public sealed partial class IntegrityVolume
         if (idx0 + n == _bpc && rest.Length >= joined)
         {
             await _dev.ReadAsync(dOff, rest[..joined], ct).ConfigureAwait(false);
-            return VerifyRead(start, n, mem, rest.Span.Slice(n * _bs + idx0 * ts, n * ts));
+            return VerifyRead(start, n, mem, rest.Span.Slice(n * _bs + idx0 * ts, n * ts), seq);
         }
         await _dev.ReadAsync(dOff, mem, ct).ConfigureAwait(false);
         long tOff = _g.TagOffset(p, idx0);
@@ -84,36 +101,59 @@ public sealed partial class IntegrityVolume
         try
         {
             await _dev.ReadAsync(tStart, tags.AsMemory(0, (int)(tEnd - tStart)), ct).ConfigureAwait(false);
-            return VerifyRead(start, n, mem, tags.AsSpan((int)(tOff - tStart), n * ts));
+            return VerifyRead(start, n, mem, tags.AsSpan((int)(tOff - tStart), n * ts), seq);
         }
         finally { ArrayPool<byte>.Shared.Return(tags); }
     }
 
-    /// <summary>Lays not-yet-applied journaled blocks over what was read, then verifies every other block.</summary>
-    private int VerifyRead(ulong start, int n, Memory<byte> mem, ReadOnlySpan<byte> tags)
+    /// <summary>Lays not-yet-applied journaled blocks over what was read, then verifies every other block.
+    /// Returns <see cref="Stale"/> when home copies were written since <paramref name="seq"/>.</summary>
+    private int VerifyRead(ulong start, int n, Memory<byte> mem, ReadOnlySpan<byte> tags, long seq)
     {
-        bool[]? fromOverlay = OverlayCopy(start, n, mem);
+        if (!OverlayCopy(start, n, mem, seq, out bool[]? fromOverlay)) return Stale;
         return _tagger.VerifyBlocks(start, mem.Span, _bs, tags, fromOverlay);
     }
 
-    /// <summary>Copies acknowledged-but-not-yet-applied blocks over what was read from home.</summary>
-    private bool[]? OverlayCopy(ulong start, int n, Memory<byte> mem)
+    /// <summary>Copies acknowledged-but-not-yet-applied blocks over what was read from home. False when
+    /// home copies started or ended since <paramref name="seq"/> (what was read may predate one).</summary>
+    private bool OverlayCopy(ulong start, int n, Memory<byte> mem, long seq, out bool[]? hit)
     {
-        // Writers publish overlay entries under _q before acknowledging; the count is re-read under the
-        // lock, so skipping the lock when it is zero only skips blocks no acknowledged write still holds.
-        if (Volatile.Read(ref _overlayCount) == 0) return null;
+        hit = null;
+        // Writers publish overlay entries under _q before acknowledging; the per-chunk count is re-read under
+        // the lock, so skipping the lock when it is zero only skips blocks no acknowledged write still holds.
+        // The committer bumps _homeSeq before it writes home copies and again after it drops their entries.
+        long c = ChunkOf(start);
+        if (Volatile.Read(ref _overlayInChunk[c]) == 0) return Volatile.Read(ref _homeSeq) == seq;
         lock (_q)
         {
-            if (_overlay.Count == 0) return null;
-            bool[]? hit = null;
+            if (_homeSeq != seq) return false;
+            if (_overlayInChunk[c] == 0) return true;
             for (int i = 0; i < n; i++)
                 if (_overlay.TryGetValue(start + (ulong)i, out var r))
                 {
                     r.Buf.AsSpan(0, _bs).CopyTo(mem.Span.Slice(i * _bs, _bs));
                     (hit ??= new bool[n])[i] = true;
                 }
-            return hit;
+            return true;
         }
+    }
+
+    private Task HomeCopyDoneAsync()
+    {
+        lock (_q) return (_homeSeq & 1) != 0 ? _homeCopied.Task : Task.CompletedTask;
+    }
+
+    /// <summary>Under _q.</summary>
+    private void OverlayPut(DataRec r)
+    {
+        if (_overlay.TryAdd(r.Lba, r)) _overlayInChunk[ChunkOf(r.Lba)]++;
+        else _overlay[r.Lba] = r;
+    }
+
+    /// <summary>Under _q.</summary>
+    private void OverlayRemove(ulong lba)
+    {
+        if (_overlay.Remove(lba)) _overlayInChunk[ChunkOf(lba)]--;
     }
 
     /// <summary>The one log event (and counter) of a verification failure.</summary>
@@ -282,14 +322,13 @@ public sealed partial class IntegrityVolume
                 {
                     Volatile.Write(ref _map[c], e);
                     // The remap replaces the whole chunk: older queued blocks of it must no longer show.
-                    if (_overlay.Count > 0)
+                    if (_overlayInChunk[c] > 0)
                     {
                         ulong cs = (ulong)c * (ulong)_bpc;
-                        for (int i = 0; i < _bpc; i++) _overlay.Remove(cs + (ulong)i);
+                        for (int i = 0; i < _bpc; i++) OverlayRemove(cs + (ulong)i);
                     }
                 }
-            if (u.Data != null) foreach (var r in u.Data) _overlay[r.Lba] = r;
-            Volatile.Write(ref _overlayCount, _overlay.Count);
+            if (u.Data != null) foreach (var r in u.Data) OverlayPut(r);
             if (_queue.Count == 0) _oldestTicks = Environment.TickCount64;
             _queue.Add(u);
             _queuedBytes += u.Bytes;
@@ -443,8 +482,19 @@ public sealed partial class IntegrityVolume
                 continue;
             }
             if (stopping) break;
-            try { await _wake.WaitAsync(pending ? MaxAgeMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
+            // Idle with journaled blocks not yet home: make them durable and copy them home, so reads stop
+            // consulting the overlay and a power cut loses nothing that sat idle (a disk cache's write-back).
+            bool homing = !pending && _pendingHome.Count > 0;
+            bool woken = true;
+            try { woken = await _wake.WaitAsync(pending ? MaxAgeMs : homing ? IdleHomeMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
             catch (OperationCanceledException) { }
+            if (!woken && homing && !_abandon)
+            {
+                lock (_q) pending = _queue.Count > 0;
+                if (pending) continue;
+                try { await SyncAndApplyAsync(CancellationToken.None).ConfigureAwait(false); }
+                catch (Exception e) { Fail(e, new List<Unit>()); }
+            }
         }
     }
 
@@ -463,23 +513,26 @@ public sealed partial class IntegrityVolume
     }
 
     /// <summary>
-    /// One journal transaction for a batch of commands: slots written by redirect-on-write are flushed
-    /// first (a durable remap must never point at non-durable data), then the transaction is written with
-    /// FUA, then partial-chunk blocks are copied home and replaced slots are released.
+    /// One journal transaction for a batch of commands. Slots written by redirect-on-write are flushed first
+    /// (a durable remap must never point at non-durable data) and a transaction holding remaps is written
+    /// with FUA (replaced slots are reused only once it is durable). A transaction of journaled blocks only
+    /// is made durable only when a command in it asks for it (FUA, flush, write-through); in write-back mode
+    /// it is written without FUA, and its blocks are copied home at the next durable point.
     /// </summary>
     private async ValueTask CommitBatchAsync(List<Unit> batch)
     {
         var ct = CancellationToken.None;
         int nData = 0, nRecs = 0;
-        bool hasMaps = false;
-        foreach (var u in batch) { nData += u.Data?.Count ?? 0; nRecs += u.Records; hasMaps |= u.Maps is { Count: > 0 }; }
+        bool hasMaps = false, durable = false;
+        foreach (var u in batch) { nData += u.Data?.Count ?? 0; nRecs += u.Records; hasMaps |= u.Maps is { Count: > 0 }; durable |= u.Durable; }
         if (nRecs > 0)
         {
-            if (hasMaps) await _dev.FlushAsync(ct).ConfigureAwait(false);
             int hb = Txn.HeaderBytes(nRecs);
             long total = Geometry.RoundUp(hb + (long)nData * _bs, 4096);
             if (_head + total > _g.JournalAreaBytes) await CheckpointAsync(ct).ConfigureAwait(false);
+            if (hasMaps) { await _dev.FlushAsync(ct).ConfigureAwait(false); _unsynced = false; }
             byte[] buf = ArrayPool<byte>.Shared.Rent((int)total);
+            bool fua = hasMaps || (durable && !_unsynced);
             try
             {
                 var span = buf.AsSpan(0, (int)total);
@@ -489,6 +542,7 @@ public sealed partial class IntegrityVolume
                 BinaryPrimitives.WriteInt32LittleEndian(span[16..], (int)total);
                 BinaryPrimitives.WriteInt32LittleEndian(span[20..], nRecs);
                 BinaryPrimitives.WriteInt32LittleEndian(span[24..], hb);
+                BinaryPrimitives.WriteUInt32LittleEndian(span[28..], _unsynced ? 0 : Txn.FlagPriorDurable);
                 int ri = 0, payload = hb;
                 foreach (var u in batch)
                 {
@@ -504,34 +558,39 @@ public sealed partial class IntegrityVolume
                 }
                 span[payload..].Clear();
                 _tagger.Checksum(span, span.Slice(32, 32));
-                await _dev.WriteAsync(_g.JournalAreaOffset + _head, buf.AsMemory(0, (int)total), fua: true, ct).ConfigureAwait(false);
+                await _dev.WriteAsync(_g.JournalAreaOffset + _head, buf.AsMemory(0, (int)total), fua, ct).ConfigureAwait(false);
             }
             finally { ArrayPool<byte>.Shared.Return(buf); }
             _head += total;
             _nextSeq++;
             Counters.AddJournalCommit();
 
-            // The journal is durable: copy partial-chunk blocks home, then fold remaps into the committed map.
-            if (nData > 0)
-            {
-                var apply = new List<(ulong, long, ReadOnlyMemory<byte>)>(nData);
-                foreach (var u in batch) if (u.Data != null) foreach (var r in u.Data) apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
-                await ApplyAsync(apply, ct).ConfigureAwait(false);
-            }
+            // Journaled blocks wait for a durable point before going home; remaps fold into the committed
+            // map. Record order matters: a remap supersedes every earlier block of its chunk.
             foreach (var u in batch)
+            {
+                if (u.Data != null)
+                    foreach (var r in u.Data)
+                    {
+                        if (_pendingHome.Remove(r.Lba, out var old)) ReleaseRec(old);
+                        _pendingHome[r.Lba] = r;
+                    }
                 if (u.Maps != null)
-                    foreach (var (c, e) in u.Maps) { _committedMap[c] = e; _dirtyMapSectors.Add(c / Geometry.MapEntriesPerSector); }
-            lock (_q)
-            {
-                foreach (var u in batch)
-                    if (u.Data != null)
-                        foreach (var r in u.Data)
-                            if (_overlay.TryGetValue(r.Lba, out var cur) && ReferenceEquals(cur, r)) _overlay.Remove(r.Lba);
-                Volatile.Write(ref _overlayCount, _overlay.Count);
+                    foreach (var (c, e) in u.Maps)
+                    {
+                        if (_pendingHome.Count > 0)
+                        {
+                            ulong cs = (ulong)c * (ulong)_bpc;
+                            for (int i = 0; i < _bpc; i++) if (_pendingHome.Remove(cs + (ulong)i, out var old)) ReleaseRec(old);
+                        }
+                        _committedMap[c] = e;
+                        _dirtyMapSectors.Add(c / Geometry.MapEntriesPerSector);
+                    }
             }
-            foreach (var u in batch)
-                if (u.Data != null) foreach (var r in u.Data) ArrayPool<byte>.Shared.Return(r.Buf);
-            // Slots replaced by committed remaps are free now; release their space before reuse.
+            if (fua) await ApplyPendingAsync(ct).ConfigureAwait(false);
+            else if (durable) await SyncAndApplyAsync(ct).ConfigureAwait(false);
+            else _unsynced = true;
+            // Slots replaced by committed remaps are free now (the transaction was written with FUA).
             foreach (var u in batch)
                 if (u.FreeAfter != null)
                     foreach (var p in u.FreeAfter)
@@ -542,12 +601,66 @@ public sealed partial class IntegrityVolume
                         lock (_freeLock) _free.Push(p);
                     }
         }
+        else if (durable && _unsynced) await SyncAndApplyAsync(ct).ConfigureAwait(false);
         foreach (var u in batch) u.Done.TrySetResult();
         TaskCompletionSource d, f;
         lock (_q) { d = _drained; _drained = new(TaskCreationOptions.RunContinuationsAsynchronously); }
         lock (_freeLock) { f = _freed; _freed = new(TaskCreationOptions.RunContinuationsAsynchronously); }
         d.TrySetResult(); f.TrySetResult();
     }
+
+    /// <summary>Makes every written transaction durable, then copies their blocks home.</summary>
+    private async ValueTask SyncAndApplyAsync(CancellationToken ct)
+    {
+        if (_unsynced) { await _dev.FlushAsync(ct).ConfigureAwait(false); _unsynced = false; }
+        await ApplyPendingAsync(ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Copies every journaled block home (all their transactions are durable: callers ensure it), then
+    /// drops them from the overlay. The journal keeps them until the next checkpoint, so a torn home write
+    /// is repaired by replay.
+    /// </summary>
+    private async ValueTask ApplyPendingAsync(CancellationToken ct)
+    {
+        if (_pendingHome.Count == 0) return;
+        Debug.Assert(!_unsynced);
+        var recs = new List<DataRec>(_pendingHome.Count);
+        foreach (var r in _pendingHome.Values)
+        {
+            // Never happens (a committed remap drops its chunk's pending blocks); guards a slot now owned elsewhere.
+            if (_committedMap[ChunkOf(r.Lba)] != r.Phys + 1) { Debug.Fail($"pending block {r.Lba} is not in its chunk's slot"); continue; }
+            recs.Add(r);
+        }
+        recs.Sort(static (x, y) => x.Phys != y.Phys ? x.Phys.CompareTo(y.Phys) : x.Lba.CompareTo(y.Lba));
+        var apply = new List<(ulong, long, ReadOnlyMemory<byte>)>(recs.Count);
+        foreach (var r in recs) apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
+        lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
+        bool ok = false;
+        try { await ApplyAsync(apply, ct).ConfigureAwait(false); ok = true; }
+        finally
+        {
+            TaskCompletionSource done;
+            lock (_q)
+            {
+                // On failure the entries stay: the overlay still holds the truth the home slot may lack.
+                if (ok)
+                    foreach (var r in _pendingHome.Values)
+                        if (_overlay.TryGetValue(r.Lba, out var cur) && ReferenceEquals(cur, r)) OverlayRemove(r.Lba);
+                _homeSeq++;
+                done = _homeCopied;
+                _homeCopied = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+            done.TrySetResult();
+        }
+        foreach (var r in _pendingHome.Values) ReleaseRec(r);
+        _pendingHome.Clear();
+    }
+
+    /// <summary>Returns a block image to the pool once neither the overlay nor the pending set holds it.
+    /// Callers guarantee the overlay no longer references it (a newer write or a remap replaced it there,
+    /// or it was removed after its home copy).</summary>
+    private static void ReleaseRec(DataRec r) => ArrayPool<byte>.Shared.Return(r.Buf);
 
     private static void WriteRecord(Span<byte> txn, int i, uint type, ulong a, ulong b)
     {
@@ -606,6 +719,7 @@ public sealed partial class IntegrityVolume
     /// </summary>
     private async ValueTask CheckpointAsync(CancellationToken ct)
     {
+        await SyncAndApplyAsync(ct).ConfigureAwait(false);
         var sec = new byte[512];
         foreach (long s in _dirtyMapSectors)
         {

@@ -37,6 +37,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
     }
 
     private const int MaxAgeMs = 20;
+    /// <summary>Idle time after which journaled blocks are made durable and copied home.</summary>
+    private const int IdleHomeMs = 50;
     private const int MaxMapRecordsPerUnit = 4096;
 
     private readonly IBlockDevice _dev;
@@ -61,8 +63,12 @@ public sealed partial class IntegrityVolume : IBlockVolume
     // but not yet applied partial-chunk writes. Both guarded by _q.
     private readonly object _q = new();
     private readonly Dictionary<ulong, DataRec> _overlay = new();
-    /// <summary>_overlay.Count as last set under _q: lets reads skip the lock when nothing is pending.</summary>
-    private int _overlayCount;
+    /// <summary>Overlay entries per logical chunk, changed under _q: lets reads of a chunk with nothing
+    /// pending skip the lock and the per-block lookups.</summary>
+    private readonly int[] _overlayInChunk;
+    /// <summary>Even when no home copies are being written; bumped under _q before and after each batch of them.</summary>
+    private long _homeSeq;
+    private TaskCompletionSource _homeCopied = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly List<Unit> _queue = new();
     private long _queuedBytes;
     private bool _commitRequested;
@@ -81,6 +87,12 @@ public sealed partial class IntegrityVolume : IBlockVolume
     private readonly RangeLock _locks = new();
 
     // Committer-owned journal state.
+    /// <summary>Latest journaled-but-not-yet-homed block per LBA. Home copies are written only once the
+    /// transactions holding them are durable, at the next durable point (a commit that flushes or uses FUA,
+    /// an idle moment, a checkpoint), so write-back commits need neither FUA nor a home write each.</summary>
+    private readonly Dictionary<ulong, DataRec> _pendingHome = new();
+    /// <summary>Transactions were written without being made durable since the last flush.</summary>
+    private bool _unsynced;
     private long _head;
     private ulong _nextSeq;
     private ulong _checkpoints;
@@ -112,6 +124,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         WriteBack = options.WriteBack;
         _map = new long[g.LogicalChunks];
         _committedMap = new long[g.LogicalChunks];
+        _overlayInChunk = new int[g.LogicalChunks];
         _maxTxnBytes = Math.Min(g.JournalAreaBytes / 2, 16L << 20);
         _watermark = Math.Min(_maxTxnBytes / 2, 8L << 20);
         _maxPending = _watermark * 4;
@@ -398,8 +411,11 @@ public sealed partial class IntegrityVolume : IBlockVolume
                 if (headerOk)
                 {
                     torn = true;
+                    // A valid successor proves damage only if it was written after this one was durable; in
+                    // write-back mode the unflushed tail may be lost out of order (and is discarded whole).
                     int total = BinaryPrimitives.ReadInt32LittleEndian(hdr.AsSpan(16));
-                    if (TryReadTxn(dev, g, tagger, pos + total, seq + 1, new byte[4096], out _, out _) != null) corrupt = true;
+                    var next = TryReadTxn(dev, g, tagger, pos + total, seq + 1, new byte[4096], out _, out _);
+                    if (next != null && (BinaryPrimitives.ReadUInt32LittleEndian(next.Buf.AsSpan(28)) & Txn.FlagPriorDurable) != 0) corrupt = true;
                 }
                 return list;
             }

@@ -232,5 +232,8 @@ internal static class Txn
     public const int FixedHeader = 64;
     public const int RecordBytes = 24;
     public const uint TypeData = 1, TypeMap = 2;
+    /// <summary>Header flag: every earlier transaction was durable when this one was written, so a damaged
+    /// predecessor followed by this one is corruption, not a lost write-back tail.</summary>
+    public const uint FlagPriorDurable = 1;
     public static int HeaderBytes(int records) => (int)Geometry.RoundUp(FixedHeader + (long)records * RecordBytes, 4096);
 }
