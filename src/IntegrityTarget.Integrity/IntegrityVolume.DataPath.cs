@@ -329,11 +329,14 @@ public sealed partial class IntegrityVolume
                     }
                 }
             if (u.Data != null) foreach (var r in u.Data) OverlayPut(r);
-            if (_queue.Count == 0) _oldestTicks = Environment.TickCount64;
+            // The first unit of an empty queue wakes the committer too, so it starts the 20 ms age clock
+            // (otherwise an idle volume would hold write-back writes in memory until some later command).
+            bool first = _queue.Count == 0;
+            if (first) _oldestTicks = Environment.TickCount64;
             _queue.Add(u);
             _queuedBytes += u.Bytes;
             if (u.Durable) _commitRequested = true;
-            wake = u.Durable || _queuedBytes >= _watermark;
+            wake = first || u.Durable || _queuedBytes >= _watermark;
         }
         if (wake) Wake();
     }
@@ -486,7 +489,7 @@ public sealed partial class IntegrityVolume
             // consulting the overlay and a power cut loses nothing that sat idle (a disk cache's write-back).
             bool homing = !pending && _pendingHome.Count > 0;
             bool woken = true;
-            try { woken = await _wake.WaitAsync(pending ? MaxAgeMs : homing ? IdleHomeMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
+            try { woken = await _wake.WaitAsync(pending ? MaxAgeMs : homing ? _idleHomeMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
             catch (OperationCanceledException) { }
             if (!woken && homing && !_abandon)
             {

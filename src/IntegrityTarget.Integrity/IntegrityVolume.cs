@@ -38,7 +38,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
 
     private const int MaxAgeMs = 20;
     /// <summary>Idle time after which journaled blocks are made durable and copied home.</summary>
-    private const int IdleHomeMs = 50;
+    private readonly int _idleHomeMs;
     private const int MaxMapRecordsPerUnit = 4096;
 
     private readonly IBlockDevice _dev;
@@ -122,6 +122,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         Name = options.Name ?? dev.Name;
         _log = log.ForContext("Volume", Name);
         WriteBack = options.WriteBack;
+        _idleHomeMs = options.IdleHomeMs;
         _map = new long[g.LogicalChunks];
         _committedMap = new long[g.LogicalChunks];
         _overlayInChunk = new int[g.LogicalChunks];

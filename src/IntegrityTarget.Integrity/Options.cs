@@ -26,6 +26,9 @@ public sealed class OpenOptions
     public ReadOnlyMemory<byte> Key { get; init; }
     public bool WriteBack { get; init; } = true;
     public string? Name { get; init; }
+    /// <summary>Idle time (ms) after which journaled blocks are made durable and copied home; tests set
+    /// <see cref="Timeout.Infinite"/> to keep them in the journal.</summary>
+    internal int IdleHomeMs { get; init; } = 50;
 }
 
 public enum DeviceContent { Blank, IntegrityVolume, Unknown }
