@@ -457,10 +457,12 @@ public sealed partial class IntegrityVolume
         while (!_abandon)
         {
             List<Unit>? batch = null;
-            bool stopping = _stop.IsCancellationRequested, pending;
+            bool stopping = _stop.IsCancellationRequested, pending, syncNow = false;
             lock (_q)
             {
                 pending = _queue.Count > 0;
+                // Writers short of slots while replaced ones wait for their remaps to become durable.
+                if (!pending && _commitRequested && _unsynced) { syncNow = true; _commitRequested = false; }
                 if (pending && (_commitRequested || stopping || _queuedBytes >= _watermark || Environment.TickCount64 - _oldestTicks >= MaxAgeMs))
                 {
                     long bytes = 0; int n = 0;
@@ -484,10 +486,17 @@ public sealed partial class IntegrityVolume
                 catch (Exception e) { Fail(e, batch); }
                 continue;
             }
+            if (syncNow)
+            {
+                try { await SyncAndApplyAsync(CancellationToken.None).ConfigureAwait(false); }
+                catch (Exception e) { Fail(e, new List<Unit>()); }
+                continue;
+            }
             if (stopping) break;
-            // Idle with journaled blocks not yet home: make them durable and copy them home, so reads stop
-            // consulting the overlay and a power cut loses nothing that sat idle (a disk cache's write-back).
-            bool homing = !pending && _pendingHome.Count > 0;
+            // Idle with transactions not yet durable or blocks not yet home: make them durable and copy them
+            // home, so reads stop consulting the overlay, replaced slots return to the pool, and a power cut
+            // loses nothing that sat idle (a disk cache's write-back).
+            bool homing = !pending && (_pendingHome.Count > 0 || _unsynced);
             bool woken = true;
             try { woken = await _wake.WaitAsync(pending ? MaxAgeMs : homing ? _idleHomeMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
             catch (OperationCanceledException) { }
@@ -533,9 +542,9 @@ public sealed partial class IntegrityVolume
             int hb = Txn.HeaderBytes(nRecs);
             long total = Geometry.RoundUp(hb + (long)nData * _bs, 4096);
             if (_head + total > _g.JournalAreaBytes) await CheckpointAsync(ct).ConfigureAwait(false);
-            if (hasMaps) { await _dev.FlushAsync(ct).ConfigureAwait(false); _unsynced = false; }
+            if (hasMaps) { await _dev.FlushAsync(ct).ConfigureAwait(false); await DurableAsync(ct).ConfigureAwait(false); }
             byte[] buf = ArrayPool<byte>.Shared.Rent((int)total);
-            bool fua = hasMaps || (durable && !_unsynced);
+            bool fua = durable && !_unsynced;
             try
             {
                 var span = buf.AsSpan(0, (int)total);
@@ -590,19 +599,14 @@ public sealed partial class IntegrityVolume
                         _dirtyMapSectors.Add(c / Geometry.MapEntriesPerSector);
                     }
             }
-            if (fua) await ApplyPendingAsync(ct).ConfigureAwait(false);
-            else if (durable) await SyncAndApplyAsync(ct).ConfigureAwait(false);
-            else _unsynced = true;
-            // Slots replaced by committed remaps are free now (the transaction was written with FUA).
+            // Slots replaced by these remaps may be reused once the transaction is durable (until then the
+            // durable map may still point at them).
             foreach (var u in batch)
                 if (u.FreeAfter != null)
-                    foreach (var p in u.FreeAfter)
-                    {
-                        // Unmap releases space; a slot replaced by an overwrite is reused soon, so punching
-                        // it would only churn the filesystem's allocation.
-                        if (u.Unmap && _dev.CanDeallocate) await _dev.DiscardAsync(_g.SlotOffset(p), _g.SlotBytes, ct).ConfigureAwait(false);
-                        lock (_freeLock) _free.Push(p);
-                    }
+                    foreach (var p in u.FreeAfter) _replaced.Add((p, u.Unmap));
+            if (fua) { await DurableAsync(ct).ConfigureAwait(false); await ApplyPendingAsync(ct).ConfigureAwait(false); }
+            else if (durable) await SyncAndApplyAsync(ct).ConfigureAwait(false);
+            else _unsynced = true;
         }
         else if (durable && _unsynced) await SyncAndApplyAsync(ct).ConfigureAwait(false);
         foreach (var u in batch) u.Done.TrySetResult();
@@ -615,8 +619,27 @@ public sealed partial class IntegrityVolume
     /// <summary>Makes every written transaction durable, then copies their blocks home.</summary>
     private async ValueTask SyncAndApplyAsync(CancellationToken ct)
     {
-        if (_unsynced) { await _dev.FlushAsync(ct).ConfigureAwait(false); _unsynced = false; }
+        if (_unsynced) await _dev.FlushAsync(ct).ConfigureAwait(false);
+        await DurableAsync(ct).ConfigureAwait(false);
         await ApplyPendingAsync(ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Every written transaction is durable now: slots their remaps replaced return to the pool.</summary>
+    private async ValueTask DurableAsync(CancellationToken ct)
+    {
+        _unsynced = false;
+        if (_replaced.Count == 0) return;
+        foreach (var (p, unmap) in _replaced)
+        {
+            // Unmap releases space; a slot replaced by an overwrite is reused soon, so punching it would only
+            // churn the filesystem's allocation.
+            if (unmap && _dev.CanDeallocate) await _dev.DiscardAsync(_g.SlotOffset(p), _g.SlotBytes, ct).ConfigureAwait(false);
+            lock (_freeLock) _free.Push(p);
+        }
+        _replaced.Clear();
+        TaskCompletionSource f;
+        lock (_freeLock) { f = _freed; _freed = new(TaskCreationOptions.RunContinuationsAsynchronously); }
+        f.TrySetResult();
     }
 
     /// <summary>

@@ -93,6 +93,9 @@ public sealed partial class IntegrityVolume : IBlockVolume
     private readonly Dictionary<ulong, DataRec> _pendingHome = new();
     /// <summary>Transactions were written without being made durable since the last flush.</summary>
     private bool _unsynced;
+    /// <summary>Slots replaced (or unmapped) by remaps in transactions not yet durable: reused only after the
+    /// next flush (non-empty only while _unsynced).</summary>
+    private readonly List<(long Slot, bool Unmap)> _replaced = new();
     private long _head;
     private ulong _nextSeq;
     private ulong _checkpoints;
