@@ -295,7 +295,8 @@ public sealed partial class IntegrityVolume
                 }
                 wait = _freed.Task;
             }
-            // Old slots come back once the remaps that replaced them are committed.
+            // Old slots come back once the remaps that replaced them are durable.
+            _slotsWanted = true;
             RequestCommit();
             await wait.WaitAsync(ct).ConfigureAwait(false);
         }
@@ -462,7 +463,7 @@ public sealed partial class IntegrityVolume
             {
                 pending = _queue.Count > 0;
                 // Writers short of slots while replaced ones wait for their remaps to become durable.
-                if (!pending && _commitRequested && _unsynced) { syncNow = true; _commitRequested = false; }
+                if (!pending && (_commitRequested || _slotsWanted) && _unsynced) { syncNow = true; _commitRequested = false; }
                 if (pending && (_commitRequested || stopping || _queuedBytes >= _watermark || Environment.TickCount64 - _oldestTicks >= MaxAgeMs))
                 {
                     long bytes = 0; int n = 0;
@@ -605,7 +606,12 @@ public sealed partial class IntegrityVolume
                 if (u.FreeAfter != null)
                     foreach (var p in u.FreeAfter) _replaced.Add((p, u.Unmap));
             if (fua) { await DurableAsync(ct).ConfigureAwait(false); await ApplyPendingAsync(ct).ConfigureAwait(false); }
-            else if (durable) await SyncAndApplyAsync(ct).ConfigureAwait(false);
+            else if (durable || _slotsWanted)
+            {
+                // Also when writers wait for slots: a steady stream of plain commits must not starve them.
+                _unsynced = true;
+                await SyncAndApplyAsync(ct).ConfigureAwait(false);
+            }
             else _unsynced = true;
         }
         else if (durable && _unsynced) await SyncAndApplyAsync(ct).ConfigureAwait(false);
@@ -628,6 +634,7 @@ public sealed partial class IntegrityVolume
     private async ValueTask DurableAsync(CancellationToken ct)
     {
         _unsynced = false;
+        _slotsWanted = false;
         if (_replaced.Count == 0) return;
         foreach (var (p, unmap) in _replaced)
         {

@@ -96,6 +96,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
     /// <summary>Slots replaced (or unmapped) by remaps in transactions not yet durable: reused only after the
     /// next flush (non-empty only while _unsynced).</summary>
     private readonly List<(long Slot, bool Unmap)> _replaced = new();
+    /// <summary>A writer waits for free slots: the committer flushes instead of leaving commits plain.</summary>
+    private volatile bool _slotsWanted;
     private long _head;
     private ulong _nextSeq;
     private ulong _checkpoints;
