@@ -248,8 +248,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
         await device.FlushAsync(ct);
         await device.WriteAsync(0, sb.Serialize(), fua: true, ct);
         progress?.Report(1);
-        log.Information("Formatted {Device}: {Blocks} blocks of {BlockSize} B, {Algorithm}, journal {JournalBytes} B, chunk {ChunkBytes} B, uuid {Uuid}",
-            name, blocks, g.BlockSize, Tagger.NameOf(g.Algorithm), g.JournalBytes, g.ChunkBytes, sb.Uuid);
+        log.Information("Formatted {Device} as integrity volume {Volume}: {Blocks} blocks of {BlockSize} B, {Algorithm}, journal {JournalBytes} B, chunk {ChunkBytes} B, uuid {Uuid}",
+            name, options.Name ?? name, blocks, g.BlockSize, Tagger.NameOf(g.Algorithm), g.JournalBytes, g.ChunkBytes, sb.Uuid);
         return await OpenAsync(device, new OpenOptions { Key = options.Key, Name = options.Name }, log, ct);
     }
 

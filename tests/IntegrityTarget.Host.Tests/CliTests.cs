@@ -121,6 +121,38 @@ public class CliTests
     }
 
     [Test]
+    public async Task A_new_integrity_lun_is_formatted_and_opened_once_with_the_configured_write_back()
+    {
+        using var dir = new TempDir();
+        var (config, problems) = ConfigTestExtensions.Load(dir.Path,
+            ["--data-dir", ".", "--lun", "i.img", "--size", "4MiB", "--block-size", "512", "--write-back", "false"]);
+        Assert.That(problems.Errors(), Is.Empty);
+        var t = config!.Targets[0];
+        var events = new List<Serilog.Events.LogEvent>();
+        var log = new LoggerConfiguration().MinimumLevel.Verbose().WriteTo.Sink(new ListSink(events)).CreateLogger();
+        var lun = await VolumeOpener.OpenAsync(t, t.Luns[0], log, CancellationToken.None);
+        try
+        {
+            Assert.That((lun.Volume.BlockSize, lun.Volume.BlockCount, lun.Volume.WriteBack, lun.Volume.TagAlgorithm),
+                Is.EqualTo((512, 8192UL, false, "crc32c")));
+            List<string> texts;
+            lock (events) texts = events.Select(e => e.RenderMessage()).ToList();
+            Assert.That(texts.Count(m => m.StartsWith("Formatted ")), Is.EqualTo(1), string.Join("\n", texts));
+            Assert.That(texts.Count(m => m.StartsWith("Opened ")), Is.EqualTo(1), string.Join("\n", texts));
+        }
+        finally
+        {
+            await lun.Volume.DisposeAsync();
+            lun.Device.Dispose();
+        }
+    }
+
+    private sealed class ListSink(List<Serilog.Events.LogEvent> events) : Serilog.Core.ILogEventSink
+    {
+        public void Emit(Serilog.Events.LogEvent e) { lock (events) events.Add(e); }
+    }
+
+    [Test]
     public async Task Opening_a_lun_twice_fails_with_the_key_path_and_file_in_the_message()
     {
         using var dir = new TempDir();

@@ -57,12 +57,10 @@ public static class IntegrityWiring
                         BlockSize = lun.BlockSize, Algorithm = alg, Key = key, Name = name,
                         LogicalBlocks = created ? (ulong)(lun.SizeBytes!.Value / lun.BlockSize) : null,
                     };
-                    var formatted = await IntegrityVolume.FormatAsync(device, options, log, null, ct);
-                    // FormatAsync opens with default options; reopen so write-back and the name apply.
-                    await formatted.DisposeAsync();
-                    var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = lun.WriteBack, Name = name }, log, ct);
-                    log.Information("Formatted {Path} as an integrity volume for {Lun}: {Blocks} blocks of {BlockSize} bytes, {Algorithm} tags",
-                        lun.Path, name, volume.BlockCount, volume.BlockSize, lun.TagAlgorithm);
+                    // FormatAsync opens the new volume under the LUN's name; write-back is a property of the
+                    // open volume, so no second open (and no second "Opened" log event) is needed.
+                    var volume = await IntegrityVolume.FormatAsync(device, options, log, null, ct);
+                    volume.WriteBack = lun.WriteBack;
                     return (volume, device);
                 }
                 case DeviceContent.Blank:
