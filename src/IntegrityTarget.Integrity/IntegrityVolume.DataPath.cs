@@ -670,7 +670,7 @@ public sealed partial class IntegrityVolume
         foreach (var r in recs) apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
         lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
         bool ok = false;
-        try { await ApplyAsync(apply, ct).ConfigureAwait(false); ok = true; }
+        try { await ApplyAsync(apply, ct, sortedUnique: true).ConfigureAwait(false); ok = true; }
         finally
         {
             TaskCompletionSource done;
@@ -703,20 +703,45 @@ public sealed partial class IntegrityVolume
         BinaryPrimitives.WriteUInt64LittleEndian(r[16..], b);
     }
 
-    /// <summary>Writes journaled blocks to their home slots with fresh tags (one tag-region rewrite per slot).</summary>
-    private async ValueTask ApplyAsync(IReadOnlyList<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct)
+    /// <summary>Blocks per home-copy batch below which one thread does all of it.</summary>
+    private const int ParallelApplyBlocks = 512;
+
+    /// <summary>Writes journaled blocks to their home slots with fresh tags (one tag-region rewrite per
+    /// slot); records in list order, so a later record for the same LBA wins. With
+    /// <paramref name="sortedUnique"/> (one record per LBA, sorted by slot then LBA) a large batch (a
+    /// checkpoint after a lap of small random writes) is split at slot boundaries and written by several
+    /// threads: the file device's writes are synchronous system calls, and two parts share no bytes.</summary>
+    private async ValueTask ApplyAsync(IReadOnlyList<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct, bool sortedUnique = false)
+    {
+        int parts = Math.Min(Environment.ProcessorCount, 4);
+        if (!sortedUnique || parts < 2 || recs.Count < ParallelApplyBlocks) { await ApplyRangeAsync(recs, 0, recs.Count, ct).ConfigureAwait(false); return; }
+        var tasks = new List<Task>(parts);
+        int from = 0;
+        for (int k = 1; k <= parts && from < recs.Count; k++)
+        {
+            int to = k == parts ? recs.Count : Math.Max(from, (int)((long)recs.Count * k / parts));
+            while (to < recs.Count && to > from && recs[to].Phys == recs[to - 1].Phys) to++; // never split a slot
+            if (to == from) continue;
+            int f = from, t = to;
+            tasks.Add(Task.Run(async () => await ApplyRangeAsync(recs, f, t, ct).ConfigureAwait(false), CancellationToken.None));
+            from = to;
+        }
+        await Task.WhenAll(tasks).ConfigureAwait(false);
+    }
+
+    private async ValueTask ApplyRangeAsync(IReadOnlyList<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int from, int to, CancellationToken ct)
     {
         var regions = new Dictionary<long, byte[]>();
         int ts = _g.TagSize, tr = _g.TagRegionBytes;
         try
         {
             // Coalesce runs of consecutive blocks in one slot into one write.
-            int i = 0;
-            while (i < recs.Count)
+            int i = from;
+            while (i < to)
             {
                 var (lba, p, _) = recs[i];
                 int j = i + 1;
-                while (j < recs.Count && recs[j].Phys == p && recs[j].Lba == recs[j - 1].Lba + 1 && j - i < _bpc) j++;
+                while (j < to && recs[j].Phys == p && recs[j].Lba == recs[j - 1].Lba + 1 && j - i < _bpc) j++;
                 int idx = (int)(lba % (ulong)_bpc);
                 if (j - i == 1) await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, recs[i].Data, fua: false, ct).ConfigureAwait(false);
                 else

@@ -109,4 +109,49 @@ public class DeferredHomeTests
         Assert.That(await T.ReadOk(v2, 3, 2), Is.EqualTo(T.Pattern(3, 2, Bs, 2)));
         Assert.That(sink.Failures, Is.Empty);
     }
+
+    [Test]
+    public async Task ThousandsOfJournaledBlocksAcrossSlotsGoHomeTogetherWithTheirTags()
+    {
+        // 512 B blocks: 256 per chunk share one tag region, so a home copy split between threads must never
+        // split a slot (two read-modify-writes of one region would lose tags). A journal large enough that
+        // no checkpoint intervenes: the flush copies all 2,880 blocks home in one batch (an odd split point).
+        const int bs = 512, chunks = 15, bpc = 256;
+        ulong blocks = chunks * bpc;
+        var sink = new CapturingSink();
+        using var mem = new MemoryBlockDevice(IntegrityVolume.DeviceBytesFor(blocks, bs, TagAlgorithm.Crc32c, 32L << 20), "mem");
+        await using (var f = await IntegrityVolume.FormatAsync(mem, new FormatOptions { BlockSize = bs, JournalBytes = 32L << 20 }, sink.Logger()))
+            for (ulong c = 0; c < chunks; c++) await T.WriteOk(f, c * bpc, T.Pattern(c * bpc, bpc, bs, 1));
+        // Device calls that yield make the parts of a split home copy interleave, as slow system calls would.
+        var dev = new YieldingDevice(mem);
+        await using var v = await IntegrityVolume.OpenAsync(dev, new OpenOptions { WriteBack = true, IdleHomeMs = Timeout.Infinite }, sink.Logger());
+        var order = Enumerable.Range(0, (int)blocks / 4).OrderBy(i => (i * 7919) % 1031).ToList();
+        foreach (int g in order) await T.WriteOk(v, (ulong)g * 4 + 1, T.Pattern((ulong)g * 4 + 1, 3, bs, 2));
+        Assert.That((await v.FlushAsync()).IsOk);
+        var expect = new byte[blocks * (ulong)bs];
+        for (ulong l = 0; l < blocks; l++) T.Pattern(l, 1, bs, l % 4 == 0 ? 1 : 2).CopyTo(expect, (int)l * bs);
+        // Everything is home now (the overlay is empty): these reads verify the rewritten tag regions.
+        Assert.That(await T.ReadOk(v, 0, (int)blocks), Is.EqualTo(expect));
+        for (ulong l = 1; l < blocks; l += 97)
+        {
+            var home = new byte[bs];
+            await dev.ReadAsync(v.LocateBlock(l)!.Value.DataOffset, home);
+            Assert.That(home, Is.EqualTo(T.Pattern(l, 1, bs, l % 4 == 0 ? 1 : 2)), $"home copy of LBA {l}");
+        }
+        Assert.That(sink.Failures, Is.Empty);
+    }
+
+    private sealed class YieldingDevice(MemoryBlockDevice inner) : IBlockDevice
+    {
+        public string Name => inner.Name;
+        public long Length => inner.Length;
+        public int SectorSize => inner.SectorSize;
+        public bool CanDeallocate => inner.CanDeallocate;
+        public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) { await Task.Yield(); await inner.ReadAsync(offset, buffer, ct); }
+        public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default) { await Task.Yield(); await inner.WriteAsync(offset, data, fua, ct); }
+        public ValueTask FlushAsync(CancellationToken ct = default) => inner.FlushAsync(ct);
+        public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default) => inner.DiscardAsync(offset, length, ct);
+        public (bool Allocated, long Length) GetAllocation(long offset) => inner.GetAllocation(offset);
+        public void Dispose() { }
+    }
 }
