@@ -703,9 +703,6 @@ public sealed partial class IntegrityVolume
         BinaryPrimitives.WriteUInt64LittleEndian(r[16..], b);
     }
 
-    /// <summary>Blocks per home-copy batch below which one thread does all of it.</summary>
-    private const int ParallelApplyBlocks = 512;
-
     /// <summary>Writes journaled blocks to their home slots with fresh tags (one tag-region rewrite per
     /// slot); records in list order, so a later record for the same LBA wins. With
     /// <paramref name="sortedUnique"/> (one record per LBA, sorted by slot then LBA) a large batch (a
@@ -714,7 +711,7 @@ public sealed partial class IntegrityVolume
     private async ValueTask ApplyAsync(IReadOnlyList<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct, bool sortedUnique = false)
     {
         int parts = Math.Min(Environment.ProcessorCount, 4);
-        if (!sortedUnique || parts < 2 || recs.Count < ParallelApplyBlocks) { await ApplyRangeAsync(recs, 0, recs.Count, ct).ConfigureAwait(false); return; }
+        if (!sortedUnique || parts < 2 || recs.Count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, 0, recs.Count, ct).ConfigureAwait(false); return; }
         var tasks = new List<Task>(parts);
         int from = 0;
         for (int k = 1; k <= parts && from < recs.Count; k++)

@@ -39,6 +39,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
     private const int MaxAgeMs = 20;
     /// <summary>Idle time after which journaled blocks are made durable and copied home.</summary>
     private readonly int _idleHomeMs;
+    /// <summary>Home-copy batches of at least this many blocks are split between threads.</summary>
+    private readonly int _parallelApplyBlocks;
     private const int MaxMapRecordsPerUnit = 4096;
 
     private readonly IBlockDevice _dev;
@@ -128,6 +130,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _log = log.ForContext("Volume", Name);
         WriteBack = options.WriteBack;
         _idleHomeMs = options.IdleHomeMs;
+        _parallelApplyBlocks = Math.Max(2, options.ParallelApplyBlocks);
         _map = new long[g.LogicalChunks];
         _committedMap = new long[g.LogicalChunks];
         _overlayInChunk = new int[g.LogicalChunks];
@@ -250,7 +253,11 @@ public sealed partial class IntegrityVolume : IBlockVolume
         progress?.Report(1);
         log.Information("Formatted {Device} as integrity volume {Volume}: {Blocks} blocks of {BlockSize} B, {Algorithm}, journal {JournalBytes} B, chunk {ChunkBytes} B, uuid {Uuid}",
             name, options.Name ?? name, blocks, g.BlockSize, Tagger.NameOf(g.Algorithm), g.JournalBytes, g.ChunkBytes, sb.Uuid);
-        return await OpenAsync(device, new OpenOptions { Key = options.Key, Name = options.Name }, log, ct);
+        var t = options.Tuning ?? new OpenOptions();
+        return await OpenAsync(device, new OpenOptions
+        {
+            Key = options.Key, Name = options.Name, WriteBack = t.WriteBack, IdleHomeMs = t.IdleHomeMs, ParallelApplyBlocks = t.ParallelApplyBlocks,
+        }, log, ct);
     }
 
     private static async ValueTask ZeroAsync(IBlockDevice dev, long offset, long length, CancellationToken ct)

@@ -19,6 +19,9 @@ public sealed class FormatOptions
     public bool Force { get; init; }
     /// <summary>Name used in log events (defaults to the device name).</summary>
     public string? Name { get; init; }
+    /// <summary>Internal knobs (idle time, parallel home copies) for the volume that formatting opens; Key
+    /// and Name always come from these format options.</summary>
+    internal OpenOptions? Tuning { get; init; }
 }
 
 public sealed class OpenOptions
@@ -29,6 +32,9 @@ public sealed class OpenOptions
     /// <summary>Idle time (ms) after which journaled blocks are made durable and copied home; tests set
     /// <see cref="Timeout.Infinite"/> to keep them in the journal.</summary>
     internal int IdleHomeMs { get; init; } = 50;
+    /// <summary>Journaled blocks per home-copy batch from which the batch is split between threads; the
+    /// crash suite lowers it so its small volumes take that path too.</summary>
+    internal int ParallelApplyBlocks { get; init; } = 512;
 }
 
 public enum DeviceContent { Blank, IntegrityVolume, Unknown }
