@@ -487,12 +487,7 @@ public sealed partial class IntegrityVolume
                 catch (Exception e) { Fail(e, batch); }
                 continue;
             }
-            if (syncNow)
-            {
-                try { await SyncAndApplyAsync(CancellationToken.None).ConfigureAwait(false); }
-                catch (Exception e) { Fail(e, new List<Unit>()); }
-                continue;
-            }
+            if (syncNow) { await BackgroundSyncAsync().ConfigureAwait(false); continue; }
             if (stopping) break;
             // Idle with transactions not yet durable or blocks not yet home: make them durable and copy them
             // home, so reads stop consulting the overlay, replaced slots return to the pool, and a power cut
@@ -504,11 +499,16 @@ public sealed partial class IntegrityVolume
             if (!woken && homing && !_abandon)
             {
                 lock (_q) pending = _queue.Count > 0;
-                if (pending) continue;
-                try { await SyncAndApplyAsync(CancellationToken.None).ConfigureAwait(false); }
-                catch (Exception e) { Fail(e, new List<Unit>()); }
+                if (!pending) await BackgroundSyncAsync().ConfigureAwait(false);
             }
         }
+    }
+
+    /// <summary>A durable point the committer reaches on its own (idle, or writers short of slots).</summary>
+    private async ValueTask BackgroundSyncAsync()
+    {
+        try { await SyncAndApplyAsync(CancellationToken.None).ConfigureAwait(false); }
+        catch (Exception e) { Fail(e, []); }
     }
 
     private void Fail(Exception e, List<Unit> batch)
@@ -527,10 +527,10 @@ public sealed partial class IntegrityVolume
 
     /// <summary>
     /// One journal transaction for a batch of commands. Slots written by redirect-on-write are flushed first
-    /// (a durable remap must never point at non-durable data) and a transaction holding remaps is written
-    /// with FUA (replaced slots are reused only once it is durable). A transaction of journaled blocks only
-    /// is made durable only when a command in it asks for it (FUA, flush, write-through); in write-back mode
-    /// it is written without FUA, and its blocks are copied home at the next durable point.
+    /// (a durable remap must never point at non-durable data). The transaction is made durable only when a
+    /// command in it asks for it (FUA, flush, write-through): with FUA when everything before it is durable,
+    /// else written plainly and flushed. Otherwise it is written plainly; the slots its remaps replaced
+    /// return to the pool, and its journaled blocks go home, at the next durable point.
     /// </summary>
     private async ValueTask CommitBatchAsync(List<Unit> batch)
     {
@@ -605,14 +605,10 @@ public sealed partial class IntegrityVolume
             foreach (var u in batch)
                 if (u.FreeAfter != null)
                     foreach (var p in u.FreeAfter) _replaced.Add((p, u.Unmap));
-            if (fua) { await DurableAsync(ct).ConfigureAwait(false); await ApplyPendingAsync(ct).ConfigureAwait(false); }
-            else if (durable || _slotsWanted)
-            {
-                // Also when writers wait for slots: a steady stream of plain commits must not starve them.
-                _unsynced = true;
-                await SyncAndApplyAsync(ct).ConfigureAwait(false);
-            }
-            else _unsynced = true;
+            if (!fua) _unsynced = true;
+            // A durable point (no flush needed after a FUA write); also when writers wait for slots, so a
+            // steady stream of plain commits cannot starve them.
+            if (fua || durable || _slotsWanted) await SyncAndApplyAsync(ct).ConfigureAwait(false);
         }
         else if (durable && _unsynced) await SyncAndApplyAsync(ct).ConfigureAwait(false);
         foreach (var u in batch) u.Done.TrySetResult();
@@ -658,16 +654,14 @@ public sealed partial class IntegrityVolume
     {
         if (_pendingHome.Count == 0) return;
         Debug.Assert(!_unsynced);
-        var recs = new List<DataRec>(_pendingHome.Count);
+        var apply = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(_pendingHome.Count);
         foreach (var r in _pendingHome.Values)
         {
             // Never happens (a committed remap drops its chunk's pending blocks); guards a slot now owned elsewhere.
             if (_committedMap[ChunkOf(r.Lba)] != r.Phys + 1) { Debug.Fail($"pending block {r.Lba} is not in its chunk's slot"); continue; }
-            recs.Add(r);
+            apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
         }
-        recs.Sort(static (x, y) => x.Phys != y.Phys ? x.Phys.CompareTo(y.Phys) : x.Lba.CompareTo(y.Lba));
-        var apply = new List<(ulong, long, ReadOnlyMemory<byte>)>(recs.Count);
-        foreach (var r in recs) apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
+        apply.Sort(static (x, y) => x.Phys != y.Phys ? x.Phys.CompareTo(y.Phys) : x.Lba.CompareTo(y.Lba));
         lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
         bool ok = false;
         try { await ApplyAsync(apply, ct, sortedUnique: true).ConfigureAwait(false); ok = true; }
@@ -720,7 +714,7 @@ public sealed partial class IntegrityVolume
             while (to < recs.Count && to > from && recs[to].Phys == recs[to - 1].Phys) to++; // never split a slot
             if (to == from) continue;
             int f = from, t = to;
-            tasks.Add(Task.Run(async () => await ApplyRangeAsync(recs, f, t, ct).ConfigureAwait(false), CancellationToken.None));
+            tasks.Add(Task.Run(() => ApplyRangeAsync(recs, f, t, ct).AsTask(), CancellationToken.None));
             from = to;
         }
         await Task.WhenAll(tasks).ConfigureAwait(false);

@@ -253,11 +253,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         progress?.Report(1);
         log.Information("Formatted {Device} as integrity volume {Volume}: {Blocks} blocks of {BlockSize} B, {Algorithm}, journal {JournalBytes} B, chunk {ChunkBytes} B, uuid {Uuid}",
             name, options.Name ?? name, blocks, g.BlockSize, Tagger.NameOf(g.Algorithm), g.JournalBytes, g.ChunkBytes, sb.Uuid);
-        var t = options.Tuning ?? new OpenOptions();
-        return await OpenAsync(device, new OpenOptions
-        {
-            Key = options.Key, Name = options.Name, WriteBack = t.WriteBack, IdleHomeMs = t.IdleHomeMs, ParallelApplyBlocks = t.ParallelApplyBlocks,
-        }, log, ct);
+        return await OpenAsync(device, (options.Tuning ?? new OpenOptions()) with { Key = options.Key, Name = options.Name }, log, ct);
     }
 
     private static async ValueTask ZeroAsync(IBlockDevice dev, long offset, long length, CancellationToken ct)

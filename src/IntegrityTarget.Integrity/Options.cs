@@ -24,7 +24,7 @@ public sealed class FormatOptions
     internal OpenOptions? Tuning { get; init; }
 }
 
-public sealed class OpenOptions
+public sealed record OpenOptions
 {
     public ReadOnlyMemory<byte> Key { get; init; }
     public bool WriteBack { get; init; } = true;
