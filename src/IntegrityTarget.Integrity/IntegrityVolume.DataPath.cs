@@ -221,9 +221,9 @@ public sealed partial class IntegrityVolume
                     u.Data ??= new();
                     for (ulong b = s; b < e; b++)
                     {
-                        var buf = ArrayPool<byte>.Shared.Rent(_bs);
-                        piece.Span.Slice((int)(b - s) * _bs, _bs).CopyTo(buf); // private copy: the caller may reuse its buffer
-                        u.Data.Add(new DataRec { Lba = b, Phys = p, Buf = buf });
+                        var rec = _recs.Rent(b, p);
+                        piece.Span.Slice((int)(b - s) * _bs, _bs).CopyTo(rec.Buf); // private copy: the caller may reuse its buffer
+                        u.Data.Add(rec);
                         u.Bytes += _bs + Txn.RecordBytes;
                     }
                 }
@@ -234,7 +234,7 @@ public sealed partial class IntegrityVolume
         catch (Exception ex) when (ex is IOException or OperationCanceledException)
         {
             if (allocated != null) lock (_freeLock) foreach (var p in allocated) _free.Push(p);
-            if (u.Data != null) foreach (var r in u.Data) ArrayPool<byte>.Shared.Return(r.Buf);
+            if (u.Data != null) _recs.Return(u.Data);
             return ex is OperationCanceledException ? new VolumeResult(VolumeStatus.Cancelled, lba) : Classify((IOException)ex, lba);
         }
         finally { _locks.Release(lk); }
@@ -399,9 +399,9 @@ public sealed partial class IntegrityVolume
                         u.Data ??= new();
                         for (ulong b = s; b < e; b++)
                         {
-                            var buf = ArrayPool<byte>.Shared.Rent(_bs);
-                            Array.Clear(buf, 0, _bs);
-                            u.Data.Add(new DataRec { Lba = b, Phys = _map[c] - 1, Buf = buf });
+                            var rec = _recs.Rent(b, _map[c] - 1);
+                            Array.Clear(rec.Buf);
+                            u.Data.Add(rec);
                             u.Bytes += _bs + Txn.RecordBytes;
                         }
                     }
@@ -680,14 +680,14 @@ public sealed partial class IntegrityVolume
             }
             done.TrySetResult();
         }
-        foreach (var r in _pendingHome.Values) ReleaseRec(r);
+        _recs.Return(_pendingHome.Values);
         _pendingHome.Clear();
     }
 
     /// <summary>Returns a block image to the pool once neither the overlay nor the pending set holds it.
     /// Callers guarantee the overlay no longer references it (a newer write or a remap replaced it there,
     /// or it was removed after its home copy).</summary>
-    private static void ReleaseRec(DataRec r) => ArrayPool<byte>.Shared.Return(r.Buf);
+    private void ReleaseRec(DataRec r) => _recs.Return(r);
 
     private static void WriteRecord(Span<byte> txn, int i, uint type, ulong a, ulong b)
     {

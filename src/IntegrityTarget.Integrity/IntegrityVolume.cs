@@ -20,7 +20,38 @@ public sealed partial class IntegrityVolume : IBlockVolume
     {
         public ulong Lba;
         public long Phys;
-        public byte[] Buf = null!;
+        public readonly byte[] Buf;
+        public DataRec(int blockSize) => Buf = new byte[blockSize];
+    }
+
+    /// <summary>
+    /// Journaled block images of this volume, kept for reuse. They live from the write until their home
+    /// copy (up to a journal lap, seconds), so renting them from the shared array pool, which holds only a
+    /// few dozen per size, made every one a fresh allocation that the GC then promoted and collected late.
+    /// Retains at most one journal's worth of blocks.
+    /// </summary>
+    private sealed class RecPool(int blockSize, int capacity)
+    {
+        private readonly Stack<DataRec> _free = new();
+
+        public DataRec Rent(ulong lba, long phys)
+        {
+            DataRec? r = null;
+            lock (_free) _free.TryPop(out r);
+            r ??= new DataRec(blockSize);
+            r.Lba = lba; r.Phys = phys;
+            return r;
+        }
+
+        public void Return(DataRec r)
+        {
+            lock (_free) if (_free.Count < capacity) _free.Push(r);
+        }
+
+        public void Return(IEnumerable<DataRec> recs)
+        {
+            lock (_free) foreach (var r in recs) if (_free.Count < capacity) _free.Push(r); else break;
+        }
     }
 
     /// <summary>One command's worth of journal records: committed together or not at all.</summary>
@@ -50,6 +81,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
     private readonly Tagger _tagger;
     private readonly int _bs;
     private readonly int _bpc;
+    private readonly RecPool _recs;
 
     // Live map (what reads and new writes see, updated when a command is queued) and the committed map
     // (what the journal has made durable; the only one checkpoints write). Entry: 0 = unmapped, else phys + 1.
@@ -126,6 +158,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
     {
         _dev = dev; _sb = sb; _g = g; _tagger = tagger;
         _bs = g.BlockSize; _bpc = g.BlocksPerChunk;
+        _recs = new RecPool(_bs, (int)Math.Min(int.MaxValue, g.JournalAreaBytes / _bs));
         Name = options.Name ?? dev.Name;
         _log = log.ForContext("Volume", Name);
         WriteBack = options.WriteBack;
