@@ -661,10 +661,10 @@ public sealed partial class IntegrityVolume
             if (_committedMap[ChunkOf(r.Lba)] != r.Phys + 1) { Debug.Fail($"pending block {r.Lba} is not in its chunk's slot"); continue; }
             apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
         }
-        apply.Sort(static (x, y) => x.Phys != y.Phys ? x.Phys.CompareTo(y.Phys) : x.Lba.CompareTo(y.Lba));
+        apply.Sort(BySlotThenLba);
         lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
         bool ok = false;
-        try { await ApplyAsync(apply, ct, sortedUnique: true).ConfigureAwait(false); ok = true; }
+        try { await ApplyAsync(apply, ct).ConfigureAwait(false); ok = true; }
         finally
         {
             TaskCompletionSource done;
@@ -697,15 +697,15 @@ public sealed partial class IntegrityVolume
         BinaryPrimitives.WriteUInt64LittleEndian(r[16..], b);
     }
 
-    /// <summary>Writes journaled blocks to their home slots with fresh tags (one tag-region rewrite per
-    /// slot); records in list order, so a later record for the same LBA wins. With
-    /// <paramref name="sortedUnique"/> (one record per LBA, sorted by slot then LBA) a large batch (a
-    /// checkpoint after a lap of small random writes) is split at slot boundaries and written by several
-    /// threads: the file device's writes are synchronous system calls, and two parts share no bytes.</summary>
-    private async ValueTask ApplyAsync(IReadOnlyList<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct, bool sortedUnique = false)
+    /// <summary>Writes journaled blocks to their home slots with fresh tags: <paramref name="recs"/> holds one
+    /// record per LBA, sorted by slot then LBA (only the latest version of a block matters). Each slot's tag
+    /// region is read and written once. A large batch (a checkpoint after a lap of small random writes) is
+    /// split at slot boundaries and written by several threads: the file device's writes are synchronous
+    /// system calls, and two parts share no bytes.</summary>
+    private async ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct)
     {
         int parts = Math.Min(Environment.ProcessorCount, 4);
-        if (!sortedUnique || parts < 2 || recs.Count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, 0, recs.Count, ct).ConfigureAwait(false); return; }
+        if (parts < 2 || recs.Count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, 0, recs.Count, ct).ConfigureAwait(false); return; }
         var tasks = new List<Task>(parts);
         int from = 0;
         for (int k = 1; k <= parts && from < recs.Count; k++)
@@ -720,45 +720,51 @@ public sealed partial class IntegrityVolume
         await Task.WhenAll(tasks).ConfigureAwait(false);
     }
 
-    private async ValueTask ApplyRangeAsync(IReadOnlyList<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int from, int to, CancellationToken ct)
+    /// <summary>Orders records for <see cref="ApplyAsync"/>: by slot, then LBA.</summary>
+    private static int BySlotThenLba((ulong Lba, long Phys, ReadOnlyMemory<byte> Data) x, (ulong Lba, long Phys, ReadOnlyMemory<byte> Data) y) =>
+        x.Phys != y.Phys ? x.Phys.CompareTo(y.Phys) : x.Lba.CompareTo(y.Lba);
+
+    private async ValueTask ApplyRangeAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int from, int to, CancellationToken ct)
     {
-        var regions = new Dictionary<long, byte[]>();
         int ts = _g.TagSize, tr = _g.TagRegionBytes;
+        byte[] region = ArrayPool<byte>.Shared.Rent(tr);
+        byte[] run = ArrayPool<byte>.Shared.Rent(_g.ChunkBytes);
         try
         {
-            // Coalesce runs of consecutive blocks in one slot into one write.
             int i = from;
             while (i < to)
             {
-                var (lba, p, _) = recs[i];
-                int j = i + 1;
-                while (j < to && recs[j].Phys == p && recs[j].Lba == recs[j - 1].Lba + 1 && j - i < _bpc) j++;
-                int idx = (int)(lba % (ulong)_bpc);
-                if (j - i == 1) await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, recs[i].Data, fua: false, ct).ConfigureAwait(false);
-                else
+                long p = recs[i].Phys;
+                int slotEnd = i + 1;
+                while (slotEnd < to && recs[slotEnd].Phys == p) slotEnd++;
+                await _dev.ReadAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), ct).ConfigureAwait(false);
+                // Runs of consecutive blocks go home in one write each.
+                for (int k = i; k < slotEnd;)
                 {
-                    byte[] run = ArrayPool<byte>.Shared.Rent((j - i) * _bs);
-                    for (int k = i; k < j; k++) recs[k].Data.Span.CopyTo(run.AsSpan((k - i) * _bs));
-                    await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, run.AsMemory(0, (j - i) * _bs), fua: false, ct).ConfigureAwait(false);
-                    ArrayPool<byte>.Shared.Return(run);
-                }
-                for (int k = i; k < j; k++)
-                {
-                    if (!regions.TryGetValue(p, out var region))
+                    int j = k + 1;
+                    while (j < slotEnd && recs[j].Lba == recs[j - 1].Lba + 1) j++;
+                    Debug.Assert(j == slotEnd || recs[j].Lba > recs[j - 1].Lba, "home copies must be unique and sorted");
+                    int idx = (int)(recs[k].Lba % (ulong)_bpc);
+                    ReadOnlyMemory<byte> data = recs[k].Data;
+                    if (j - k > 1)
                     {
-                        region = ArrayPool<byte>.Shared.Rent(tr);
-                        await _dev.ReadAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), ct).ConfigureAwait(false);
-                        regions[p] = region;
+                        for (int m = k; m < j; m++) recs[m].Data.Span.CopyTo(run.AsSpan((m - k) * _bs));
+                        data = run.AsMemory(0, (j - k) * _bs);
                     }
-                    int ki = (int)(recs[k].Lba % (ulong)_bpc);
-                    _tagger.ComputeTag(recs[k].Lba, recs[k].Data.Span, region.AsSpan(ki * ts, ts));
+                    await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, data, fua: false, ct).ConfigureAwait(false);
+                    for (int m = k; m < j; m++)
+                        _tagger.ComputeTag(recs[m].Lba, recs[m].Data.Span, region.AsSpan((idx + m - k) * ts, ts));
+                    k = j;
                 }
-                i = j;
-            }
-            foreach (var (p, region) in regions)
                 await _dev.WriteAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), fua: false, ct).ConfigureAwait(false);
+                i = slotEnd;
+            }
         }
-        finally { foreach (var r in regions.Values) ArrayPool<byte>.Shared.Return(r); }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(region);
+            ArrayPool<byte>.Shared.Return(run);
+        }
     }
 
     /// <summary>

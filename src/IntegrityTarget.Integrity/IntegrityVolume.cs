@@ -382,8 +382,14 @@ public sealed partial class IntegrityVolume : IBlockVolume
         if (txns.Count > 0)
         {
             // Replay is idempotent: home writes and map sectors are rewritten from the same journal until
-            // the checkpoint below moves the journal start past them.
-            await ApplyAsync(apply, ct);
+            // the checkpoint below moves the journal start past them. Applying the records in journal order
+            // leaves each block at its last version, so only that one is written.
+            var last = new Dictionary<ulong, int>(apply.Count);
+            for (int i = 0; i < apply.Count; i++) last[apply[i].Lba] = i;
+            var latest = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(last.Count);
+            for (int i = 0; i < apply.Count; i++) if (last[apply[i].Lba] == i) latest.Add(apply[i]);
+            latest.Sort(BySlotThenLba);
+            await ApplyAsync(latest, ct);
             await CheckpointAsync(ct);
         }
         Array.Copy(_committedMap, _map, _map.Length);
