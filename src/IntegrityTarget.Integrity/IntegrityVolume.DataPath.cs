@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using IntegrityTarget.Storage;
 
 namespace IntegrityTarget.Integrity;
@@ -661,7 +662,7 @@ public sealed partial class IntegrityVolume
             if (_committedMap[ChunkOf(r.Lba)] != r.Phys + 1) { Debug.Fail($"pending block {r.Lba} is not in its chunk's slot"); continue; }
             apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
         }
-        apply.Sort(BySlotThenLba);
+        SortForHome(apply);
         lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
         bool ok = false;
         try { await ApplyAsync(apply, ct).ConfigureAwait(false); ok = true; }
@@ -720,9 +721,16 @@ public sealed partial class IntegrityVolume
         await Task.WhenAll(tasks).ConfigureAwait(false);
     }
 
-    /// <summary>Orders records for <see cref="ApplyAsync"/>: by slot, then LBA.</summary>
-    private static int BySlotThenLba((ulong Lba, long Phys, ReadOnlyMemory<byte> Data) x, (ulong Lba, long Phys, ReadOnlyMemory<byte> Data) y) =>
-        x.Phys != y.Phys ? x.Phys.CompareTo(y.Phys) : x.Lba.CompareTo(y.Lba);
+    /// <summary>Orders records for <see cref="ApplyAsync"/>: by slot, then LBA (a chunk's blocks all live in
+    /// its one slot, so slot × blocks-per-chunk + index in chunk is a unique key that sorts as primitives).</summary>
+    private void SortForHome(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs)
+    {
+        var items = CollectionsMarshal.AsSpan(recs);
+        long[] keys = ArrayPool<long>.Shared.Rent(items.Length);
+        for (int i = 0; i < items.Length; i++) keys[i] = items[i].Phys * _bpc + (long)(items[i].Lba % (ulong)_bpc);
+        keys.AsSpan(0, items.Length).Sort(items);
+        ArrayPool<long>.Shared.Return(keys);
+    }
 
     private async ValueTask ApplyRangeAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int from, int to, CancellationToken ct)
     {

@@ -388,7 +388,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
             for (int i = 0; i < apply.Count; i++) last[apply[i].Lba] = i;
             var latest = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(last.Count);
             for (int i = 0; i < apply.Count; i++) if (last[apply[i].Lba] == i) latest.Add(apply[i]);
-            latest.Sort(BySlotThenLba);
+            SortForHome(latest);
             await ApplyAsync(latest, ct);
             await CheckpointAsync(ct);
         }
