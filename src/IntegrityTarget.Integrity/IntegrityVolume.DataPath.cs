@@ -229,7 +229,7 @@ public sealed partial class IntegrityVolume
                     }
                 }
             }
-            Enqueue(u);
+            if (!Enqueue(u)) throw new IOException($"{Name}: volume failed: {_failed?.Message}");
             allocated = null;
         }
         catch (Exception ex) when (ex is IOException or OperationCanceledException)
@@ -314,11 +314,16 @@ public sealed partial class IntegrityVolume
         }
     }
 
-    private void Enqueue(Unit u)
+    /// <summary>Queues a command's records for the committer and shows them to reads; false (nothing
+    /// queued, nothing shown) once the volume has failed, whose committer commits nothing more.</summary>
+    private bool Enqueue(Unit u)
     {
         bool wake;
         lock (_q)
         {
+            // Fail() drains the queue under _q after setting _failed: a unit is either drained (and failed)
+            // or refused here, never left to commit after units queued before it were dropped.
+            if (_failed != null) return false;
             if (u.Maps != null)
                 foreach (var (c, e) in u.Maps)
                 {
@@ -341,6 +346,7 @@ public sealed partial class IntegrityVolume
             wake = first || u.Durable || _queuedBytes >= _watermark;
         }
         if (wake) Wake();
+        return true;
     }
 
     private void RequestCommit()
@@ -358,7 +364,7 @@ public sealed partial class IntegrityVolume
     {
         if (_failed != null) return VolumeResult.Io(0, 0, $"{Name}: volume failed: {_failed.Message}");
         var u = new Unit { Durable = true };
-        Enqueue(u);
+        if (!Enqueue(u)) return VolumeResult.Io(0, 0, $"{Name}: volume failed: {_failed?.Message}");
         var r = await AwaitUnitAsync(u, 0).ConfigureAwait(false);
         if (r.IsOk) Counters.AddFlush();
         return r;
@@ -407,7 +413,11 @@ public sealed partial class IntegrityVolume
                         }
                     }
                 }
-                Enqueue(u);
+                if (!Enqueue(u))
+                {
+                    if (u.Data != null) _recs.Return(u.Data);
+                    return VolumeResult.Io(cur, 0, $"{Name}: volume failed: {_failed?.Message}");
+                }
             }
             finally { _locks.Release(lk); }
             if (u.Durable)
