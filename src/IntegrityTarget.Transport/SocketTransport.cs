@@ -25,7 +25,8 @@ public sealed class SocketTransport : IIscsiTransport
     private readonly HashSet<SocketConnection> _connections = [];
     private readonly object _sync = new();
     private readonly CancellationTokenSource _stop = new();
-    private readonly PipeOptions _pipeOptions;
+    private readonly PipeOptions _inputOptions;
+    private readonly PipeOptions _outputOptions;
 
     public SocketTransport(IscsiServer server, ILogger log)
     {
@@ -34,7 +35,13 @@ public sealed class SocketTransport : IIscsiTransport
         // The pause threshold must exceed the largest frame, or a single PDU could never be completed.
         long maxFrame = 48 + 1020 + 4 + Math.Max(server.Options.MaxRecvDataSegmentLength, 8192) + 8;
         long pause = Math.Max(1 << 20, 2 * maxFrame);
-        _pipeOptions = new PipeOptions(_pool, PipeScheduler.ThreadPool, PipeScheduler.ThreadPool,
+        // Received bytes are framed and dispatched on the receiving thread (inline reader scheduler): without
+        // the thread-pool hop per received segment, 4k QD1 runs 5-28 % more IOPS here, QD32 the same.
+        // Sends keep their own loop: sending inline from whichever task completed a command made 4k QD32
+        // reads 7-38 % slower.
+        _inputOptions = new PipeOptions(_pool, PipeScheduler.Inline, PipeScheduler.ThreadPool,
+            pauseWriterThreshold: pause, resumeWriterThreshold: pause / 2, minimumSegmentSize: 64 * 1024, useSynchronizationContext: false);
+        _outputOptions = new PipeOptions(_pool, PipeScheduler.ThreadPool, PipeScheduler.ThreadPool,
             pauseWriterThreshold: pause, resumeWriterThreshold: pause / 2, minimumSegmentSize: 64 * 1024, useSynchronizationContext: false);
     }
 
@@ -148,8 +155,8 @@ public sealed class SocketTransport : IIscsiTransport
         {
             _owner = owner;
             _socket = socket;
-            _input = new Pipe(owner._pipeOptions);
-            _output = new Pipe(owner._pipeOptions);
+            _input = new Pipe(owner._inputOptions);
+            _output = new Pipe(owner._outputOptions);
         }
 
         public Task Completion => _done.Task;
