@@ -504,14 +504,18 @@ public sealed partial class IntegrityVolume
             // home, so reads stop consulting the overlay, replaced slots return to the pool, and a power cut
             // loses nothing that sat idle (a disk cache's write-back).
             bool homing = !pending && (_pendingHome.Count > 0 || _unsynced);
+            // With nothing left to do, a volume that still pools released block records waits that long
+            // and then lets them go.
+            bool trimming = !pending && !homing && _recs.Count > 0;
             bool woken = true;
-            try { woken = await _wake.WaitAsync(pending ? MaxAgeMs : homing ? _idleHomeMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
+            try { woken = await _wake.WaitAsync(pending ? MaxAgeMs : homing ? _idleHomeMs : trimming ? _idleTrimMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
             catch (OperationCanceledException) { }
             if (!woken && homing && !_abandon)
             {
                 lock (_q) pending = _queue.Count > 0;
                 if (!pending) await BackgroundSyncAsync().ConfigureAwait(false);
             }
+            else if (!woken && trimming) _recs.Trim();
         }
     }
 

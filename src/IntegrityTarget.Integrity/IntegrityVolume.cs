@@ -52,6 +52,11 @@ public sealed partial class IntegrityVolume : IBlockVolume
         {
             lock (_free) foreach (var r in recs) if (_free.Count < capacity) _free.Push(r); else break;
         }
+
+        public int Count { get { lock (_free) return _free.Count; } }
+
+        /// <summary>Drops every pooled record (the GC takes them back).</summary>
+        public void Trim() { lock (_free) _free.Clear(); }
     }
 
     /// <summary>One command's worth of journal records: committed together or not at all.</summary>
@@ -70,6 +75,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
     private const int MaxAgeMs = 20;
     /// <summary>Idle time after which journaled blocks are made durable and copied home.</summary>
     private readonly int _idleHomeMs;
+    /// <summary>Idle time after which the pool of released block records is dropped.</summary>
+    private readonly int _idleTrimMs;
     /// <summary>Home-copy batches of at least this many blocks are split between threads.</summary>
     private readonly int _parallelApplyBlocks;
     private const int MaxMapRecordsPerUnit = 4096;
@@ -153,6 +160,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
     /// <summary>When true, disposing the volume disposes the device.</summary>
     public bool OwnsDevice { get; set; }
     public IBlockDevice Device => _dev;
+    /// <summary>Released journal block records kept for reuse (tests).</summary>
+    internal int PooledRecords => _recs.Count;
 
     private IntegrityVolume(IBlockDevice dev, Superblock sb, Geometry g, Tagger tagger, OpenOptions options, ILogger log)
     {
@@ -163,6 +172,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _log = log.ForContext("Volume", Name);
         WriteBack = options.WriteBack;
         _idleHomeMs = options.IdleHomeMs;
+        _idleTrimMs = options.IdleTrimMs;
         _parallelApplyBlocks = Math.Max(2, options.ParallelApplyBlocks);
         _map = new long[g.LogicalChunks];
         _committedMap = new long[g.LogicalChunks];

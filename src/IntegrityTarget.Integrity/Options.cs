@@ -32,6 +32,9 @@ public sealed record OpenOptions
     /// <summary>Idle time (ms) after which journaled blocks are made durable and copied home; tests set
     /// <see cref="Timeout.Infinite"/> to keep them in the journal.</summary>
     internal int IdleHomeMs { get; init; } = 50;
+    /// <summary>Idle time (ms) after which the volume gives its pool of released journal block buffers
+    /// back to the GC, so a volume that sat idle after a burst of small writes holds no spare memory.</summary>
+    internal int IdleTrimMs { get; init; } = 10_000;
     /// <summary>Journaled blocks per home-copy batch from which the batch is split between threads; the
     /// crash suite lowers it so its small volumes take that path too.</summary>
     internal int ParallelApplyBlocks { get; init; } = 512;

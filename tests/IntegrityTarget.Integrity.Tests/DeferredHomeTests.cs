@@ -51,6 +51,24 @@ public class DeferredHomeTests
     }
 
     [Test]
+    public async Task AnIdleVolumeLetsItsPooledBlockBuffersGoAndStillWritesCorrectlyAfterwards()
+    {
+        var sink = new CapturingSink();
+        using var dev = T.Memory(256);
+        await using (var f = await IntegrityVolume.FormatAsync(dev, T.Format(), sink.Logger()))
+            await T.WriteOk(f, 0, T.Pattern(0, 32, Bs, 1), fua: true);
+        await using var v = await IntegrityVolume.OpenAsync(dev, new OpenOptions { WriteBack = true, IdleHomeMs = 20, IdleTrimMs = 200 }, sink.Logger());
+        await T.WriteOk(v, 2, T.Pattern(2, 5, Bs, 2)); // five journaled blocks
+        int most = 0;
+        for (int i = 0; i < 500 && (most == 0 || v.PooledRecords > 0); i++) { most = Math.Max(most, v.PooledRecords); await Task.Delay(10); }
+        Assert.That(most, Is.EqualTo(5), "after their home copy the five records wait in the pool for reuse");
+        Assert.That(v.PooledRecords, Is.Zero, "an idle volume gives them back");
+        await T.WriteOk(v, 10, T.Pattern(10, 3, Bs, 3));
+        Assert.That(await T.ReadOk(v, 0, 16), Is.EqualTo(T.Pattern(0, 2, Bs, 1).Concat(T.Pattern(2, 5, Bs, 2)).Concat(T.Pattern(7, 3, Bs, 1))
+            .Concat(T.Pattern(10, 3, Bs, 3)).Concat(T.Pattern(13, 3, Bs, 1)).ToArray()));
+    }
+
+    [Test]
     public async Task AnIdleVolumeCopiesJournaledBlocksHomeAndThenSeesDamageThere()
     {
         var (dev, v, sink) = await Mapped(idleHomeMs: 20);
