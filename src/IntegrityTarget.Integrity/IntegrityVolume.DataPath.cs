@@ -174,7 +174,7 @@ public sealed partial class IntegrityVolume
         if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
         if (blocks == 0) return VolumeResult.Success;
         if (ct.IsCancellationRequested) return new VolumeResult(VolumeStatus.Cancelled);
-        if (_failed != null) return VolumeResult.Io(lba, 0, $"{Name}: volume failed: {_failed.Message}");
+        if (_failed != null) return FailedResult(lba);
         ulong done = 0;
         while (done < blocks)
         {
@@ -229,7 +229,7 @@ public sealed partial class IntegrityVolume
                     }
                 }
             }
-            if (!Enqueue(u)) throw new IOException($"{Name}: volume failed: {_failed?.Message}");
+            if (!Enqueue(u)) throw new IOException(FailedMessage);
             allocated = null;
         }
         catch (Exception ex) when (ex is IOException or OperationCanceledException)
@@ -242,6 +242,9 @@ public sealed partial class IntegrityVolume
         if (u.Durable) return await AwaitUnitAsync(u, lba).ConfigureAwait(false);
         return VolumeResult.Success;
     }
+
+    private string FailedMessage => $"{Name}: volume failed: {_failed?.Message}";
+    private VolumeResult FailedResult(ulong lba) => VolumeResult.Io(lba, 0, FailedMessage);
 
     private static VolumeResult Classify(IOException e, ulong lba) =>
         e.HResult == 28 ? new VolumeResult(VolumeStatus.NoSpace, lba, 0, e.Message) : VolumeResult.Io(lba, 0, e.Message);
@@ -362,9 +365,9 @@ public sealed partial class IntegrityVolume
 
     public async ValueTask<VolumeResult> FlushAsync(CancellationToken ct = default)
     {
-        if (_failed != null) return VolumeResult.Io(0, 0, $"{Name}: volume failed: {_failed.Message}");
+        if (_failed != null) return FailedResult(0);
         var u = new Unit { Durable = true };
-        if (!Enqueue(u)) return VolumeResult.Io(0, 0, $"{Name}: volume failed: {_failed?.Message}");
+        if (!Enqueue(u)) return FailedResult(0);
         var r = await AwaitUnitAsync(u, 0).ConfigureAwait(false);
         if (r.IsOk) Counters.AddFlush();
         return r;
@@ -378,7 +381,7 @@ public sealed partial class IntegrityVolume
     {
         if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
         if (blocks == 0) return VolumeResult.Success;
-        if (_failed != null) return VolumeResult.Io(lba, 0, $"{Name}: volume failed: {_failed.Message}");
+        if (_failed != null) return FailedResult(lba);
         ulong end = lba + blocks, cur = lba;
         while (cur < end)
         {
@@ -416,7 +419,7 @@ public sealed partial class IntegrityVolume
                 if (!Enqueue(u))
                 {
                     if (u.Data != null) _recs.Return(u.Data);
-                    return VolumeResult.Io(cur, 0, $"{Name}: volume failed: {_failed?.Message}");
+                    return FailedResult(cur);
                 }
             }
             finally { _locks.Release(lk); }

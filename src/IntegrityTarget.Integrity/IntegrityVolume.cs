@@ -397,17 +397,16 @@ public sealed partial class IntegrityVolume : IBlockVolume
             // A record whose home slot is not its chunk's slot in the replayed map can only come from a
             // journal written after a failed commit; writing it would land in a slot the map does not give
             // that chunk (possibly another chunk's), so it is skipped and reported.
-            var last = new Dictionary<ulong, int>(apply.Count);
+            var last = new Dictionary<ulong, (ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(apply.Count);
             long misplaced = 0;
-            for (int i = 0; i < apply.Count; i++)
+            foreach (var r in apply)
             {
-                if (_committedMap[ChunkOf(apply[i].Lba)] != apply[i].Phys + 1) { misplaced++; continue; }
-                last[apply[i].Lba] = i;
+                if (_committedMap[ChunkOf(r.Lba)] != r.Phys + 1) { misplaced++; continue; }
+                last[r.Lba] = r;
             }
             if (misplaced > 0)
                 _log.Warning("Journal of {Volume}: {Count} journaled blocks name a home slot their chunk is not mapped to; they were not replayed", Name, misplaced);
-            var latest = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(last.Count);
-            for (int i = 0; i < apply.Count; i++) if (last.TryGetValue(apply[i].Lba, out int li) && li == i) latest.Add(apply[i]);
+            var latest = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(last.Values);
             SortForHome(latest);
             await ApplyAsync(latest, ct);
             await CheckpointAsync(ct);
