@@ -13,38 +13,32 @@ public class CommitFailureTests
 {
     private const int Bs = 4096;
 
-    /// <summary>Passes everything to a memory device; while <see cref="Broken"/>, writes and flushes throw,
-    /// and so do the next <see cref="FailNext"/> writes that start inside <see cref="FailArea"/>.</summary>
-    private sealed class BreakableDevice(MemoryBlockDevice inner) : IBlockDevice
+    /// <summary>A memory device whose writes and flushes throw while <see cref="Broken"/>; the next
+    /// <see cref="FailNext"/> writes that start inside <see cref="FailArea"/> throw too. While
+    /// <see cref="Gate"/> is set, writes at or after <see cref="GateFrom"/> announce themselves on
+    /// <see cref="Entered"/> and wait for the gate to open.</summary>
+    private sealed class BreakableDevice(MemoryBlockDevice inner) : ForwardingDevice(inner)
     {
         public volatile bool Broken;
         public int FailNext;
         public (long Offset, long Bytes) FailArea;
-        private bool Fails => Broken;
-        private bool WriteFails(long offset) => Broken ||
-            (offset >= FailArea.Offset && offset < FailArea.Offset + FailArea.Bytes && Volatile.Read(ref FailNext) > 0 && Interlocked.Decrement(ref FailNext) >= 0);
-        public string Name => "breakable";
-        public long Length => inner.Length;
-        public int SectorSize => inner.SectorSize;
-        public bool CanDeallocate => inner.CanDeallocate;
-        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
-        /// <summary>While set, writes at or after <see cref="GateFrom"/> announce themselves on
-        /// <see cref="Entered"/> and wait for the gate to open.</summary>
         public volatile TaskCompletionSource? Gate;
         public TaskCompletionSource Entered = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public long GateFrom = long.MaxValue;
+        public override string Name => "breakable";
 
-        public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+        private bool WriteFails(long offset) => Broken ||
+            (offset >= FailArea.Offset && offset < FailArea.Offset + FailArea.Bytes && Volatile.Read(ref FailNext) > 0 && Interlocked.Decrement(ref FailNext) >= 0);
+
+        public override async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
         {
             if (Gate is { } gate && offset >= GateFrom) { Entered.TrySetResult(); await gate.Task; }
             if (WriteFails(offset)) throw new IOException("simulated write error");
-            await inner.WriteAsync(offset, data, fua, ct);
+            await Inner.WriteAsync(offset, data, fua, ct);
         }
-        public ValueTask FlushAsync(CancellationToken ct = default) =>
-            Fails ? ValueTask.FromException(new IOException("simulated flush error")) : inner.FlushAsync(ct);
-        public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default) => inner.DiscardAsync(offset, length, ct);
-        public (bool Allocated, long Length) GetAllocation(long offset) => inner.GetAllocation(offset);
-        public void Dispose() { }
+
+        public override ValueTask FlushAsync(CancellationToken ct = default) =>
+            Broken ? ValueTask.FromException(new IOException("simulated flush error")) : Inner.FlushAsync(ct);
     }
 
     private static async Task<(MemoryBlockDevice Mem, BreakableDevice Dev)> Formatted(ulong blocks)

@@ -159,17 +159,9 @@ public class DeferredHomeTests
         Assert.That(sink.Failures, Is.Empty);
     }
 
-    private sealed class YieldingDevice(MemoryBlockDevice inner) : IBlockDevice
+    private sealed class YieldingDevice(MemoryBlockDevice inner) : ForwardingDevice(inner)
     {
-        public string Name => inner.Name;
-        public long Length => inner.Length;
-        public int SectorSize => inner.SectorSize;
-        public bool CanDeallocate => inner.CanDeallocate;
-        public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) { await Task.Yield(); await inner.ReadAsync(offset, buffer, ct); }
-        public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default) { await Task.Yield(); await inner.WriteAsync(offset, data, fua, ct); }
-        public ValueTask FlushAsync(CancellationToken ct = default) => inner.FlushAsync(ct);
-        public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default) => inner.DiscardAsync(offset, length, ct);
-        public (bool Allocated, long Length) GetAllocation(long offset) => inner.GetAllocation(offset);
-        public void Dispose() { }
+        public override async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) { await Task.Yield(); await Inner.ReadAsync(offset, buffer, ct); }
+        public override async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default) { await Task.Yield(); await Inner.WriteAsync(offset, data, fua, ct); }
     }
 }

@@ -73,3 +73,19 @@ internal static class T
         d.Write(offset, b);
     }
 }
+
+/// <summary>Passes every call to a memory device; tests override the calls they disturb.</summary>
+internal class ForwardingDevice(MemoryBlockDevice inner) : IBlockDevice
+{
+    protected MemoryBlockDevice Inner => inner;
+    public virtual string Name => inner.Name;
+    public long Length => inner.Length;
+    public int SectorSize => inner.SectorSize;
+    public bool CanDeallocate => inner.CanDeallocate;
+    public virtual ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
+    public virtual ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default) => inner.WriteAsync(offset, data, fua, ct);
+    public virtual ValueTask FlushAsync(CancellationToken ct = default) => inner.FlushAsync(ct);
+    public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default) => inner.DiscardAsync(offset, length, ct);
+    public (bool Allocated, long Length) GetAllocation(long offset) => inner.GetAllocation(offset);
+    public void Dispose() { }
+}
