@@ -63,7 +63,13 @@ declare -A best
 for ((r = 0; r < rounds; r++)); do
   for j in "${jobs[@]}"; do
     read -r name rw bs depth <<<"$j"
-    for t in "${targets[@]}"; do
+    # The targets take turns going first, and every cell starts with no dirty page cache: otherwise the
+    # kernel writes back one target's unsynced writes (integrity off and tgt never sync during a job)
+    # while the next target's cell is being timed, and that cell pays for them.
+    n=${#targets[@]}
+    for ((k = 0; k < n; k++)); do
+      t=${targets[$(( (k + r) % n ))]}
+      sync
       read -r iops mbs <<<"$(run_fio "$t" "$rw" "$bs" "$depth")"
       key="$name/$t"
       # keep the best of the rounds for each cell (least disturbed by foreign load)
@@ -81,4 +87,4 @@ for j in "${jobs[@]}"; do
   python3 -c "print('| $name | $ti ($tm) | $oi ($om) | $fi ($fm) | $di ($dm) | %.2f | %.2f | %.2f |' % ($oi / max($ti, 1), $oi / max($fi, 1), $di / max($fi, 1)))"
 done
 echo
-echo "fio $("$FIO" --version), runtime ${runtime}s per cell, best of $rounds rounds, size $size, $(nproc) cores, $(date -u +%F)"
+echo "fio $("$FIO" --version), runtime ${runtime}s per cell, best of $rounds rounds (targets take turns going first; sync before every cell), size $size, $(nproc) cores, $(date -u +%F)"
