@@ -191,6 +191,9 @@ public sealed partial class IntegrityVolume : IBlockVolume
         return Geometry.Compute(blockSize, alg, logicalBlocks, journalBytes).DeviceBytes;
     }
 
+    /// <summary>The journal size format uses when <see cref="FormatOptions.JournalBytes"/> is not given.</summary>
+    public static long DefaultJournalBytes(ulong logicalBlocks, int blockSize) => Geometry.DefaultJournalBytes(logicalBlocks, blockSize);
+
     public static ulong LogicalBlocksFor(long deviceBytes, int blockSize, TagAlgorithm alg, long? journalBytes = null)
     {
         CheckBlockSize(blockSize, "sizing");

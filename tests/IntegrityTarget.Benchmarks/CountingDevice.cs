@@ -17,16 +17,20 @@ internal sealed class CountingDevice(IBlockDevice inner, long flushEveryBytes = 
     public int SectorSize => inner.SectorSize;
     public bool CanDeallocate => inner.CanDeallocate;
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
-    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
     {
         Interlocked.Add(ref _written, data.Length);
         if (fua) Interlocked.Increment(ref _flushes);
+        // Only the synced baseline pays for an async wrapper; the volumes' writes pass straight through.
+        return flushEveryBytes > 0 ? WriteThenMaybeFlushAsync(offset, data, fua, ct) : inner.WriteAsync(offset, data, fua, ct);
+    }
+
+    private async ValueTask WriteThenMaybeFlushAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct)
+    {
         await inner.WriteAsync(offset, data, fua, ct);
-        if (flushEveryBytes > 0 && Interlocked.Add(ref _sinceFlush, data.Length) >= flushEveryBytes)
-        {
-            Interlocked.Exchange(ref _sinceFlush, 0);
-            await FlushAsync(ct);
-        }
+        if (Interlocked.Add(ref _sinceFlush, data.Length) < flushEveryBytes) return;
+        Interlocked.Exchange(ref _sinceFlush, 0);
+        await FlushAsync(ct);
     }
     public ValueTask FlushAsync(CancellationToken ct = default) { Interlocked.Increment(ref _flushes); return inner.FlushAsync(ct); }
     public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default) => inner.DiscardAsync(offset, length, ct);

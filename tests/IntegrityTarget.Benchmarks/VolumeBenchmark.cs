@@ -33,7 +33,7 @@ internal static class VolumeBenchmark
         string path = Path.Combine(dir, $"itv-bench-{Environment.ProcessId}.img");
         Console.WriteLine($"backing file {path}: {fileBytes >> 20} MiB; logical {sizeMiB} MiB of 4 KiB blocks; {Environment.ProcessorCount} cores; {seconds} s per job");
         var results = new Dictionary<string, List<Job>>();
-        long journalBytes = Math.Clamp((sizeMiB << 20) / 32, 2L << 20, 64L << 20); // the volume's default journal
+        long journalBytes = IntegrityVolume.DefaultJournalBytes(blocks, 4096);
         var notes = new List<string>();
         try
         {

@@ -66,9 +66,8 @@ for ((r = 0; r < rounds; r++)); do
     # The targets take turns going first, and every cell starts with no dirty page cache: otherwise the
     # kernel writes back one target's unsynced writes (integrity off and tgt never sync during a job)
     # while the next target's cell is being timed, and that cell pays for them.
-    n=${#targets[@]}
-    for ((k = 0; k < n; k++)); do
-      t=${targets[$(( (k + r) % n ))]}
+    for ((k = 0; k < ${#targets[@]}; k++)); do
+      t=${targets[$(( (k + r) % ${#targets[@]} ))]}
       sync
       read -r iops mbs <<<"$(run_fio "$t" "$rw" "$bs" "$depth")"
       key="$name/$t"
