@@ -105,8 +105,15 @@ public sealed class SocketTransport : IIscsiTransport
                 continue;
             }
             socket.NoDelay = true;
-            var connection = new SocketConnection(this, socket);
-            lock (_sync) _connections.Add(connection);
+            SocketConnection connection;
+            lock (_sync)
+            {
+                // A socket accepted while StopAsync runs would miss its snapshot of the connections and
+                // stay open: StopAsync cancels before it takes the snapshot under this lock, so check here.
+                if (_stop.IsCancellationRequested) { socket.Dispose(); return; }
+                connection = new SocketConnection(this, socket);
+                _connections.Add(connection);
+            }
             _ = connection.RunAsync();
         }
     }
