@@ -59,7 +59,7 @@ print("%.0f %.1f" % (d["iops"], d["bw_bytes"] / 1e6))' <<<"$out"
 # Precondition: fill every LUN once so reads do not hit holes.
 for t in "${targets[@]}"; do "$FIO" --name=fill --ioengine=libiscsi --filename="${url[$t]}" --rw=write --bs=1M --iodepth=8 --size="$size" >/dev/null 2>&1; done
 
-declare -A best
+declare -A best all
 for ((r = 0; r < rounds; r++)); do
   for j in "${jobs[@]}"; do
     read -r name rw bs depth <<<"$j"
@@ -71,19 +71,26 @@ for ((r = 0; r < rounds; r++)); do
       sync
       read -r iops mbs <<<"$(run_fio "$t" "$rw" "$bs" "$depth")"
       key="$name/$t"
+      all[$key]="${all[$key]:-}${all[$key]:+,}$iops"
       # keep the best of the rounds for each cell (least disturbed by foreign load)
       if [[ -z "${best[$key]:-}" ]] || python3 -c "import sys; sys.exit(0 if $iops > ${best[$key]%% *} else 1)"; then best[$key]="$iops $mbs"; fi
     done
   done
 done
 
-echo "| job | tgt IOPS (MB/s) | integrity on | integrity off | off, DotNetty | on/tgt | on/off | DotNetty/pipelines |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| job | tgt IOPS (MB/s) | integrity on | integrity off | off, DotNetty | on/tgt | on/off | on/off per round: mean (min–max) | DotNetty/pipelines |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for j in "${jobs[@]}"; do
   read -r name _ <<<"$j"
   read -r ti tm <<<"${best[$name/tgt]}"; read -r oi om <<<"${best[$name/on]}"; read -r fi fm <<<"${best[$name/off]}"
   read -r di dm <<<"${best[$name/dotnetty]}"
-  python3 -c "print('| $name | $ti ($tm) | $oi ($om) | $fi ($fm) | $di ($dm) | %.2f | %.2f | %.2f |' % ($oi / max($ti, 1), $oi / max($fi, 1), $di / max($fi, 1)))"
+  # Best-of-rounds picks each target's luckiest cell; the per-round ratio (the two cells of one round ran
+  # minutes apart at most) and its spread show how far this machine's noise moves the comparison.
+  python3 -c "
+on = [$(echo "${all[$name/on]}")]; off = [$(echo "${all[$name/off]}")]
+rr = [a / max(b, 1) for a, b in zip(on, off)]
+print('| $name | $ti ($tm) | $oi ($om) | $fi ($fm) | $di ($dm) | %.2f | %.2f | %.2f (%.2f–%.2f) | %.2f |' % (
+    $oi / max($ti, 1), $oi / max($fi, 1), sum(rr) / len(rr), min(rr), max(rr), $di / max($fi, 1)))"
 done
 echo
 echo "fio $("$FIO" --version), runtime ${runtime}s per cell, best of $rounds rounds (targets take turns going first; sync before every cell), size $size, $(nproc) cores, $(date -u +%F)"
