@@ -59,7 +59,8 @@ print("%.0f %.1f" % (d["iops"], d["bw_bytes"] / 1e6))' <<<"$out"
 # Precondition: fill every LUN once so reads do not hit holes.
 for t in "${targets[@]}"; do "$FIO" --name=fill --ioengine=libiscsi --filename="${url[$t]}" --rw=write --bs=1M --iodepth=8 --size="$size" >/dev/null 2>&1; done
 
-declare -A best all
+# Every cell of every round, "job target round iops MB/s" per line; the table is derived from it.
+cells=$work/cells.txt
 for ((r = 0; r < rounds; r++)); do
   for j in "${jobs[@]}"; do
     read -r name rw bs depth <<<"$j"
@@ -69,28 +70,32 @@ for ((r = 0; r < rounds; r++)); do
     for ((k = 0; k < ${#targets[@]}; k++)); do
       t=${targets[$(( (k + r) % ${#targets[@]} ))]}
       sync
-      read -r iops mbs <<<"$(run_fio "$t" "$rw" "$bs" "$depth")"
-      key="$name/$t"
-      all[$key]="${all[$key]:-}${all[$key]:+,}$iops"
-      # keep the best of the rounds for each cell (least disturbed by foreign load)
-      if [[ -z "${best[$key]:-}" ]] || python3 -c "import sys; sys.exit(0 if $iops > ${best[$key]%% *} else 1)"; then best[$key]="$iops $mbs"; fi
+      echo "$name $t $r $(run_fio "$t" "$rw" "$bs" "$depth")" >>"$cells"
     done
   done
 done
 
-echo "| job | tgt IOPS (MB/s) | integrity on | integrity off | off, DotNetty | on/tgt | on/off | on/off per round: mean (min–max) | DotNetty/pipelines |"
-echo "|---|---|---|---|---|---|---|---|---|"
-for j in "${jobs[@]}"; do
-  read -r name _ <<<"$j"
-  read -r ti tm <<<"${best[$name/tgt]}"; read -r oi om <<<"${best[$name/on]}"; read -r fi fm <<<"${best[$name/off]}"
-  read -r di dm <<<"${best[$name/dotnetty]}"
-  # Best-of-rounds picks each target's luckiest cell; the per-round ratio (the two cells of one round ran
-  # minutes apart at most) and its spread show how far this machine's noise moves the comparison.
-  python3 -c "
-on = [$(echo "${all[$name/on]}")]; off = [$(echo "${all[$name/off]}")]
-rr = [a / max(b, 1) for a, b in zip(on, off)]
-print('| $name | $ti ($tm) | $oi ($om) | $fi ($fm) | $di ($dm) | %.2f | %.2f | %.2f (%.2f–%.2f) | %.2f |' % (
-    $oi / max($ti, 1), $oi / max($fi, 1), sum(rr) / len(rr), min(rr), max(rr), $di / max($fi, 1)))"
-done
+# Best of the rounds per cell (the one least disturbed by foreign load) for the IOPS columns. Best-of picks
+# each target's luckiest cell, so the on/off ratio of each round (its two cells ran minutes apart at most),
+# with its mean and spread, shows how far this machine's noise moves the comparison.
+python3 - "$cells" "${jobs[@]}" <<'PY'
+import sys
+cells = {}
+for line in open(sys.argv[1]):
+    job, target, rnd, iops, mbs = line.split()
+    cells.setdefault((job, target), {})[int(rnd)] = (float(iops), mbs)
+print("| job | tgt IOPS (MB/s) | integrity on | integrity off | off, DotNetty | on/tgt | on/off | on/off per round: mean (min–max) | DotNetty/pipelines |")
+print("|---|---|---|---|---|---|---|---|---|")
+for spec in sys.argv[2:]:
+    job = spec.split()[0]
+    best = {t: max(cells[(job, t)].values(), key=lambda c: c[0]) for t in ("tgt", "on", "off", "dotnetty")}
+    show = lambda t: "%.0f (%s)" % best[t]
+    on, off = cells[(job, "on")], cells[(job, "off")]
+    rr = [on[r][0] / max(off[r][0], 1) for r in sorted(on)]
+    iops = {t: best[t][0] for t in best}
+    print("| %s | %s | %s | %s | %s | %.2f | %.2f | %.2f (%.2f–%.2f) | %.2f |" % (
+        job, show("tgt"), show("on"), show("off"), show("dotnetty"), iops["on"] / max(iops["tgt"], 1),
+        iops["on"] / max(iops["off"], 1), sum(rr) / len(rr), min(rr), max(rr), iops["dotnetty"] / max(iops["off"], 1)))
+PY
 echo
 echo "fio $("$FIO" --version), runtime ${runtime}s per cell, best of $rounds rounds (targets take turns going first; sync before every cell), size $size, $(nproc) cores, $(date -u +%F)"
