@@ -12,8 +12,18 @@ public interface IBlockDevice : IDisposable
     /// <summary>Human-readable identity (path or test name), used in messages.</summary>
     string Name { get; }
 
-    /// <summary>Size in bytes. Fixed for the lifetime of the device object.</summary>
+    /// <summary>Size in bytes. Changes only through <see cref="GrowAsync"/>.</summary>
     long Length { get; }
+
+    /// <summary>Whether <see cref="GrowAsync"/> can enlarge the device (a file or an RBD image can; a block device cannot).</summary>
+    bool CanGrow => false;
+
+    /// <summary>
+    /// Enlarges the device to <paramref name="newLength"/> bytes; the new bytes read as zeros. The new
+    /// length is durable when the call returns. Never shrinks.
+    /// </summary>
+    ValueTask GrowAsync(long newLength, CancellationToken ct = default) =>
+        throw new NotSupportedException($"{Name}: this device cannot grow");
 
     /// <summary>Unit a power cut can tear at (512 for every implementation here).</summary>
     int SectorSize { get; }

@@ -14,7 +14,24 @@ public interface IBlockVolume : IAsyncDisposable
     /// <summary>512 or 4096.</summary>
     int BlockSize { get; }
 
+    /// <summary>
+    /// Logical blocks. May grow while the volume is served (<see cref="GrowAsync"/>), never shrinks:
+    /// read it once per command.
+    /// </summary>
     ulong BlockCount { get; }
+
+    /// <summary>Whether <see cref="GrowAsync"/> can enlarge this volume in place while it is served.</summary>
+    bool CanGrow => false;
+
+    /// <summary>
+    /// Grows the volume to <paramref name="newBlockCount"/> blocks (more than <see cref="BlockCount"/>),
+    /// growing the device underneath when needed. Crash-safe: after a crash at any point the volume
+    /// opens with the old or the new size, every block readable and verified. <see cref="BlockCount"/>
+    /// changes only once the new size is durable. A smaller or equal count, or a volume that cannot
+    /// grow, is an error value with a clear <see cref="VolumeResult.Detail"/>, never a partial grow.
+    /// </summary>
+    ValueTask<VolumeResult> GrowAsync(ulong newBlockCount, CancellationToken ct = default) =>
+        ValueTask.FromResult(VolumeResult.Unsupported($"{Name}: this volume cannot grow while served"));
 
     /// <summary>Largest write (in blocks) that is atomic across a crash: old or new, never torn.</summary>
     uint MaxAtomicWriteBlocks { get; }
@@ -70,6 +87,8 @@ public enum VolumeStatus
     NoSpace,
     /// <summary>The operation was cancelled before it touched the backend.</summary>
     Cancelled,
+    /// <summary>The volume cannot do what was asked (e.g. grow, or shrink); <see cref="VolumeResult.Detail"/> says why.</summary>
+    Unsupported,
 }
 
 /// <summary>Outcome of a volume operation. <see cref="GoodBlocks"/> = blocks completed before <see cref="Lba"/>.</summary>
@@ -80,6 +99,7 @@ public readonly record struct VolumeResult(VolumeStatus Status, ulong Lba = 0, u
     public static VolumeResult Integrity(ulong lba, ulong goodBlocks, string? detail = null) => new(VolumeStatus.IntegrityError, lba, goodBlocks, detail);
     public static VolumeResult Io(ulong lba, ulong goodBlocks, string? detail) => new(VolumeStatus.IoError, lba, goodBlocks, detail);
     public static VolumeResult Range(ulong lba) => new(VolumeStatus.OutOfRange, lba);
+    public static VolumeResult Unsupported(string detail) => new(VolumeStatus.Unsupported, Detail: detail);
 }
 
 /// <summary>An extent of blocks sharing one provisioning state.</summary>
