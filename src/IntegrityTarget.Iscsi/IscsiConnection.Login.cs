@@ -214,33 +214,42 @@ public sealed partial class IscsiConnection
         return new LoginReply((byte)(0x80 | (csg << 2) | 3), session.Tsih);
     }
 
+    /// <summary>
+    /// Declarative keys (names, alias, session type). An initiator may repeat one in a later login
+    /// request of the same login (libiscsi re-sends InitiatorName and SessionType after AuthMethod=None):
+    /// the same value again is accepted, a different value is an initiator error.
+    /// </summary>
     private void ApplyDeclarative(string key, string value, bool first)
     {
         switch (key)
         {
             case "InitiatorName":
-                if (_initiatorName is not null && _initiatorName != value) throw new LoginFailure(LoginStatus.InitiatorError, "InitiatorName changed during login");
                 if (value.Length == 0 || value.Length > 223) throw new LoginFailure(LoginStatus.InitiatorError, "InitiatorName empty or longer than 223 bytes");
-                _initiatorName = value;
+                _initiatorName = Declare(key, _initiatorName, value);
                 break;
             case "TargetName":
-                if (_targetName is not null && _targetName != value) throw new LoginFailure(LoginStatus.InitiatorError, "TargetName changed during login");
-                _targetName = value;
+                _targetName = Declare(key, _targetName, value);
                 break;
             case "InitiatorAlias":
-                _initiatorAlias = value;
+                _initiatorAlias = Declare(key, _initiatorAlias, value);
                 break;
             case "SessionType":
-                if (!first) throw new LoginFailure(LoginStatus.InitiatorError, "SessionType after the first login request");
-                _discovery = value switch
+                bool discovery = value switch
                 {
                     "Discovery" => true,
                     "Normal" => false,
                     _ => throw new LoginFailure(LoginStatus.SessionTypeNotSupported, $"SessionType '{value}' not supported"),
                 };
+                // Absent from the first request means Normal (RFC 7143 §13.3); later it may only be repeated.
+                if (!first && discovery != _discovery)
+                    throw new LoginFailure(LoginStatus.InitiatorError, $"SessionType changed to {value} during login");
+                _discovery = discovery;
                 break;
         }
     }
+
+    private static string Declare(string key, string? current, string value) =>
+        current is null || current == value ? value : throw new LoginFailure(LoginStatus.InitiatorError, $"{key} changed during login");
 
     private void ValidateLeadingLogin()
     {

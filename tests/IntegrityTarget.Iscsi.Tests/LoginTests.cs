@@ -145,6 +145,34 @@ public class LoginTests
         Assert.That(r.Tsih, Is.Not.Zero);
     }
 
+    [Test]
+    public async Task Declarative_keys_repeated_with_the_same_value_after_AuthMethod_None_are_accepted()
+    {
+        // libiscsi's second login request repeats InitiatorName and SessionType after the target chose AuthMethod=None.
+        await using var server = TestTargets.Server(new FakeScsiTarget());
+        var i = new MemoryInitiator(server);
+        await i.SendAsync(TestPdu.Login([$"InitiatorName={TestTargets.Initiator}", "SessionType=Discovery", "AuthMethod=CHAP,None"], 0, 1, true));
+        var r1 = await i.ExpectAsync(Opcode.LoginResponse);
+        Assert.That(r1.Keys()["AuthMethod"], Is.EqualTo("None"));
+        await i.SendAsync(TestPdu.Login([$"InitiatorName={TestTargets.Initiator}", "SessionType=Discovery", "HeaderDigest=None"], 1, 3, true));
+        var r2 = await i.ExpectAsync(Opcode.LoginResponse);
+        Assert.That(r2.LoginStatus, Is.EqualTo(0));
+        Assert.That(i.Connection.IsFullFeature, Is.True);
+    }
+
+    [TestCase("SessionType=Normal", TestName = "Declarative_key_changed_during_login_fails_with_0200(SessionType)")]
+    [TestCase("InitiatorName=iqn.2026-11.test:someone-else", TestName = "Declarative_key_changed_during_login_fails_with_0200(InitiatorName)")]
+    public async Task Declarative_key_changed_during_login_fails_with_0200(string changed)
+    {
+        await using var server = TestTargets.Server(new FakeScsiTarget());
+        var i = new MemoryInitiator(server);
+        await i.SendAsync(TestPdu.Login([$"InitiatorName={TestTargets.Initiator}", "SessionType=Discovery", "AuthMethod=None"], 0, 1, true));
+        Assert.That((await i.ExpectAsync(Opcode.LoginResponse)).LoginStatus, Is.EqualTo(0));
+        await i.SendAsync(TestPdu.Login([changed], 1, 3, true));
+        Assert.That((await i.ExpectAsync(Opcode.LoginResponse)).LoginStatus, Is.EqualTo(0x0200));
+        await i.Connection.Closed.WaitAsync(MemoryInitiator.Timeout);
+    }
+
     private static async Task<(MemoryInitiator I, TestPdu Challenge)> ChapStartAsync(IscsiServer server)
     {
         var i = new MemoryInitiator(server);

@@ -55,6 +55,17 @@ public class BasicClientTests
     }
 
     [Test]
+    public void Iscsi_ls_with_CHAP_credentials_in_the_URL_logs_in_where_no_CHAP_is_required()
+    {
+        // libiscsi offers CHAP,None and, after the target answers None, repeats InitiatorName and
+        // SessionType in its next login request: both the discovery and the normal sessions must accept that.
+        int failedBefore = _srv.CountLog("Login failed");
+        var r = Libiscsi("iscsi-ls", "-s", $"iscsi://client%twelve-chars-secret@127.0.0.1:{_srv.Port}/");
+        Assert.That(r.StdOut, Does.Match($@"Target:{Regex.Escape(_srv.Iqn)} [^\n]*\nLun:0\s+Type:DIRECT_ACCESS"), () => r.Describe());
+        Assert.That(_srv.CountLog("Login failed"), Is.EqualTo(failedBefore), () => _srv.Output(40));
+    }
+
+    [Test]
     public void Iscsi_inq_standard_inquiry_describes_a_direct_access_disk()
     {
         var r = Libiscsi("iscsi-inq", _srv.Url(0));
