@@ -14,10 +14,11 @@ public enum CrashMode
     TearWrites,
 }
 
-public enum DeviceOperationKind { Write, Flush, Discard }
+public enum DeviceOperationKind { Write, Flush, Discard, Grow }
 
 /// <summary>One mutating device call, as recorded by a <see cref="CrashSimulatingDevice"/> created with <c>record: true</c>.
-/// Replaying a prefix of the record into a fresh device reproduces the device state at that crash point.</summary>
+/// Replaying a prefix of the record into a fresh device reproduces the device state at that crash point.
+/// A grow is recorded as a <see cref="DeviceOperationKind.Grow"/> (new length in <see cref="Length"/>) followed by the flush that makes it durable.</summary>
 public sealed record DeviceOperation(DeviceOperationKind Kind, long Offset, long Length, bool Fua, ReadOnlyMemory<byte> Data);
 
 /// <summary>
@@ -26,6 +27,10 @@ public sealed record DeviceOperation(DeviceOperationKind Kind, long Offset, long
 /// and <see cref="FlushAsync"/> make data durable. <see cref="Crash"/> returns a new image of what a power
 /// cut would leave, reproducibly from a seed. <see cref="CrashAfterOperations"/> makes the power go away
 /// after a number of further mutating calls, so a crash can land in the middle of a volume's own sequence.
+/// A grow is modelled as a file's is (ftruncate, then fsync): the new length is pending, visible to I/O
+/// at once, and becomes durable at the next flush or FUA write (<see cref="GrowAsync"/> issues that flush
+/// itself, as a separate crash point); a crash before then may leave the old length, losing anything
+/// written past it.
 /// Meant for test-sized devices: pending state costs memory per sector. Thread-safe (one lock).
 /// </summary>
 public sealed class CrashSimulatingDevice : IBlockDevice
@@ -47,6 +52,7 @@ public sealed class CrashSimulatingDevice : IBlockDevice
     private readonly List<Pending> _pending = new();
     private readonly Dictionary<long, (Pending Op, int Index)> _newest = new();
     private readonly List<DeviceOperation>? _record;
+    private long _length; // visible length; the medium's length is the durable one
     private long _powerBudget = -1; // mutating calls left before the power goes; -1 = no crash armed
     private bool _powerLost;
     private long _ops, _writes, _fuaWrites, _flushes, _discards;
@@ -57,13 +63,18 @@ public sealed class CrashSimulatingDevice : IBlockDevice
     {
         _durable = durable;
         _record = record ? new List<DeviceOperation>() : null;
+        _length = durable.Length;
         Name = name ?? $"crash-sim({durable.Name})";
     }
 
     public string Name { get; }
-    public long Length => _durable.Length;
+    /// <summary>The length I/O sees, a grow not yet durable included.</summary>
+    public long Length { get { lock (_lock) return _length; } }
     public int SectorSize => Sector;
     public bool CanDeallocate => true;
+    public bool CanGrow => true;
+    /// <summary>The length a power cut now is sure to leave (the medium's).</summary>
+    public long DurableLength => _durable.Length;
 
     /// <summary>Mutating calls (writes, flushes, discards) that completed; the index space of crash points.</summary>
     public long OperationCount { get { lock (_lock) return _ops; } }
@@ -102,9 +113,12 @@ public sealed class CrashSimulatingDevice : IBlockDevice
         lock (_lock)
         {
             if (_powerLost) throw PowerGone("read", offset);
-            _durable.Read(offset, buffer.Span);
-            if (_newest.Count == 0) return ValueTask.CompletedTask;
             var span = buffer.Span;
+            // Past the durable end (a pending grow) the medium has nothing yet: zeros plus pending writes.
+            int onMedium = (int)Math.Clamp(_durable.Length - offset, 0, span.Length);
+            if (onMedium > 0) _durable.Read(offset, span[..onMedium]);
+            span[onMedium..].Clear();
+            if (_newest.Count == 0) return ValueTask.CompletedTask;
             long first = offset / Sector;
             for (int i = 0; i < span.Length / Sector; i++)
             {
@@ -130,6 +144,8 @@ public sealed class CrashSimulatingDevice : IBlockDevice
             if (fua)
             {
                 _fuaWrites++;
+                // O_DSYNC makes the metadata needed to read the data back durable, the file size included.
+                if (offset + data.Length > _durable.Length) _durable.Grow(_length);
                 // The new version is durable, so no older cached version of these sectors may resurface.
                 for (int i = 0; i < sectors; i++) _newest.Remove(first + i);
                 foreach (var p in _pending)
@@ -156,11 +172,42 @@ public sealed class CrashSimulatingDevice : IBlockDevice
             Consume("flush", 0);
             _record?.Add(new DeviceOperation(DeviceOperationKind.Flush, 0, 0, false, ReadOnlyMemory<byte>.Empty));
             _flushes++;
+            if (_length > _durable.Length) _durable.Grow(_length);
             foreach (var p in _pending) Apply(_durable, p, _ => true);
             _pending.Clear();
             _newest.Clear();
         }
         return ValueTask.CompletedTask;
+    }
+
+    /// <summary>Two crash points, as ftruncate + fsync: the new length (pending), then a flush that makes it durable.</summary>
+    public async ValueTask GrowAsync(long newLength, CancellationToken ct = default)
+    {
+        lock (_lock)
+        {
+            if (newLength % Sector != 0)
+                throw new ArgumentOutOfRangeException(nameof(newLength), $"{Name}: new length {newLength} is not a multiple of {Sector} bytes");
+            if (newLength < _length)
+                throw new ArgumentOutOfRangeException(nameof(newLength), $"{Name}: cannot shrink from {_length} to {newLength} bytes");
+            if (newLength == _length) return;
+            Consume("grow", newLength);
+            _record?.Add(new DeviceOperation(DeviceOperationKind.Grow, 0, newLength, false, ReadOnlyMemory<byte>.Empty));
+            _length = newLength;
+        }
+        await FlushAsync(ct).ConfigureAwait(false);
+    }
+
+    /// <summary>The first step of <see cref="GrowAsync"/> alone (ftruncate without fsync): the new length stays pending until a flush or FUA write.</summary>
+    public void GrowWithoutFlush(long newLength)
+    {
+        lock (_lock)
+        {
+            if (newLength < _length || newLength % Sector != 0)
+                throw new ArgumentOutOfRangeException(nameof(newLength), $"{Name}: cannot grow from {_length} to {newLength} bytes");
+            Consume("grow", newLength);
+            _record?.Add(new DeviceOperation(DeviceOperationKind.Grow, 0, newLength, false, ReadOnlyMemory<byte>.Empty));
+            _length = newLength;
+        }
     }
 
     public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default)
@@ -183,10 +230,10 @@ public sealed class CrashSimulatingDevice : IBlockDevice
     {
         lock (_lock)
         {
-            if (offset >= Length) return (false, 0);
+            if (offset >= _length) return (false, 0);
             long sector = offset / Sector;
             if (_newest.TryGetValue(sector, out var v)) return (v.Op.Data is not null, Sector - offset % Sector);
-            var (alloc, len) = _durable.GetAllocation(offset);
+            var (alloc, len) = offset < _durable.Length ? _durable.GetAllocation(offset) : (false, _length - offset);
             // Stop the extent at the next pending sector, whose state differs from the medium.
             long end = offset + len;
             foreach (var s in _newest.Keys)
@@ -204,7 +251,15 @@ public sealed class CrashSimulatingDevice : IBlockDevice
     {
         lock (_lock)
         {
-            var image = CopyImage(_durable, $"{_durable.Name}@crash({mode},seed={seed})");
+            // A pending grow survives as a whole or not at all (the size is one inode field).
+            bool keepGrow = _length > _durable.Length && mode switch
+            {
+                CrashMode.Drop => false,
+                CrashMode.KeepAll => true,
+                CrashMode.KeepRandom => SplitMix64.ToUnit(SplitMix64.Hash(seed, ulong.MaxValue)) < keepProbability,
+                _ => (SplitMix64.Hash(seed, ulong.MaxValue - 1) & 1) == 0,
+            };
+            var image = CopyImage(_durable, $"{_durable.Name}@crash({mode},seed={seed})", keepGrow ? _length : _durable.Length);
             switch (mode)
             {
                 case CrashMode.Drop:
@@ -251,21 +306,30 @@ public sealed class CrashSimulatingDevice : IBlockDevice
             DeviceOperationKind.Write => WriteAsync(op.Offset, op.Data, op.Fua),
             DeviceOperationKind.Flush => FlushAsync(),
             DeviceOperationKind.Discard => DiscardAsync(op.Offset, op.Length),
+            DeviceOperationKind.Grow => ReplayGrow(op.Length),
             _ => throw new ArgumentOutOfRangeException(nameof(op), op.Kind, "unknown operation kind"),
         };
         t.GetAwaiter().GetResult(); // every call of this device completes synchronously
     }
 
-    /// <summary>A byte-for-byte copy of a memory device (only its allocated chunks are copied).</summary>
-    public static MemoryBlockDevice CopyImage(MemoryBlockDevice source, string? name = null)
+    private ValueTask ReplayGrow(long newLength)
     {
-        var copy = new MemoryBlockDevice(source.Length, name ?? source.Name);
+        GrowWithoutFlush(newLength); // the recorded flush that follows makes it durable
+        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>A byte-for-byte copy of a memory device (only its allocated chunks are copied), optionally longer (zeros) or cut short.</summary>
+    public static MemoryBlockDevice CopyImage(MemoryBlockDevice source, string? name = null, long? length = null)
+    {
+        var copy = new MemoryBlockDevice(length ?? source.Length, name ?? source.Name);
+        long end = Math.Min(source.Length, copy.Length);
         byte[]? buf = null;
         long pos = 0;
-        while (pos < source.Length)
+        while (pos < end)
         {
             var (alloc, len) = source.GetAllocation(pos);
             if (len <= 0) break;
+            len = Math.Min(len, end - pos);
             if (alloc)
             {
                 buf ??= new byte[1 << 16];
@@ -290,6 +354,7 @@ public sealed class CrashSimulatingDevice : IBlockDevice
         {
             if (!p.Live[i] || !keep(i)) continue;
             long off = (p.FirstSector + i) * Sector;
+            if (off >= target.Length) break; // written past a grow that did not survive
             if (p.Data is null) target.Write(off, zeros);
             else target.Write(off, p.Data.AsSpan(i * Sector, Sector));
         }
@@ -308,7 +373,7 @@ public sealed class CrashSimulatingDevice : IBlockDevice
 
     private void CheckAligned(long offset, long length)
     {
-        if (offset < 0 || length < 0 || offset + length > Length)
+        if (offset < 0 || length < 0 || offset + length > Volatile.Read(ref _length))
             throw new ArgumentOutOfRangeException(nameof(offset), $"{Name}: range [{offset}, {offset + length}) outside device of {Length} bytes");
         if (offset % Sector != 0 || length % Sector != 0)
             throw new ArgumentException($"{Name}: range [{offset}, {offset + length}) is not aligned to {Sector}-byte sectors", nameof(offset));

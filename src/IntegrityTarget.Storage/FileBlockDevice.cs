@@ -12,16 +12,21 @@ public sealed class FileBlockDevice : IBlockDevice
     private readonly SafeFileHandle _handle;
     private bool _dsyncUnsupported;
     private bool _punchUnsupported;
+    private long _length;
+    private readonly SemaphoreSlim _growLock = new(1, 1);
 
     public string Name { get; }
-    public long Length { get; }
+    /// <summary>Size in bytes; grows (never shrinks) through <see cref="GrowAsync"/>, so a value read once stays valid.</summary>
+    public long Length => Volatile.Read(ref _length);
     public int SectorSize => 512;
+    /// <summary>A regular file can grow (ftruncate); a block device's size is not ours to change.</summary>
+    public bool CanGrow => !IsBlockDevice;
     public bool CanDeallocate => !_punchUnsupported && !IsBlockDevice;
     public bool IsBlockDevice { get; }
 
     private FileBlockDevice(string path, SafeFileHandle handle, long length, bool isBlockDevice)
     {
-        Name = path; _handle = handle; Length = length; IsBlockDevice = isBlockDevice;
+        Name = path; _handle = handle; _length = length; IsBlockDevice = isBlockDevice;
     }
 
     /// <summary>Opens an existing file or block device. Throws <see cref="StorageException"/> with a clear message.</summary>
@@ -92,6 +97,38 @@ public sealed class FileBlockDevice : IBlockDevice
         return ValueTask.CompletedTask;
     }
 
+    /// <summary>
+    /// Extends the file with ftruncate (the new bytes are a hole and read as zeros), then fsyncs so the
+    /// new size is durable before <see cref="Length"/> admits I/O beyond the old end. A crash before the
+    /// fsync completes may leave either size; nothing was written past the old end yet.
+    /// </summary>
+    public async ValueTask GrowAsync(long newLength, CancellationToken ct = default)
+    {
+        if (IsBlockDevice)
+            throw new NotSupportedException($"{Name}: a block device cannot be grown by the target; grow it with its own tools (lvextend, ...) and restart");
+        if (newLength % SectorSize != 0)
+            throw new ArgumentOutOfRangeException(nameof(newLength), $"{Name}: new length {newLength} is not a multiple of {SectorSize} bytes");
+        await _growLock.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            long old = Length;
+            if (newLength < old)
+                throw new ArgumentOutOfRangeException(nameof(newLength), $"{Name}: cannot shrink from {old} to {newLength} bytes");
+            if (newLength == old) return;
+            try
+            {
+                RandomAccess.SetLength(_handle, newLength);
+            }
+            catch (IOException e)
+            {
+                throw new IOException($"{Name}: cannot grow from {old} to {newLength} bytes: {e.Message}", e);
+            }
+            Native.FSync(_handle, Name);
+            Volatile.Write(ref _length, newLength);
+        }
+        finally { _growLock.Release(); }
+    }
+
     public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default)
     {
         CheckRange(offset, length);
@@ -135,7 +172,7 @@ public sealed class FileBlockDevice : IBlockDevice
             throw new ArgumentOutOfRangeException(nameof(offset), $"{Name}: range [{offset}, {offset + length}) outside device of {Length} bytes");
     }
 
-    public void Dispose() => _handle.Dispose();
+    public void Dispose() { _handle.Dispose(); _growLock.Dispose(); }
 }
 
 /// <summary>A storage problem a person has to act on (missing file, locked, bad size); the message says which.</summary>

@@ -4,24 +4,45 @@ namespace IntegrityTarget.Storage;
 
 /// <summary>
 /// A sparse in-memory device for tests and benchmarks: 64 KiB chunks allocated on first write,
-/// so a multi-GiB LUN costs only what is written. Everything is "durable" at once.
+/// so a multi-GiB LUN costs only what is written. Everything is "durable" at once, a grow included.
 /// </summary>
 public sealed class MemoryBlockDevice : IBlockDevice
 {
     private const int ChunkShift = 16;
     private const int ChunkSize = 1 << ChunkShift;
     private readonly ConcurrentDictionary<long, byte[]> _chunks = new();
+    private long _length;
 
     public MemoryBlockDevice(long length, string name = "memory")
     {
         if (length <= 0 || length % 512 != 0) throw new ArgumentOutOfRangeException(nameof(length), "length must be a positive multiple of 512");
-        Length = length; Name = name;
+        _length = length; Name = name;
     }
 
     public string Name { get; }
-    public long Length { get; }
+    public long Length => Volatile.Read(ref _length);
     public int SectorSize => 512;
     public bool CanDeallocate => true;
+    public bool CanGrow => true;
+
+    public ValueTask GrowAsync(long newLength, CancellationToken ct = default)
+    {
+        Grow(newLength);
+        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>Extends the device; the new bytes read as zeros (bytes past the old end were never written).</summary>
+    public void Grow(long newLength)
+    {
+        if (newLength % 512 != 0)
+            throw new ArgumentOutOfRangeException(nameof(newLength), $"{Name}: new length {newLength} is not a multiple of 512 bytes");
+        lock (_chunks)
+        {
+            if (newLength < _length)
+                throw new ArgumentOutOfRangeException(nameof(newLength), $"{Name}: cannot shrink from {_length} to {newLength} bytes");
+            Volatile.Write(ref _length, newLength);
+        }
+    }
 
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default)
     {
@@ -80,11 +101,12 @@ public sealed class MemoryBlockDevice : IBlockDevice
 
     public (bool Allocated, long Length) GetAllocation(long offset)
     {
-        if (offset >= Length) return (false, 0);
+        long length = Length;
+        if (offset >= length) return (false, 0);
         bool first = _chunks.ContainsKey(offset >> ChunkShift);
         long pos = ((offset >> ChunkShift) + 1) << ChunkShift;
-        while (pos < Length && _chunks.ContainsKey(pos >> ChunkShift) == first) pos += ChunkSize;
-        return (first, Math.Min(pos, Length) - offset);
+        while (pos < length && _chunks.ContainsKey(pos >> ChunkShift) == first) pos += ChunkSize;
+        return (first, Math.Min(pos, length) - offset);
     }
 
     private void Check(long offset, long length)

@@ -21,6 +21,7 @@ internal static unsafe partial class Native
     private struct IoVec { public void* Base; public nuint Len; }
 
     [LibraryImport("libc", SetLastError = true)] private static partial int fdatasync(int fd);
+    [LibraryImport("libc", SetLastError = true)] private static partial int fsync(int fd);
     [LibraryImport("libc", SetLastError = true)] private static partial int fallocate(int fd, int mode, long offset, long len);
     [LibraryImport("libc", SetLastError = true)] private static partial long lseek(int fd, long offset, int whence);
     [LibraryImport("libc", SetLastError = true)] private static partial nint pwritev2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
@@ -30,6 +31,12 @@ internal static unsafe partial class Native
     public static void FdataSync(SafeFileHandle h, string name)
     {
         if (fdatasync(Fd(h)) != 0) throw Error("fdatasync", name);
+    }
+
+    /// <summary>fsync: data and all metadata (used after a size change, where the size is the point).</summary>
+    public static void FSync(SafeFileHandle h, string name)
+    {
+        if (fsync(Fd(h)) != 0) throw Error("fsync", name);
     }
 
     /// <returns>false when the filesystem cannot punch holes.</returns>
