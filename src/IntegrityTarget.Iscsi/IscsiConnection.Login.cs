@@ -69,6 +69,7 @@ public sealed partial class IscsiConnection
                 await SendLoginResponseAsync(pdu.Header, reply.Flags, reply.Tsih, response).ConfigureAwait(false);
             if (_phase == Phase.FullFeature)
             {
+                _server.Counters.LoginSucceeded();
                 // Digests apply from the first PDU after the final login response, both ways.
                 _txHeaderDigest = Parameters.HeaderDigest;
                 _txDataDigest = Parameters.DataDigest;
@@ -79,6 +80,7 @@ public sealed partial class IscsiConnection
         }
         catch (LoginFailure f)
         {
+            if (f.Status == LoginStatus.AuthenticationFailure) _server.Counters.ChapFailed();
             _log.Warning("Login failed (status 0x{Status:x4}) for {Initiator} to {Target}: {Reason}",
                 f.Status, _initiatorName ?? "?", _targetName ?? (_discovery ? "discovery" : "?"), f.Message);
             await SendLoginFailureAsync(pdu.Header, (byte)(f.Status >> 8), (byte)f.Status).ConfigureAwait(false);
@@ -436,6 +438,7 @@ public sealed partial class IscsiConnection
 
     private async ValueTask SendLoginFailureAsync(byte[] request, byte statusClass, byte statusDetail)
     {
+        _server.Counters.LoginFailed();
         var isidAndItt = request.AsSpan(8, 12).ToArray();
         await _sendLock.WaitAsync().ConfigureAwait(false);
         try

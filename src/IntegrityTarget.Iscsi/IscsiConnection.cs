@@ -220,6 +220,7 @@ public sealed partial class IscsiConnection
     private async ValueTask SendRejectAsync(byte[] rejectedHeader, RejectReason reason)
     {
         if (_phase == Phase.Closed) return;
+        _server.Counters.PduRejected();
         // The rejected header is the data segment, so copy it before taking the lock (the rx buffer is reused).
         var copy = ArrayPool<byte>.Shared.Rent(Bhs.Length);
         rejectedHeader.AsSpan(0, Bhs.Length).CopyTo(copy);

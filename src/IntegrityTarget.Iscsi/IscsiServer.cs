@@ -48,6 +48,8 @@ public sealed class IscsiServer : IAsyncDisposable
     }
 
     public IscsiServerOptions Options { get; }
+    /// <summary>Logins, CHAP failures, rejects, connections and sessions, for status and metrics.</summary>
+    public IscsiCounters Counters { get; } = new();
     internal ILogger Log { get; }
     internal ArrayPool<byte> BufferPool { get; }
     internal IReadOnlyList<IscsiTargetConfig> Targets => _targetList;
@@ -71,6 +73,7 @@ public sealed class IscsiServer : IAsyncDisposable
             if (_shuttingDown) return null;
             var c = new IscsiConnection(this, sink, local, remote);
             _connections.Add(c);
+            Counters.ConnectionOpened();
             return c;
         }
     }
@@ -79,8 +82,8 @@ public sealed class IscsiServer : IAsyncDisposable
     {
         lock (_sync)
         {
-            _connections.Remove(c);
-            if (c.Session is { } s) _sessions.Remove(s);
+            if (_connections.Remove(c)) Counters.ConnectionClosed();
+            if (c.Session is { } s && _sessions.Remove(s)) Counters.SessionClosed(s.Target?.Iqn);
         }
     }
 
@@ -97,7 +100,8 @@ public sealed class IscsiServer : IAsyncDisposable
         {
             old = _sessions.Where(s => s.Target == target && s.Isid == isid &&
                                        string.Equals(s.InitiatorName, initiator, StringComparison.OrdinalIgnoreCase)).ToList();
-            foreach (var s in old) _sessions.Remove(s);
+            foreach (var s in old)
+                if (_sessions.Remove(s)) Counters.SessionClosed(s.Target?.Iqn);
         }
         foreach (var s in old)
         {
@@ -110,6 +114,7 @@ public sealed class IscsiServer : IAsyncDisposable
             ushort tsih = requestedTsih != 0 && old.Any(o => o.Tsih == requestedTsih) ? requestedTsih : AllocateTsih();
             var session = create(tsih);
             _sessions.Add(session);
+            Counters.SessionOpened(target?.Iqn);
             return session;
         }
     }

@@ -65,6 +65,9 @@ public static class StatusVerb
                             $"mismatches {C("mismatches")}  journal commits {C("journalCommits")}  flushes {C("flushes")}  unmaps {C("unmaps")}");
             }
         }
+        if (s.Iscsi is { } i)
+            w.WriteLine($"iscsi: logins {i.LoginsSucceeded} ok, {i.LoginsFailed} failed (CHAP {i.ChapFailures}); rejected PDUs {i.RejectedPdus}; " +
+                        $"connections {i.ConnectionsOpen} open, {i.ConnectionsAccepted} accepted, {i.ConnectionsRefused} refused at the cap; accept errors {i.AcceptErrors}");
         w.WriteLine($"sessions: {s.Sessions.Count}");
         foreach (var session in s.Sessions) w.WriteLine($"  {session?.ToJsonString()}");
         return w.ToString().TrimEnd();

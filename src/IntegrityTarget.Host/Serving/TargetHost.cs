@@ -195,7 +195,8 @@ public sealed class TargetHost : IStatusProvider
                 l.Volume.BlockCount, l.Volume.WriteBack, l.Settings.ReadOnly, l.Volume.Counters.Snapshot())).ToList())).ToList();
         var portals = (_frontEnd?.BoundEndpoints ?? (IReadOnlyList<IPEndPoint>)_config.Portals).Select(e => e.ToString()).ToList();
         var sessions = (_frontEnd?.Sessions() ?? []).Select(DescribeSession).ToList();
-        return new StatusSnapshot(Environment.ProcessId, Version, _started, _config.Transport, portals, targets, sessions);
+        return new StatusSnapshot(Environment.ProcessId, Version, _started, _config.Transport, portals, targets, sessions,
+            _frontEnd?.Counters.Snapshot());
     }
 
     /// <summary>Sessions are the iSCSI layer's records; serialise their public properties, or their text if that fails.</summary>

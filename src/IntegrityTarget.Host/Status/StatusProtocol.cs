@@ -23,7 +23,8 @@ public sealed record StatusSnapshot(
     string Transport,
     IReadOnlyList<string> Portals,
     IReadOnlyList<TargetStatus> Targets,
-    IReadOnlyList<JsonNode?> Sessions);
+    IReadOnlyList<JsonNode?> Sessions,
+    IntegrityTarget.Iscsi.IscsiCountersSnapshot? Iscsi = null);
 
 public sealed record TargetStatus(string Iqn, string? Alias, bool Chap, IReadOnlyList<string> AllowedInitiators, IReadOnlyList<LunStatus> Luns);
 

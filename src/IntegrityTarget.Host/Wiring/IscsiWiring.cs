@@ -71,6 +71,9 @@ public sealed class FrontEnd : IAsyncDisposable
 
     public IReadOnlyList<object> Sessions() => [.. _server.Sessions];
 
+    /// <summary>The iSCSI layer's counters (logins, CHAP failures, rejects, connections, sessions per target).</summary>
+    public IscsiCounters Counters => _server.Counters;
+
     /// <summary>
     /// The server refuses new logins and lets in-flight commands finish; then the transport stops
     /// listening and closes what is left.

@@ -1,0 +1,83 @@
+using System.Collections.Concurrent;
+
+namespace IntegrityTarget.Iscsi;
+
+/// <summary>
+/// What the iSCSI layer counts, for `status` and metrics: one object per <see cref="IscsiServer"/>,
+/// updated lock-free from any thread. Read it with <see cref="Snapshot"/>. Transports report their
+/// own events (accept errors, connections refused at the cap) through the Record methods.
+/// </summary>
+public sealed class IscsiCounters
+{
+    private long _loginsSucceeded, _loginsFailed, _chapFailures, _rejectedPdus;
+    private long _connectionsAccepted, _connectionsOpen, _connectionsRefused, _acceptErrors;
+    private readonly ConcurrentDictionary<string, StrongBox> _sessions = new(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>The key under which discovery sessions are counted in <see cref="IscsiCountersSnapshot.SessionsPerTarget"/>.</summary>
+    public const string DiscoveryKey = "(discovery)";
+
+    private sealed class StrongBox { public long Value; }
+
+    internal void LoginSucceeded() => Interlocked.Increment(ref _loginsSucceeded);
+    internal void LoginFailed() => Interlocked.Increment(ref _loginsFailed);
+    internal void ChapFailed() => Interlocked.Increment(ref _chapFailures);
+    internal void PduRejected() => Interlocked.Increment(ref _rejectedPdus);
+
+    internal void ConnectionOpened()
+    {
+        Interlocked.Increment(ref _connectionsAccepted);
+        Interlocked.Increment(ref _connectionsOpen);
+    }
+
+    internal void ConnectionClosed() => Interlocked.Decrement(ref _connectionsOpen);
+
+    internal void SessionOpened(string? targetIqn) =>
+        Interlocked.Increment(ref _sessions.GetOrAdd(targetIqn ?? DiscoveryKey, _ => new StrongBox()).Value);
+
+    internal void SessionClosed(string? targetIqn) =>
+        Interlocked.Decrement(ref _sessions.GetOrAdd(targetIqn ?? DiscoveryKey, _ => new StrongBox()).Value);
+
+    /// <summary>A transport's accept call failed (e.g. EMFILE: out of file descriptors).</summary>
+    public void RecordAcceptError() => Interlocked.Increment(ref _acceptErrors);
+
+    /// <summary>A transport closed an accepted socket at once because the connection cap was reached.</summary>
+    public void RecordConnectionRefused() => Interlocked.Increment(ref _connectionsRefused);
+
+    /// <summary>Connections the iSCSI layer holds right now (logging in or logged in).</summary>
+    public long ConnectionsOpen => Interlocked.Read(ref _connectionsOpen);
+
+    public IscsiCountersSnapshot Snapshot() => new()
+    {
+        LoginsSucceeded = Interlocked.Read(ref _loginsSucceeded),
+        LoginsFailed = Interlocked.Read(ref _loginsFailed),
+        ChapFailures = Interlocked.Read(ref _chapFailures),
+        RejectedPdus = Interlocked.Read(ref _rejectedPdus),
+        ConnectionsAccepted = Interlocked.Read(ref _connectionsAccepted),
+        ConnectionsOpen = Interlocked.Read(ref _connectionsOpen),
+        ConnectionsRefused = Interlocked.Read(ref _connectionsRefused),
+        AcceptErrors = Interlocked.Read(ref _acceptErrors),
+        SessionsPerTarget = _sessions.ToDictionary(kv => kv.Key, kv => Interlocked.Read(ref kv.Value.Value), StringComparer.OrdinalIgnoreCase),
+    };
+}
+
+/// <summary>A point-in-time copy of <see cref="IscsiCounters"/> (serialisable: `status` shows it as "iscsi").</summary>
+public sealed record IscsiCountersSnapshot
+{
+    /// <summary>Logins that reached the full feature phase (discovery and normal).</summary>
+    public long LoginsSucceeded { get; init; }
+    /// <summary>Logins answered with a failure status (any class, including CHAP failures).</summary>
+    public long LoginsFailed { get; init; }
+    /// <summary>Logins refused with "authentication failure" (wrong CHAP name or response, CHAP skipped).</summary>
+    public long ChapFailures { get; init; }
+    /// <summary>Reject PDUs sent.</summary>
+    public long RejectedPdus { get; init; }
+    /// <summary>Connections handed to the iSCSI layer since start.</summary>
+    public long ConnectionsAccepted { get; init; }
+    public long ConnectionsOpen { get; init; }
+    /// <summary>Sockets closed at once because the connection cap was reached.</summary>
+    public long ConnectionsRefused { get; init; }
+    /// <summary>Failed accept calls (e.g. out of file descriptors).</summary>
+    public long AcceptErrors { get; init; }
+    /// <summary>Open sessions per target IQN; discovery sessions under "(discovery)".</summary>
+    public IReadOnlyDictionary<string, long> SessionsPerTarget { get; init; } = new Dictionary<string, long>();
+}

@@ -1,0 +1,72 @@
+using System.Security.Cryptography;
+using System.Text;
+using IntegrityTarget.Iscsi.Pdus;
+
+namespace IntegrityTarget.Iscsi.Tests;
+
+public class CounterTests
+{
+    [Test]
+    public async Task Logins_sessions_and_connections_are_counted_and_closing_gives_them_back()
+    {
+        await using var server = TestTargets.Server(new FakeScsiTarget());
+        var a = new MemoryInitiator(server);
+        await a.LoginAsync();
+        var d = new MemoryInitiator(server);
+        await d.SendAsync(TestPdu.Login([$"InitiatorName={TestTargets.Initiator}", "SessionType=Discovery"], 1, 3, true));
+        Assert.That((await d.ExpectAsync(Opcode.LoginResponse)).LoginStatus, Is.EqualTo(0));
+
+        var s = server.Counters.Snapshot();
+        Assert.That(s.LoginsSucceeded, Is.EqualTo(2));
+        Assert.That(s.LoginsFailed, Is.Zero);
+        Assert.That(s.ConnectionsOpen, Is.EqualTo(2));
+        Assert.That(s.ConnectionsAccepted, Is.EqualTo(2));
+        Assert.That(s.SessionsPerTarget[TestTargets.Iqn], Is.EqualTo(1));
+        Assert.That(s.SessionsPerTarget[IscsiCounters.DiscoveryKey], Is.EqualTo(1));
+
+        await a.Connection.OnTransportClosedAsync();
+        await d.Connection.OnTransportClosedAsync();
+        s = server.Counters.Snapshot();
+        Assert.That(s.ConnectionsOpen, Is.Zero);
+        Assert.That(s.SessionsPerTarget[TestTargets.Iqn], Is.Zero);
+        Assert.That(s.SessionsPerTarget[IscsiCounters.DiscoveryKey], Is.Zero);
+    }
+
+    [Test]
+    public async Task A_reinstated_session_is_counted_once()
+    {
+        await using var server = TestTargets.Server(new FakeScsiTarget());
+        await new MemoryInitiator(server).LoginAsync();
+        await new MemoryInitiator(server).LoginAsync(); // same initiator and ISID: reinstates the first
+        Assert.That(server.Counters.Snapshot().SessionsPerTarget[TestTargets.Iqn], Is.EqualTo(1));
+    }
+
+    [Test]
+    public async Task A_wrong_CHAP_response_counts_as_a_failed_login_and_a_CHAP_failure()
+    {
+        await using var server = TestTargets.Server(new FakeScsiTarget(), chap: new("user", "secret-123456"));
+        var i = new MemoryInitiator(server);
+        await i.SendAsync(TestPdu.Login([$"InitiatorName={TestTargets.Initiator}", $"TargetName={TestTargets.Iqn}", "AuthMethod=CHAP"], 0, 1, false));
+        await i.ExpectAsync(Opcode.LoginResponse);
+        await i.SendAsync(TestPdu.Login(["CHAP_A=5"], 0, 1, false));
+        var k = (await i.ExpectAsync(Opcode.LoginResponse)).Keys();
+        var wrong = "0x" + Convert.ToHexString(MD5.HashData([byte.Parse(k["CHAP_I"]), .. Encoding.UTF8.GetBytes("not-the-secret"), .. Convert.FromHexString(k["CHAP_C"][2..])]));
+        await i.SendAsync(TestPdu.Login(["CHAP_N=user", "CHAP_R=" + wrong], 0, 1, true));
+        Assert.That((await i.ExpectAsync(Opcode.LoginResponse)).LoginStatus, Is.EqualTo(0x0201));
+        var s = server.Counters.Snapshot();
+        Assert.That(s.LoginsFailed, Is.EqualTo(1));
+        Assert.That(s.ChapFailures, Is.EqualTo(1));
+        Assert.That(s.LoginsSucceeded, Is.Zero);
+    }
+
+    [Test]
+    public async Task A_rejected_PDU_is_counted()
+    {
+        await using var server = TestTargets.Server(new FakeScsiTarget());
+        var i = new MemoryInitiator(server);
+        await i.LoginAsync();
+        await i.SendAsync(TestPdu.Frame(TestPdu.NewHeader(Opcode.Snack), []));
+        await i.ExpectAsync(Opcode.Reject);
+        Assert.That(server.Counters.Snapshot().RejectedPdus, Is.EqualTo(1));
+    }
+}
