@@ -127,15 +127,28 @@ public static class OpcodeTable
         Add(new() { Opcode = 0x55, Name = "MODE SELECT(10)", Usage = U(0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, Handler = static (lu, r) => lu.ModeSelect(r) });
         Add(new() { Opcode = 0x5A, Name = "MODE SENSE(10)", Usage = U(0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = In, Access = R, Handler = static (lu, r) => lu.ModeSense(r) });
 
+        // PERSISTENT RESERVE IN/OUT: one row and one handler per service action (REGISTER AND MOVE is not supported).
+        byte[] prInUsage = U(0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, Ctl);
         var prIn = new CommandInfo?[32];
-        for (int sa = 0; sa < 4; sa++)
-            prIn[sa] = new() { Opcode = 0x5E, ServiceAction = sa, Name = "PERSISTENT RESERVE IN/" + new[] { "READ KEYS", "READ RESERVATION", "REPORT CAPABILITIES", "READ FULL STATUS" }[sa], Usage = U(0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = In, Access = A, Handler = static (lu, r) => lu.PersistentReserveIn(r) };
-        Add(new() { Opcode = 0x5E, Name = "PERSISTENT RESERVE IN", Usage = U(0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, Ctl), ServiceActions = prIn });
+        void PrIn(int sa, string name, CommandHandler h) =>
+            prIn[sa] = new() { Opcode = 0x5E, ServiceAction = sa, Name = "PERSISTENT RESERVE IN/" + name, Usage = prInUsage, Direction = In, Access = A, Handler = h };
+        PrIn(0x00, "READ KEYS", static (lu, r) => lu.PrInReadKeys(r));
+        PrIn(0x01, "READ RESERVATION", static (lu, r) => lu.PrInReadReservation(r));
+        PrIn(0x02, "REPORT CAPABILITIES", static (lu, r) => lu.PrInReportCapabilities(r));
+        PrIn(0x03, "READ FULL STATUS", static (lu, r) => lu.PrInReadFullStatus(r));
+        Add(new() { Opcode = 0x5E, Name = "PERSISTENT RESERVE IN", Usage = prInUsage, ServiceActions = prIn });
+        byte[] prOutUsage = U(0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, Ctl);
         var prOut = new CommandInfo?[32];
-        string[] prOutNames = ["REGISTER", "RESERVE", "RELEASE", "CLEAR", "PREEMPT", "PREEMPT AND ABORT", "REGISTER AND IGNORE EXISTING KEY"];
-        for (int sa = 0; sa < prOutNames.Length; sa++)
-            prOut[sa] = new() { Opcode = 0x5F, ServiceAction = sa, Name = "PERSISTENT RESERVE OUT/" + prOutNames[sa], Usage = U(0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, Ctl), Direction = Out, Access = A, Handler = static (lu, r) => lu.PersistentReserveOut(r) };
-        Add(new() { Opcode = 0x5F, Name = "PERSISTENT RESERVE OUT", Usage = U(0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, Ctl), ServiceActions = prOut });
+        void PrOut(int sa, string name, CommandHandler h) =>
+            prOut[sa] = new() { Opcode = 0x5F, ServiceAction = sa, Name = "PERSISTENT RESERVE OUT/" + name, Usage = prOutUsage, Direction = Out, Access = A, Handler = h };
+        PrOut(0x00, "REGISTER", static (lu, r) => lu.PrOutRegister(r));
+        PrOut(0x01, "RESERVE", static (lu, r) => lu.PrOutReserve(r));
+        PrOut(0x02, "RELEASE", static (lu, r) => lu.PrOutRelease(r));
+        PrOut(0x03, "CLEAR", static (lu, r) => lu.PrOutClear(r));
+        PrOut(0x04, "PREEMPT", static (lu, r) => lu.PrOutPreempt(r));
+        PrOut(0x05, "PREEMPT AND ABORT", static (lu, r) => lu.PrOutPreemptAndAbort(r));
+        PrOut(0x06, "REGISTER AND IGNORE EXISTING KEY", static (lu, r) => lu.PrOutRegisterAndIgnoreExistingKey(r));
+        Add(new() { Opcode = 0x5F, Name = "PERSISTENT RESERVE OUT", Usage = prOutUsage, ServiceActions = prOut });
 
         byte[] Rw16(byte op, byte flags) => U(op, flags, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, Ctl);
         byte[] Rw12(byte op, byte flags) => U(op, flags, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, Ctl);

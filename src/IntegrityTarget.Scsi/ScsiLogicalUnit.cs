@@ -160,7 +160,7 @@ public sealed partial class ScsiLogicalUnit
         if (reserved.IsError) return Fail(nexus, reserved, info);
 
         if (!info.IgnoresUnitAttention && nexus.TryTakeUnitAttention(out var ua)) return Respond(ua, dsense);
-        if (IsReservationConflict(info, nexus, cdb)) return Respond(ScsiError.Conflict, dsense);
+        if (IsReservationConflict(info, nexus)) return Respond(ScsiError.Conflict, dsense);
         if (ct.IsCancellationRequested) return Respond(ScsiError.Of(SenseReason.TaskAborted), dsense);
 
         Outcome o;

@@ -172,6 +172,28 @@ public class ReservationTests
     }
 
     [Test]
+    public void EveryPersistentReserveOutServiceActionIsItsOwnOpcodeTableRowAndRegisterAndMoveIsInvalid()
+    {
+        var rows = OpcodeTable.Get(0x5F)!.ServiceActions!;
+        string[] names = ["REGISTER", "RESERVE", "RELEASE", "CLEAR", "PREEMPT", "PREEMPT AND ABORT", "REGISTER AND IGNORE EXISTING KEY"];
+        for (int sa = 0; sa < names.Length; sa++)
+        {
+            Assert.That(rows[sa], Is.Not.Null, $"SA {sa}");
+            Assert.That(rows[sa]!.ServiceAction, Is.EqualTo(sa));
+            Assert.That(rows[sa]!.Name, Is.EqualTo("PERSISTENT RESERVE OUT/" + names[sa]));
+            Assert.That(rows[sa]!.IsSupported, Is.True);
+        }
+        Assert.That(rows.Skip(names.Length), Is.All.Null, "REGISTER AND MOVE and above are not supported");
+        // Each row names its own service action in REPORT SUPPORTED OPERATION CODES (one command, by SA).
+        using (var rsoc = _h.Exec([0xA3, 0x0C, 0x02, 0x5F, 0, 0x05, 0, 0, 0, 64, 0, 0]))
+            Assert.That(rsoc.DataIn.Span[1] & 7, Is.EqualTo(3), "PREEMPT AND ABORT is supported as documented");
+        using (var rsoc = _h.Exec([0xA3, 0x0C, 0x02, 0x5F, 0, 0x07, 0, 0, 0, 64, 0, 0]))
+            Assert.That(rsoc.DataIn.Span[1] & 7, Is.EqualTo(1), "REGISTER AND MOVE is not supported");
+        using var move = ProutRaw(_h.A, 7, 0, KeyA);
+        SenseAssert.Is(move, 0x05, 0x24, 0x00);
+    }
+
+    [Test]
     public void AptplStateIsReloadedByANewUnitFromTheFile()
     {
         var file = Path.Combine(Path.GetTempPath(), $"pr-{Guid.NewGuid():N}.json");
