@@ -37,8 +37,17 @@ public sealed partial class ScsiLogicalUnit
         return null;
     }
 
-    /// <summary>The one mapping from volume results to sense (the volume already logged integrity failures).</summary>
-    private static ScsiError FromVolume(in VolumeResult res, bool write) => res.Status switch
+    /// <summary>
+    /// The one mapping from volume results to sense (the volume already logged integrity failures). A block
+    /// that failed verification is also remembered in <see cref="Health"/> (LOG SENSE, metrics).
+    /// </summary>
+    private ScsiError FromVolume(in VolumeResult res, bool write)
+    {
+        if (res.Status == VolumeStatus.IntegrityError) Health.RecordBadBlock(res.Lba);
+        return MapVolumeResult(res, write);
+    }
+
+    private static ScsiError MapVolumeResult(in VolumeResult res, bool write) => res.Status switch
     {
         VolumeStatus.Ok => ScsiError.None,
         VolumeStatus.IntegrityError => ScsiError.WithInfo(SenseReason.UnrecoveredReadError, res.Lba),

@@ -38,6 +38,7 @@ public sealed partial class ScsiLogicalUnit
         (0x00, static (ScsiLogicalUnit lu, in Request r, Span<byte> p) => lu.VpdSupportedPages(p)),
         (0x80, static (ScsiLogicalUnit lu, in Request r, Span<byte> p) => lu.VpdSerial(p)),
         (0x83, static (ScsiLogicalUnit lu, in Request r, Span<byte> p) => lu.VpdDeviceIdentification(r, p)),
+        (0x8F, static (ScsiLogicalUnit lu, in Request r, Span<byte> p) => lu.VpdThirdPartyCopy(p)),
         (0xB0, static (ScsiLogicalUnit lu, in Request r, Span<byte> p) => lu.VpdBlockLimits(p)),
         (0xB1, static (ScsiLogicalUnit lu, in Request r, Span<byte> p) => lu.VpdBlockCharacteristics(p)),
         (0xB2, static (ScsiLogicalUnit lu, in Request r, Span<byte> p) => lu.VpdLogicalBlockProvisioning(p)),
@@ -81,7 +82,7 @@ public sealed partial class ScsiLogicalUnit
         s[2] = 0x06;       // SPC-4
         s[3] = 0x12;       // HISUP, response data format 2
         s[4] = StandardInquiryLength - 5;
-        s[5] = 0x00;       // TPGS 0, 3PC 0, PROTECT 0
+        s[5] = connected ? (byte)0x08 : (byte)0x00; // TPGS 0, 3PC (EXTENDED COPY), PROTECT 0
         s[6] = 0x00;
         s[7] = 0x02;       // CMDQUE
         Ascii(s.Slice(8, 8), o?.VendorId ?? "INTEGRTY");
@@ -174,6 +175,7 @@ public sealed partial class ScsiLogicalUnit
     {
         if (Volume.SupportsUnmap)
         {
+            p[4] = (byte)ThresholdExponent;   // unit of the LOG SENSE page 0Ch resource counts
             p[5] = 0x80 | 0x40 | 0x20 | 0x04; // LBPU, LBPWS, LBPWS10, LBPRZ
             p[6] = 0x02;                      // provisioning type: thin
         }

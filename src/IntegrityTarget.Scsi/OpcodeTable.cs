@@ -124,6 +124,7 @@ public static class OpcodeTable
         Add(new() { Opcode = 0x37, Name = "READ DEFECT DATA(10)", Usage = U(0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = In, Access = R, Handler = static (lu, r) => lu.ReadDefectData(r) });
         Add(new() { Opcode = 0x41, Name = "WRITE SAME(10)", Usage = U(0x41, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, Layout = CdbLayout.Rw10, Handler = static (lu, r) => lu.WriteSame(r) });
         Add(new() { Opcode = 0x42, Name = "UNMAP", Usage = U(0x42, 0, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, Handler = static (lu, r) => lu.Unmap(r) });
+        Add(new() { Opcode = 0x4D, Name = "LOG SENSE", Usage = U(0x4D, 0, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, Ctl), Direction = In, Access = A, Handler = static (lu, r) => lu.LogSense(r) });
         Add(new() { Opcode = 0x55, Name = "MODE SELECT(10)", Usage = U(0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, Handler = static (lu, r) => lu.ModeSelect(r) });
         Add(new() { Opcode = 0x5A, Name = "MODE SENSE(10)", Usage = U(0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = In, Access = R, Handler = static (lu, r) => lu.ModeSense(r) });
 
@@ -149,6 +150,15 @@ public static class OpcodeTable
         PrOut(0x05, "PREEMPT AND ABORT", static (lu, r) => lu.PrOutPreemptAndAbort(r));
         PrOut(0x06, "REGISTER AND IGNORE EXISTING KEY", static (lu, r) => lu.PrOutRegisterAndIgnoreExistingKey(r));
         Add(new() { Opcode = 0x5F, Name = "PERSISTENT RESERVE OUT", Usage = prOutUsage, ServiceActions = prOut });
+
+        // Third-party copy (SPC-4 6.4, 6.18): EXTENDED COPY(LID1) and RECEIVE COPY RESULTS.
+        var xcopy = new CommandInfo?[32];
+        xcopy[0x00] = new() { Opcode = 0x83, ServiceAction = 0x00, Name = "EXTENDED COPY(LID1)", Usage = U(0x83, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, Ctl), Direction = Out, Access = W, TimeoutSeconds = 120, Handler = static (lu, r) => lu.ExtendedCopy(r) };
+        Add(new() { Opcode = 0x83, Name = "THIRD-PARTY COPY OUT", Usage = U(0x83, 0x1F), ServiceActions = xcopy });
+        var rcr = new CommandInfo?[32];
+        rcr[0x00] = new() { Opcode = 0x84, ServiceAction = 0x00, Name = "RECEIVE COPY RESULTS/COPY STATUS", Usage = U(0x84, 0x1F, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, Ctl), Direction = In, Access = R, Handler = static (lu, r) => lu.ReceiveCopyResults(r) };
+        rcr[0x03] = new() { Opcode = 0x84, ServiceAction = 0x03, Name = "RECEIVE COPY RESULTS/OPERATING PARAMETERS", Usage = U(0x84, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, Ctl), Direction = In, Access = A, Handler = static (lu, r) => lu.ReceiveCopyResults(r) };
+        Add(new() { Opcode = 0x84, Name = "THIRD-PARTY COPY IN", Usage = U(0x84, 0x1F), ServiceActions = rcr });
 
         byte[] Rw16(byte op, byte flags) => U(op, flags, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, Ctl);
         byte[] Rw12(byte op, byte flags) => U(op, flags, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, Ctl);

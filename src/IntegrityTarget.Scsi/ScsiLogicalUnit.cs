@@ -49,6 +49,35 @@ internal sealed class NexusState
         }
     }
 
+    // EXTENDED COPY status held for RECEIVE COPY RESULTS, by list identifier; gone with the nexus.
+    private Dictionary<byte, CopyStatus>? _copies;
+
+    /// <summary>Registers a copy under <paramref name="listId"/>; false while a copy with that identifier is still running.</summary>
+    public bool TryStartCopy(byte listId, out CopyStatus status)
+    {
+        lock (_unitAttentions)
+        {
+            _copies ??= new();
+            if (_copies.TryGetValue(listId, out var old) && old.State == CopyStatus.InProgress) { status = old; return false; }
+            _copies[listId] = status = new CopyStatus();
+            return true;
+        }
+    }
+
+    public bool TryGetCopyStatus(byte listId, out CopyStatus status)
+    {
+        lock (_unitAttentions)
+        {
+            status = null!;
+            return _copies != null && _copies.TryGetValue(listId, out status!);
+        }
+    }
+
+    public void ForgetCopyStatus(byte listId)
+    {
+        lock (_unitAttentions) _copies?.Remove(listId);
+    }
+
     public void ClearUnitAttentions()
     {
         lock (_unitAttentions) { _unitAttentions.Clear(); Volatile.Write(ref _pending, 0); }
@@ -89,6 +118,8 @@ public sealed partial class ScsiLogicalUnit
     public uint MaxTransferBlocks { get; }
     /// <summary>The NAA-6 designator of VPD page 83h (16 bytes), stable for a given identity seed.</summary>
     public ReadOnlyMemory<byte> NaaIdentifier => _naa;
+    /// <summary>Blocks known to fail verification and the last scrub (LOG SENSE integrity page, metrics).</summary>
+    public UnitHealth Health { get; } = new();
 
     internal ScsiTarget? Target { get; set; }
     internal event Action<ulong, IReadOnlyCollection<string>>? AbortTasksRequested;

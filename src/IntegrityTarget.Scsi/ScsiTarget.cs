@@ -33,6 +33,16 @@ public sealed class ScsiTarget : IScsiTarget
 
     public event Action<ulong, IReadOnlyCollection<string>>? AbortTasksRequested;
 
+    /// <summary>Resolves EXTENDED COPY source/destination units outside this target (set by the host; null = this target only).</summary>
+    public ICopyTargetResolver? CopyTargets { get; set; }
+
+    /// <summary>A unit of this target with that designator, else one the host lets <paramref name="nexus"/>'s initiator reach.</summary>
+    internal ScsiLogicalUnit? ResolveCopyTarget(ItNexus nexus, ReadOnlySpan<byte> designator)
+    {
+        foreach (var u in _units.Values) if (u.MatchesDesignator(designator)) return u;
+        return CopyTargets?.Resolve(nexus, designator);
+    }
+
     public ValueTask<ScsiResponse> ExecuteAsync(ScsiCommand command, CancellationToken ct)
     {
         if (_units.TryGetValue(command.Lun, out var lu)) return lu.ExecuteAsync(command, ct);

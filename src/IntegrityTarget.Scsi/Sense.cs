@@ -33,6 +33,21 @@ public enum SenseReason : byte
     CommandsClearedByAnotherInitiator,
     ReservationConflict,
     TaskAborted,
+    // EXTENDED COPY parameter list checks (SPC-4 6.4.3): ILLEGAL REQUEST
+    TooManyTargetDescriptors,
+    UnsupportedTargetDescriptorType,
+    TooManySegmentDescriptors,
+    UnsupportedSegmentDescriptorType,
+    OperationInProgress,
+    // EXTENDED COPY segment processing (SPC-4 6.4.5): COPY ABORTED, with the segment number in
+    // COMMAND-SPECIFIC INFORMATION and, where one block is to blame, its LBA in INFORMATION
+    CopyTargetNotReachable,
+    CopyTargetIncorrectType,
+    CopySourceReadError,
+    CopyDestinationWriteError,
+    CopyDestinationWriteProtected,
+    CopyDestinationSpaceAllocationFailed,
+    ReportedLunsDataChanged,
 }
 
 /// <summary>
@@ -40,7 +55,7 @@ public enum SenseReason : byte
 /// and, for invalid-field errors, the byte/bit of the CDB or parameter list (sense-key specific field).
 /// </summary>
 public readonly record struct ScsiError(SenseReason Reason, ulong Information = 0, bool HasInformation = false,
-    int FieldByte = -1, int FieldBit = -1)
+    int FieldByte = -1, int FieldBit = -1, uint? CommandSpecific = null)
 {
     public static readonly ScsiError None = default;
     public bool IsError => Reason != SenseReason.None;
@@ -49,6 +64,9 @@ public readonly record struct ScsiError(SenseReason Reason, ulong Information = 
     public static ScsiError Param(int byteIndex, int bit = -1) => new(SenseReason.InvalidFieldInParameterList, FieldByte: byteIndex, FieldBit: bit);
     public static ScsiError Of(SenseReason r) => new(r);
     public static ScsiError WithInfo(SenseReason r, ulong info) => new(r, info, true);
+    /// <summary>An EXTENDED COPY failure in segment <paramref name="segment"/>, naming <paramref name="lba"/> when one block is to blame.</summary>
+    public static ScsiError Copy(SenseReason r, uint segment, ulong? lba = null) =>
+        new(r, lba ?? 0, lba.HasValue, CommandSpecific: segment);
     public static readonly ScsiError OutOfRange = new(SenseReason.LbaOutOfRange);
     public static readonly ScsiError Conflict = new(SenseReason.ReservationConflict);
 }
@@ -59,7 +77,7 @@ public readonly record struct SenseEntry(byte Status, byte Key, byte Asc, byte A
 public static class SenseKey
 {
     public const byte NoSense = 0x0, NotReady = 0x2, MediumError = 0x3, HardwareError = 0x4, IllegalRequest = 0x5,
-        UnitAttention = 0x6, DataProtect = 0x7, AbortedCommand = 0xB, Miscompare = 0xE;
+        UnitAttention = 0x6, DataProtect = 0x7, CopyAborted = 0xA, AbortedCommand = 0xB, Miscompare = 0xE;
 }
 
 /// <summary>The reason→sense table (SPC-4 4.5.6 / Annex D codes).</summary>
@@ -99,6 +117,18 @@ public static class SenseTable
         Set(SenseReason.CommandsClearedByAnotherInitiator, SenseKey.UnitAttention, 0x2F, 0x00);
         Set(SenseReason.ReservationConflict, 0, 0, 0, ScsiStatus.ReservationConflict);
         Set(SenseReason.TaskAborted, 0, 0, 0, ScsiStatus.TaskAborted);
+        Set(SenseReason.TooManyTargetDescriptors, SenseKey.IllegalRequest, 0x26, 0x06);
+        Set(SenseReason.UnsupportedTargetDescriptorType, SenseKey.IllegalRequest, 0x26, 0x07);
+        Set(SenseReason.TooManySegmentDescriptors, SenseKey.IllegalRequest, 0x26, 0x08);
+        Set(SenseReason.UnsupportedSegmentDescriptorType, SenseKey.IllegalRequest, 0x26, 0x09);
+        Set(SenseReason.OperationInProgress, SenseKey.IllegalRequest, 0x00, 0x16);
+        Set(SenseReason.CopyTargetNotReachable, SenseKey.CopyAborted, 0x0D, 0x02);
+        Set(SenseReason.CopyTargetIncorrectType, SenseKey.CopyAborted, 0x0D, 0x03);
+        Set(SenseReason.CopySourceReadError, SenseKey.CopyAborted, 0x11, 0x00);
+        Set(SenseReason.CopyDestinationWriteError, SenseKey.CopyAborted, 0x0C, 0x00);
+        Set(SenseReason.CopyDestinationWriteProtected, SenseKey.CopyAborted, 0x27, 0x00);
+        Set(SenseReason.CopyDestinationSpaceAllocationFailed, SenseKey.CopyAborted, 0x27, 0x07);
+        Set(SenseReason.ReportedLunsDataChanged, SenseKey.UnitAttention, 0x3F, 0x0E);
         return t;
     }
 
@@ -144,6 +174,7 @@ public static class SenseBuilder
             s[2] = entry.Key;
             if (e.HasInformation) System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(s.AsSpan(3), (uint)e.Information);
             s[7] = FixedLength - 8;
+            if (e.CommandSpecific is { } cs) System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(s.AsSpan(8), cs);
             s[12] = entry.Asc; s[13] = entry.Ascq;
             if (sks)
             {
@@ -152,7 +183,7 @@ public static class SenseBuilder
             }
             return s;
         }
-        int len = 8 + (e.HasInformation ? 12 : 0) + (sks ? 8 : 0);
+        int len = 8 + (e.HasInformation ? 12 : 0) + (e.CommandSpecific.HasValue ? 12 : 0) + (sks ? 8 : 0);
         var d = new byte[len];
         d[0] = 0x72; d[1] = entry.Key; d[2] = entry.Asc; d[3] = entry.Ascq; d[7] = (byte)(len - 8);
         int p = 8;
@@ -160,6 +191,12 @@ public static class SenseBuilder
         {
             d[p] = 0x00; d[p + 1] = 0x0A; d[p + 2] = 0x80;
             System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(d.AsSpan(p + 4), e.Information);
+            p += 12;
+        }
+        if (e.CommandSpecific is { } csi)
+        {
+            d[p] = 0x01; d[p + 1] = 0x0A; // command-specific information descriptor
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(d.AsSpan(p + 4), csi);
             p += 12;
         }
         if (sks)
