@@ -253,7 +253,7 @@ public sealed partial class ScsiLogicalUnit
 
     /// <summary>Whether a reservation on this unit forbids a copy on behalf of <paramref name="nexus"/> (of another unit) to read or write it.</summary>
     internal bool ConflictsForCopy(ItNexus nexus, bool write) =>
-        IsReservationConflict(write ? CopyWriteAccess : CopyReadAccess, new NexusState(nexus), default);
+        IsReservationConflict(write ? CopyWriteAccess : CopyReadAccess, new NexusState(nexus));
 
     // ---- RECEIVE COPY RESULTS ------------------------------------------------------------------
 
