@@ -10,31 +10,11 @@ namespace IntegrityTarget.Iscsi;
 // Data-In and SCSI Response with residuals, NOP-Out.
 public sealed partial class IscsiConnection
 {
-    private uint _expCmdSN;
-    private readonly SortedSet<uint> _aheadCmdSNs = new(); // CmdSNs received inside the window but ahead of ExpCmdSN
     private readonly Dictionary<uint, ScsiTask> _tasks = [];
-    private int _activeCommands;
     private long _writeBufferBytes;
     private TaskCompletionSource? _idleWaiter;
 
     public int TasksInFlight { get { lock (_sync) return _tasks.Count; } }
-
-    private uint _advertisedMaxCmdSN;
-    private bool _advertised;
-
-    /// <summary>
-    /// MaxCmdSN = ExpCmdSN + free queue slots - 1 (the window closes when the queue is full), never below
-    /// what was already advertised (an initiator may use what it was given). Caller holds _sync.
-    /// </summary>
-    private uint MaxCmdSNLocked()
-    {
-        int free = Math.Max(0, Options.QueueDepth - _activeCommands);
-        uint max = _expCmdSN + (uint)free - 1;
-        if (_advertised && Bhs.SnLess(max, _advertisedMaxCmdSN)) max = _advertisedMaxCmdSN;
-        _advertisedMaxCmdSN = max;
-        _advertised = true;
-        return max;
-    }
 
     /// <summary>
     /// CmdSN acceptance (RFC 7143 §3.2.2.1): immediate commands are always taken; others must lie in
@@ -43,33 +23,12 @@ public sealed partial class IscsiConnection
     private bool AcceptCmdSN(byte[] header, bool countsAsCommand)
     {
         uint cmdSN = Bhs.U32(header, 24);
-        lock (_sync)
-        {
-            if (Bhs.Immediate(header))
-            {
-                if (countsAsCommand) _activeCommands++;
-                return true;
-            }
-            // Only what was advertised counts: a queue slot freed since then is not yet known to the initiator.
-            uint max = _advertised ? _advertisedMaxCmdSN : MaxCmdSNLocked();
-            if (Bhs.SnLess(cmdSN, _expCmdSN) || Bhs.SnLess(max, cmdSN))
-            {
-                _log.Debug("Dropping {Opcode} with CmdSN {CmdSN} outside window [{Exp}, {Max}]", Bhs.Op(header), cmdSN, _expCmdSN, max);
-                return false;
-            }
-            if (cmdSN == _expCmdSN)
-            {
-                _expCmdSN++;
-                while (_aheadCmdSNs.Remove(_expCmdSN)) _expCmdSN++;
-            }
-            else if (!_aheadCmdSNs.Add(cmdSN))
-            {
-                _log.Debug("Dropping duplicate CmdSN {CmdSN}", cmdSN);
-                return false;
-            }
-            if (countsAsCommand) _activeCommands++;
-            return true;
-        }
+        var verdict = _window.Accept(cmdSN, Bhs.Immediate(header), countsAsCommand, out var exp, out var max);
+        if (verdict == CmdSnWindow.Verdict.OutsideWindow)
+            _log.Debug("Dropping {Opcode} with CmdSN {CmdSN} outside window [{Exp}, {Max}]", Bhs.Op(header), cmdSN, exp, max);
+        else if (verdict == CmdSnWindow.Verdict.Duplicate)
+            _log.Debug("Dropping duplicate CmdSN {CmdSN}", cmdSN);
+        return verdict == CmdSnWindow.Verdict.Accepted;
     }
 
     // ---------------------------------------------------------------- SCSI Command
@@ -125,7 +84,7 @@ public sealed partial class IscsiConnection
         {
             if (!_tasks.TryAdd(itt, task))
             {
-                _activeCommands--;
+                _window.ReleaseSlot();
                 invalid = "ITT already in use";
             }
         }
@@ -209,23 +168,8 @@ public sealed partial class IscsiConnection
                 task.NextR2TOffset += len;
                 task.R2Ts[task.R2TCount++] = r2t;
             }
-            await _sendLock.WaitAsync().ConfigureAwait(false);
-            try
-            {
-                var h = _tx.AsSpan();
-                h.Clear();
-                h[0] = (byte)Opcode.R2T;
-                h[1] = 0x80;
-                Bhs.SetU64(h, 8, task.LunField);
-                Bhs.SetU32(h, 16, task.Itt);
-                Bhs.SetU32(h, 20, r2t.Ttt);
-                FillSequenceNumbers(h, advanceStatSN: false);
-                Bhs.SetU32(h, 36, r2t.R2TSN);
-                Bhs.SetU32(h, 40, (uint)r2t.Offset);
-                Bhs.SetU32(h, 44, (uint)r2t.Length);
-                Emit(h, default);
-            }
-            finally { _sendLock.Release(); }
+            // Not flushed here: R2Ts go out with the flush after the received batch is handled.
+            await _sender.SendAsync(TargetPdus.R2T(task.LunField, task.Itt, r2t.Ttt, r2t.R2TSN, r2t.Offset, r2t.Length), flush: false).ConfigureAwait(false);
         }
     }
 
@@ -433,7 +377,7 @@ public sealed partial class IscsiConnection
     {
         if (task.SlotReleased) return;
         task.SlotReleased = true;
-        _activeCommands--;
+        _window.ReleaseSlot();
     }
 
     private void FinishTask(ScsiTask task)
@@ -465,17 +409,14 @@ public sealed partial class IscsiConnection
         var data = response.DataIn;
         int sendLength = Math.Min(data.Length, readLimit);
         long transfer = response.TransferLength;
-        byte residualFlags = 0;
-        uint residual = 0;
-        if (transfer > task.Edtl) { residualFlags = 0x04; residual = (uint)Math.Min(transfer - task.Edtl, uint.MaxValue); }
-        else if (transfer < task.Edtl) { residualFlags = 0x02; residual = (uint)(task.Edtl - transfer); }
+        byte residualFlags = TargetPdus.ResidualFlags(transfer, task.Edtl);
+        uint residual = (uint)Math.Min(Math.Abs(transfer - task.Edtl), uint.MaxValue);
         bool statusInData = sendLength > 0 && response.Sense.IsEmpty &&
                             response.Status is ScsiStatus.Good or ScsiStatus.ConditionMet;
         uint dataSN = 0;
         if (sendLength > 0)
         {
-            await _sendLock.WaitAsync().ConfigureAwait(false);
-            try
+            using (var batch = await _sender.BeginAsync().ConfigureAwait(false))
             {
                 int maxSeg = Parameters.InitiatorMaxRecvDataSegmentLength;
                 int burst = Parameters.MaxBurstLength;
@@ -485,32 +426,17 @@ public sealed partial class IscsiConnection
                     int seg = Math.Min(Math.Min(maxSeg, sendLength - offset), burstLeft);
                     bool last = offset + seg == sendLength;
                     bool endOfSequence = last || seg == burstLeft;
-                    var h = _tx.AsSpan();
-                    h.Clear();
-                    h[0] = (byte)Opcode.DataIn;
-                    if (endOfSequence) h[1] |= 0x80;
-                    bool withStatus = last && statusInData;
-                    if (withStatus)
-                    {
-                        h[1] |= (byte)(0x01 | residualFlags);
-                        h[3] = response.Status;
-                        Bhs.SetU32(h, 44, residual);
-                    }
-                    Bhs.SetU64(h, 8, task.LunField);
-                    Bhs.SetU32(h, 16, task.Itt);
-                    Bhs.SetU32(h, 20, Bhs.ReservedTag);
-                    FillSequenceNumbers(h, advanceStatSN: withStatus);
-                    Bhs.SetU32(h, 36, dataSN++);
-                    Bhs.SetU32(h, 40, (uint)offset);
-                    Emit(h, data.Span.Slice(offset, seg));
+                    var h = last && statusInData
+                        ? TargetPdus.DataIn(task.LunField, task.Itt, dataSN++, offset, true, response.Status, residualFlags, residual)
+                        : TargetPdus.DataIn(task.LunField, task.Itt, dataSN++, offset, endOfSequence);
+                    batch.Emit(h, data.Span.Slice(offset, seg));
                     offset += seg;
                     burstLeft -= seg;
                     if (burstLeft == 0) burstLeft = burst;
-                    if (_unflushed >= 256 * 1024 && !await FlushAsync().ConfigureAwait(false)) return;
+                    if (batch.Unflushed >= 256 * 1024 && !await batch.FlushAsync().ConfigureAwait(false)) return;
                 }
-                if (statusInData) await FlushAsync().ConfigureAwait(false);
+                if (statusInData) await batch.FlushAsync().ConfigureAwait(false);
             }
-            finally { _sendLock.Release(); }
             if (statusInData) return;
         }
         await SendScsiResponseAsync(task, response.Status, 0, response.Sense, dataSN, residualFlags, residual).ConfigureAwait(false);
@@ -519,36 +445,22 @@ public sealed partial class IscsiConnection
     private async ValueTask SendScsiResponseAsync(ScsiTask task, byte status, byte iscsiResponse, ReadOnlyMemory<byte> sense,
         uint expDataSN, byte residualFlags = 0, uint residual = 0)
     {
-        await _sendLock.WaitAsync().ConfigureAwait(false);
+        var h = TargetPdus.ScsiResponse(task.Itt, status, iscsiResponse, residualFlags, residual, expDataSN);
+        if (sense.IsEmpty)
+        {
+            await _sender.SendAsync(h).ConfigureAwait(false);
+            return;
+        }
+        // Sense data is prefixed by its 2-byte length (RFC 7143 §11.4.7.2).
+        int n = Math.Min(sense.Length, 0xffff);
+        var buf = ArrayPool<byte>.Shared.Rent(n + 2);
         try
         {
-            var h = _tx.AsSpan();
-            h.Clear();
-            h[0] = (byte)Opcode.ScsiResponse;
-            h[1] = (byte)(0x80 | residualFlags);
-            h[2] = iscsiResponse;
-            h[3] = status;
-            Bhs.SetU32(h, 16, task.Itt);
-            FillSequenceNumbers(h, advanceStatSN: true);
-            Bhs.SetU32(h, 36, expDataSN);
-            Bhs.SetU32(h, 44, residual);
-            if (sense.IsEmpty)
-            {
-                Emit(h, default);
-            }
-            else
-            {
-                // Sense data is prefixed by its 2-byte length (RFC 7143 §11.4.7.2).
-                int n = Math.Min(sense.Length, 0xffff);
-                var buf = ArrayPool<byte>.Shared.Rent(n + 2);
-                BinaryPrimitives.WriteUInt16BigEndian(buf, (ushort)n);
-                sense.Span[..n].CopyTo(buf.AsSpan(2));
-                Emit(h, buf.AsSpan(0, n + 2));
-                ArrayPool<byte>.Shared.Return(buf);
-            }
-            await FlushAsync().ConfigureAwait(false);
+            BinaryPrimitives.WriteUInt16BigEndian(buf, (ushort)n);
+            sense.Span[..n].CopyTo(buf.AsSpan(2));
+            await _sender.SendAsync(h, buf.AsMemory(0, n + 2)).ConfigureAwait(false);
         }
-        finally { _sendLock.Release(); }
+        finally { ArrayPool<byte>.Shared.Return(buf); }
     }
 
     // ---------------------------------------------------------------- NOP-Out
@@ -572,25 +484,8 @@ public sealed partial class IscsiConnection
         int len = Math.Min(pdu.DataLength, Parameters.InitiatorMaxRecvDataSegmentLength);
         var echo = ArrayPool<byte>.Shared.Rent(Math.Max(len, 1));
         pdu.Data.Slice(0, len).CopyTo(echo);
-        await _sendLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            var o = _tx.AsSpan();
-            o.Clear();
-            o[0] = (byte)Opcode.NopIn;
-            o[1] = 0x80;
-            Bhs.SetU64(o, 8, Bhs.Lun(h));
-            Bhs.SetU32(o, 16, itt);
-            Bhs.SetU32(o, 20, Bhs.ReservedTag);
-            FillSequenceNumbers(o, advanceStatSN: true);
-            Emit(o, echo.AsSpan(0, len));
-            await FlushAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            _sendLock.Release();
-            ArrayPool<byte>.Shared.Return(echo);
-        }
+        try { await _sender.SendAsync(TargetPdus.NopInReply(Bhs.Lun(h), itt), echo.AsMemory(0, len)).ConfigureAwait(false); }
+        finally { ArrayPool<byte>.Shared.Return(echo); }
     }
 
     // ---------------------------------------------------------------- task set helpers

@@ -71,8 +71,8 @@ public sealed partial class IscsiConnection
             {
                 _server.Counters.LoginSucceeded();
                 // Digests apply from the first PDU after the final login response, both ways.
-                _txHeaderDigest = Parameters.HeaderDigest;
-                _txDataDigest = Parameters.DataDigest;
+                _sender.HeaderDigest = Parameters.HeaderDigest;
+                _sender.DataDigest = Parameters.DataDigest;
                 _framer.HeaderDigest = Parameters.HeaderDigest;
                 _framer.DataDigest = Parameters.DataDigest;
                 _framer.MaxDataSegmentLength = Parameters.TargetMaxRecvDataSegmentLength;
@@ -102,11 +102,11 @@ public sealed partial class IscsiConnection
             _loginStarted = true;
             if (versionMin > 0 || versionMax < versionMin)
                 throw new LoginFailure(LoginStatus.UnsupportedVersion, $"version range {versionMin}..{versionMax} does not include 0");
-            _isid = ((ulong)h[8] << 40) | ((ulong)h[9] << 32) | ((ulong)h[10] << 24) | ((ulong)h[11] << 16) | ((ulong)h[12] << 8) | h[13];
+            _isid = Bhs.Isid(h);
             _requestedTsih = Bhs.U16(h, 14);
             _loginItt = Bhs.Itt(h);
-            _statSN = Bhs.U32(h, 28);
-            lock (_sync) _expCmdSN = Bhs.U32(h, 24);
+            _sender.StartStatSN(Bhs.U32(h, 28));
+            _window.Start(Bhs.U32(h, 24));
             _currentStage = csg;
         }
 
@@ -411,50 +411,16 @@ public sealed partial class IscsiConnection
 
     private async ValueTask SendLoginResponseAsync(byte[] request, byte flags, ushort tsih, ArrayBufferWriter<byte> text)
     {
+        var h = TargetPdus.LoginResponse(flags, Bhs.Isid(request), tsih, Bhs.Itt(request));
         var copy = ArrayPool<byte>.Shared.Rent(Math.Max(text.WrittenCount, 1));
         text.WrittenSpan.CopyTo(copy);
-        int length = text.WrittenCount;
-        var isidAndItt = request.AsSpan(8, 12).ToArray();
-        await _sendLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            var h = _tx.AsSpan();
-            h.Clear();
-            h[0] = (byte)Opcode.LoginResponse;
-            h[1] = flags;
-            isidAndItt.AsSpan(0, 6).CopyTo(h[8..]);
-            Bhs.SetU16(h, 14, tsih);
-            isidAndItt.AsSpan(8, 4).CopyTo(h[16..]);
-            FillSequenceNumbers(h, advanceStatSN: true);
-            Emit(h, copy.AsSpan(0, length));
-            await FlushAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            _sendLock.Release();
-            ArrayPool<byte>.Shared.Return(copy);
-        }
+        try { await _sender.SendAsync(h, copy.AsMemory(0, text.WrittenCount)).ConfigureAwait(false); }
+        finally { ArrayPool<byte>.Shared.Return(copy); }
     }
 
-    private async ValueTask SendLoginFailureAsync(byte[] request, byte statusClass, byte statusDetail)
+    private ValueTask<bool> SendLoginFailureAsync(byte[] request, byte statusClass, byte statusDetail)
     {
         _server.Counters.LoginFailed();
-        var isidAndItt = request.AsSpan(8, 12).ToArray();
-        await _sendLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            if (_phase == Phase.Closed) return;
-            var h = _tx.AsSpan();
-            h.Clear();
-            h[0] = (byte)Opcode.LoginResponse;
-            isidAndItt.AsSpan(0, 6).CopyTo(h[8..]);
-            isidAndItt.AsSpan(8, 4).CopyTo(h[16..]);
-            FillSequenceNumbers(h, advanceStatSN: true);
-            h[36] = statusClass;
-            h[37] = statusDetail;
-            Emit(h, default);
-            await FlushAsync().ConfigureAwait(false);
-        }
-        finally { _sendLock.Release(); }
+        return _sender.SendAsync(TargetPdus.LoginResponse(0, Bhs.Isid(request), 0, Bhs.Itt(request), statusClass, statusDetail));
     }
 }

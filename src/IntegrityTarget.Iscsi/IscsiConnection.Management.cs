@@ -65,17 +65,7 @@ public sealed partial class IscsiConnection
                     // RFC 7143 §11.5.1: a command not received yet (RefCmdSN inside the window, before the TMF)
                     // is considered received and aborted, so it is dropped when it arrives; a command already
                     // answered is simply a task that does not exist.
-                    bool notYetReceived;
-                    lock (_sync)
-                    {
-                        notYetReceived = Bhs.SnLess(refCmdSN, cmdSN) && Bhs.SnLessOrEqual(_expCmdSN, refCmdSN)
-                                         && Bhs.SnLessOrEqual(refCmdSN, _advertisedMaxCmdSN) && !_aheadCmdSNs.Contains(refCmdSN);
-                        if (notYetReceived)
-                        {
-                            if (refCmdSN == _expCmdSN) { _expCmdSN++; while (_aheadCmdSNs.Remove(_expCmdSN)) _expCmdSN++; }
-                            else _aheadCmdSNs.Add(refCmdSN);
-                        }
-                    }
+                    bool notYetReceived = _window.ConsumeIfNotYetReceived(refCmdSN, cmdSN);
                     response = notYetReceived ? TmfResponse.FunctionComplete : TmfResponse.TaskDoesNotExist;
                 }
                 break;
@@ -120,23 +110,8 @@ public sealed partial class IscsiConnection
         await Task.WhenAll(all).ConfigureAwait(false);
     }
 
-    private async ValueTask SendTmfResponseAsync(uint itt, TmfResponse response)
-    {
-        await _sendLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            var h = _tx.AsSpan();
-            h.Clear();
-            h[0] = (byte)Opcode.TaskManagementResponse;
-            h[1] = 0x80;
-            h[2] = (byte)response;
-            Bhs.SetU32(h, 16, itt);
-            FillSequenceNumbers(h, advanceStatSN: true);
-            Emit(h, default);
-            await FlushAsync().ConfigureAwait(false);
-        }
-        finally { _sendLock.Release(); }
-    }
+    private ValueTask<bool> SendTmfResponseAsync(uint itt, TmfResponse response) =>
+        _sender.SendAsync(TargetPdus.TaskManagementResponse(itt, (byte)response));
 
     // ---------------------------------------------------------------- Text (SendTargets)
 
@@ -225,21 +200,7 @@ public sealed partial class IscsiConnection
         _textPendingOffset += len;
         bool more = _textPendingOffset < all.Length;
         _textTtt = more ? NextTtt() : Bhs.ReservedTag;
-        await _sendLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            var h = _tx.AsSpan();
-            h.Clear();
-            h[0] = (byte)Opcode.TextResponse;
-            h[1] = more ? (byte)0x40 : (byte)0x80;
-            Bhs.SetU64(h, 8, 0);
-            Bhs.SetU32(h, 16, itt);
-            Bhs.SetU32(h, 20, _textTtt);
-            FillSequenceNumbers(h, advanceStatSN: true);
-            Emit(h, all.AsSpan(start, len));
-            await FlushAsync().ConfigureAwait(false);
-        }
-        finally { _sendLock.Release(); }
+        await _sender.SendAsync(TargetPdus.TextResponse(itt, _textTtt, more), all.AsMemory(start, len)).ConfigureAwait(false);
         if (!more) _textPending = null;
     }
 
@@ -269,22 +230,7 @@ public sealed partial class IscsiConnection
             await AbortTasksAsync(t => !t.Executing, notifyInitiator: false, "logout").ConfigureAwait(false);
             await WaitForTasksAsync(CancellationToken.None).ConfigureAwait(false);
         }
-        await _sendLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            var o = _tx.AsSpan();
-            o.Clear();
-            o[0] = (byte)Opcode.LogoutResponse;
-            o[1] = 0x80;
-            o[2] = response;
-            Bhs.SetU32(o, 16, itt);
-            FillSequenceNumbers(o, advanceStatSN: true);
-            Bhs.SetU16(o, 40, (ushort)Parameters.DefaultTime2Wait);
-            Bhs.SetU16(o, 42, (ushort)Parameters.DefaultTime2Retain);
-            Emit(o, default);
-            await FlushAsync().ConfigureAwait(false);
-        }
-        finally { _sendLock.Release(); }
+        await _sender.SendAsync(TargetPdus.LogoutResponse(itt, response, (ushort)Parameters.DefaultTime2Wait, (ushort)Parameters.DefaultTime2Retain)).ConfigureAwait(false);
         if (response == 0)
         {
             _log.Information("Logout from {Initiator} (reason {Reason})", Session?.InitiatorName, reason);

@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net;
 using IntegrityTarget.Iscsi.Login;
@@ -39,19 +38,15 @@ public sealed partial class IscsiConnection
     }
 
     private readonly IscsiServer _server;
-    private readonly IPduSink _sink;
     private readonly ILogger _log;
     private readonly PduFramer _framer = new();
     private readonly InboundPdu _rx = new();
-    private readonly byte[] _tx = new byte[Bhs.Length];
-    private readonly SemaphoreSlim _sendLock = new(1, 1);
+    private readonly PduSender _sender;
+    private readonly CmdSnWindow _window;
     private readonly object _sync = new();
     private readonly CancellationTokenSource _closedCts = new();
     private readonly TaskCompletionSource _closedTcs = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile Phase _phase = Phase.Login;
-    private bool _txHeaderDigest, _txDataDigest;
-    private uint _statSN;
-    private int _unflushed;
     private long _lastReceiveTimestamp;
     private long _pingSentTimestamp;
     private uint _pingTtt = Bhs.ReservedTag;
@@ -62,11 +57,12 @@ public sealed partial class IscsiConnection
     internal IscsiConnection(IscsiServer server, IPduSink sink, IPEndPoint? local, IPEndPoint? remote)
     {
         _server = server;
-        _sink = sink;
         Local = local;
         Remote = remote;
         _log = server.Log.ForContext("Remote", remote?.ToString() ?? "?");
         _framer.MaxDataSegmentLength = Math.Max(8192, server.Options.MaxRecvDataSegmentLength);
+        _window = new CmdSnWindow(server.Options.QueueDepth);
+        _sender = new PduSender(sink, _window, _closedCts.Token, _log);
         Parameters.TargetMaxRecvDataSegmentLength = server.Options.MaxRecvDataSegmentLength;
         _createdTimestamp = _lastReceiveTimestamp = Stopwatch.GetTimestamp();
         _ = KeepAliveLoopAsync();
@@ -109,7 +105,7 @@ public sealed partial class IscsiConnection
                 _log.Error(ex, "Closing connection after an unexpected error handling {Opcode}", _rx.Opcode);
                 await CloseAsync("internal error").ConfigureAwait(false);
             }
-            await FlushPendingAsync().ConfigureAwait(false);
+            await _sender.FlushPendingAsync().ConfigureAwait(false);
         }
         return _phase == Phase.Closed ? buffer.End : buffer.Start;
     }
@@ -152,59 +148,6 @@ public sealed partial class IscsiConnection
 
     // ---------------------------------------------------------------- sending
 
-    private uint CurrentExpCmdSN() { lock (_sync) return _expCmdSN; }
-
-    /// <summary>Fills StatSN/ExpCmdSN/MaxCmdSN (bytes 24-35, common to every target PDU). Caller holds the send lock.</summary>
-    private void FillSequenceNumbers(Span<byte> h, bool advanceStatSN)
-    {
-        Bhs.SetU32(h, 24, advanceStatSN ? _statSN++ : _statSN);
-        uint exp, max;
-        lock (_sync) { exp = _expCmdSN; max = MaxCmdSNLocked(); }
-        Bhs.SetU32(h, 28, exp);
-        Bhs.SetU32(h, 32, max);
-    }
-
-    /// <summary>Writes one PDU (header digest, padding and data digest as negotiated). Caller holds the send lock.</summary>
-    private void Emit(Span<byte> header, ReadOnlySpan<byte> data)
-    {
-        Bhs.SetDataSegmentLength(header, data.Length);
-        _sink.Write(header);
-        Span<byte> word = stackalloc byte[4];
-        if (_txHeaderDigest)
-        {
-            BinaryPrimitives.WriteUInt32LittleEndian(word, Crc32C.Compute(header));
-            _sink.Write(word);
-        }
-        if (data.Length > 0)
-        {
-            _sink.Write(data);
-            int pad = Bhs.Padded(data.Length) - data.Length;
-            if (pad > 0) { word.Clear(); _sink.Write(word[..pad]); }
-            if (_txDataDigest)
-            {
-                BinaryPrimitives.WriteUInt32LittleEndian(word, Crc32C.ComputePadded(data));
-                _sink.Write(word);
-            }
-        }
-        _unflushed += Bhs.Length + data.Length + 12;
-    }
-
-    private async ValueTask<bool> FlushAsync()
-    {
-        _unflushed = 0;
-        try { return await _sink.FlushAsync(_closedCts.Token).ConfigureAwait(false); }
-        catch (OperationCanceledException) { return false; }
-        catch (Exception ex) { _log.Debug(ex, "flush failed"); return false; }
-    }
-
-    private async ValueTask FlushPendingAsync()
-    {
-        if (_unflushed == 0) return;
-        await _sendLock.WaitAsync().ConfigureAwait(false);
-        try { if (_unflushed > 0) await FlushAsync().ConfigureAwait(false); }
-        finally { _sendLock.Release(); }
-    }
-
     private ValueTask RejectAsync(InboundPdu pdu, RejectReason reason, string why)
     {
         _log.Warning("Reject {Reason} for {Opcode} ITT 0x{Itt:x8}: {Why}", reason, pdu.Opcode, Bhs.Itt(pdu.Header), why);
@@ -221,27 +164,11 @@ public sealed partial class IscsiConnection
     {
         if (_phase == Phase.Closed) return;
         _server.Counters.PduRejected();
-        // The rejected header is the data segment, so copy it before taking the lock (the rx buffer is reused).
+        // The rejected header is the data segment, so copy it before waiting to send (the rx buffer is reused).
         var copy = ArrayPool<byte>.Shared.Rent(Bhs.Length);
         rejectedHeader.AsSpan(0, Bhs.Length).CopyTo(copy);
-        await _sendLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            var h = _tx.AsSpan();
-            h.Clear();
-            h[0] = (byte)Opcode.Reject;
-            h[1] = 0x80;
-            h[2] = (byte)reason;
-            Bhs.SetU32(h, 16, Bhs.ReservedTag);
-            FillSequenceNumbers(h, advanceStatSN: true);
-            Emit(h, copy.AsSpan(0, Bhs.Length));
-            await FlushAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            _sendLock.Release();
-            ArrayPool<byte>.Shared.Return(copy);
-        }
+        try { await _sender.SendAsync(TargetPdus.Reject(reason), copy.AsMemory(0, Bhs.Length)).ConfigureAwait(false); }
+        finally { ArrayPool<byte>.Shared.Return(copy); }
     }
 
     // ---------------------------------------------------------------- keep-alive
@@ -295,24 +222,11 @@ public sealed partial class IscsiConnection
 
     private async ValueTask SendPingAsync()
     {
-        await _sendLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            if (_phase != Phase.FullFeature) return;
-            var ttt = NextTtt();
-            var h = _tx.AsSpan();
-            h.Clear();
-            h[0] = (byte)Opcode.NopIn;
-            h[1] = 0x80;
-            Bhs.SetU32(h, 16, Bhs.ReservedTag);
-            Bhs.SetU32(h, 20, ttt);
-            FillSequenceNumbers(h, advanceStatSN: false);
-            _pingSentTimestamp = Stopwatch.GetTimestamp();
-            _pingTtt = ttt;
-            Emit(h, default);
-            await FlushAsync().ConfigureAwait(false);
-        }
-        finally { _sendLock.Release(); }
+        if (_phase != Phase.FullFeature) return;
+        var ttt = NextTtt();
+        _pingSentTimestamp = Stopwatch.GetTimestamp();
+        _pingTtt = ttt;
+        await _sender.SendAsync(TargetPdus.NopInPing(ttt)).ConfigureAwait(false);
     }
 
     /// <summary>Target transfer tags: unique per connection, never 0xffffffff.</summary>
@@ -335,13 +249,7 @@ public sealed partial class IscsiConnection
         _log.Debug("Closing connection: {Reason}", reason);
         _phase = Phase.Closed;
         // Let pending sends finish (e.g. a Reject or Logout Response) before the transport is told to close.
-        await _sendLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            if (_unflushed > 0) await FlushAsync().ConfigureAwait(false);
-            _sink.Close(); // under the send lock: no other sender is mid-PDU
-        }
-        finally { _sendLock.Release(); }
+        await _sender.CloseAsync().ConfigureAwait(false);
         _closedCts.Cancel();
         try
         {

@@ -56,6 +56,8 @@ public static class Bhs
     public static int DataSegmentLength(ReadOnlySpan<byte> h) => (h[5] << 16) | (h[6] << 8) | h[7];
     public static ulong Lun(ReadOnlySpan<byte> h) => BinaryPrimitives.ReadUInt64BigEndian(h[8..]);
     public static uint Itt(ReadOnlySpan<byte> h) => U32(h, 16);
+    /// <summary>The 6-byte ISID of a login request/response (bytes 8-13).</summary>
+    public static ulong Isid(ReadOnlySpan<byte> h) => BinaryPrimitives.ReadUInt64BigEndian(h[8..]) >> 16;
     public static uint U32(ReadOnlySpan<byte> h, int offset) => BinaryPrimitives.ReadUInt32BigEndian(h[offset..]);
     public static ushort U16(ReadOnlySpan<byte> h, int offset) => BinaryPrimitives.ReadUInt16BigEndian(h[offset..]);
 

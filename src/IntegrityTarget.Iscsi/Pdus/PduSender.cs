@@ -1,0 +1,117 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using IntegrityTarget.Iscsi.Session;
+
+namespace IntegrityTarget.Iscsi.Pdus;
+
+/// <summary>
+/// The one send path of a connection. Headers come from <see cref="TargetPdus"/>; this fills in what only
+/// the connection knows at the moment of sending: StatSN (advanced for PDUs that carry status),
+/// ExpCmdSN/MaxCmdSN from the session's window, the data segment length, padding and the negotiated
+/// digests. Sends are serialized by one lock, so StatSN follows the wire order.
+/// </summary>
+internal sealed class PduSender(IPduSink sink, CmdSnWindow window, CancellationToken closed, Serilog.ILogger log)
+{
+    private readonly SemaphoreSlim _lock = new(1, 1);
+    private uint _statSN;
+    private int _unflushed;
+    private bool _closed;
+
+    /// <summary>Digests apply from the first PDU after the final login response.</summary>
+    public bool HeaderDigest { get; set; }
+    public bool DataDigest { get; set; }
+
+    /// <summary>The first login request's ExpStatSN is the StatSN of our first response.</summary>
+    public void StartStatSN(uint statSN) => _statSN = statSN;
+
+    /// <summary>Sends one PDU (flushed unless <paramref name="flush"/> is false). Returns false once the connection is gone.</summary>
+    public async ValueTask<bool> SendAsync(BhsBuffer header, ReadOnlyMemory<byte> data = default, bool flush = true)
+    {
+        await _lock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (_closed) return false;
+            Emit(ref header, data.Span);
+            return !flush || await FlushLockedAsync().ConfigureAwait(false);
+        }
+        finally { _lock.Release(); }
+    }
+
+    /// <summary>Holds the send lock for a run of PDUs (the Data-In of one command); dispose to release.</summary>
+    public async ValueTask<Batch> BeginAsync()
+    {
+        await _lock.WaitAsync().ConfigureAwait(false);
+        return new Batch(this);
+    }
+
+    /// <summary>Several PDUs under one hold of the send lock.</summary>
+    public readonly struct Batch(PduSender sender) : IDisposable
+    {
+        public bool IsClosed => sender._closed;
+        /// <summary>Bytes written since the last flush.</summary>
+        public int Unflushed => sender._unflushed;
+        public void Emit(BhsBuffer header, ReadOnlySpan<byte> data) { if (!sender._closed) sender.Emit(ref header, data); }
+        public ValueTask<bool> FlushAsync() => sender._closed ? ValueTask.FromResult(false) : sender.FlushLockedAsync();
+        public void Dispose() => sender._lock.Release();
+    }
+
+    /// <summary>Flushes PDUs emitted without a flush (R2Ts), once the received batch is handled.</summary>
+    public async ValueTask FlushPendingAsync()
+    {
+        if (Volatile.Read(ref _unflushed) == 0) return;
+        await _lock.WaitAsync().ConfigureAwait(false);
+        try { if (_unflushed > 0 && !_closed) await FlushLockedAsync().ConfigureAwait(false); }
+        finally { _lock.Release(); }
+    }
+
+    /// <summary>Lets what is queued go out, then closes the sink; later sends are dropped.</summary>
+    public async ValueTask CloseAsync()
+    {
+        await _lock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (_closed) return;
+            if (_unflushed > 0) await FlushLockedAsync().ConfigureAwait(false);
+            _closed = true;
+            sink.Close(); // under the send lock: no other sender is mid-PDU
+        }
+        finally { _lock.Release(); }
+    }
+
+    private void Emit(ref BhsBuffer header, ReadOnlySpan<byte> data)
+    {
+        Span<byte> h = header;
+        Bhs.SetU32(h, 24, TargetPdus.AdvancesStatSN(h) ? _statSN++ : _statSN);
+        var (exp, max) = window.Advertise();
+        Bhs.SetU32(h, 28, exp);
+        Bhs.SetU32(h, 32, max);
+        Bhs.SetDataSegmentLength(h, data.Length);
+        sink.Write(h);
+        Span<byte> word = stackalloc byte[4];
+        if (HeaderDigest)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(word, Crc32C.Compute(h));
+            sink.Write(word);
+        }
+        if (data.Length > 0)
+        {
+            sink.Write(data);
+            int pad = Bhs.Padded(data.Length) - data.Length;
+            if (pad > 0) { word.Clear(); sink.Write(word[..pad]); }
+            if (DataDigest)
+            {
+                BinaryPrimitives.WriteUInt32LittleEndian(word, Crc32C.ComputePadded(data));
+                sink.Write(word);
+            }
+        }
+        _unflushed += Bhs.Length + data.Length + 12;
+    }
+
+    private async ValueTask<bool> FlushLockedAsync()
+    {
+        _unflushed = 0;
+        try { return await sink.FlushAsync(closed).ConfigureAwait(false); }
+        catch (OperationCanceledException) { return false; }
+        catch (Exception ex) { log.Debug(ex, "flush failed"); return false; }
+    }
+}
