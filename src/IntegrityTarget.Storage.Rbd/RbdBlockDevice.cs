@@ -1,0 +1,333 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using IntegrityTarget.Storage.Rbd.Native;
+using Serilog;
+
+namespace IntegrityTarget.Storage.Rbd;
+
+/// <summary>
+/// A Ceph RBD image as an <see cref="IBlockDevice"/>, through librbd's asynchronous C API.
+/// <para>Durability: the gateway turns librbd's cache off (<see cref="CephClientOptions.ForcedSettings"/>), so a
+/// write completes only once the OSDs of the object's placement group have committed it; FUA therefore needs no
+/// extra flush, and <see cref="FlushAsync"/> has nothing left to do. Should the cache be on anyway (a librbd that
+/// ignores the setting), FUA becomes write + flush and flush is <c>rbd_aio_flush</c>.</para>
+/// <para>Errors become <see cref="RbdException"/> (an <see cref="IOException"/> whose HResult is the errno), with
+/// a message from <see cref="CephError"/>; each distinct error is logged once per 10 s per device.</para>
+/// <para>Writable opens hold the image's exclusive lock (<see cref="ExclusiveLock"/>) until disposed.</para>
+/// </summary>
+public sealed class RbdBlockDevice : IBlockDevice
+{
+    private static readonly TimeSpan ErrorLogInterval = TimeSpan.FromSeconds(10);
+
+    private readonly RbdClient _client;
+    private readonly bool _ownsClient;
+    private nint _image;
+    private readonly ExclusiveLock? _lock;
+    private readonly ILogger _log;
+    private readonly bool _writesDurable;
+    private readonly int _timeout;
+    private long _length;
+    private long _imageSize;
+    private int _inFlight;
+    private readonly Stack<RbdCompletionSource> _pool = new();
+    private readonly Lock _poolGate = new();
+    private GCHandle _watchSelf;
+    private ulong _watchHandle;
+    private bool _watching;
+    private readonly Dictionary<int, (DateTime Last, int Suppressed)> _errorLog = [];
+    private int _disposed;
+
+    public RbdImageSpec Spec { get; }
+    public string Name { get; }
+    public bool ReadOnly { get; }
+    public long Length => Volatile.Read(ref _length);
+    public bool CanGrow => !ReadOnly;
+    public int SectorSize => 512;
+    /// <summary>Discard is rbd_aio_write_zeroes: whole objects are deallocated, partial ranges written as zeros.</summary>
+    public bool CanDeallocate => true;
+
+    /// <summary>Who may write this image; null for read-only opens (they take no lock).</summary>
+    public ILunOwnership? Ownership => _lock;
+
+    /// <summary>The image's size as the cluster reports it now (differs from <see cref="Length"/> after a resize by someone else).</summary>
+    public long ImageSize => Volatile.Read(ref _imageSize);
+
+    /// <summary>Raised (on the thread pool) when someone else resized the image: (old size, new size).</summary>
+    public event Action<long, long>? ResizedExternally;
+
+    private RbdBlockDevice(RbdClient client, bool ownsClient, RbdImageSpec spec, nint image, bool readOnly, ExclusiveLock? exclusiveLock, long size, ILogger log)
+    {
+        _client = client; _ownsClient = ownsClient; Spec = spec; _image = image; ReadOnly = readOnly; _lock = exclusiveLock;
+        _length = _imageSize = size; _log = log; _timeout = client.Options.TimeoutSeconds;
+        Name = spec.ToString();
+        _writesDurable = Librados.ConfGet(client.Cluster, "rbd_cache") is "false" or "0";
+    }
+
+    internal static RbdBlockDevice Open(RbdClient client, RbdImageSpec spec, bool readOnly, ILogger? log, bool ownsClient)
+    {
+        nint image = 0;
+        ExclusiveLock? exclusiveLock = null;
+        int timeout = client.Options.TimeoutSeconds;
+        try
+        {
+            nint io = client.IoCtx(spec);
+            int rc = readOnly ? Librbd.rbd_open_read_only(io, spec.Image, out image, null) : Librbd.rbd_open(io, spec.Image, out image, null);
+            if (rc < 0) { image = 0; throw CephError.Fail(CephOperation.OpenImage, rc, spec.Display, timeout); }
+            if (!readOnly) exclusiveLock = ExclusiveLock.Acquire(image, spec.Display, timeout);
+            CephError.Check(Librbd.rbd_get_size(image, out ulong size), CephOperation.OpenImage, spec.Display, timeout);
+            var device = new RbdBlockDevice(client, ownsClient, spec, image, readOnly, exclusiveLock, (long)size, log ?? Serilog.Core.Logger.None);
+            device.Watch();
+            return device;
+        }
+        catch
+        {
+            exclusiveLock?.Release();
+            if (image != 0) Librbd.rbd_close(image);
+            if (ownsClient) client.Dispose();
+            throw;
+        }
+    }
+
+    // ------------------------------------------------------------------ data path
+
+    public unsafe ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default)
+    {
+        CheckRange(offset, buffer.Length);
+        if (buffer.IsEmpty) return ValueTask.CompletedTask; // librbd asserts on zero-length reads
+        var src = Rent();
+        var pin = buffer.Pin();
+        nint c = src.Begin(CephOperation.Read, offset, buffer.Length, pin);
+        int rc = Librbd.rbd_aio_read2(_image, (ulong)offset, (nuint)buffer.Length, (byte*)pin.Pointer, c, 0);
+        return rc < 0 ? src.FailSubmit(c, rc) : src.Task;
+    }
+
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+    {
+        CheckWritable();
+        CheckRange(offset, data.Length);
+        if (data.IsEmpty) return ValueTask.CompletedTask;
+        var write = Submit(CephOperation.Write, offset, data);
+        return fua && !_writesDurable ? ThenFlush(write) : write;
+    }
+
+    private unsafe ValueTask Submit(CephOperation op, long offset, ReadOnlyMemory<byte> data)
+    {
+        var src = Rent();
+        var pin = data.Pin();
+        nint c = src.Begin(op, offset, data.Length, pin);
+        int rc = Librbd.rbd_aio_write2(_image, (ulong)offset, (nuint)data.Length, (byte*)pin.Pointer, c, 0);
+        return rc < 0 ? src.FailSubmit(c, rc) : src.Task;
+    }
+
+    private async ValueTask ThenFlush(ValueTask write)
+    {
+        await write.ConfigureAwait(false);
+        await AioFlush().ConfigureAwait(false);
+    }
+
+    /// <summary>Completed writes are already on the OSDs (librbd's cache is off); with a cache, rbd_aio_flush.</summary>
+    public ValueTask FlushAsync(CancellationToken ct = default)
+    {
+        CheckOpen();
+        return _writesDurable || ReadOnly ? ValueTask.CompletedTask : AioFlush();
+    }
+
+    private unsafe ValueTask AioFlush()
+    {
+        var src = Rent();
+        nint c = src.Begin(CephOperation.Flush, 0, 0, default);
+        int rc = Librbd.rbd_aio_flush(_image, c);
+        return rc < 0 ? src.FailSubmit(c, rc) : src.Task;
+    }
+
+    /// <summary>
+    /// rbd_aio_write_zeroes, not rbd_aio_discard: a discard of part of an object may be skipped
+    /// (rbd_skip_partial_discard) and leave the old bytes, while the contract is that the range reads as zeros.
+    /// </summary>
+    public async ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default)
+    {
+        CheckWritable();
+        CheckRange(offset, length);
+        const long step = 1L << 30; // size_t is wide enough, but keep single requests a sane size
+        for (long done = 0; done < length; done += step)
+            await WriteZeroes(offset + done, Math.Min(step, length - done)).ConfigureAwait(false);
+    }
+
+    private ValueTask WriteZeroes(long offset, long length)
+    {
+        var src = Rent();
+        nint c = src.Begin(CephOperation.Discard, offset, length, default);
+        int rc = Librbd.rbd_aio_write_zeroes(_image, (ulong)offset, (nuint)length, c, 0, 0);
+        return rc < 0 ? src.FailSubmit(c, rc) : src.Task;
+    }
+
+    /// <summary>RBD images are thin, but asking the object map per command is not worth it: everything counts as allocated.</summary>
+    public (bool Allocated, long Length) GetAllocation(long offset) => offset >= Length ? (false, 0) : (true, Length - offset);
+
+    /// <summary>rbd_resize to a larger size (never shrinks). Durable when it returns: the size is in the image header.</summary>
+    public async ValueTask GrowAsync(long newLength, CancellationToken ct = default)
+    {
+        CheckWritable();
+        if (newLength <= Length) throw new ArgumentOutOfRangeException(nameof(newLength), $"{Name}: grow to {newLength} bytes is not larger than {Length}");
+        // rbd_resize is synchronous (and rare): run it off the caller's thread.
+        Enter();
+        int rc;
+        try { rc = await Task.Run(() => Librbd.rbd_resize(_image, (ulong)newLength), ct).ConfigureAwait(false); }
+        finally { Completed(); }
+        if (rc < 0) throw Failure(CephOperation.Resize, rc, newLength, 0);
+        Volatile.Write(ref _length, newLength);
+        Volatile.Write(ref _imageSize, newLength);
+        _log.Information("{Image}: grown to {Bytes} bytes", Name, newLength);
+    }
+
+    // ------------------------------------------------------------------ completions
+
+    /// <summary>
+    /// Counts a request in flight before looking at the disposed flag, so that <see cref="Dispose"/>, which sets
+    /// the flag and then waits for the count to reach zero, can never close the image under a request.
+    /// </summary>
+    private bool TryEnter()
+    {
+        Interlocked.Increment(ref _inFlight);
+        if (Volatile.Read(ref _disposed) == 0) return true;
+        Interlocked.Decrement(ref _inFlight);
+        return false;
+    }
+
+    private void Enter()
+    {
+        if (!TryEnter()) throw new ObjectDisposedException(Name);
+    }
+
+    /// <summary>A completion source for one request, already counted in flight (<see cref="Completed"/> ends it).</summary>
+    private RbdCompletionSource Rent()
+    {
+        Enter();
+        lock (_poolGate) if (_pool.TryPop(out var s)) return s;
+        return new RbdCompletionSource(this);
+    }
+
+    internal void Return(RbdCompletionSource s)
+    {
+        lock (_poolGate)
+        {
+            if (Volatile.Read(ref _disposed) != 0 || _pool.Count >= 1024) { s.Free(); return; }
+            _pool.Push(s);
+        }
+    }
+
+    internal void Completed() => Interlocked.Decrement(ref _inFlight);
+
+    /// <summary>The exception for a failed request (logged here, at most once per error code per 10 s).</summary>
+    internal RbdException Failure(CephOperation op, int rc, long offset, long length)
+    {
+        string what = op switch
+        {
+            CephOperation.Read or CephOperation.Write or CephOperation.Discard => $"{Name}: {op.ToString().ToLowerInvariant()} of {length} bytes at offset {offset}",
+            _ => Name,
+        };
+        var e = CephError.Fail(op, rc, what, _timeout);
+        LogThrottled(e);
+        return e;
+    }
+
+    private void LogThrottled(RbdException e)
+    {
+        int suppressed;
+        lock (_errorLog)
+        {
+            var now = DateTime.UtcNow;
+            if (_errorLog.TryGetValue(e.Errno, out var entry) && now - entry.Last < ErrorLogInterval)
+            {
+                _errorLog[e.Errno] = (entry.Last, entry.Suppressed + 1);
+                return;
+            }
+            suppressed = entry.Suppressed;
+            _errorLog[e.Errno] = (now, 0);
+        }
+        _log.Error("RBD request failed: {Message}{Suppressed}", e.Message, suppressed > 0 ? $" ({suppressed} more like it in the last {ErrorLogInterval.TotalSeconds:0} s)" : "");
+    }
+
+    // ------------------------------------------------------------------ header watch (external resize)
+
+    private unsafe void Watch()
+    {
+        _watchSelf = GCHandle.Alloc(this);
+        int rc = Librbd.rbd_update_watch(_image, out _watchHandle, &OnHeaderUpdate, GCHandle.ToIntPtr(_watchSelf));
+        if (rc < 0)
+        {
+            _watchSelf.Free();
+            _log.Warning("{Image}: cannot watch the image header ({Error}); a resize by someone else goes unnoticed", Name, CephError.Symbol(rc));
+            return;
+        }
+        _watching = true;
+    }
+
+    [UnmanagedCallersOnly(CallConvs = [typeof(CallConvCdecl)])]
+    private static void OnHeaderUpdate(nint arg)
+    {
+        // On a librbd thread that must not call back into librbd synchronously: look at the size from the pool.
+        try
+        {
+            var device = (RbdBlockDevice)GCHandle.FromIntPtr(arg).Target!;
+            ThreadPool.UnsafeQueueUserWorkItem(static d => d.RefreshSize(), device, preferLocal: false);
+        }
+        catch (Exception e)
+        {
+            Environment.FailFast("RBD header watch callback failed", e);
+        }
+    }
+
+    private void RefreshSize()
+    {
+        if (!TryEnter()) return;
+        ulong now;
+        try { if (Librbd.rbd_get_size(_image, out now) < 0) return; }
+        finally { Completed(); }
+        long old = Interlocked.Exchange(ref _imageSize, (long)now);
+        if (old == (long)now || (long)now == Length) return;
+        if ((long)now < Length)
+            _log.Error("{Image} was shrunk outside the gateway from {Old} to {New} bytes while served; I/O beyond {New} fails", Name, old, (long)now, (long)now);
+        else
+            _log.Warning("{Image} was resized outside the gateway from {Old} to {New} bytes; the LUN keeps its size of {Served} bytes until it is grown through the gateway or restarted",
+                Name, old, (long)now, Length);
+        ResizedExternally?.Invoke(old, (long)now);
+    }
+
+    // ------------------------------------------------------------------ checks, close
+
+    private void CheckOpen() => ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+
+    private void CheckWritable()
+    {
+        CheckOpen();
+        if (ReadOnly) throw new RbdException(CephOperation.Write, CephError.EROFS, $"{Name} is open read-only");
+    }
+
+    private void CheckRange(long offset, long length)
+    {
+        if (offset < 0 || length < 0 || offset + length > Length)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"{Name}: range [{offset}, {offset + length}) outside device of {Length} bytes");
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        if (_watching) Librbd.rbd_update_unwatch(_image, _watchHandle);
+        // Requests still in flight hold pinned buffers and callbacks into this object: wait for them (each is
+        // bounded by rados_osd_op_timeout), then close.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(_timeout + 10);
+        while (Volatile.Read(ref _inFlight) > 0 && DateTime.UtcNow < deadline) Thread.Sleep(1);
+        bool drained = Volatile.Read(ref _inFlight) == 0;
+        if (!drained) _log.Error("{Image}: {Count} requests did not complete by close; the image is left open", Name, Volatile.Read(ref _inFlight));
+        else
+        {
+            _lock?.Release();
+            Librbd.rbd_close(_image);
+            _image = 0;
+        }
+        if (_watchSelf.IsAllocated && drained) _watchSelf.Free();
+        lock (_poolGate) while (_pool.TryPop(out var s)) s.Free();
+        if (_ownsClient && drained) _client.Dispose();
+    }
+}
