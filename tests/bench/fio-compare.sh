@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
 # Side-by-side fio (libiscsi engine) comparison in ONE run: integrity-target with integrity on,
 # integrity off, integrity off over the DotNetty transport, and tgt (reference) on the same kind of
-# sparse backing file. Prints a markdown
-# table with ratios. Not a test: machines here are noisy, only the ratios in one run mean much.
+# sparse backing file. Prints markdown tables: IOPS with ratios, p99 completion latency, and the
+# server's CPU time per I/O (from /proc). Not a test: machines here are noisy, only the ratios in one
+# run mean much.
 #   tests/bench/fio-compare.sh [RUNTIME_SECONDS=10] [SIZE=1G] [ROUNDS=2]
+# Environment:
+#   TARGETS="tgt on off dotnetty"  which targets to run (any subset; "on" and "off" are needed for on/off)
+#   INTEGRITY_TARGET_BIN=DIR       use this build instead of building the working tree
+#   INTEGRITY_TARGET_BIN_B=DIR     also run target "onB": integrity on from this second build (A/B experiments)
+#   STRESS_CPU=N                   run `stress-ng --cpu N` for the whole run (a CPU-bound neighbour)
+#   JOBS="name rw bs depth;..."    replace the six default jobs
 set -euo pipefail
 runtime=${1:-10}; size=${2:-1G}; rounds=${3:-2}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-tools=${SHARED_TOOLS:-$repo/../shared/tools}
+tools=${SHARED_TOOLS:-${SHARED_DIR:+$SHARED_DIR/tools}}
+[[ -z "$tools" ]] && for d in "$repo/../shared/tools" "$repo/../../shared/tools"; do [[ -d "$d" ]] && tools=$d && break; done
 work=$(mktemp -d /tmp/fio-compare.XXXXXX)
 FIO=$("$tools/fio-iscsi/build.sh" | tail -n 1)
+read -r -a targets <<<"${TARGETS:-tgt on off dotnetty}"
+[[ -n "${INTEGRITY_TARGET_BIN_B:-}" ]] && targets+=(onB)
 if [[ -n "${INTEGRITY_TARGET_BIN:-}" ]]; then mkdir -p "$work/bin"; cp -r "$INTEGRITY_TARGET_BIN"/. "$work/bin/"
 else dotnet build -c Release "$repo/src/IntegrityTarget.Host" -o "$work/bin" >/dev/null; fi
+if [[ -n "${INTEGRITY_TARGET_BIN_B:-}" ]]; then mkdir -p "$work/binB"; cp -r "$INTEGRITY_TARGET_BIN_B"/. "$work/binB/"; fi
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -21,45 +32,66 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Reference target.
-"$tools/ref-target.sh" start "$work/tgt" 3311 "$size" >/dev/null
-declare -A url
-url[tgt]='iscsi\://127.0.0.1\:3311/iqn.2026-11.org.example\:ref/1'
+declare -A url pid
+has() { [[ " ${targets[*]} " == *" $1 "* ]]; }
 
-start_ours() { # name port integrity [transport]
-  local name=$1 port=$2 integ=$3 transport=${4:-pipelines}
+# Reference target.
+if has tgt; then
+  "$tools/ref-target.sh" start "$work/tgt" 3311 "$size" >/dev/null
+  url[tgt]='iscsi\://127.0.0.1\:3311/iqn.2026-11.org.example\:ref/1'
+  pid[tgt]=$(cat "$work/tgt/tgtd.pid")
+fi
+
+start_ours() { # name port integrity [transport] [bin]
+  local name=$1 port=$2 integ=$3 transport=${4:-pipelines} bin=${5:-$work/bin}
   mkdir -p "$work/$name"
-  dotnet "$work/bin/integrity-target.dll" serve --listen 127.0.0.1:"$port" --iqn iqn.2026-11.org.example:"$name" \
+  dotnet "$bin/integrity-target.dll" serve --listen 127.0.0.1:"$port" --iqn iqn.2026-11.org.example:"$name" \
     --data-dir "$work/$name" --lun "$work/$name/lun0.img" --size "$size" --block-size 512 --integrity "$integ" \
     --transport "$transport" --log-level Warning >"$work/$name.log" 2>&1 &
-  pids+=($!)
+  pids+=($!); pid[$name]=$!
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.2; done
   url[$name]="iscsi\\://127.0.0.1\\:$port/iqn.2026-11.org.example\\:$name/0"
 }
-start_ours on 3312 true
-start_ours off 3313 false
-start_ours dotnetty 3314 false dotnetty
-targets=(tgt on off dotnetty)
+has on && start_ours on 3312 true
+has off && start_ours off 3313 false
+has dotnetty && start_ours dotnetty 3314 false dotnetty
+has onB && start_ours onB 3315 true pipelines "$work/binB"
+
+if [[ -n "${STRESS_CPU:-}" ]]; then
+  stress-ng --cpu "$STRESS_CPU" --quiet >/dev/null 2>&1 &
+  pids+=($!)
+fi
 
 # name rw bs iodepth
 jobs=("seqwrite-1M-QD8 write 1M 8" "seqread-1M-QD8 read 1M 8" "randwrite-4k-QD32 randwrite 4k 32"
       "randread-4k-QD32 randread 4k 32" "randwrite-4k-QD1 randwrite 4k 1" "randread-4k-QD1 randread 4k 1")
+[[ -n "${JOBS:-}" ]] && IFS=';' read -r -a jobs <<<"$JOBS"
 
-run_fio() { # target rw bs depth -> "iops MB/s"
-  local out
+cpu_ticks() { # utime+stime of a process and its threads, in clock ticks
+  awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+run_fio() { # target rw bs depth -> "iops MB/s p99_us cpu_us_per_io"
+  local out c0 c1
+  c0=$(cpu_ticks "${pid[$1]}")
   out=$("$FIO" --name=j --ioengine=libiscsi --filename="${url[$1]}" --rw="$2" --bs="$3" --iodepth="$4" \
         --size="$size" --time_based --runtime="$runtime" --ramp_time=1 --output-format=json 2>/dev/null)
+  c1=$(cpu_ticks "${pid[$1]}")
   python3 -c '
-import sys, json
+import sys, json, os
 t = sys.stdin.read(); j = json.loads(t[t.index("{"):])["jobs"][0]
 d = j["write"] if j["write"]["io_bytes"] > 0 else j["read"]
-print("%.0f %.1f" % (d["iops"], d["bw_bytes"] / 1e6))' <<<"$out"
+p99 = d["clat_ns"]["percentile"].get("99.000000", 0) / 1000
+runtime, ramp = float(sys.argv[1]), 1.0
+ticks = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf("SC_CLK_TCK")
+ios = max(d["iops"] * (runtime + ramp), 1)  # the server also served the ramp-up second
+print("%.0f %.1f %.0f %.1f" % (d["iops"], d["bw_bytes"] / 1e6, p99, ticks * 1e6 / ios))' "$runtime" "$c0" "$c1" <<<"$out"
 }
 
 # Precondition: fill every LUN once so reads do not hit holes.
 for t in "${targets[@]}"; do "$FIO" --name=fill --ioengine=libiscsi --filename="${url[$t]}" --rw=write --bs=1M --iodepth=8 --size="$size" >/dev/null 2>&1; done
 
-# Every cell of every round, "job target round iops MB/s" per line; the table is derived from it.
+# Every cell of every round, "job target round iops MB/s p99 cpu" per line; the tables are derived from it.
 cells=$work/cells.txt
 for ((r = 0; r < rounds; r++)); do
   for j in "${jobs[@]}"; do
@@ -74,28 +106,46 @@ for ((r = 0; r < rounds; r++)); do
     done
   done
 done
+[[ -n "${KEEP_CELLS:-}" ]] && cp "$cells" "$KEEP_CELLS"
 
-# Best of the rounds per cell (the one least disturbed by foreign load) for the IOPS columns. Best-of picks
-# each target's luckiest cell, so the on/off ratio of each round (its two cells ran minutes apart at most),
-# with its mean and spread, shows how far this machine's noise moves the comparison.
-python3 - "$cells" "${jobs[@]}" <<'PY'
-import sys
+# Best of the rounds per cell for the IOPS columns; the ratios are means of per-round ratios (the two cells
+# of a round ran minutes apart at most) with their spread, which shows how far this machine's noise moves
+# the comparison. p99 and CPU per I/O are medians over the rounds.
+python3 - "$cells" "${targets[*]}" "${jobs[@]}" <<'PY'
+import sys, statistics
 cells = {}
 for line in open(sys.argv[1]):
-    job, target, rnd, iops, mbs = line.split()
-    cells.setdefault((job, target), {})[int(rnd)] = (float(iops), mbs)
-print("| job | tgt IOPS (MB/s) | integrity on | integrity off | off, DotNetty | on/tgt | on/off | on/off per round: mean (min–max) | DotNetty/pipelines |")
-print("|---|---|---|---|---|---|---|---|---|")
-for spec in sys.argv[2:]:
-    job = spec.split()[0]
-    best = {t: max(cells[(job, t)].values(), key=lambda c: c[0]) for t in ("tgt", "on", "off", "dotnetty")}
-    show = lambda t: "%.0f (%s)" % best[t]
-    on, off = cells[(job, "on")], cells[(job, "off")]
-    rr = [on[r][0] / max(off[r][0], 1) for r in sorted(on)]
-    iops = {t: best[t][0] for t in best}
-    print("| %s | %s | %s | %s | %s | %.2f | %.2f | %.2f (%.2f–%.2f) | %.2f |" % (
-        job, show("tgt"), show("on"), show("off"), show("dotnetty"), iops["on"] / max(iops["tgt"], 1),
-        iops["on"] / max(iops["off"], 1), sum(rr) / len(rr), min(rr), max(rr), iops["dotnetty"] / max(iops["off"], 1)))
+    job, target, rnd, iops, mbs, p99, cpu = line.split()
+    cells.setdefault((job, target), {})[int(rnd)] = (float(iops), mbs, float(p99), float(cpu))
+targets = sys.argv[2].split()
+jobs = [s.split()[0] for s in sys.argv[3:]]
+def ratio(job, a, b, k=0):
+    if (job, a) not in cells or (job, b) not in cells: return "–"
+    A, B = cells[(job, a)], cells[(job, b)]
+    rr = [A[r][k] / max(B[r][k], 1e-9) for r in sorted(A) if r in B]
+    return "%.2f (%.2f–%.2f)" % (sum(rr) / len(rr), min(rr), max(rr))
+pairs = [(a, b) for a, b in (("on", "off"), ("on", "tgt"), ("onB", "on"), ("onB", "off"), ("dotnetty", "off")) if a in targets and b in targets]
+print("| job | " + " | ".join("%s IOPS (MB/s)" % t for t in targets) + " | " + " | ".join("%s/%s per round: mean (min–max)" % p for p in pairs) + " |")
+print("|---|" + "---|" * (len(targets) + len(pairs)))
+for job in jobs:
+    best = {t: max(cells[(job, t)].values(), key=lambda c: c[0]) for t in targets}
+    print("| %s | " % job + " | ".join("%.0f (%s)" % best[t][:2] for t in targets) + " | " + " | ".join(ratio(job, a, b) for a, b in pairs) + " |")
+print()
+print("p99 completion latency in µs (median over rounds), and the per-round p99 ratio to tgt:")
+print()
+cmp = [t for t in targets if t != "tgt"] if "tgt" in targets else []
+print("| job | " + " | ".join("%s p99" % t for t in targets) + "".join(" | %s/tgt p99" % t for t in cmp) + " |")
+print("|---|" + "---|" * (len(targets) + len(cmp)))
+for job in jobs:
+    med = {t: statistics.median(c[2] for c in cells[(job, t)].values()) for t in targets}
+    print("| %s | " % job + " | ".join("%.0f" % med[t] for t in targets) + "".join(" | " + ratio(job, t, "tgt", 2) for t in cmp) + " |")
+print()
+print("Server CPU time per I/O in µs (process user+system from /proc, median over rounds):")
+print()
+print("| job | " + " | ".join(targets) + " |")
+print("|---|" + "---|" * len(targets))
+for job in jobs:
+    print("| %s | " % job + " | ".join("%.1f" % statistics.median(c[3] for c in cells[(job, t)].values()) for t in targets) + " |")
 PY
 echo
-echo "fio $("$FIO" --version), runtime ${runtime}s per cell, best of $rounds rounds (targets take turns going first; sync before every cell), size $size, $(nproc) cores, $(date -u +%F)"
+echo "fio $("$FIO" --version), runtime ${runtime}s per cell, $rounds rounds (targets take turns going first; sync before every cell), size $size, $(nproc) cores${STRESS_CPU:+, stress-ng --cpu $STRESS_CPU running}, $(date -u +%F)"
