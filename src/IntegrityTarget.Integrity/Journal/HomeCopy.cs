@@ -1,0 +1,139 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+
+namespace IntegrityTarget.Integrity;
+
+// Home copies: journaled blocks written to their home slots with fresh tags, once their transactions are durable.
+public sealed partial class IntegrityVolume
+{
+    /// <summary>Home-copy batches of at least this many blocks are split between threads.</summary>
+    private readonly int _parallelApplyBlocks;
+
+    // Committer-owned journal state.
+    /// <summary>Latest journaled-but-not-yet-homed block per LBA. Home copies are written only once the
+    /// transactions holding them are durable, at the next durable point (a commit that flushes or uses FUA,
+    /// an idle moment, a checkpoint), so write-back commits need neither FUA nor a home write each.</summary>
+    private readonly Dictionary<ulong, DataRec> _pendingHome = new();
+
+    /// <summary>
+    /// Copies every journaled block home (all their transactions are durable: callers ensure it), then
+    /// drops them from the overlay. The journal keeps them until the next checkpoint, so a torn home write
+    /// is repaired by replay.
+    /// </summary>
+    private async ValueTask ApplyPendingAsync(CancellationToken ct)
+    {
+        if (_pendingHome.Count == 0) return;
+        Debug.Assert(!_unsynced);
+        var apply = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(_pendingHome.Count);
+        foreach (var r in _pendingHome.Values)
+        {
+            // Never happens (a committed remap drops its chunk's pending blocks); guards a slot now owned elsewhere.
+            if (_committedMap[ChunkOf(r.Lba)] != r.Phys + 1) { Debug.Fail($"pending block {r.Lba} is not in its chunk's slot"); continue; }
+            apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
+        }
+        SortForHome(apply);
+        lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
+        bool ok = false;
+        try { await ApplyAsync(apply, ct).ConfigureAwait(false); ok = true; }
+        finally
+        {
+            TaskCompletionSource done;
+            lock (_q)
+            {
+                // On failure the entries stay: the overlay still holds the truth the home slot may lack.
+                if (ok)
+                    foreach (var r in _pendingHome.Values)
+                        if (_overlay.TryGetValue(r.Lba, out var cur) && ReferenceEquals(cur, r)) OverlayRemove(r.Lba);
+                _homeSeq++;
+                done = _homeCopied;
+                _homeCopied = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+            done.TrySetResult();
+        }
+        _recs.Return(_pendingHome.Values);
+        _pendingHome.Clear();
+    }
+
+    /// <summary>Returns a block image to the pool once neither the overlay nor the pending set holds it.
+    /// Callers guarantee the overlay no longer references it (a newer write or a remap replaced it there,
+    /// or it was removed after its home copy).</summary>
+    private void ReleaseRec(DataRec r) => _recs.Return(r);
+
+    /// <summary>Writes journaled blocks to their home slots with fresh tags: <paramref name="recs"/> holds one
+    /// record per LBA, sorted by slot then LBA (only the latest version of a block matters). Each slot's tag
+    /// region is read and written once. A large batch (a checkpoint after a lap of small random writes) is
+    /// split at slot boundaries and written by several threads: the file device's writes are synchronous
+    /// system calls, and two parts share no bytes.</summary>
+    private async ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct)
+    {
+        int parts = Math.Min(Environment.ProcessorCount, 4);
+        if (parts < 2 || recs.Count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, 0, recs.Count, ct).ConfigureAwait(false); return; }
+        var tasks = new List<Task>(parts);
+        int from = 0;
+        for (int k = 1; k <= parts && from < recs.Count; k++)
+        {
+            int to = k == parts ? recs.Count : Math.Max(from, (int)((long)recs.Count * k / parts));
+            while (to < recs.Count && to > from && recs[to].Phys == recs[to - 1].Phys) to++; // never split a slot
+            if (to == from) continue;
+            int f = from, t = to;
+            tasks.Add(Task.Run(() => ApplyRangeAsync(recs, f, t, ct).AsTask(), CancellationToken.None));
+            from = to;
+        }
+        await Task.WhenAll(tasks).ConfigureAwait(false);
+    }
+
+    /// <summary>Orders records for <see cref="ApplyAsync"/>: by slot, then LBA (a chunk's blocks all live in
+    /// its one slot, so slot × blocks-per-chunk + index in chunk is a unique key that sorts as primitives).</summary>
+    private void SortForHome(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs)
+    {
+        var items = CollectionsMarshal.AsSpan(recs);
+        long[] keys = ArrayPool<long>.Shared.Rent(items.Length);
+        for (int i = 0; i < items.Length; i++) keys[i] = items[i].Phys * _bpc + (long)(items[i].Lba % (ulong)_bpc);
+        keys.AsSpan(0, items.Length).Sort(items);
+        ArrayPool<long>.Shared.Return(keys);
+    }
+
+    private async ValueTask ApplyRangeAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int from, int to, CancellationToken ct)
+    {
+        int ts = _g.TagSize, tr = _g.TagRegionBytes;
+        byte[] region = ArrayPool<byte>.Shared.Rent(tr);
+        byte[] run = ArrayPool<byte>.Shared.Rent(_g.ChunkBytes);
+        try
+        {
+            int i = from;
+            while (i < to)
+            {
+                long p = recs[i].Phys;
+                int slotEnd = i + 1;
+                while (slotEnd < to && recs[slotEnd].Phys == p) slotEnd++;
+                await _dev.ReadAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), ct).ConfigureAwait(false);
+                // Runs of consecutive blocks go home in one write each.
+                for (int k = i; k < slotEnd;)
+                {
+                    int j = k + 1;
+                    while (j < slotEnd && recs[j].Lba == recs[j - 1].Lba + 1) j++;
+                    Debug.Assert(j == slotEnd || recs[j].Lba > recs[j - 1].Lba, "home copies must be unique and sorted");
+                    int idx = (int)(recs[k].Lba % (ulong)_bpc);
+                    ReadOnlyMemory<byte> data = recs[k].Data;
+                    if (j - k > 1)
+                    {
+                        for (int m = k; m < j; m++) recs[m].Data.Span.CopyTo(run.AsSpan((m - k) * _bs));
+                        data = run.AsMemory(0, (j - k) * _bs);
+                    }
+                    await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, data, fua: false, ct).ConfigureAwait(false);
+                    for (int m = k; m < j; m++)
+                        _tagger.ComputeTag(recs[m].Lba, recs[m].Data.Span, region.AsSpan((idx + m - k) * ts, ts));
+                    k = j;
+                }
+                await _dev.WriteAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), fua: false, ct).ConfigureAwait(false);
+                i = slotEnd;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(region);
+            ArrayPool<byte>.Shared.Return(run);
+        }
+    }
+}

@@ -1,0 +1,194 @@
+using System.Buffers;
+using IntegrityTarget.Storage;
+
+namespace IntegrityTarget.Integrity;
+
+// Writes, unmap and write-zeroes: commands turned into units of journal records.
+public sealed partial class IntegrityVolume
+{
+    private const int MaxMapRecordsPerUnit = 4096;
+
+    public async ValueTask<VolumeResult> WriteAsync(ulong lba, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+    {
+        if (data.Length % _bs != 0) return new VolumeResult(VolumeStatus.OutOfRange, lba, 0, $"data of {data.Length} bytes is not whole {_bs}-byte blocks");
+        ulong blocks = (ulong)(data.Length / _bs);
+        if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
+        if (blocks == 0) return VolumeResult.Success;
+        if (ct.IsCancellationRequested) return new VolumeResult(VolumeStatus.Cancelled);
+        if (_failed != null) return FailedResult(lba);
+        ulong done = 0;
+        while (done < blocks)
+        {
+            ulong n = Math.Min(blocks - done, MaxAtomicWriteBlocks);
+            var r = await WriteCommandAsync(lba + done, data.Slice((int)done * _bs, (int)n * _bs), fua, ct).ConfigureAwait(false);
+            if (!r.IsOk) return r with { GoodBlocks = done };
+            done += n;
+        }
+        Counters.AddWrite(data.Length);
+        return VolumeResult.Success;
+    }
+
+    private async ValueTask<VolumeResult> WriteCommandAsync(ulong lba, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct)
+    {
+        await BackpressureAsync().ConfigureAwait(false);
+        ulong end = lba + (ulong)(data.Length / _bs);
+        long c0 = ChunkOf(lba), c1 = ChunkOf(end - 1);
+        var lk = await _locks.AcquireAsync(c0, c1, shared: false).ConfigureAwait(false);
+        var u = new Unit { Durable = fua || !WriteBack };
+        List<long>? allocated = null;
+        try
+        {
+            int need = 0;
+            for (long c = c0; c <= c1; c++) if (IsWholeChunk(c, lba, end) || _map[c] == 0) need++;
+            if (need > 0) allocated = await AllocateAsync(need, ct).ConfigureAwait(false);
+            int ai = 0;
+            for (long c = c0; c <= c1; c++)
+            {
+                ulong cs = (ulong)c * (ulong)_bpc;
+                ulong s = Math.Max(lba, cs), e = Math.Min(end, cs + (ulong)_g.BlocksInChunk(c));
+                var piece = data.Slice((int)(s - lba) * _bs, (int)(e - s) * _bs);
+                if (IsWholeChunk(c, lba, end) || _map[c] == 0)
+                {
+                    // Redirect-on-write: the chunk goes to a free slot with its tags; the journal only
+                    // records the remap. An unmapped chunk gets its first blocks the same way, zero-filled.
+                    long p = allocated![ai++];
+                    await WriteSlotAsync(p, c, (int)(s - cs), piece, ct).ConfigureAwait(false);
+                    (u.Maps ??= new()).Add((c, p + 1));
+                    if (_map[c] != 0) (u.FreeAfter ??= new()).Add(_map[c] - 1);
+                    u.Bytes += Txn.RecordBytes;
+                }
+                else
+                {
+                    long p = _map[c] - 1;
+                    u.Data ??= new();
+                    for (ulong b = s; b < e; b++)
+                    {
+                        var rec = _recs.Rent(b, p);
+                        piece.Span.Slice((int)(b - s) * _bs, _bs).CopyTo(rec.Buf); // private copy: the caller may reuse its buffer
+                        u.Data.Add(rec);
+                        u.Bytes += _bs + Txn.RecordBytes;
+                    }
+                }
+            }
+            if (!Enqueue(u)) throw new IOException(FailedMessage);
+            allocated = null;
+        }
+        catch (Exception ex) when (ex is IOException or OperationCanceledException)
+        {
+            if (allocated != null) lock (_freeLock) foreach (var p in allocated) _free.Push(p);
+            if (u.Data != null) _recs.Return(u.Data);
+            return ex is OperationCanceledException ? new VolumeResult(VolumeStatus.Cancelled, lba) : Classify((IOException)ex, lba);
+        }
+        finally { _locks.Release(lk); }
+        if (u.Durable) return await AwaitUnitAsync(u, lba).ConfigureAwait(false);
+        return VolumeResult.Success;
+    }
+
+    private string FailedMessage => $"{Name}: volume failed: {_failed?.Message}";
+    private VolumeResult FailedResult(ulong lba) => VolumeResult.Io(lba, 0, FailedMessage);
+
+    private static VolumeResult Classify(IOException e, ulong lba) =>
+        e.HResult == 28 ? new VolumeResult(VolumeStatus.NoSpace, lba, 0, e.Message) : VolumeResult.Io(lba, 0, e.Message);
+
+    private async ValueTask<VolumeResult> AwaitUnitAsync(Unit u, ulong lba)
+    {
+        try { await u.Done.Task.ConfigureAwait(false); return VolumeResult.Success; }
+        catch (Exception e) { return VolumeResult.Io(lba, 0, $"{Name}: journal commit failed: {e.Message}"); }
+    }
+
+    private bool IsWholeChunk(long c, ulong lba, ulong end)
+    {
+        ulong cs = (ulong)c * (ulong)_bpc;
+        return lba <= cs && end >= cs + (ulong)_g.BlocksInChunk(c);
+    }
+
+    private async ValueTask WriteSlotAsync(long p, long c, int firstIndex, ReadOnlyMemory<byte> piece, CancellationToken ct)
+    {
+        int slot = (int)_g.SlotBytes;
+        byte[] buf = ArrayPool<byte>.Shared.Rent(slot);
+        try
+        {
+            var span = buf.AsSpan(0, slot);
+            // Zero only what the piece does not cover (a whole-chunk write clears just the tag region's tail).
+            int from = firstIndex * _bs, to = from + piece.Length;
+            span[..from].Clear();
+            piece.Span.CopyTo(span[from..]);
+            span[to..].Clear();
+            int cb = _g.BlocksInChunk(c), ts = _g.TagSize;
+            ulong cs = (ulong)c * (ulong)_bpc;
+            for (int i = 0; i < cb; i++)
+                _tagger.ComputeTag(cs + (ulong)i, span.Slice(i * _bs, _bs), span.Slice(_g.ChunkBytes + i * ts, ts));
+            await _dev.WriteAsync(_g.SlotOffset(p), buf.AsMemory(0, slot), fua: false, ct).ConfigureAwait(false);
+        }
+        finally { ArrayPool<byte>.Shared.Return(buf); }
+    }
+
+    public async ValueTask<VolumeResult> FlushAsync(CancellationToken ct = default)
+    {
+        if (_failed != null) return FailedResult(0);
+        var u = new Unit { Durable = true };
+        if (!Enqueue(u)) return FailedResult(0);
+        var r = await AwaitUnitAsync(u, 0).ConfigureAwait(false);
+        if (r.IsOk) Counters.AddFlush();
+        return r;
+    }
+
+    public ValueTask<VolumeResult> UnmapAsync(ulong lba, ulong blocks, CancellationToken ct = default) => WriteZeroesAsync(lba, blocks, true, ct);
+
+    public async ValueTask<VolumeResult> WriteZeroesAsync(ulong lba, ulong blocks, bool deallocate, CancellationToken ct = default)
+    {
+        if (!InRange(lba, blocks)) return VolumeResult.Range(lba);
+        if (blocks == 0) return VolumeResult.Success;
+        if (_failed != null) return FailedResult(lba);
+        ulong end = lba + blocks, cur = lba;
+        while (cur < end)
+        {
+            // Bounded groups keep one unit's record table small; unmap is not promised atomic as a whole.
+            ulong groupEnd = Math.Min(end, ((ulong)ChunkOf(cur) + MaxMapRecordsPerUnit) * (ulong)_bpc);
+            await BackpressureAsync().ConfigureAwait(false);
+            long c0 = ChunkOf(cur), c1 = ChunkOf(groupEnd - 1);
+            var lk = await _locks.AcquireAsync(c0, c1, shared: false).ConfigureAwait(false);
+            var u = new Unit { Durable = !WriteBack, Unmap = true };
+            try
+            {
+                for (long c = c0; c <= c1; c++)
+                {
+                    if (_map[c] == 0) continue; // already reads as zeros
+                    if (IsWholeChunk(c, cur, groupEnd))
+                    {
+                        (u.Maps ??= new()).Add((c, 0));
+                        (u.FreeAfter ??= new()).Add(_map[c] - 1);
+                        u.Bytes += Txn.RecordBytes;
+                    }
+                    else
+                    {
+                        ulong cs = (ulong)c * (ulong)_bpc;
+                        ulong s = Math.Max(cur, cs), e = Math.Min(groupEnd, cs + (ulong)_g.BlocksInChunk(c));
+                        u.Data ??= new();
+                        for (ulong b = s; b < e; b++)
+                        {
+                            var rec = _recs.Rent(b, _map[c] - 1);
+                            Array.Clear(rec.Buf);
+                            u.Data.Add(rec);
+                            u.Bytes += _bs + Txn.RecordBytes;
+                        }
+                    }
+                }
+                if (!Enqueue(u))
+                {
+                    if (u.Data != null) _recs.Return(u.Data);
+                    return FailedResult(cur);
+                }
+            }
+            finally { _locks.Release(lk); }
+            if (u.Durable)
+            {
+                var r = await AwaitUnitAsync(u, cur).ConfigureAwait(false);
+                if (!r.IsOk) return r;
+            }
+            cur = groupEnd;
+        }
+        Counters.AddUnmap();
+        return VolumeResult.Success;
+    }
+}
