@@ -26,7 +26,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
     private readonly long[] _map;
     private readonly long[] _committedMap;
 
-    private readonly RangeLock _locks = new();
+    private readonly ChunkRangeLock _locks = new();
     private bool _disposed;
 
     public string Name { get; }

@@ -93,7 +93,7 @@ public sealed partial class ScsiLogicalUnit
 {
     private readonly ConcurrentDictionary<(string, string), NexusState> _nexuses = new();
     private readonly Serilog.ILogger _log;
-    private readonly RangeLock _rangeLock = new();
+    private readonly LbaRangeLock _rangeLock = new();
     private readonly byte[] _naa;
     private readonly string _unitName;
 

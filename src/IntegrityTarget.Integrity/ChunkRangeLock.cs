@@ -6,7 +6,7 @@ namespace IntegrityTarget.Integrity;
 /// arrival order while disjoint ones run concurrently. Queues are short (the initiators' queue depth),
 /// so the linear scans are cheap.
 /// </summary>
-internal sealed class RangeLock
+internal sealed class ChunkRangeLock
 {
     internal sealed class Entry
     {

@@ -5,7 +5,7 @@ namespace IntegrityTarget.Scsi;
 /// compare and write so no other write to those blocks interleaves (SBC-3 5.2); plain writes take the
 /// range too so they wait for an overlapping COMPARE AND WRITE. Non-overlapping holders never wait.
 /// </summary>
-internal sealed class RangeLock
+internal sealed class LbaRangeLock
 {
     private sealed class Held
     {
@@ -18,8 +18,8 @@ internal sealed class RangeLock
 
     public readonly struct Releaser : IDisposable
     {
-        private readonly RangeLock? _owner; private readonly object? _entry;
-        internal Releaser(RangeLock owner, object entry) { _owner = owner; _entry = entry; }
+        private readonly LbaRangeLock? _owner; private readonly object? _entry;
+        internal Releaser(LbaRangeLock owner, object entry) { _owner = owner; _entry = entry; }
         public void Dispose() => _owner?.Release((Held)_entry!);
     }
 
