@@ -108,7 +108,7 @@ public sealed partial class ScsiLogicalUnit
     {
         var report = ProvisioningSource != null
             ? await ProvisioningSource(r.Ct).ConfigureAwait(false)
-            : await WalkProvisioningAsync(r.Ct).ConfigureAwait(false);
+            : await CountMappedBlocksAsync(r.Ct).ConfigureAwait(false);
         int shift = ThresholdExponent;
         var p = page.Span;
         int pos = 4;
@@ -135,7 +135,8 @@ public sealed partial class ScsiLogicalUnit
         }
     }
 
-    private async ValueTask<ProvisioningReport> WalkProvisioningAsync(CancellationToken ct)
+    /// <summary>Walks the volume's mapping (GET LBA STATUS extents): used = mapped blocks, available = the rest.</summary>
+    public async ValueTask<ProvisioningReport> CountMappedBlocksAsync(CancellationToken ct)
     {
         ulong cap = Volume.BlockCount, mapped = 0;
         for (ulong lba = 0; lba < cap;)

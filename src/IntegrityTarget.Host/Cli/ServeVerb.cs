@@ -28,7 +28,7 @@ public static class ServeVerb
           --tag-algorithm A    Targets:0:Luns:0:TagAlgorithm --allow IQN       Targets:0:AllowedInitiators:0
           --key-file FILE      Targets:0:Luns:0:KeyFile      --alias NAME      Targets:0:Alias
           --write-back BOOL    Targets:0:Luns:0:WriteBack    --read-only BOOL  Targets:0:Luns:0:ReadOnly
-          --status-socket P    Status:Socket
+          --status-socket P    Status:Socket                 --metrics A:PORT  Metrics:Listen (Prometheus /metrics)
 
         example (one existing file, no config file):
           integrity-target serve --listen 127.0.0.1:3261 --data-dir . --lun disk.img --integrity false

@@ -61,6 +61,7 @@ public static class ConfigLoader
         ["--log-file"] = "Logging:File",
         ["--transport"] = "Transport",
         ["--status-socket"] = "Status:Socket",
+        ["--metrics"] = "Metrics:Listen",
     };
 
     /// <param name="verbFlags">Flags the verb itself understands: name → whether it takes a value.</param>

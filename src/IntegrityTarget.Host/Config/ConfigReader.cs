@@ -51,12 +51,13 @@ public sealed partial class ConfigReader
         var targets = ReadTargets(dataDir);
         var logging = ReadLogging(dataDir);
         string socket = Path.GetFullPath(Str("Status:Socket") ?? "status.sock", dataDir);
+        var metrics = ReadMetrics();
         if (Encoding.UTF8.GetByteCount(socket) > MaxUnixSocketPath)
             Error("Status:Socket", $"unix socket path '{socket}' is longer than {MaxUnixSocketPath} bytes; choose a shorter Status:Socket or DataDirectory");
         return new HostConfig
         {
             DataDirectory = dataDir, Portals = portals, Transport = transport, Iscsi = iscsi,
-            Targets = targets, Logging = logging, StatusSocket = socket,
+            Targets = targets, Logging = logging, StatusSocket = socket, MetricsListen = metrics,
         };
     }
 
@@ -125,7 +126,7 @@ public sealed partial class ConfigReader
         "Targets:#:Luns:#:Lun", "Targets:#:Luns:#:Path", "Targets:#:Luns:#:Size", "Targets:#:Luns:#:BlockSize",
         "Targets:#:Luns:#:Serial", "Targets:#:Luns:#:Integrity", "Targets:#:Luns:#:TagAlgorithm", "Targets:#:Luns:#:KeyFile",
         "Targets:#:Luns:#:WriteBack", "Targets:#:Luns:#:FormatIfBlank", "Targets:#:Luns:#:ReadOnly",
-        "Logging:Level", "Logging:File", "Logging:Json", "Status:Socket",
+        "Logging:Level", "Logging:File", "Logging:Json", "Status:Socket", "Metrics:Listen",
     ];
 
     private static readonly HashSet<string> Leaves = new(Schema, StringComparer.OrdinalIgnoreCase);
@@ -192,6 +193,19 @@ public sealed partial class ConfigReader
             return false;
         endpoint = ep;
         return true;
+    }
+
+    /// <summary>Metrics:Listen: where the Prometheus endpoint listens; absent = no endpoint (the default).</summary>
+    private IPEndPoint? ReadMetrics()
+    {
+        if (Str("Metrics:Listen") is not { } text) return null;
+        if (!TryParsePortal(text, out var ep) || !text.Contains(':'))
+        {
+            Error("Metrics:Listen", $"'{text}' is not ADDRESS:PORT (e.g. 127.0.0.1:9400)");
+            return null;
+        }
+        if (ep.Port == 0) { Error("Metrics:Listen", "needs a fixed port (Prometheus must know where to scrape), e.g. 127.0.0.1:9400"); return null; }
+        return ep;
     }
 
     private static readonly Dictionary<string, string> TransportNames = new(StringComparer.OrdinalIgnoreCase)

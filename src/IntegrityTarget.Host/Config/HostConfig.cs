@@ -16,6 +16,8 @@ public sealed class HostConfig
     public required LoggingSettings Logging { get; init; }
     /// <summary>Absolute path of the unix status/control socket.</summary>
     public required string StatusSocket { get; init; }
+    /// <summary>Where the Prometheus /metrics endpoint listens; null = off.</summary>
+    public IPEndPoint? MetricsListen { get; init; }
 }
 
 public sealed class IscsiSettings

@@ -10,6 +10,10 @@ public sealed class ServedLun(LunSettings settings, IBlockVolume volume, IBlockD
     public IBlockVolume Volume { get; } = volume;
     public IBlockDevice Device { get; } = device;
     public ulong Lun => Settings.Lun;
+    /// <summary>The SCSI logical unit serving this volume, once the front end is built.</summary>
+    public Scsi.ScsiLogicalUnit? Unit { get; set; }
+    /// <summary>Fraction checked by the online scrub running now; null when none runs.</summary>
+    public double? ScrubProgress { get; set; }
 }
 
 public sealed class ServedTarget(TargetSettings settings, IReadOnlyList<ServedLun> luns)

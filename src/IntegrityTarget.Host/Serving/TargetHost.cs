@@ -25,6 +25,7 @@ public sealed class TargetHost : IStatusProvider
     private readonly ConcurrentDictionary<string, bool> _scrubbing = new();
     private readonly DateTimeOffset _started = DateTimeOffset.UtcNow;
     private FrontEnd? _frontEnd;
+    private Metrics.HostMetrics? _metrics;
 
     private TargetHost(HostConfig config, ILogger log) { _config = config; _log = log; }
 
@@ -92,7 +93,13 @@ public sealed class TargetHost : IStatusProvider
     {
         try
         {
-            _frontEnd = await FrontEnd.StartAsync(_config, _targets, _log, ct);
+            if (_config.MetricsListen is { } listen)
+            {
+                _metrics = Metrics.HostMetrics.Start(listen, () => _targets, () => _frontEnd?.SessionInfos() ?? [], () => _frontEnd?.Counters.Snapshot());
+                _log.Information("Metrics on http://{Listen}/metrics", listen.ToString());
+            }
+            var copyTargets = new CopyTargets(() => _targets, () => _frontEnd?.SessionInfos() ?? []);
+            _frontEnd = await FrontEnd.StartAsync(_config, _targets, _log, ct, copyTargets, _metrics);
             return true;
         }
         catch (Exception e) when (FrontEnd.IsBindFailure(e))
@@ -176,6 +183,8 @@ public sealed class TargetHost : IStatusProvider
     private async Task CloseAsync()
     {
         if (_frontEnd != null) { await _frontEnd.DisposeAsync(); _frontEnd = null; }
+        _metrics?.Dispose();
+        _metrics = null;
         foreach (var l in _targets.SelectMany(t => t.Luns))
         {
             try { await l.Volume.DisposeAsync(); }
@@ -221,10 +230,14 @@ public sealed class TargetHost : IStatusProvider
         if (!_scrubbing.TryAdd(key, true)) throw new CliException($"{key} is already being scrubbed");
         try
         {
-            var outcome = await IntegrityWiring.ScrubAsync(served.Volume, rateMBps, progress, ct);
+            served.ScrubProgress = 0;
+            var tracked = new InlineProgress(f => { served.ScrubProgress = f; progress.Report(f); });
+            var outcome = await IntegrityWiring.ScrubAsync(served.Volume, rateMBps, tracked, ct);
+            // A finished scrub checked every block: its findings are what LOG SENSE and metrics report from now on.
+            served.Unit?.Health.RecordScrub(new Scsi.ScrubSummary(DateTimeOffset.UtcNow, outcome.BlocksChecked, outcome.Mismatches), outcome.BadLbas);
             _log.Information("Scrub of {Lun} finished: {Blocks} blocks checked, {Bad} bad", key, outcome.BlocksChecked, outcome.Mismatches);
             return outcome;
         }
-        finally { _scrubbing.TryRemove(key, out _); }
+        finally { _scrubbing.TryRemove(key, out _); served.ScrubProgress = null; }
     }
 }

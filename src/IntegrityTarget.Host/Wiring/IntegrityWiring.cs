@@ -23,6 +23,14 @@ public static class IntegrityWiring
 
     public static bool IsVolumeError(Exception e) => e is IntegrityVolumeException;
 
+    /// <summary>Integrity-volume figures for metrics and provisioning reports.</summary>
+    public sealed record VolumeFigures(ulong Checkpoints, long Slots, long FreeSlots, ulong MappedBlocks);
+
+    /// <summary>The figures of an integrity volume; null for a plain one.</summary>
+    public static VolumeFigures? Figures(IBlockVolume volume) => volume is IntegrityVolume iv
+        ? new VolumeFigures(iv.Checkpoints, iv.Slots, iv.FreeSlots, Math.Min(iv.BlockCount, (ulong)iv.MappedChunks * (ulong)iv.BlocksPerChunk))
+        : null;
+
     public static byte[] ReadKey(string? keyFile) => keyFile == null ? [] : File.ReadAllBytes(keyFile);
 
     public static async Task<(IBlockVolume Volume, IBlockDevice Device)> OpenLunAsync(LunSettings lun, string name, ILogger log, CancellationToken ct)

@@ -19,13 +19,16 @@ public sealed class FrontEnd : IAsyncDisposable
     private static ChapCredentials? Chap(ChapSettings? c) => c == null ? null : new ChapCredentials(c.User, c.Secret);
 
     /// <summary>Builds SCSI targets, the iSCSI server and the transport, and starts listening.</summary>
-    public static async Task<FrontEnd> StartAsync(HostConfig config, IReadOnlyList<ServedTarget> targets, ILogger log, CancellationToken ct)
+    /// <param name="copyTargets">Resolves EXTENDED COPY units across targets (the host's ACL view).</param>
+    /// <param name="metrics">When metrics are on: times every command of every target.</param>
+    public static async Task<FrontEnd> StartAsync(HostConfig config, IReadOnlyList<ServedTarget> targets, ILogger log, CancellationToken ct,
+        Scsi.ICopyTargetResolver? copyTargets = null, Metrics.HostMetrics? metrics = null)
     {
         var iscsiTargets = targets.Select(t => new IscsiTargetConfig
         {
             Iqn = t.Iqn,
             Alias = t.Settings.Alias,
-            Scsi = ScsiWiring.Build(t, log),
+            Scsi = ScsiWiring.Build(t, log, copyTargets, metrics),
             AllowedInitiators = t.Settings.AllowedInitiators,
             Chap = Chap(t.Settings.Chap),
             MutualChap = Chap(t.Settings.MutualChap),
@@ -70,6 +73,8 @@ public sealed class FrontEnd : IAsyncDisposable
     public IReadOnlyList<IPEndPoint> BoundEndpoints => _transport.BoundEndpoints;
 
     public IReadOnlyList<object> Sessions() => [.. _server.Sessions];
+
+    public IReadOnlyList<SessionInfo> SessionInfos() => [.. _server.Sessions];
 
     /// <summary>The iSCSI layer's counters (logins, CHAP failures, rejects, connections, sessions per target).</summary>
     public IscsiCounters Counters => _server.Counters;

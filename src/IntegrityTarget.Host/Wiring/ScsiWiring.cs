@@ -2,13 +2,14 @@ using IntegrityTarget.Host.Cli;
 using IntegrityTarget.Host.Serving;
 using Serilog;
 using IntegrityTarget.Scsi;
+using IntegrityTarget.Storage;
 
 namespace IntegrityTarget.Host.Wiring;
 
 /// <summary>Builds the SCSI target of one configured target from its opened LUN volumes.</summary>
 public static class ScsiWiring
 {
-    public static IScsiTarget Build(ServedTarget target, ILogger log)
+    public static IScsiTarget Build(ServedTarget target, ILogger log, ICopyTargetResolver? copyTargets = null, Metrics.HostMetrics? metrics = null)
     {
         var units = new List<ScsiLogicalUnit>();
         foreach (var l in target.Luns)
@@ -23,8 +24,31 @@ public static class ScsiWiring
             };
             if (options.Validate() is { Count: > 0 } errors)
                 throw new CliException($"{l.Settings.KeyPath}: {string.Join("; ", errors)}", ExitCodes.Usage);
-            units.Add(new ScsiLogicalUnit(l.Lun, l.Volume, options, log.ForContext("Target", target.Iqn).ForContext("Lun", l.Lun)));
+            var unit = new ScsiLogicalUnit(l.Lun, l.Volume, options, log.ForContext("Target", target.Iqn).ForContext("Lun", l.Lun));
+            unit.ProvisioningSource = ct => ProvisioningAsync(l, unit, ct);
+            l.Unit = unit;
+            units.Add(unit);
         }
-        return new ScsiTarget(target.Iqn, units, log.ForContext("Target", target.Iqn));
+        var scsi = new ScsiTarget(target.Iqn, units, log.ForContext("Target", target.Iqn)) { CopyTargets = copyTargets };
+        return metrics == null ? scsi : metrics.Time(target.Iqn, scsi);
+    }
+
+    /// <summary>
+    /// LOG SENSE page 0Ch for a served LUN: used = blocks holding data (mapped chunks of an integrity volume,
+    /// allocated extents of a plain file); available = the rest, but no more than the backing filesystem can
+    /// still hold.
+    /// </summary>
+    private static async ValueTask<ProvisioningReport> ProvisioningAsync(ServedLun l, ScsiLogicalUnit unit, CancellationToken ct)
+    {
+        ulong capacity = l.Volume.BlockCount;
+        ulong used = IntegrityWiring.Figures(l.Volume) is { } f ? f.MappedBlocks : (await unit.CountMappedBlocksAsync(ct)).UsedBlocks;
+        ulong available = capacity - Math.Min(used, capacity);
+        try
+        {
+            var dir = Path.GetDirectoryName(l.Settings.Path);
+            if (dir != null) available = Math.Min(available, (ulong)Math.Max(0, new DriveInfo(dir).AvailableFreeSpace) / (ulong)l.Volume.BlockSize);
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException) { } // not a filesystem we can ask
+        return new ProvisioningReport(used, available);
     }
 }
