@@ -45,9 +45,12 @@ public sealed class TargetHost : IStatusProvider
         StatusServer? status = null;
         try
         {
+            // The status socket first: a second server in this data directory (or a socket that cannot be made
+            // here) stops before any LUN file is created or opened and before a portal is bound.
+            status = new StatusServer(config.StatusSocket, host, log);
+            status.Bind();
             if (!await host.OpenVolumesAsync(stop)) return ExitCodes.Failure;
             if (!await host.StartFrontEndAsync(stop)) return ExitCodes.Failure;
-            status = new StatusServer(config.StatusSocket, host, log);
             status.Start();
             host.LogSummary();
             log.Information("Ready; SIGTERM or Ctrl-C stops the target");

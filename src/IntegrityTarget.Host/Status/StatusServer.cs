@@ -16,6 +16,7 @@ public sealed class StatusServer : IAsyncDisposable
     private readonly ILogger _log;
     private readonly CancellationTokenSource _stop = new();
     private Socket? _listener;
+    private UnixFile.Identity? _created;
     private Task? _acceptLoop;
     private readonly List<Task> _clients = [];
     private readonly Lock _gate = new();
@@ -27,37 +28,78 @@ public sealed class StatusServer : IAsyncDisposable
 
     public string Path => _path;
 
-    /// <exception cref="CliException">Another live process owns the socket, or it cannot be created.</exception>
-    public void Start()
+    /// <summary>
+    /// Claims the socket path: refuses one that a live server answers on (or that is not a socket at all),
+    /// replaces a stale socket file left by a killed process, binds and listens. Connections wait in the
+    /// backlog until <see cref="Start"/>. Call it before anything else is opened, so a second server in the
+    /// same data directory stops before it touches anything.
+    /// </summary>
+    /// <exception cref="CliException">Another live process owns the socket, or it cannot be created here.</exception>
+    public void Bind()
     {
-        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(_path)!);
-        if (File.Exists(_path))
+        if (_listener != null) return;
+        string dir = System.IO.Path.GetDirectoryName(_path)!;
+        try { Directory.CreateDirectory(dir); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
+            throw new CliException($"cannot create the directory of the status socket {_path}: {e.Message}{MoveHint}");
+        }
+        if (UnixFile.Stat(_path) is { } existing)
+        {
+            if (!existing.IsSocket)
+                throw new CliException($"status socket path {_path} exists and is not a socket; remove it or choose another path with --status-socket PATH (Status:Socket)");
             // A socket file left by a killed process is stale; one that answers belongs to a live server.
-            if (IsAlive(_path))
-                throw new CliException($"status socket {_path} is in use: another integrity-target serves from this data directory");
-            File.Delete(_path);
+            switch (Probe(_path))
+            {
+                case SocketError.Success: throw InUse();
+                case SocketError.ConnectionRefused: File.Delete(_path); break;
+                case var other: throw new CliException($"status socket {_path} exists and cannot be checked ({other}); remove it if no server uses it, or choose another path with --status-socket PATH");
+            }
         }
         var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
             s.Bind(new UnixDomainSocketEndPoint(_path));
+            _created = UnixFile.Stat(_path);
             s.Listen(16);
         }
         catch (SocketException e)
         {
             s.Dispose();
-            throw new CliException($"cannot create status socket {_path}: {e.Message}");
+            if (e.SocketErrorCode == SocketError.AddressAlreadyInUse && Probe(_path) == SocketError.Success) throw InUse(); // lost a race with another server
+            throw new CliException($"cannot create status socket {_path}: {DescribeBindError(e, dir)}");
         }
         _listener = s;
-        _acceptLoop = AcceptLoopAsync(s);
     }
 
-    private static bool IsAlive(string path)
+    private const string MoveHint = "; put the socket elsewhere with --status-socket PATH (Status:Socket), e.g. --status-socket /run/integrity-target.sock";
+
+    private CliException InUse() => new(
+        $"status socket {_path} is in use: another integrity-target is serving from this data directory " +
+        $"(see: integrity-target status --socket {_path}); stop it first, or give this one its own --data-dir or --status-socket");
+
+    private static string DescribeBindError(SocketException e, string dir) => e.SocketErrorCode switch
+    {
+        SocketError.AccessDenied => $"permission denied: this user cannot create files in {dir}{MoveHint}",
+        SocketError.AddressAlreadyInUse => "the path is taken by a file that appeared while binding; remove it or choose another --status-socket",
+        // FUSE filesystems (e.g. sshfs, powercutfs) and some network filesystems cannot hold unix sockets:
+        // bind's mknod fails with ENOSYS, EPERM or EOPNOTSUPP, which .NET reports as an unknown error.
+        _ => $"the filesystem of {dir} does not support unix domain sockets (FUSE and network filesystems often cannot hold them" +
+             (e.SocketErrorCode == SocketError.SocketError ? "" : $"; {e.Message}") + $"){MoveHint}",
+    };
+
+    /// <summary>Binds if <see cref="Bind"/> was not called yet, then starts answering requests.</summary>
+    public void Start()
+    {
+        Bind();
+        _acceptLoop ??= AcceptLoopAsync(_listener!);
+    }
+
+    private static SocketError Probe(string path)
     {
         using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try { probe.Connect(new UnixDomainSocketEndPoint(path)); return true; }
-        catch (SocketException) { return false; }
+        try { probe.Connect(new UnixDomainSocketEndPoint(path)); return SocketError.Success; }
+        catch (SocketException e) { return e.SocketErrorCode; }
     }
 
     private async Task AcceptLoopAsync(Socket listener)
@@ -162,7 +204,12 @@ public sealed class StatusServer : IAsyncDisposable
         Task[] clients;
         lock (_gate) clients = [.. _clients];
         await Task.WhenAll(clients);
-        try { File.Delete(_path); } catch (IOException) { }
+        // Only the socket this process bound is removed: never one a failed start found in use, nor one
+        // that replaced ours (same path, another file).
+        if (_created is { } mine && UnixFile.Stat(_path) is { } now && now.Device == mine.Device && now.Inode == mine.Inode)
+        {
+            try { File.Delete(_path); } catch (IOException) { }
+        }
         _stop.Dispose();
     }
 }
