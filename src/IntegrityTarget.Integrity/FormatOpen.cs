@@ -118,9 +118,9 @@ public sealed partial class IntegrityVolume
         if (g.Algorithm == Integrity.TagAlgorithm.HmacSha256)
         {
             if (options.Key.Length == 0)
-                throw new IntegrityVolumeException($"{name}: the volume uses hmac-sha256 and no key was given");
+                throw new IntegrityKeyException($"{name}: the volume uses hmac-sha256 and no key was given");
             if (!CryptographicOperations.FixedTimeEquals(Tagger.KeyCheck(options.Key.Span, sb.Salt), sb.KeyCheck))
-                throw new IntegrityVolumeException($"{name}: wrong key (the key check value stored on the volume does not match)");
+                throw new IntegrityKeyException($"{name}: wrong key (the key check value stored on the volume does not match)");
         }
         var tagger = new Tagger(g.Algorithm, sb.Salt, g.Algorithm == Integrity.TagAlgorithm.HmacSha256 ? options.Key.Span : default);
         var v = new IntegrityVolume(device, sb, g, tagger, options, log);

@@ -43,10 +43,13 @@ public sealed record OpenOptions
 public enum DeviceContent { Blank, IntegrityVolume, Unknown }
 
 /// <summary>A volume problem a person must act on; the message names the device and says what is wrong.</summary>
-public sealed class IntegrityVolumeException : Exception
+public class IntegrityVolumeException : Exception
 {
     public IntegrityVolumeException(string message, Exception? inner = null) : base(message, inner) { }
 }
+
+/// <summary>A keyed volume was opened without its key, or with another key: the caller's mistake, not damage.</summary>
+public sealed class IntegrityKeyException(string message) : IntegrityVolumeException(message);
 
 /// <summary>What the recovery pass at open did.</summary>
 public sealed record RecoveryReport(

@@ -156,12 +156,15 @@ public sealed class IscsiServer : IAsyncDisposable
     public async Task ShutdownAsync(CancellationToken ct)
     {
         List<IscsiConnection> conns;
+        bool first;
         lock (_sync)
         {
+            first = !_shuttingDown;
             _shuttingDown = true;
             conns = _connections.ToList();
         }
-        Log.Information("iSCSI shutdown: draining {Count} connections", conns.Count);
+        // Once, and only when there is something to drain (the host already says that it is stopping).
+        if (first && conns.Count > 0) Log.Information("iSCSI shutdown: draining {Count} connections", conns.Count);
         await Task.WhenAll(conns.Select(c => c.DrainAndCloseAsync(ct))).ConfigureAwait(false);
     }
 

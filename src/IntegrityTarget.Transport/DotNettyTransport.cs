@@ -108,7 +108,7 @@ public sealed class DotNettyTransport : IIscsiTransport
                 _listeners.Add(listener);
                 _bound.Add(ep);
             }
-            _log.Information("Listening for iSCSI on {Endpoint} (DotNetty, {Workers} event loops)", ep, Math.Max(1, Environment.ProcessorCount));
+            _log.Debug("Listening for iSCSI on {Endpoint} (DotNetty, {Workers} event loops)", ep, Math.Max(1, Environment.ProcessorCount));
         }
     }
 

@@ -83,7 +83,7 @@ public sealed class SocketTransport : IIscsiTransport
                 _bound.Add(ep);
                 _acceptLoops.Add(AcceptLoopAsync(listener));
             }
-            _log.Information("Listening for iSCSI on {Endpoint}", ep);
+            _log.Debug("Listening for iSCSI on {Endpoint}", ep);
         }
         return Task.CompletedTask;
     }

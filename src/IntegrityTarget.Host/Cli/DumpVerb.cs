@@ -30,11 +30,11 @@ public static class DumpVerb
             }
             var (text, isVolume) = IntegrityWiring.Dump(path);
             await ctx.Out.WriteLineAsync(text.TrimEnd());
-            if (!isVolume) throw new CliException($"{path} does not hold an integrity volume");
+            if (!isVolume) throw IntegrityWiring.NotAVolume(path);
         }
         catch (Exception e) when (e is Storage.StorageException or IOException || IntegrityWiring.IsVolumeError(e))
         {
-            throw new CliException(e.Message);
+            throw IntegrityWiring.ToCliError(e);
         }
         return ExitCodes.Ok;
     }

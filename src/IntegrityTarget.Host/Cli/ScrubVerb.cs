@@ -15,7 +15,8 @@ public static class ScrubVerb
         Reads and verifies every block and lists the LBAs that fail verification.
         PATH: a volume that is not being served (offline). --lun: a LUN of the running server, scrubbed
         online through its status socket while initiators keep using it. --rate limits the read rate.
-        Exit code 0 when every block verifies, 1 when bad blocks were found (or the scrub failed).
+        Exit code 0 when every block verifies, 1 when bad blocks were found (or the scrub failed),
+        2 for a usage error (e.g. a keyed volume without --key-file, or a wrong key).
         """;
 
     private static readonly Dictionary<string, bool> Known = new(StringComparer.OrdinalIgnoreCase)
@@ -57,7 +58,7 @@ public static class ScrubVerb
             }
             catch (Exception e) when (e is Storage.StorageException or IOException || IntegrityWiring.IsVolumeError(e))
             {
-                throw new CliException(e.Message);
+                throw IntegrityWiring.ToCliError(e);
             }
         }
         await Report(outcome, va.Has("json"), ctx);

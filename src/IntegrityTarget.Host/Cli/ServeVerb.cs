@@ -19,7 +19,7 @@ public static class ServeVerb
           --check              validate the configuration, print the problems, serve nothing
 
         aliases:
-          --listen ADDR:PORT   Portals:0                     --data-dir DIR    DataDirectory
+          --listen PORTAL      Portals:0                     --data-dir DIR    DataDirectory
           --iqn IQN            Targets:0:Iqn                 --log-level LVL   Logging:Level
           --lun FILE           Targets:0:Luns:0:Path         --log-file FILE   Logging:File
           --size SIZE          Targets:0:Luns:0:Size         --transport T     Transport (pipelines|dotnetty)
@@ -29,6 +29,9 @@ public static class ServeVerb
           --key-file FILE      Targets:0:Luns:0:KeyFile      --alias NAME      Targets:0:Alias
           --write-back BOOL    Targets:0:Luns:0:WriteBack    --read-only BOOL  Targets:0:Luns:0:ReadOnly
           --status-socket P    Status:Socket                 --metrics A:PORT  Metrics:Listen (Prometheus /metrics)
+
+        PORTAL is PORT, ADDR, ADDR:PORT, [IPv6] or [IPv6]:PORT: a port alone listens on 127.0.0.1, an
+        address alone on port 3260, 0.0.0.0 (or *) on every IPv4 interface, port 0 on any free port.
 
         example (one existing file, no config file):
           integrity-target serve --listen 127.0.0.1:3261 --data-dir . --lun disk.img --integrity false
@@ -53,12 +56,14 @@ public static class ServeVerb
         }
         if (loaded.Flags.ContainsKey("check"))
         {
-            await ctx.Out.WriteLineAsync($"configuration OK ({loaded.FileDisplayName ?? "built-in defaults"}): " +
+            foreach (var n in config.Notes) await ctx.Out.WriteLineAsync(n);
+            await ctx.Out.WriteLineAsync($"configuration OK ({loaded.FileDisplayName ?? ConfigLoader.BuiltInDefaults}): " +
                 $"{config.Targets.Count} target(s), {config.Targets.Sum(t => t.Luns.Count)} LUN(s), portals {string.Join(", ", config.Portals)}");
             return ExitCodes.Ok;
         }
         using var logger = LoggingSetup.Create(config.Logging, ctx.Out, ReferenceEquals(ctx.Out, Console.Out));
-        logger.Information("integrity-target {Version} starting with {Source}", TargetHost.Version, loaded.FileDisplayName ?? "built-in defaults");
+        logger.Information("integrity-target {Version} starting with {Source}", TargetHost.Version, loaded.FileDisplayName ?? ConfigLoader.BuiltInDefaults);
+        foreach (var n in config.Notes) logger.Information("{Note}", n);
         return await TargetHost.RunAsync(config, logger, ctx.Stop);
     }
 }

@@ -38,6 +38,8 @@ public static class ConfigLoader
 {
     public const string EnvironmentPrefix = "INTEGRITYTARGET_";
     public const string DefaultConfigFile = "config/integrity-target.json";
+    /// <summary>The source name of settings nobody gave (<see cref="EmbeddedDefaults"/>).</summary>
+    public const string BuiltInDefaults = "built-in defaults";
 
     /// <summary>Short command-line aliases so one LUN can be served with no config file.</summary>
     public static readonly IReadOnlyDictionary<string, string> SwitchMappings = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase)
@@ -127,8 +129,9 @@ public static class ConfigLoader
             fileDisplay = configFile;
             if (!File.Exists(filePath))
             {
+                // One problem, not three: without the file there are no portals or targets worth complaining about.
                 problems.Add(ConfigProblem.Error("command line", "--config", $"config file '{configFile}' does not exist"));
-                filePath = null;
+                return Unusable(input, fileDisplay, problems, flags);
             }
         }
         else if (!noConfig && !commandLineTargets && !envTargets)
@@ -137,12 +140,19 @@ public static class ConfigLoader
             if (File.Exists(candidate)) { filePath = candidate; fileDisplay = DefaultConfigFile; }
         }
 
+        if (filePath != null && JsonSyntaxError(filePath) is { } syntax)
+        {
+            // A JSON syntax error: say where, and stop here (nothing after it would be meaningful).
+            problems.Add(ConfigProblem.Error(fileDisplay!, "(file)", $"is not valid JSON: {syntax}"));
+            return Unusable(input, fileDisplay, problems, flags);
+        }
+
         var builder = new ConfigurationBuilder();
         var names = new List<string>();
         if (filePath == null && configFile == null)
         {
             builder.Add(new MemoryConfigurationSource { InitialData = EmbeddedDefaults.Values });
-            names.Add("built-in defaults");
+            names.Add(BuiltInDefaults);
         }
         if (filePath != null)
         {
@@ -161,15 +171,10 @@ public static class ConfigLoader
         }
         catch (Exception e) when (e is InvalidDataException or FormatException or IOException or System.Text.Json.JsonException)
         {
-            // A JSON syntax error: say where, and stop here (nothing after it would be meaningful).
+            // What the syntax check above lets through (e.g. a top-level array, or the file vanished meanwhile).
             var detail = e.InnerException?.Message ?? e.Message;
-            problems.Add(ConfigProblem.Error(fileDisplay ?? "config", "(file)", $"is not valid JSON: {detail}"));
-            root = new ConfigurationBuilder().Build();
-            return new LoadedConfig
-            {
-                Root = root, WorkingDirectory = input.WorkingDirectory, FileDisplayName = fileDisplay,
-                Problems = problems, Flags = flags, SourceResolver = _ => fileDisplay ?? "config", Unreadable = true,
-            };
+            problems.Add(ConfigProblem.Error(fileDisplay ?? "config", "(file)", $"cannot be used: {detail}"));
+            return Unusable(input, fileDisplay, problems, flags);
         }
 
         var providers = root.Providers.ToList();
@@ -186,7 +191,7 @@ public static class ConfigLoader
                     _ => names[p],
                 };
             }
-            return fileDisplay ?? "built-in defaults";
+            return fileDisplay ?? BuiltInDefaults;
         }
 
         return new LoadedConfig
@@ -194,6 +199,39 @@ public static class ConfigLoader
             Root = root, WorkingDirectory = input.WorkingDirectory, FileDisplayName = fileDisplay,
             Problems = problems, Flags = flags, SourceResolver = Resolve,
         };
+    }
+
+    private static LoadedConfig Unusable(ConfigInput input, string? fileDisplay, List<ConfigProblem> problems, Dictionary<string, string> flags) => new()
+    {
+        Root = new ConfigurationBuilder().Build(), WorkingDirectory = input.WorkingDirectory, FileDisplayName = fileDisplay,
+        Problems = problems, Flags = flags, SourceResolver = _ => fileDisplay ?? "config", Unreadable = true,
+    };
+
+    /// <summary>
+    /// The first JSON syntax error in the file with its line and column (1-based), read with the same
+    /// leniency as the configuration provider (comments and trailing commas allowed); null when it parses.
+    /// </summary>
+    private static string? JsonSyntaxError(string path)
+    {
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return $"cannot be read: {e.Message}"; }
+        try
+        {
+            using var _ = System.Text.Json.JsonDocument.Parse(bytes, new System.Text.Json.JsonDocumentOptions
+            {
+                CommentHandling = System.Text.Json.JsonCommentHandling.Skip, AllowTrailingCommas = true,
+            });
+            return null;
+        }
+        catch (System.Text.Json.JsonException e)
+        {
+            // The reader's own message ends with "LineNumber: 2 | BytePositionInLine: 4." (0-based); say it once, 1-based.
+            string what = e.Message;
+            int cut = what.IndexOf(" LineNumber:", StringComparison.Ordinal);
+            if (cut > 0) what = what[..cut].TrimEnd();
+            return $"line {(e.LineNumber ?? 0) + 1}, column {(e.BytePositionInLine ?? 0) + 1}: {what}";
+        }
     }
 
     private static bool HasKeyOrChildren(IConfigurationProvider provider, string key)

@@ -24,6 +24,7 @@ public sealed partial class ConfigReader
     private readonly IConfiguration _root;
     private readonly bool _checkFiles;
     private readonly List<ConfigProblem> _problems = [];
+    private readonly List<string> _notes = [];
 
     private ConfigReader(LoadedConfig loaded, bool checkFiles)
     {
@@ -57,13 +58,22 @@ public sealed partial class ConfigReader
         return new HostConfig
         {
             DataDirectory = dataDir, Portals = portals, Transport = transport, Iscsi = iscsi,
-            Targets = targets, Logging = logging, StatusSocket = socket, MetricsListen = metrics,
+            Targets = targets, Logging = logging, StatusSocket = socket, MetricsListen = metrics, Notes = _notes,
         };
     }
 
     // ---- primitives ---------------------------------------------------------------------------
 
     private void Error(string key, string message) => _problems.Add(ConfigProblem.Error(_loaded.SourceOf(key), key, message));
+    private void ErrorFrom(string sourceKey, string key, string message) => _problems.Add(ConfigProblem.Error(_loaded.SourceOf(sourceKey), key, message));
+
+    /// <summary>The key's value comes from the built-in defaults (no file, environment or command line set it).</summary>
+    private bool IsBuiltInDefault(string key) => _root[key] != null && _loaded.SourceOf(key) == ConfigLoader.BuiltInDefaults;
+
+    /// <summary>How to set a key on the command line: its short alias when it has one (--chap-secret), else --Key.</summary>
+    private static string Flag(string key) =>
+        ConfigLoader.SwitchMappings.FirstOrDefault(m => m.Value.Equals(key, StringComparison.OrdinalIgnoreCase)).Key ?? "--" + key;
+
     private void Warning(string key, string message) => _problems.Add(ConfigProblem.Warning(_loaded.SourceOf(key), key, message));
 
     /// <summary>The value, or null when absent, empty or JSON null.</summary>
@@ -159,41 +169,20 @@ public sealed partial class ConfigReader
         if (entries.Count == 0) Error("Portals", "no portal to listen on (e.g. \"Portals\": [\"127.0.0.1:3260\"] or --listen 0.0.0.0:3260)");
         foreach (var (key, value) in entries)
         {
-            if (!TryParsePortal(value, out var ep))
+            if (!PortalParser.TryParse(value, out var ep, out var meaning, out var why))
             {
-                Error(key, $"'{value}' is not ADDRESS:PORT (an IPv4 address, or [IPv6], and a port 0-65535; e.g. 0.0.0.0:3260)");
+                Error(key, why!);
                 continue;
             }
-            if (result.Contains(ep)) { Error(key, $"portal {value} is listed twice"); continue; }
+            if (result.Contains(ep)) { Error(key, $"portal {ep} is listed twice"); continue; }
+            if (meaning != null) _notes.Add($"{_loaded.SourceOf(key)}: {key}: {meaning}");
             result.Add(ep);
         }
         return result;
     }
 
-    public static bool TryParsePortal(string text, out IPEndPoint endpoint)
-    {
-        endpoint = null!;
-        var s = text.Trim();
-        if (s.StartsWith('*')) s = "0.0.0.0" + s[1..];
-        if (IPAddress.TryParse(s, out var bare) && !s.Contains(':') )
-        {
-            endpoint = new IPEndPoint(bare, 3260);
-            return true;
-        }
-        if (s.StartsWith('[') && s.EndsWith(']') && IPAddress.TryParse(s[1..^1], out var v6))
-        {
-            endpoint = new IPEndPoint(v6, 3260);
-            return true;
-        }
-        if (!IPEndPoint.TryParse(s, out var ep)) return false;
-        // IPEndPoint.TryParse accepts a bare IPv6 address as "address with port 0"; require brackets for a port.
-        if (ep.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 && !s.StartsWith('[')) return false;
-        int colon = s.LastIndexOf(':');
-        if (colon < 0 || !int.TryParse(s[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out int port) || port > 65535)
-            return false;
-        endpoint = ep;
-        return true;
-    }
+    /// <summary>True when <paramref name="text"/> is a portal (see <see cref="PortalParser"/>).</summary>
+    public static bool TryParsePortal(string text, out IPEndPoint endpoint) => PortalParser.TryParse(text, out endpoint, out _, out _);
 
     /// <summary>Metrics:Listen: where the Prometheus endpoint listens; absent = no endpoint (the default).</summary>
     private IPEndPoint? ReadMetrics()
@@ -253,8 +242,10 @@ public sealed partial class ConfigReader
         if (string.IsNullOrEmpty(secret)) secret = null;
         if (user == null && secret == null) return null;
         bool ok = true;
-        if (user == null) { Error(key + ":User", "is missing (a CHAP secret needs a user name)"); ok = false; }
-        if (secret == null) { Error(key + ":Secret", "is missing (a CHAP user needs a secret)"); return null; }
+        // A missing half is reported against the source of the half that is there (e.g. "command line
+        // (--chap-user)"), which is where the user has to look, with the way to give the other half.
+        if (user == null) { ErrorFrom(key + ":Secret", key + ":User", $"is missing (a CHAP secret needs a user name: {Flag(key + ":User")} NAME)"); ok = false; }
+        if (secret == null) { ErrorFrom(key + ":User", key + ":Secret", $"is missing (CHAP user '{user}' needs a secret: {Flag(key + ":Secret")} SECRET, or the environment)"); return null; }
         // Only the length is ever reported; the secret itself never leaves this method.
         if (secret.Length < MinChapSecretLength)
         {
@@ -344,6 +335,7 @@ public sealed partial class ConfigReader
             else numbers[lun] = k;
 
             int blockSize = 512;
+            bool blockSizeConfigured = Str(k + ":BlockSize") != null;
             if (Str(k + ":BlockSize") is { } bsText)
             {
                 if (!int.TryParse(bsText, NumberStyles.None, CultureInfo.InvariantCulture, out blockSize) || blockSize is not (512 or 4096))
@@ -354,7 +346,11 @@ public sealed partial class ConfigReader
             }
 
             long? size = null;
-            if (Str(k + ":Size") is { } sizeText)
+            // The built-in default's Size belongs to the built-in default's file: a LUN path given on the
+            // command line or in the environment is created only with a Size of its own, so a mistyped
+            // --lun or --data-dir is an error instead of a new blank 1 GiB LUN.
+            bool inheritedSize = IsBuiltInDefault(k + ":Size") && !IsBuiltInDefault(k + ":Path");
+            if (!inheritedSize && Str(k + ":Size") is { } sizeText)
             {
                 if (!SizeParser.TryParse(sizeText, out long bytes, out var why)) Error(k + ":Size", why);
                 else if (bytes < MinLunBytes) Error(k + ":Size", $"{sizeText} is too small (at least {SizeParser.Format(MinLunBytes)})");
@@ -372,8 +368,9 @@ public sealed partial class ConfigReader
                 if (_checkFiles)
                 {
                     if (Directory.Exists(path)) Error(k + ":Path", $"'{path}' is a directory, not a file or block device");
-                    else if (!File.Exists(path) && size == null && Str(k + ":Size") == null)
-                        Error(k + ":Path", $"backing file '{path}' does not exist and no Size is given to create it");
+                    else if (!File.Exists(path) && size == null && (inheritedSize || Str(k + ":Size") == null))
+                        Error(k + ":Path", $"backing file '{path}' does not exist (DataDirectory is '{dataDir}'); " +
+                            $"check the path, or give a Size to create it ({Flag(k + ":Size")} 10GiB)");
                 }
             }
 
@@ -393,7 +390,7 @@ public sealed partial class ConfigReader
 
             luns.Add(new LunSettings
             {
-                Lun = lun, Path = path, SizeBytes = size, BlockSize = blockSize, Serial = serial,
+                Lun = lun, Path = path, SizeBytes = size, BlockSize = blockSize, BlockSizeConfigured = blockSizeConfigured, Serial = serial,
                 Integrity = integrity, TagAlgorithm = alg, KeyFile = keyFile,
                 WriteBack = Bool(k + ":WriteBack", true), FormatIfBlank = Bool(k + ":FormatIfBlank", true),
                 ReadOnly = Bool(k + ":ReadOnly", false), KeyPath = k,

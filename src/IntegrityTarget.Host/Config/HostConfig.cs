@@ -18,6 +18,8 @@ public sealed class HostConfig
     public required string StatusSocket { get; init; }
     /// <summary>Where the Prometheus /metrics endpoint listens; null = off.</summary>
     public IPEndPoint? MetricsListen { get; init; }
+    /// <summary>How settings written in short form were read (e.g. a portal given as a port alone), logged at start.</summary>
+    public IReadOnlyList<string> Notes { get; init; } = [];
 }
 
 public sealed class IscsiSettings
@@ -61,6 +63,8 @@ public sealed class LunSettings
     /// <summary>Logical capacity to create when the file is missing; null = the file must exist.</summary>
     public long? SizeBytes { get; init; }
     public int BlockSize { get; init; } = 512;
+    /// <summary>BlockSize was set (not the default): an existing volume with another block size is worth a warning.</summary>
+    public bool BlockSizeConfigured { get; init; }
     public required string Serial { get; init; }
     public bool Integrity { get; init; } = true;
     /// <summary>Normalised: crc32c, xxhash64 or hmac-sha256.</summary>

@@ -31,6 +31,18 @@ public static class IntegrityWiring
         ? new VolumeFigures(iv.Checkpoints, iv.Slots, iv.FreeSlots, Math.Min(iv.BlockCount, (ulong)iv.MappedChunks * (ulong)iv.BlocksPerChunk))
         : null;
 
+    /// <summary>
+    /// What an offline verb reports for a storage or volume failure: a missing or wrong key is a usage
+    /// error (exit 2, like format without --force); anything else is a runtime failure (exit 1).
+    /// </summary>
+    public static CliException ToCliError(Exception e) => e is IntegrityKeyException
+        ? new CliException($"{e.Message}; give the volume's key with --key-file FILE", ExitCodes.Usage)
+        : new CliException(e.Message);
+
+    /// <summary>The one wording of the offline verbs for a file that is not an integrity volume.</summary>
+    public static CliException NotAVolume(string path) =>
+        new($"{path} does not hold an integrity volume");
+
     public static byte[] ReadKey(string? keyFile) => keyFile == null ? [] : File.ReadAllBytes(keyFile);
 
     public static async Task<(IBlockVolume Volume, IBlockDevice Device)> OpenLunAsync(LunSettings lun, string name, ILogger log, CancellationToken ct)
@@ -53,7 +65,7 @@ public static class IntegrityWiring
                 case DeviceContent.IntegrityVolume:
                 {
                     var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = lun.WriteBack, Name = name }, log, ct);
-                    if (volume.BlockSize != lun.BlockSize)
+                    if (lun.BlockSizeConfigured && volume.BlockSize != lun.BlockSize)
                         log.Warning("{Lun}: the volume in {Path} was formatted with {Actual}-byte blocks; the configured BlockSize {Configured} does not apply",
                             name, lun.Path, volume.BlockSize, lun.BlockSize);
                     return (volume, device);
@@ -106,6 +118,7 @@ public static class IntegrityWiring
     {
         if (!File.Exists(path)) throw new CliException($"{path}: no such file or block device", ExitCodes.Usage);
         using var device = OpenExclusive(path, "scrub");
+        if (IntegrityVolume.Probe(device) != DeviceContent.IntegrityVolume) throw NotAVolume(path);
         await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = path }, log, ct);
         return await ScrubAsync(volume, rateMBps, progress, ct);
     }
@@ -163,6 +176,7 @@ public static class IntegrityWiring
     public static async Task<string> LocateAsync(string path, ulong lba, byte[] key, ILogger log, CancellationToken ct)
     {
         using var device = OpenExclusive(path, "dump --lba");
+        if (IntegrityVolume.Probe(device) != DeviceContent.IntegrityVolume) throw NotAVolume(path);
         await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = path }, log, ct);
         if (lba >= volume.BlockCount)
             throw new CliException($"LBA {lba} is beyond the volume's {volume.BlockCount} blocks", ExitCodes.Usage);
