@@ -27,13 +27,13 @@ public class ConfigValidationTests
         var errors = problems.Errors().ToList();
 
         Assert.That(config, Is.Null);
-        Assert.That(errors, Has.Some.StartsWith("x.json: Portals:0: '127.0.0.1:70000' is not ADDRESS:PORT"));
+        Assert.That(errors, Has.Some.StartsWith("x.json: Portals:0: '70000' in '127.0.0.1:70000' is not a port number from 0 to 65535"));
         Assert.That(errors, Has.Some.StartsWith("x.json: Transport: unknown transport 'carrier-pigeon'"));
         Assert.That(errors, Has.Some.StartsWith("x.json: Iscsi:FirstBurstLength: must not exceed Iscsi:MaxBurstLength (8192)"));
         Assert.That(errors, Has.Some.StartsWith("x.json: Targets:0:Luns:1:Lun: LUN 0 is already used by Targets:0:Luns:0"));
         Assert.That(errors, Has.Member("x.json: Targets:0:Luns:1:BlockSize: must be 512 or 4096, got 1024"));
         Assert.That(errors, Has.Some.StartsWith("x.json: Targets:0:Luns:2:Lun: must be a LUN number from 0 to 16383"));
-        Assert.That(errors, Has.Some.Contains("Targets:0:Luns:2:Path: backing file").And.Contains("does not exist and no Size is given"));
+        Assert.That(errors, Has.Some.Contains("Targets:0:Luns:2:Path: backing file").And.Contains("does not exist (DataDirectory is ").And.Contains("give a Size to create it"));
         Assert.That(errors, Has.Some.StartsWith("x.json: Targets:1:Iqn: 'iqn.2026-11.org.example:a' is already used by Targets:0"));
         Assert.That(errors, Has.Some.StartsWith("x.json: Targets:1:Luns:0:Size: '12 parsecs' is not a size"));
         Assert.That(errors, Has.Some.StartsWith("x.json: Targets:1:Luns:0:TagAlgorithm: unknown tag algorithm 'md5'"));
@@ -50,7 +50,7 @@ public class ConfigValidationTests
         var env = new Dictionary<string, string?> { ["INTEGRITYTARGET_Targets__0__Luns__0__BlockSize"] = "1000" };
         var (_, problems) = ConfigTestExtensions.Load(dir.Path, ["--listen", "localhost-ish"], env);
         Assert.That(problems.Errors(), Has.Member("environment (INTEGRITYTARGET_Targets__0__Luns__0__BlockSize): Targets:0:Luns:0:BlockSize: must be 512 or 4096, got 1000"));
-        Assert.That(problems.Errors(), Has.Some.StartsWith("command line (--listen): Portals:0: 'localhost-ish' is not ADDRESS:PORT"));
+        Assert.That(problems.Errors(), Has.Some.StartsWith("command line (--listen): Portals:0: 'localhost-ish' is not an IPv4 address of four numbers (host names are not resolved)"));
     }
 
     [Test]

@@ -55,7 +55,7 @@ public sealed class LoginOptions
     public string? MutualSecret { get; set; }
     public bool ImmediateData { get; set; } = true;
     public int MaxRecvDataSegmentLength { get; set; } = 65536;
-    public ulong Isid { get; set; } = 0x80_0000_0000 | (ulong)Random.Shared.Next(1, 0xffff);
+    public ulong Isid { get; set; } = 0x80_0000_0000UL | (uint)Random.Shared.Next(1, 0xffff);
 }
 
 public sealed class LoginFailedException(byte cls, byte detail, string msg) : Exception(msg)
