@@ -16,13 +16,43 @@ public sealed class PlainVolume : IBlockVolume
         if (device.Length < blockSize) throw new StorageException($"{device.Name}: {device.Length} bytes is smaller than one {blockSize}-byte block");
         _device = device; _ownsDevice = ownsDevice;
         BlockSize = blockSize;
-        BlockCount = (ulong)(device.Length / blockSize);
+        _blockCount = (ulong)(device.Length / blockSize);
         Name = name ?? device.Name;
     }
 
     public string Name { get; }
     public int BlockSize { get; }
-    public ulong BlockCount { get; }
+    private ulong _blockCount;
+    private readonly SemaphoreSlim _growing = new(1, 1);
+    public ulong BlockCount => Volatile.Read(ref _blockCount);
+
+    /// <summary>A plain volume is its device: it grows when the device can (a file, an RBD image; not a block device).</summary>
+    public bool CanGrow => _device.CanGrow;
+
+    /// <summary>
+    /// Grows the device to <paramref name="newBlockCount"/> whole blocks, then serves them. The device makes
+    /// its new length durable before returning, so after a crash the file has the old or the new length and
+    /// the volume reopens with that many blocks; the new blocks read as zeros either way. Until the device
+    /// grow has returned, commands beyond the old end are still out of range.
+    /// </summary>
+    public async ValueTask<VolumeResult> GrowAsync(ulong newBlockCount, CancellationToken ct = default)
+    {
+        await _growing.WaitAsync(ct);
+        try
+        {
+            ulong current = BlockCount;
+            if (newBlockCount < current)
+                return VolumeResult.Unsupported($"{Name}: shrinking is not supported ({current} blocks now, {newBlockCount} asked); data beyond the new end would be lost");
+            if (newBlockCount == current) return VolumeResult.Unsupported($"{Name}: already {current} blocks");
+            if (!_device.CanGrow) return VolumeResult.Unsupported($"{Name}: {_device.Name} cannot grow (a block device has a fixed size)");
+            if (newBlockCount > (ulong)(long.MaxValue / BlockSize)) return VolumeResult.Unsupported($"{Name}: {newBlockCount} blocks is beyond the largest device");
+            try { await _device.GrowAsync((long)newBlockCount * BlockSize, ct); }
+            catch (IOException e) { return Classify(e, current); }
+            Volatile.Write(ref _blockCount, newBlockCount);
+            return VolumeResult.Success;
+        }
+        finally { _growing.Release(); }
+    }
     public uint MaxAtomicWriteBlocks => 1;
     public bool WriteBack { get; set; } = true;
     public bool SupportsUnmap => true;

@@ -42,6 +42,8 @@ internal sealed class FlakyVolume : IBlockVolume
     public ValueTask<VolumeResult> UnmapAsync(ulong lba, ulong blocks, CancellationToken ct = default) { Interlocked.Increment(ref Unmaps); return _inner.UnmapAsync(lba, blocks, ct); }
     public ValueTask<VolumeResult> WriteZeroesAsync(ulong lba, ulong blocks, bool deallocate, CancellationToken ct = default) => _inner.WriteZeroesAsync(lba, blocks, deallocate, ct);
     public ValueTask<LbaExtent> GetLbaStatusAsync(ulong lba, CancellationToken ct = default) => _inner.GetLbaStatusAsync(lba, ct);
+    public bool CanGrow => true;
+    public ValueTask<VolumeResult> GrowAsync(ulong newBlockCount, CancellationToken ct = default) => _inner.GrowAsync(newBlockCount, ct);
     public ValueTask DisposeAsync() => _inner.DisposeAsync();
 }
 

@@ -14,6 +14,7 @@ public static class Cli
         new("scrub", "verify every block of a volume (offline file, or a served LUN online)", ScrubVerb.Usage, ScrubVerb.RunAsync),
         new("dump", "print an integrity volume's superblock and journal state", DumpVerb.Usage, DumpVerb.RunAsync),
         new("status", "show targets, LUNs, sessions and counters of the serving process", StatusVerb.Usage, StatusVerb.RunAsync),
+        new("resize", "grow a served LUN online (initiators are told the capacity changed)", ResizeVerb.Usage, ResizeVerb.RunAsync),
     ];
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CliContext ctx)

@@ -221,12 +221,18 @@ public sealed class TargetHost : IStatusProvider
         }
     }
 
-    public async Task<ScrubOutcome> ScrubAsync(string iqn, ulong lun, double? rateMBps, IProgress<double> progress, CancellationToken ct)
+    private (ServedTarget Target, ServedLun Lun) Find(string iqn, ulong lun)
     {
         var target = _targets.FirstOrDefault(t => t.Iqn.Equals(iqn, StringComparison.OrdinalIgnoreCase))
             ?? throw new CliException($"no target {iqn} is served here (targets: {string.Join(", ", _targets.Select(t => t.Iqn))})");
         var served = target.Luns.FirstOrDefault(l => l.Lun == lun)
             ?? throw new CliException($"target {iqn} has no LUN {lun} (LUNs: {string.Join(", ", target.Luns.Select(l => l.Lun))})");
+        return (target, served);
+    }
+
+    public async Task<ScrubOutcome> ScrubAsync(string iqn, ulong lun, double? rateMBps, IProgress<double> progress, CancellationToken ct)
+    {
+        var (target, served) = Find(iqn, lun);
         string key = $"{target.Iqn}/{lun}";
         if (!served.Settings.Integrity)
             throw new CliException($"{key} is served without integrity protection; there are no tags to scrub");
@@ -242,5 +248,49 @@ public sealed class TargetHost : IStatusProvider
             return outcome;
         }
         finally { _scrubbing.TryRemove(key, out _); served.ScrubProgress = null; }
+    }
+
+    // ---- online grow ---------------------------------------------------------------------------
+
+    private readonly SemaphoreSlim _resizing = new(1, 1);
+
+    public async Task<ResizeOutcome> ResizeAsync(string iqn, ulong lun, long bytes, CancellationToken ct)
+    {
+        await _resizing.WaitAsync(ct);
+        try
+        {
+            var (target, served) = Find(iqn, lun);
+            return await GrowAsync(target, served, bytes, ct);
+        }
+        finally { _resizing.Release(); }
+    }
+
+    /// <summary>
+    /// Grows one LUN: the volume first (durable when it returns), then every nexus of the LUN gets CAPACITY
+    /// DATA HAS CHANGED, so initiators re-read the capacity. A smaller size is refused; nothing changes then.
+    /// </summary>
+    private async Task<ResizeOutcome> GrowAsync(ServedTarget target, ServedLun served, long bytes, CancellationToken ct)
+    {
+        var v = served.Volume;
+        string key = $"{target.Iqn}/{served.Lun}";
+        long old = (long)v.BlockCount * v.BlockSize;
+        if (bytes % v.BlockSize != 0)
+            throw new CliException($"{key}: {SizeParser.Format(bytes)} is not a whole number of {v.BlockSize}-byte blocks", ExitCodes.Usage);
+        if (bytes < old)
+            throw new CliException($"{key}: shrinking is refused: the LUN has {SizeParser.Format(old)} ({v.BlockCount} blocks) and {SizeParser.Format(bytes)} would cut off data initiators may hold; only growing is supported", ExitCodes.Usage);
+        if (bytes == old) return new ResizeOutcome(target.Iqn, served.Lun, old, old, v.BlockCount);
+        if (!v.CanGrow)
+        {
+            string why = served.Settings.Integrity
+                ? "integrity LUNs cannot grow online yet (the volume format has no room to grow in place)"
+                : $"its backing device {served.Settings.Path} cannot grow (a block device has a fixed size)";
+            throw new CliException($"{key}: {why}");
+        }
+        var r = await v.GrowAsync((ulong)(bytes / v.BlockSize), ct);
+        if (!r.IsOk) throw new CliException($"{key}: grow failed: {r.Detail ?? r.Status.ToString()}");
+        served.Unit?.NotifyCapacityChanged();
+        _log.Information("Grew {Lun} from {Old} to {New} ({Blocks} blocks); initiators get CAPACITY DATA HAS CHANGED",
+            key, SizeParser.Format(old), SizeParser.Format(bytes), v.BlockCount);
+        return new ResizeOutcome(target.Iqn, served.Lun, old, bytes, v.BlockCount);
     }
 }

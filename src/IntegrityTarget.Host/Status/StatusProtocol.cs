@@ -12,9 +12,14 @@ namespace IntegrityTarget.Host.Status;
 //   request  {"command":"scrub","iqn":"iqn...","lun":0,"rateMBps":50} (or: scrub IQN LUN [RATE])
 //   replies  {"type":"progress","fraction":0.25} ... then
 //            {"type":"scrub-result","ok":true,"result":{...ScrubOutcome...}}
+//   request  {"command":"resize","iqn":"iqn...","lun":0,"size":"2GiB"}   (or: resize IQN LUN SIZE)
+//   reply    {"type":"resize-result","ok":true,"result":{...ResizeOutcome...}}
 //   any error {"type":"error","ok":false,"error":"what went wrong"}
 
-public sealed record StatusRequest(string Command, string? Iqn = null, ulong? Lun = null, double? RateMBps = null);
+public sealed record StatusRequest(string Command, string? Iqn = null, ulong? Lun = null, double? RateMBps = null, string? Size = null);
+
+/// <summary>What an online grow did: sizes in bytes before and after.</summary>
+public sealed record ResizeOutcome(string Iqn, ulong Lun, long OldBytes, long NewBytes, ulong Blocks);
 
 public sealed record StatusSnapshot(
     int Pid,
@@ -82,6 +87,11 @@ public static class StatusJson
         }
         var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
         if (parts.Length == 0) { error = "empty request"; return null; }
+        if (parts[0] == "resize")
+        {
+            if (parts.Length != 4 || !ulong.TryParse(parts[2], out var rlun)) { error = "usage: resize IQN LUN SIZE"; return null; }
+            return new StatusRequest("resize", parts[1], rlun, Size: parts[3]);
+        }
         if (parts[0] == "scrub")
         {
             if (parts.Length < 3 || !ulong.TryParse(parts[2], out var lun)) { error = "usage: scrub IQN LUN [RATE_MBPS]"; return null; }

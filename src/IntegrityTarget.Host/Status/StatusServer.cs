@@ -155,8 +155,11 @@ public sealed class StatusServer : IAsyncDisposable
             case "scrub":
                 await ScrubAsync(request, writer);
                 break;
+            case "resize":
+                await ResizeAsync(request, writer);
+                break;
             default:
-                await writer.WriteLineAsync(StatusJson.Error($"unknown command '{request.Command}' (status, scrub)"));
+                await writer.WriteLineAsync(StatusJson.Error($"unknown command '{request.Command}' (status, scrub, resize)"));
                 break;
         }
     }
@@ -194,6 +197,27 @@ public sealed class StatusServer : IAsyncDisposable
             lines.Writer.TryComplete();
             await pump;
         }
+    }
+
+    private async Task ResizeAsync(StatusRequest request, StreamWriter writer)
+    {
+        if (string.IsNullOrEmpty(request.Iqn) || request.Lun == null || string.IsNullOrEmpty(request.Size))
+        {
+            await writer.WriteLineAsync(StatusJson.Error("resize needs \"iqn\", \"lun\" and \"size\""));
+            return;
+        }
+        if (!Config.SizeParser.TryParse(request.Size, out long bytes, out var why))
+        {
+            await writer.WriteLineAsync(StatusJson.Error($"resize: size {why}"));
+            return;
+        }
+        try
+        {
+            var outcome = await _provider.ResizeAsync(request.Iqn, request.Lun.Value, bytes, _stop.Token);
+            await writer.WriteLineAsync(StatusJson.Line("resize-result", true, "result", outcome));
+        }
+        catch (CliException e) { await writer.WriteLineAsync(StatusJson.Error(e.Message)); }
+        catch (OperationCanceledException) { await writer.WriteLineAsync(StatusJson.Error("resize cancelled: the server is shutting down")); }
     }
 
     public async ValueTask DisposeAsync()
