@@ -155,10 +155,10 @@ public sealed partial class IscsiConnection
             else if (key == "MaxRecvDataSegmentLength" && LoginKeys.TryParseNumber(value, out var n) && n is >= 512 and <= 16777215)
             {
                 Parameters.InitiatorMaxRecvDataSegmentLength = (int)n;
-                AppendKey(response, key, Options.MaxRecvDataSegmentLength.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                LoginKeys.Append(response, key, Options.MaxRecvDataSegmentLength.ToString(System.Globalization.CultureInfo.InvariantCulture));
             }
-            else if (LoginKeys.Table.ContainsKey(key)) AppendKey(response, key, "Reject"); // login-only keys
-            else AppendKey(response, key, "NotUnderstood");
+            else if (LoginKeys.Table.ContainsKey(key)) LoginKeys.Append(response, key, "Reject"); // login-only keys
+            else LoginKeys.Append(response, key, "NotUnderstood");
         }
         _textPending = response.WrittenSpan.ToArray();
         _textPendingOffset = 0;
@@ -178,8 +178,8 @@ public sealed partial class IscsiConnection
         foreach (var t in targets)
         {
             if (!t.Allows(initiator)) continue;
-            AppendKey(w, "TargetName", t.Iqn);
-            AppendKey(w, "TargetAddress", AdvertisedAddress() + "," + Options.PortalGroupTag.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            LoginKeys.Append(w, "TargetName", t.Iqn);
+            LoginKeys.Append(w, "TargetAddress", AdvertisedAddress() + "," + Options.PortalGroupTag.ToString(System.Globalization.CultureInfo.InvariantCulture));
         }
     }
 

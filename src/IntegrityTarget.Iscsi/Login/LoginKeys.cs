@@ -1,4 +1,6 @@
+using System.Buffers;
 using System.Globalization;
+using System.Text;
 
 namespace IntegrityTarget.Iscsi.Login;
 
@@ -213,5 +215,17 @@ internal static class LoginKeys
             into.Add(new(System.Text.Encoding.UTF8.GetString(pair[..eq]), System.Text.Encoding.UTF8.GetString(pair[(eq + 1)..])));
         }
         return true;
+    }
+
+    /// <summary>Appends "key=value\0" to a text or login response.</summary>
+    public static void Append(ArrayBufferWriter<byte> w, string key, string value)
+    {
+        int n = Encoding.UTF8.GetByteCount(key) + 1 + Encoding.UTF8.GetByteCount(value) + 1;
+        var span = w.GetSpan(n);
+        int k = Encoding.UTF8.GetBytes(key, span);
+        span[k] = (byte)'=';
+        int v = Encoding.UTF8.GetBytes(value, span[(k + 1)..]);
+        span[k + 1 + v] = 0;
+        w.Advance(n);
     }
 }
