@@ -191,7 +191,7 @@ public sealed partial class IscsiConnection
         bool final = Bhs.Final(h);
         ScsiTask? task;
         string? error = null;
-        var kind = DataOutError.None;
+        var kind = SenseReason.None;
         bool complete = false, moreR2T = false;
         lock (_sync)
         {
@@ -203,11 +203,11 @@ public sealed partial class IscsiConnection
             }
             if (ttt == Bhs.ReservedTag)
             {
-                if (!task.UnsolicitedOpen) (kind, error) = (DataOutError.UnexpectedUnsolicited, "unsolicited Data-Out not expected");
-                else if (dataSN != task.UnsolicitedDataSN) (kind, error) = (DataOutError.DataSn, $"DataSN {dataSN}, expected {task.UnsolicitedDataSN}");
-                else if (offset != task.UnsolicitedNext) (kind, error) = (DataOutError.Offset, $"buffer offset {offset}, expected {task.UnsolicitedNext}");
-                else if ((long)offset + len > task.UnsolicitedEnd) (kind, error) = (DataOutError.TooMuch, "unsolicited data beyond FirstBurstLength");
-                else if (!final && offset + len == task.UnsolicitedEnd) (kind, error) = (DataOutError.FinalBit, "F bit missing on the last unsolicited Data-Out");
+                if (!task.UnsolicitedOpen) (kind, error) = (SenseReason.UnexpectedUnsolicitedData, "unsolicited Data-Out not expected");
+                else if (dataSN != task.UnsolicitedDataSN) (kind, error) = (SenseReason.DataPhaseError, $"DataSN {dataSN}, expected {task.UnsolicitedDataSN}");
+                else if (offset != task.UnsolicitedNext) (kind, error) = (SenseReason.DataOffsetError, $"buffer offset {offset}, expected {task.UnsolicitedNext}");
+                else if ((long)offset + len > task.UnsolicitedEnd) (kind, error) = (SenseReason.TooMuchWriteData, "unsolicited data beyond FirstBurstLength");
+                else if (!final && offset + len == task.UnsolicitedEnd) (kind, error) = (SenseReason.DataPhaseError, "F bit missing on the last unsolicited Data-Out");
                 else
                 {
                     pdu.Data.CopyTo(task.Buffer.AsSpan(offset, len));
@@ -226,14 +226,14 @@ public sealed partial class IscsiConnection
             else
             {
                 int i = Array.FindIndex(task.R2Ts, 0, task.R2TCount, r => r.Ttt == ttt);
-                if (i < 0) (kind, error) = (DataOutError.Ttt, $"TTT 0x{ttt:x8} does not match an outstanding R2T");
+                if (i < 0) (kind, error) = (SenseReason.DataPhaseError, $"TTT 0x{ttt:x8} does not match an outstanding R2T");
                 else
                 {
                     ref var r2t = ref task.R2Ts[i];
-                    if (dataSN != r2t.NextDataSN) (kind, error) = (DataOutError.DataSn, $"DataSN {dataSN}, expected {r2t.NextDataSN}");
-                    else if (offset != r2t.Offset + r2t.Received) (kind, error) = (DataOutError.Offset, $"buffer offset {offset}, expected {r2t.Offset + r2t.Received}");
-                    else if (r2t.Received + len > r2t.Length) (kind, error) = (DataOutError.TooMuch, "more data than the R2T asked for");
-                    else if (final != (r2t.Received + len == r2t.Length)) (kind, error) = (DataOutError.FinalBit, final ? "F bit before the end of the burst" : "F bit missing at the end of the burst");
+                    if (dataSN != r2t.NextDataSN) (kind, error) = (SenseReason.DataPhaseError, $"DataSN {dataSN}, expected {r2t.NextDataSN}");
+                    else if (offset != r2t.Offset + r2t.Received) (kind, error) = (SenseReason.DataOffsetError, $"buffer offset {offset}, expected {r2t.Offset + r2t.Received}");
+                    else if (r2t.Received + len > r2t.Length) (kind, error) = (SenseReason.TooMuchWriteData, "more data than the R2T asked for");
+                    else if (final != (r2t.Received + len == r2t.Length)) (kind, error) = (SenseReason.DataPhaseError, final ? "F bit before the end of the burst" : "F bit missing at the end of the burst");
                     else
                     {
                         pdu.Data.CopyTo(task.Buffer.AsSpan(offset, len));
@@ -265,38 +265,19 @@ public sealed partial class IscsiConnection
         else if (moreR2T || !task.UnsolicitedOpen) await IssueR2TsAsync(task).ConfigureAwait(false);
     }
 
-    private enum DataOutError { None, UnexpectedUnsolicited, DataSn, Offset, TooMuch, FinalBit, Ttt, Digest }
-
-    /// <summary>Sense (ABORTED COMMAND) per Data-Out failure, RFC 7143 §11.4.7.2 / SPC-4 ASC table.</summary>
-    private static readonly (byte Asc, byte Ascq)[] DataOutSense = BuildDataOutSense();
-
-    private static (byte, byte)[] BuildDataOutSense()
-    {
-        var t = new (byte, byte)[8];
-        t[(int)DataOutError.UnexpectedUnsolicited] = (0x0c, 0x0c); // unexpected unsolicited data
-        t[(int)DataOutError.DataSn] = (0x4b, 0x00);                // data phase error
-        t[(int)DataOutError.Offset] = (0x4b, 0x05);                // data offset error
-        t[(int)DataOutError.TooMuch] = (0x4b, 0x02);               // too much write data
-        t[(int)DataOutError.FinalBit] = (0x4b, 0x00);              // data phase error
-        t[(int)DataOutError.Ttt] = (0x4b, 0x00);                   // data phase error
-        t[(int)DataOutError.Digest] = (0x47, 0x05);                // protocol service CRC error
-        return t;
-    }
-
     /// <summary>
     /// A Data-Out that breaks the sequence is rejected, and at ErrorRecoveryLevel 0 its command cannot be
     /// repaired: it ends with CHECK CONDITION / ABORTED COMMAND before it ever reaches the backend. The
     /// connection stays usable (no buffer was written past, nothing executed).
     /// </summary>
-    private async ValueTask FailDataOutAsync(InboundPdu pdu, ScsiTask task, DataOutError kind, string why)
+    private async ValueTask FailDataOutAsync(InboundPdu pdu, ScsiTask task, SenseReason reason, string why)
     {
-        await RejectAsync(pdu, kind == DataOutError.Digest ? RejectReason.DataDigestError : RejectReason.ProtocolError,
+        await RejectAsync(pdu, reason == SenseReason.ProtocolServiceCrcError ? RejectReason.DataDigestError : RejectReason.ProtocolError,
             $"ITT 0x{task.Itt:x8}: {why}").ConfigureAwait(false);
-        var (asc, ascq) = DataOutSense[(int)kind];
-        var sense = new byte[18];
-        sense[0] = 0x70; sense[2] = 0x0b; sense[7] = 10; sense[12] = asc; sense[13] = ascq;
         lock (_sync) ReleaseSlotLocked(task);
-        await SendScsiResponseAsync(task, ScsiStatus.CheckCondition, 0, sense, 0).ConfigureAwait(false);
+        // Status and sense come from the SCSI layer's one reason table, in the LUN's sense format.
+        using var failure = Session!.Target!.Scsi.TransportFailure(task.Lun, ScsiError.Of(reason));
+        await SendScsiResponseAsync(task, failure.Status, 0, failure.Sense, 0).ConfigureAwait(false);
         FinishTask(task);
     }
 
@@ -310,7 +291,7 @@ public sealed partial class IscsiConnection
         }
         return task is null
             ? RejectAsync(pdu, RejectReason.DataDigestError, "data digest error in Data-Out")
-            : FailDataOutAsync(pdu, task, DataOutError.Digest, "data digest error in Data-Out");
+            : FailDataOutAsync(pdu, task, SenseReason.ProtocolServiceCrcError, "data digest error in Data-Out");
     }
 
     // ---------------------------------------------------------------- execution and response

@@ -102,6 +102,13 @@ public interface IScsiTarget
     void TargetReset(ItNexus nexus);
 
     /// <summary>
+    /// The response for a command the transport ended itself (e.g. a broken Data-Out sequence): status and
+    /// sense from the one reason table, in the sense format the LUN uses (D_SENSE). Touches no state.
+    /// </summary>
+    ScsiResponse TransportFailure(ulong lun, in ScsiError error) =>
+        new() { Status = SenseTable.Get(error.Reason).Status, Sense = SenseBuilder.Build(error, descriptor: false) };
+
+    /// <summary>
     /// Raised when the SCSI layer needs the transport to abort tasks (PERSISTENT RESERVE OUT PREEMPT AND
     /// ABORT): abort all tasks of the listed nexuses on that LUN.
     /// </summary>

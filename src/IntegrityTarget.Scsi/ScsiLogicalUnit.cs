@@ -220,6 +220,9 @@ public sealed partial class ScsiLogicalUnit
         _ => true,
     };
 
+    /// <summary>Whether sense is reported in descriptor format (control mode page D_SENSE).</summary>
+    internal bool DescriptorSense => _mode.DSense;
+
     private ScsiResponse Fail(NexusState nexus, ScsiError e, CommandInfo? info)
     {
         // A pending unit attention is reported before a CDB error, except for the commands that ignore it.

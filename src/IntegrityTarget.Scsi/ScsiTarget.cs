@@ -49,6 +49,9 @@ public sealed class ScsiTarget : IScsiTarget
         return new(NoSuchLun(command));
     }
 
+    public ScsiResponse TransportFailure(ulong lun, in ScsiError error) =>
+        ScsiLogicalUnit.Respond(error, _units.TryGetValue(lun, out var lu) && lu.DescriptorSense);
+
     private ScsiResponse NoSuchLun(ScsiCommand command)
     {
         var cdb = command.Cdb.Span;

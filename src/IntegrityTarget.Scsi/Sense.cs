@@ -33,6 +33,12 @@ public enum SenseReason : byte
     CommandsClearedByAnotherInitiator,
     ReservationConflict,
     TaskAborted,
+    // Transport-detected failures of a command's data phase (the iSCSI Data-Out checks): ABORTED COMMAND
+    UnexpectedUnsolicitedData,
+    DataPhaseError,
+    DataOffsetError,
+    TooMuchWriteData,
+    ProtocolServiceCrcError,
     // EXTENDED COPY parameter list checks (SPC-4 6.4.3): ILLEGAL REQUEST
     TooManyTargetDescriptors,
     UnsupportedTargetDescriptorType,
@@ -117,6 +123,11 @@ public static class SenseTable
         Set(SenseReason.CommandsClearedByAnotherInitiator, SenseKey.UnitAttention, 0x2F, 0x00);
         Set(SenseReason.ReservationConflict, 0, 0, 0, ScsiStatus.ReservationConflict);
         Set(SenseReason.TaskAborted, 0, 0, 0, ScsiStatus.TaskAborted);
+        Set(SenseReason.UnexpectedUnsolicitedData, SenseKey.AbortedCommand, 0x0C, 0x0C);
+        Set(SenseReason.DataPhaseError, SenseKey.AbortedCommand, 0x4B, 0x00);
+        Set(SenseReason.DataOffsetError, SenseKey.AbortedCommand, 0x4B, 0x05);
+        Set(SenseReason.TooMuchWriteData, SenseKey.AbortedCommand, 0x4B, 0x02);
+        Set(SenseReason.ProtocolServiceCrcError, SenseKey.AbortedCommand, 0x47, 0x05);
         Set(SenseReason.TooManyTargetDescriptors, SenseKey.IllegalRequest, 0x26, 0x06);
         Set(SenseReason.UnsupportedTargetDescriptorType, SenseKey.IllegalRequest, 0x26, 0x07);
         Set(SenseReason.TooManySegmentDescriptors, SenseKey.IllegalRequest, 0x26, 0x08);

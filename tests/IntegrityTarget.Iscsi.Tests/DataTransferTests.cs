@@ -189,6 +189,9 @@ public class DataTransferTests
         Assert.That(response.Itt, Is.EqualTo(itt));
         Assert.That(response.Header[3], Is.EqualTo(ScsiStatus.CheckCondition));
         Assert.That(response.Data[2 + 2] & 0x0f, Is.EqualTo(0x0b), "ABORTED COMMAND");
+        // ASC/ASCQ from the SCSI layer's reason table (SPC-4): data phase / data offset / too much write data.
+        (byte, byte) expected = fault switch { "Offset" => (0x4b, 0x05), "TooMuch" => (0x4b, 0x02), _ => (0x4b, 0x00) };
+        Assert.That((response.Data[2 + 12], response.Data[2 + 13]), Is.EqualTo(expected));
         Assert.That(scsi.Executed.Any(c => c.Cdb.Span[0] == 0x2a), Is.False);
         Assert.That(scsi.Disk(0).AsSpan(0, 3 * Block).ToArray(), Has.All.EqualTo((byte)0));
         // The connection carries on.

@@ -238,6 +238,21 @@ public class PrimaryCommandTests
     }
 
     [Test]
+    public void TransportFailureSenseComesFromTheReasonTableInTheFormatDSenseSelects()
+    {
+        using (var fixedFormat = _h.Target.TransportFailure(0, ScsiError.Of(SenseReason.DataOffsetError)))
+        {
+            Assert.That(fixedFormat.Status, Is.EqualTo(ScsiStatus.CheckCondition));
+            Assert.That(fixedFormat.Sense.ToArray(), Is.EqualTo(new byte[] { 0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x4B, 0x05, 0, 0, 0, 0 }));
+        }
+        using var ms = _h.Exec([0x1A, 0x08, 0x0A, 0, 255, 0]);
+        var sel = ms.DataIn.ToArray(); sel[0] = 0; sel[4 + 2] |= 0x04;
+        using var set = _h.Exec([0x15, 0x10, 0, 0, (byte)sel.Length, 0], sel);
+        using var descriptor = _h.Target.TransportFailure(0, ScsiError.Of(SenseReason.ProtocolServiceCrcError));
+        Assert.That(descriptor.Sense.ToArray(), Is.EqualTo(new byte[] { 0x72, 0x0B, 0x47, 0x05, 0, 0, 0, 0 }));
+    }
+
+    [Test]
     public void FixedSenseForLbaOutOfRangeIsExact()
     {
         using var r = _h.Exec(Harness.Read16(ulong.MaxValue, 1));
