@@ -12,4 +12,7 @@ void OnSignal(PosixSignalContext c)
 }
 using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
 using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-return await Cli.RunAsync(args, CliContext.ForProcess(stop.Token));
+// SIGHUP: serve re-reads its configuration and applies what changed (integrity-target reload does the same).
+var reload = new ReloadSignal();
+using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c => { c.Cancel = true; reload.Raise(); });
+return await Cli.RunAsync(args, CliContext.ForProcess(stop.Token, reload));

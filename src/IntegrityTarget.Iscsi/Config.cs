@@ -10,14 +10,15 @@ public sealed record ChapCredentials(string User, string Secret)
 public sealed class IscsiTargetConfig
 {
     public required string Iqn { get; init; }
-    public string? Alias { get; init; }
+    // Alias, ACL and CHAP may be replaced while served (reload); each is one reference, read once per login.
+    public string? Alias { get; set; }
     public required IntegrityTarget.Scsi.IScsiTarget Scsi { get; init; }
     /// <summary>Initiator IQNs allowed to log in; empty or containing "*" means any.</summary>
-    public IReadOnlyList<string> AllowedInitiators { get; init; } = [];
+    public IReadOnlyList<string> AllowedInitiators { get; set; } = [];
     /// <summary>When set, initiators must authenticate with CHAP using these credentials.</summary>
-    public ChapCredentials? Chap { get; init; }
+    public ChapCredentials? Chap { get; set; }
     /// <summary>Credentials the target uses to authenticate itself when the initiator asks (mutual CHAP).</summary>
-    public ChapCredentials? MutualChap { get; init; }
+    public ChapCredentials? MutualChap { get; set; }
 
     internal bool Allows(string initiatorName) =>
         AllowedInitiators.Count == 0 ||

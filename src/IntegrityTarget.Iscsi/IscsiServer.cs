@@ -11,8 +11,9 @@ namespace IntegrityTarget.Iscsi;
 /// </summary>
 public sealed class IscsiServer : IAsyncDisposable
 {
-    private readonly Dictionary<string, IscsiTargetConfig> _targets;
-    private readonly List<IscsiTargetConfig> _targetList;
+    // Copy-on-write, so logins and SendTargets read them without a lock while a reload adds or removes targets.
+    private volatile Dictionary<string, IscsiTargetConfig> _targets;
+    private volatile List<IscsiTargetConfig> _targetList;
     private readonly object _sync = new();
     private readonly List<IscsiSession> _sessions = [];
     private readonly HashSet<IscsiConnection> _connections = [];
@@ -26,25 +27,79 @@ public sealed class IscsiServer : IAsyncDisposable
         Options = options ?? throw new ArgumentNullException(nameof(options));
         Log = (log ?? throw new ArgumentNullException(nameof(log))).ForContext<IscsiServer>();
         var problems = options.Validate().ToList();
-        _targetList = targets.ToList();
-        _targets = new Dictionary<string, IscsiTargetConfig>(StringComparer.OrdinalIgnoreCase);
-        foreach (var t in _targetList)
+        var list = targets.ToList();
+        var map = new Dictionary<string, IscsiTargetConfig>(StringComparer.OrdinalIgnoreCase);
+        foreach (var t in list)
         {
             if (string.IsNullOrWhiteSpace(t.Iqn)) problems.Add("a target has an empty IQN");
-            else if (!_targets.TryAdd(t.Iqn, t)) problems.Add($"target IQN '{t.Iqn}' is configured twice");
+            else if (!map.TryAdd(t.Iqn, t)) problems.Add($"target IQN '{t.Iqn}' is configured twice");
         }
+        _targetList = list;
+        _targets = map;
         if (problems.Count > 0)
             throw new ArgumentException("Invalid iSCSI configuration: " + string.Join("; ", problems));
 
         // Large Data-Out buffers: a retaining pool owned by this server (MemoryPool.Shared collapses with deep 1 MiB queues).
         BufferPool = ArrayPool<byte>.Create(Math.Max(options.MaxCommandDataLength, 1 << 20), 16);
-        foreach (var t in _targetList)
+        foreach (var t in _targetList) Subscribe(t);
+    }
+
+    private void Subscribe(IscsiTargetConfig target)
+    {
+        Action<ulong, IReadOnlyCollection<string>> handler = (lun, ports) => OnAbortTasksRequested(target, lun, ports);
+        target.Scsi.AbortTasksRequested += handler;
+        lock (_subscriptions) _subscriptions.Add((target, handler));
+    }
+
+    /// <summary>Serves one more target from now on (reload).</summary>
+    public void AddTarget(IscsiTargetConfig target)
+    {
+        lock (_sync)
         {
-            var target = t;
-            Action<ulong, IReadOnlyCollection<string>> handler = (lun, ports) => OnAbortTasksRequested(target, lun, ports);
-            t.Scsi.AbortTasksRequested += handler;
-            _subscriptions.Add((t, handler));
+            if (_targets.ContainsKey(target.Iqn)) throw new ArgumentException($"target IQN '{target.Iqn}' is served already");
+            _targets = new Dictionary<string, IscsiTargetConfig>(_targets, StringComparer.OrdinalIgnoreCase) { [target.Iqn] = target };
+            _targetList = [.. _targetList, target];
         }
+        Subscribe(target);
+    }
+
+    /// <summary>Stops serving a target (reload): no new logins, and its sessions are closed.</summary>
+    public async Task RemoveTargetAsync(string iqn)
+    {
+        IscsiTargetConfig? gone;
+        lock (_sync)
+        {
+            if (!_targets.TryGetValue(iqn, out gone)) return;
+            var map = new Dictionary<string, IscsiTargetConfig>(_targets, StringComparer.OrdinalIgnoreCase);
+            map.Remove(iqn);
+            _targets = map;
+            _targetList = _targetList.Where(t => !ReferenceEquals(t, gone)).ToList();
+        }
+        await CloseSessionsAsync(s => ReferenceEquals(s.Target, gone), "target removed").ConfigureAwait(false);
+        lock (_subscriptions)
+        {
+            foreach (var (t, h) in _subscriptions.Where(x => ReferenceEquals(x.Target, gone)).ToList())
+            {
+                t.Scsi.AbortTasksRequested -= h;
+                _subscriptions.Remove((t, h));
+            }
+        }
+    }
+
+    /// <summary>Closes every session of <paramref name="target"/> whose initiator it no longer admits (ACL changed by a reload).</summary>
+    public Task<int> CloseSessionsNotAllowedAsync(IscsiTargetConfig target) =>
+        CloseSessionsAsync(s => ReferenceEquals(s.Target, target) && !target.Allows(s.InitiatorName), "initiator no longer in the ACL");
+
+    private async Task<int> CloseSessionsAsync(Func<IscsiSession, bool> which, string reason)
+    {
+        List<IscsiSession> victims;
+        lock (_sync) victims = _sessions.Where(which).ToList();
+        foreach (var s in victims)
+        {
+            Log.Information("Closing session {Initiator} TSIH {Tsih} on {Target}: {Reason}", s.InitiatorName, s.Tsih, s.Target?.Iqn, reason);
+            await s.Connection.CloseAsync(reason).ConfigureAwait(false);
+        }
+        return victims.Count;
     }
 
     public IscsiServerOptions Options { get; }

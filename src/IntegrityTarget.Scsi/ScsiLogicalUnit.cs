@@ -163,6 +163,17 @@ public sealed partial class ScsiLogicalUnit
         foreach (var s in _nexuses.Values) if (!ReferenceEquals(s, except)) s.AddUnitAttention(reason);
     }
 
+    /// <summary>Queues a unit attention for one nexus (created when this unit has not seen it yet).</summary>
+    internal void UnitAttention(ItNexus nexus, SenseReason reason) => GetNexus(nexus).AddUnitAttention(reason);
+
+    private int _inFlight;
+
+    /// <summary>Waits until no command runs on this unit any more (after it was removed from its target).</summary>
+    public async Task DrainAsync(CancellationToken ct)
+    {
+        while (Volatile.Read(ref _inFlight) > 0) await Task.Delay(10, ct).ConfigureAwait(false);
+    }
+
     internal void UnitAttentionFor(string initiatorPort, string targetPort, SenseReason reason)
     {
         if (_nexuses.TryGetValue((initiatorPort, targetPort), out var s)) s.AddUnitAttention(reason);
@@ -171,7 +182,24 @@ public sealed partial class ScsiLogicalUnit
     /// <summary>The volume's capacity changed (e.g. grown by the host): every nexus gets 2A/09.</summary>
     public void NotifyCapacityChanged() => UnitAttentionForOthers(null, SenseReason.CapacityChanged);
 
-    internal async ValueTask<ScsiResponse> ExecuteAsync(ScsiCommand cmd, CancellationToken ct)
+    internal ValueTask<ScsiResponse> ExecuteAsync(ScsiCommand cmd, CancellationToken ct)
+    {
+        // Counted so a unit removed by a reload can wait for its last command before its volume closes.
+        Interlocked.Increment(ref _inFlight);
+        ValueTask<ScsiResponse> pending;
+        try { pending = ExecuteCoreAsync(cmd, ct); }
+        catch { Interlocked.Decrement(ref _inFlight); throw; }
+        if (pending.IsCompleted) { Interlocked.Decrement(ref _inFlight); return pending; }
+        return Counted(pending);
+    }
+
+    private async ValueTask<ScsiResponse> Counted(ValueTask<ScsiResponse> pending)
+    {
+        try { return await pending.ConfigureAwait(false); }
+        finally { Interlocked.Decrement(ref _inFlight); }
+    }
+
+    private async ValueTask<ScsiResponse> ExecuteCoreAsync(ScsiCommand cmd, CancellationToken ct)
     {
         var cdb = cmd.Cdb.Span;
         if (cdb.Length == 0) return Respond(ScsiError.Of(SenseReason.InvalidOpcode), false);

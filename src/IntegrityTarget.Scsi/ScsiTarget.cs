@@ -8,7 +8,10 @@ namespace IntegrityTarget.Scsi;
 /// </summary>
 public sealed class ScsiTarget : IScsiTarget
 {
-    private readonly Dictionary<ulong, ScsiLogicalUnit> _units;
+    // Copy-on-write: commands read the current dictionary without a lock; a reload swaps in a new one.
+    private volatile Dictionary<ulong, ScsiLogicalUnit> _units;
+    private readonly Lock _change = new();
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(string, string), ItNexus> _nexuses = new();
     private readonly Serilog.ILogger _log;
     private readonly BufferPool _buffers = new();
 
@@ -16,20 +19,70 @@ public sealed class ScsiTarget : IScsiTarget
     {
         if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException("target name must not be empty", nameof(name));
         Name = name; _log = log;
-        _units = new Dictionary<ulong, ScsiLogicalUnit>();
+        var map = new Dictionary<ulong, ScsiLogicalUnit>();
         foreach (var u in units)
         {
-            if (!_units.TryAdd(u.Lun, u)) throw new ArgumentException($"target {name}: LUN {u.Lun} is configured twice", nameof(units));
-            if (u.Lun > 0x3FFF) throw new ArgumentException($"target {name}: LUN {u.Lun} is above 16383 (flat addressing limit)", nameof(units));
-            u.Target = this;
-            u.AbortTasksRequested += (lun, ports) => AbortTasksRequested?.Invoke(lun, ports);
+            if (!map.TryAdd(u.Lun, u)) throw new ArgumentException($"target {name}: LUN {u.Lun} is configured twice", nameof(units));
+            Attach(u);
         }
-        Luns = _units.Keys.Order().ToArray();
+        _units = map;
+        _luns = map.Keys.Order().ToArray();
+    }
+
+    private void Attach(ScsiLogicalUnit u)
+    {
+        if (u.Lun > 0x3FFF) throw new ArgumentException($"target {Name}: LUN {u.Lun} is above 16383 (flat addressing limit)");
+        u.Target = this;
+        u.AbortTasksRequested += (lun, ports) => AbortTasksRequested?.Invoke(lun, ports);
     }
 
     public string Name { get; }
-    public IReadOnlyList<ulong> Luns { get; }
+    private volatile ulong[] _luns;
+    public IReadOnlyList<ulong> Luns => _luns;
     public IReadOnlyCollection<ScsiLogicalUnit> Units => _units.Values;
+
+    /// <summary>
+    /// Adds a logical unit while the target is served (reload). Every I_T nexus of the target gets REPORTED
+    /// LUNS DATA HAS CHANGED on its other units, so initiators rescan.
+    /// </summary>
+    public void AddUnit(ScsiLogicalUnit unit)
+    {
+        lock (_change)
+        {
+            if (_units.ContainsKey(unit.Lun)) throw new ArgumentException($"target {Name}: LUN {unit.Lun} exists already");
+            Attach(unit);
+            var map = new Dictionary<ulong, ScsiLogicalUnit>(_units) { [unit.Lun] = unit };
+            Publish(map);
+        }
+        _log.Information("{Target}: LUN {Lun} added", Name, unit.Lun);
+    }
+
+    /// <summary>
+    /// Removes a logical unit while the target is served (reload): from now on its LUN answers LOGICAL UNIT
+    /// NOT SUPPORTED, and every nexus gets REPORTED LUNS DATA HAS CHANGED on the remaining units. Commands
+    /// already running finish; <see cref="ScsiLogicalUnit.DrainAsync"/> waits for them.
+    /// </summary>
+    public ScsiLogicalUnit? RemoveUnit(ulong lun)
+    {
+        ScsiLogicalUnit? gone;
+        lock (_change)
+        {
+            if (!_units.TryGetValue(lun, out gone)) return null;
+            var map = new Dictionary<ulong, ScsiLogicalUnit>(_units);
+            map.Remove(lun);
+            Publish(map);
+        }
+        _log.Information("{Target}: LUN {Lun} removed", Name, lun);
+        return gone;
+    }
+
+    private void Publish(Dictionary<ulong, ScsiLogicalUnit> map)
+    {
+        _units = map;
+        _luns = map.Keys.Order().ToArray();
+        foreach (var u in map.Values)
+            foreach (var n in _nexuses.Values) u.UnitAttention(n, SenseReason.ReportedLunsDataChanged);
+    }
 
     public event Action<ulong, IReadOnlyCollection<string>>? AbortTasksRequested;
 
@@ -51,6 +104,9 @@ public sealed class ScsiTarget : IScsiTarget
 
     public ScsiResponse TransportFailure(ulong lun, in ScsiError error) =>
         ScsiLogicalUnit.Respond(error, _units.TryGetValue(lun, out var lu) && lu.DescriptorSense);
+
+    /// <summary>The nexuses logged in to this target now.</summary>
+    public IReadOnlyCollection<ItNexus> Nexuses => _nexuses.Values.ToList();
 
     private ScsiResponse NoSuchLun(ScsiCommand command)
     {
@@ -111,11 +167,13 @@ public sealed class ScsiTarget : IScsiTarget
 
     public void NexusCreated(ItNexus nexus)
     {
+        _nexuses[(nexus.InitiatorPortName, nexus.TargetPortName)] = nexus;
         foreach (var u in _units.Values) u.NexusCreated(nexus);
     }
 
     public void NexusLost(ItNexus nexus)
     {
+        _nexuses.TryRemove((nexus.InitiatorPortName, nexus.TargetPortName), out _);
         foreach (var u in _units.Values) u.NexusLost(nexus);
     }
 

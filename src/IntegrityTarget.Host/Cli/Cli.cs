@@ -15,6 +15,7 @@ public static class Cli
         new("dump", "print an integrity volume's superblock and journal state", DumpVerb.Usage, DumpVerb.RunAsync),
         new("status", "show targets, LUNs, sessions and counters of the serving process", StatusVerb.Usage, StatusVerb.RunAsync),
         new("resize", "grow a served LUN online (initiators are told the capacity changed)", ResizeVerb.Usage, ResizeVerb.RunAsync),
+        new("reload", "make the running server re-read its configuration and apply the changes", ReloadVerb.Usage, ReloadVerb.RunAsync),
     ];
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CliContext ctx)

@@ -14,6 +14,8 @@ public sealed class CliContext
     public CancellationToken Stop { get; init; }
     /// <summary>True when Out is a terminal: colours and live progress bars.</summary>
     public bool Interactive { get; init; }
+    /// <summary>Raised by SIGHUP in the process (serve re-reads its configuration), by the test otherwise.</summary>
+    public ReloadSignal Reload { get; init; } = new();
 
     public IAnsiConsole CreateConsole() => AnsiConsole.Create(new AnsiConsoleSettings
     {
@@ -23,8 +25,9 @@ public sealed class CliContext
         Out = new AnsiConsoleOutput(Out),
     });
 
-    public static CliContext ForProcess(CancellationToken stop) => new()
+    public static CliContext ForProcess(CancellationToken stop, ReloadSignal? reload = null) => new()
     {
+        Reload = reload ?? new ReloadSignal(),
         Out = Console.Out,
         Err = Console.Error,
         Environment = PrefixedEnvironmentProvider.ProcessEnvironment(),
@@ -32,6 +35,13 @@ public sealed class CliContext
         Stop = stop,
         Interactive = !Console.IsOutputRedirected,
     };
+}
+
+/// <summary>A request to re-read the configuration (SIGHUP); serve subscribes while it runs.</summary>
+public sealed class ReloadSignal
+{
+    public event Action? Requested;
+    public void Raise() => Requested?.Invoke();
 }
 
 /// <summary>Process exit codes, documented in README.</summary>

@@ -61,9 +61,18 @@ public static class ServeVerb
                 $"{config.Targets.Count} target(s), {config.Targets.Sum(t => t.Luns.Count)} LUN(s), portals {string.Join(", ", config.Portals)}");
             return ExitCodes.Ok;
         }
-        using var logger = LoggingSetup.Create(config.Logging, ctx.Out, ReferenceEquals(ctx.Out, Console.Out));
+        var level = new Serilog.Core.LoggingLevelSwitch(LoggingSetup.ParseLevel(config.Logging.Level));
+        using var logger = LoggingSetup.Create(config.Logging, ctx.Out, ReferenceEquals(ctx.Out, Console.Out), level);
         logger.Information("integrity-target {Version} starting with {Source}", TargetHost.Version, loaded.FileDisplayName ?? ConfigLoader.BuiltInDefaults);
         foreach (var n in config.Notes) logger.Information("{Note}", n);
-        return await TargetHost.RunAsync(config, logger, ctx.Stop);
+        // A reload reads the same sources again: the same file, environment and command line.
+        var input = new ConfigInput(args, ctx.Environment, ctx.WorkingDirectory);
+        ReloadSource source = () =>
+        {
+            var again = ConfigLoader.Load(input, Flags);
+            var (c, p) = ConfigReader.Read(again);
+            return (c, p, again.FileDisplayName ?? ConfigLoader.BuiltInDefaults);
+        };
+        return await TargetHost.RunAsync(config, logger, ctx.Stop, new ReloadOptions(source, level, ctx.Reload));
     }
 }

@@ -250,6 +250,7 @@ internal sealed class TimedScsiTarget(IScsiTarget inner, string iqn, Histogram l
     public void NexusLost(ItNexus nexus) => inner.NexusLost(nexus);
     public void LogicalUnitReset(ulong lun, ItNexus nexus) => inner.LogicalUnitReset(lun, nexus);
     public void TargetReset(ItNexus nexus) => inner.TargetReset(nexus);
+    public ScsiResponse TransportFailure(ulong lun, in ScsiError error) => inner.TransportFailure(lun, error);
 
     public event Action<ulong, IReadOnlyCollection<string>>? AbortTasksRequested
     {

@@ -14,10 +14,15 @@ public static class LoggingSetup
     private const string Template = "[{Timestamp:HH:mm:ss} {Level:u3}] {Message:lj}{NewLine}{Exception}";
 
     /// <param name="console">Where console output goes; the real console gets colours.</param>
-    public static Logger Create(LoggingSettings settings, TextWriter console, bool isRealConsole)
+    public static Logger Create(LoggingSettings settings, TextWriter console, bool isRealConsole) =>
+        Create(settings, console, isRealConsole, new LoggingLevelSwitch(ParseLevel(settings.Level)));
+
+    public static LogEventLevel ParseLevel(string level) => Enum.Parse<LogEventLevel>(level, ignoreCase: true);
+
+    /// <param name="level">Controls the minimum level; a reload sets it to change Logging:Level without a restart.</param>
+    public static Logger Create(LoggingSettings settings, TextWriter console, bool isRealConsole, LoggingLevelSwitch level)
     {
-        var level = Enum.Parse<LogEventLevel>(settings.Level, ignoreCase: true);
-        var cfg = new LoggerConfiguration().MinimumLevel.Is(level).Enrich.FromLogContext();
+        var cfg = new LoggerConfiguration().MinimumLevel.ControlledBy(level).Enrich.FromLogContext();
         if (settings.Json)
             cfg = cfg.WriteTo.Sink(new TextWriterSink(console, new CompactJsonFormatter()));
         else if (isRealConsole)

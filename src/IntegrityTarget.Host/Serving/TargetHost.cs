@@ -15,13 +15,14 @@ namespace IntegrityTarget.Host.Serving;
 /// One serving process: opens every LUN, starts the iSCSI front end and the status socket, runs until
 /// told to stop, then stops accepting, drains in-flight commands, flushes every volume and closes.
 /// </summary>
-public sealed class TargetHost : IStatusProvider
+public sealed partial class TargetHost : IStatusProvider
 {
     private static readonly TimeSpan DrainTimeout = TimeSpan.FromSeconds(30);
 
-    private readonly HostConfig _config;
+    private HostConfig _config;
     private readonly ILogger _log;
-    private readonly List<ServedTarget> _targets = [];
+    // Copy-on-write: status, metrics and the copy manager read it while a reload publishes a new list.
+    private volatile List<ServedTarget> _targets = [];
     private readonly ConcurrentDictionary<string, bool> _scrubbing = new();
     private readonly DateTimeOffset _started = DateTimeOffset.UtcNow;
     private FrontEnd? _frontEnd;
@@ -39,9 +40,9 @@ public sealed class TargetHost : IStatusProvider
             .OfType<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion.Split('+')[0] ?? "0.0.0";
 
     /// <summary>Serves until <paramref name="stop"/> fires. Returns the process exit code.</summary>
-    public static async Task<int> RunAsync(HostConfig config, ILogger log, CancellationToken stop)
+    public static async Task<int> RunAsync(HostConfig config, ILogger log, CancellationToken stop, ReloadOptions? reload = null)
     {
-        var host = new TargetHost(config, log);
+        var host = new TargetHost(config, log) { _reload = reload };
         StatusServer? status = null;
         try
         {
@@ -53,6 +54,7 @@ public sealed class TargetHost : IStatusProvider
             if (!await host.StartFrontEndAsync(stop)) return ExitCodes.Failure;
             status.Start();
             host.LogSummary();
+            if (reload != null) reload.Signal.Requested += () => _ = host.ReloadOnSignalAsync(stop);
             log.Information("Ready; SIGTERM or Ctrl-C stops the target");
             try { await Task.Delay(Timeout.Infinite, stop); }
             catch (OperationCanceledException) { }
@@ -194,7 +196,7 @@ public sealed class TargetHost : IStatusProvider
             catch (Exception e) { _log.Error(e, "Closing {Volume} failed", l.Volume.Name); }
             l.Device.Dispose();
         }
-        _targets.Clear();
+        _targets = [];
     }
 
     // ---- status socket ------------------------------------------------------------------------
@@ -252,17 +254,18 @@ public sealed class TargetHost : IStatusProvider
 
     // ---- online grow ---------------------------------------------------------------------------
 
-    private readonly SemaphoreSlim _resizing = new(1, 1);
+    /// <summary>One change at a time: resizes and reloads never interleave.</summary>
+    private readonly SemaphoreSlim _changing = new(1, 1);
 
     public async Task<ResizeOutcome> ResizeAsync(string iqn, ulong lun, long bytes, CancellationToken ct)
     {
-        await _resizing.WaitAsync(ct);
+        await _changing.WaitAsync(ct);
         try
         {
             var (target, served) = Find(iqn, lun);
             return await GrowAsync(target, served, bytes, ct);
         }
-        finally { _resizing.Release(); }
+        finally { _changing.Release(); }
     }
 
     /// <summary>

@@ -12,4 +12,8 @@ public interface IStatusProvider
     /// <summary>Grows one served LUN online to <paramref name="bytes"/>; its initiators get CAPACITY DATA HAS CHANGED.</summary>
     /// <exception cref="Cli.CliException">Unknown target/LUN, a smaller size, or a volume that cannot grow.</exception>
     Task<ResizeOutcome> ResizeAsync(string iqn, ulong lun, long bytes, CancellationToken ct);
+
+    /// <summary>Re-reads the configuration, validates all of it, then applies the difference (or nothing).</summary>
+    /// <exception cref="Cli.CliException">Every problem found; nothing was changed.</exception>
+    Task<ReloadOutcome> ReloadAsync(CancellationToken ct);
 }

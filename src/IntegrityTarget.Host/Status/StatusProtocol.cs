@@ -14,9 +14,14 @@ namespace IntegrityTarget.Host.Status;
 //            {"type":"scrub-result","ok":true,"result":{...ScrubOutcome...}}
 //   request  {"command":"resize","iqn":"iqn...","lun":0,"size":"2GiB"}   (or: resize IQN LUN SIZE)
 //   reply    {"type":"resize-result","ok":true,"result":{...ResizeOutcome...}}
+//   request  {"command":"reload"}                                    (or: reload)
+//   reply    {"type":"reload-result","ok":true,"result":{"source":"...","applied":["..."]}}
 //   any error {"type":"error","ok":false,"error":"what went wrong"}
 
 public sealed record StatusRequest(string Command, string? Iqn = null, ulong? Lun = null, double? RateMBps = null, string? Size = null);
+
+/// <summary>What a reload applied (one sentence per change; empty when the configuration was unchanged).</summary>
+public sealed record ReloadOutcome(string Source, IReadOnlyList<string> Applied);
 
 /// <summary>What an online grow did: sizes in bytes before and after.</summary>
 public sealed record ResizeOutcome(string Iqn, ulong Lun, long OldBytes, long NewBytes, ulong Blocks);

@@ -158,8 +158,18 @@ public sealed class StatusServer : IAsyncDisposable
             case "resize":
                 await ResizeAsync(request, writer);
                 break;
+            case "reload":
+                try
+                {
+                    _log.Information("Reload requested over the status socket");
+                    var outcome = await _provider.ReloadAsync(_stop.Token);
+                    await writer.WriteLineAsync(StatusJson.Line("reload-result", true, "result", outcome));
+                }
+                catch (CliException e) { await writer.WriteLineAsync(StatusJson.Error(e.Message)); }
+                catch (OperationCanceledException) { await writer.WriteLineAsync(StatusJson.Error("reload cancelled: the server is shutting down")); }
+                break;
             default:
-                await writer.WriteLineAsync(StatusJson.Error($"unknown command '{request.Command}' (status, scrub, resize)"));
+                await writer.WriteLineAsync(StatusJson.Error($"unknown command '{request.Command}' (status, scrub, resize, reload)"));
                 break;
         }
     }

@@ -8,31 +8,51 @@ using IntegrityTarget.Transport;
 
 namespace IntegrityTarget.Host.Wiring;
 
-/// <summary>The network side of a serving process: the iSCSI server over the configured transport.</summary>
+/// <summary>
+/// The network side of a serving process: the iSCSI server, and one transport per portal, so a reload can
+/// add or remove a portal without touching the others.
+/// </summary>
 public sealed class FrontEnd : IAsyncDisposable
 {
     private readonly IscsiServer _server;
-    private readonly IIscsiTransport _transport;
+    private readonly HostConfig _config;
+    private readonly ILogger _log;
+    private readonly Scsi.ICopyTargetResolver? _copyTargets;
+    private readonly Metrics.HostMetrics? _metrics;
+    private readonly List<(IPEndPoint Portal, IIscsiTransport Transport)> _portals = [];
+    private readonly Lock _gate = new();
 
-    private FrontEnd(IscsiServer server, IIscsiTransport transport) { _server = server; _transport = transport; }
+    private FrontEnd(IscsiServer server, HostConfig config, ILogger log, Scsi.ICopyTargetResolver? copyTargets, Metrics.HostMetrics? metrics)
+    {
+        _server = server; _config = config; _log = log; _copyTargets = copyTargets; _metrics = metrics;
+    }
 
     private static ChapCredentials? Chap(ChapSettings? c) => c == null ? null : new ChapCredentials(c.User, c.Secret);
 
-    /// <summary>Builds SCSI targets, the iSCSI server and the transport, and starts listening.</summary>
+    /// <summary>The iSCSI side of one served target (its SCSI layer built over its opened LUNs).</summary>
+    private IscsiTargetConfig Build(ServedTarget t)
+    {
+        var scsi = ScsiWiring.Build(t, _log, _copyTargets);
+        t.Scsi = scsi;
+        var config = new IscsiTargetConfig
+        {
+            Iqn = t.Iqn,
+            Alias = t.Settings.Alias,
+            Scsi = _metrics == null ? scsi : _metrics.Time(t.Iqn, scsi),
+            AllowedInitiators = t.Settings.AllowedInitiators,
+            Chap = Chap(t.Settings.Chap),
+            MutualChap = Chap(t.Settings.MutualChap),
+        };
+        t.Iscsi = config;
+        return config;
+    }
+
+    /// <summary>Builds SCSI targets, the iSCSI server and one transport per portal, and starts listening.</summary>
     /// <param name="copyTargets">Resolves EXTENDED COPY units across targets (the host's ACL view).</param>
     /// <param name="metrics">When metrics are on: times every command of every target.</param>
     public static async Task<FrontEnd> StartAsync(HostConfig config, IReadOnlyList<ServedTarget> targets, ILogger log, CancellationToken ct,
         Scsi.ICopyTargetResolver? copyTargets = null, Metrics.HostMetrics? metrics = null)
     {
-        var iscsiTargets = targets.Select(t => new IscsiTargetConfig
-        {
-            Iqn = t.Iqn,
-            Alias = t.Settings.Alias,
-            Scsi = ScsiWiring.Build(t, log, copyTargets, metrics),
-            AllowedInitiators = t.Settings.AllowedInitiators,
-            Chap = Chap(t.Settings.Chap),
-            MutualChap = Chap(t.Settings.MutualChap),
-        }).ToList();
         var s = config.Iscsi;
         var options = new IscsiServerOptions
         {
@@ -50,27 +70,74 @@ public sealed class FrontEnd : IAsyncDisposable
         };
         if (options.Validate() is { Count: > 0 } errors)
             throw new CliException("Iscsi: " + string.Join("; ", errors), ExitCodes.Usage);
-        var server = new IscsiServer(iscsiTargets, options, log);
-        IIscsiTransport? transport = null;
+        var server = new IscsiServer([], options, log);
+        var front = new FrontEnd(server, config, log, copyTargets, metrics);
         try
         {
-            transport = config.Transport switch
-            {
-                "dotnetty" => new DotNettyTransport(server, log),
-                _ => new SocketTransport(server, log),
-            };
-            await transport.StartAsync(config.Portals, ct);
+            foreach (var t in targets) server.AddTarget(front.Build(t));
+            foreach (var p in config.Portals) await front.AddPortalAsync(p, ct);
         }
         catch
         {
-            if (transport != null) await transport.DisposeAsync();
-            await server.DisposeAsync();
+            await front.DisposeAsync();
             throw;
         }
-        return new FrontEnd(server, transport);
+        return front;
     }
 
-    public IReadOnlyList<IPEndPoint> BoundEndpoints => _transport.BoundEndpoints;
+    /// <summary>Starts listening on one more portal; throws <see cref="TransportBindException"/> when it cannot be bound.</summary>
+    public async Task AddPortalAsync(IPEndPoint portal, CancellationToken ct)
+    {
+        IIscsiTransport transport = _config.Transport switch
+        {
+            "dotnetty" => new DotNettyTransport(_server, _log),
+            _ => new SocketTransport(_server, _log),
+        };
+        try { await transport.StartAsync([portal], ct); }
+        catch
+        {
+            await transport.DisposeAsync();
+            throw;
+        }
+        lock (_gate) _portals.Add((portal, transport));
+    }
+
+    /// <summary>Stops listening on a portal; the connections that came in through it are closed.</summary>
+    public async Task RemovePortalAsync(IPEndPoint portal)
+    {
+        List<IIscsiTransport> gone;
+        lock (_gate)
+        {
+            gone = _portals.Where(p => p.Portal.Equals(portal)).Select(p => p.Transport).ToList();
+            _portals.RemoveAll(p => p.Portal.Equals(portal));
+        }
+        foreach (var t in gone) await t.DisposeAsync();
+    }
+
+    /// <summary>The portals as configured (port 0 as given), for reload's comparison.</summary>
+    public IReadOnlyList<IPEndPoint> Portals { get { lock (_gate) return _portals.Select(p => p.Portal).ToList(); } }
+
+    /// <summary>Serves one more target (reload).</summary>
+    public void AddTarget(ServedTarget t) => _server.AddTarget(Build(t));
+
+    /// <summary>Stops serving a target and closes its sessions (reload).</summary>
+    public Task RemoveTargetAsync(string iqn) => _server.RemoveTargetAsync(iqn);
+
+    /// <summary>Applies a target's new alias, ACL and CHAP; closes the sessions of initiators it no longer admits.</summary>
+    public Task<int> UpdateAccessAsync(ServedTarget t)
+    {
+        var c = t.Iscsi ?? throw new InvalidOperationException($"{t.Iqn} is not served");
+        c.Alias = t.Settings.Alias;
+        c.Chap = Chap(t.Settings.Chap);
+        c.MutualChap = Chap(t.Settings.MutualChap);
+        c.AllowedInitiators = t.Settings.AllowedInitiators;
+        return _server.CloseSessionsNotAllowedAsync(c);
+    }
+
+    /// <summary>A logical unit for one more LUN of a served target.</summary>
+    public Scsi.ScsiLogicalUnit BuildUnit(ServedTarget t, ServedLun l) => ScsiWiring.BuildUnit(t, l, _log);
+
+    public IReadOnlyList<IPEndPoint> BoundEndpoints { get { lock (_gate) return _portals.SelectMany(p => p.Transport.BoundEndpoints).ToList(); } }
 
     public IReadOnlyList<object> Sessions() => [.. _server.Sessions];
 
@@ -80,20 +147,27 @@ public sealed class FrontEnd : IAsyncDisposable
     public IscsiCounters Counters => _server.Counters;
 
     /// <summary>
-    /// The server refuses new logins and lets in-flight commands finish; then the transport stops
-    /// listening and closes what is left.
+    /// The server refuses new logins and lets in-flight commands finish; then the transports stop
+    /// listening and close what is left.
     /// </summary>
     public async Task ShutdownAsync(CancellationToken ct)
     {
         try { await _server.ShutdownAsync(ct); }
-        finally { await _transport.StopAsync(CancellationToken.None); }
+        finally
+        {
+            List<IIscsiTransport> all;
+            lock (_gate) all = _portals.Select(p => p.Transport).ToList();
+            foreach (var t in all) await t.StopAsync(CancellationToken.None);
+        }
     }
 
     public static bool IsBindFailure(Exception e) => e is TransportBindException;
 
     public async ValueTask DisposeAsync()
     {
-        await _transport.DisposeAsync();
+        List<IIscsiTransport> all;
+        lock (_gate) { all = _portals.Select(p => p.Transport).ToList(); _portals.Clear(); }
+        foreach (var t in all) await t.DisposeAsync();
         await _server.DisposeAsync();
     }
 }

@@ -9,28 +9,29 @@ namespace IntegrityTarget.Host.Wiring;
 /// <summary>Builds the SCSI target of one configured target from its opened LUN volumes.</summary>
 public static class ScsiWiring
 {
-    public static IScsiTarget Build(ServedTarget target, ILogger log, ICopyTargetResolver? copyTargets = null, Metrics.HostMetrics? metrics = null)
+    public static ScsiTarget Build(ServedTarget target, ILogger log, ICopyTargetResolver? copyTargets = null)
     {
-        var units = new List<ScsiLogicalUnit>();
-        foreach (var l in target.Luns)
+        var units = target.Luns.Select(l => BuildUnit(target, l, log)).ToList();
+        return new ScsiTarget(target.Iqn, units, log.ForContext("Target", target.Iqn)) { CopyTargets = copyTargets };
+    }
+
+    /// <summary>The logical unit of one opened LUN; kept on the <see cref="ServedLun"/> for health, grow and reload.</summary>
+    public static ScsiLogicalUnit BuildUnit(ServedTarget target, ServedLun l, ILogger log)
+    {
+        var options = new LogicalUnitOptions
         {
-            var options = new LogicalUnitOptions
-            {
-                Serial = l.Settings.Serial,
-                // The NAA identifier is derived from this, so it must not change across restarts.
-                IdentitySeed = $"{target.Iqn}/{l.Lun}",
-                ReadOnly = l.Settings.ReadOnly,
-                PersistentReservationFile = l.Settings.Path + ".pr.json",
-            };
-            if (options.Validate() is { Count: > 0 } errors)
-                throw new CliException($"{l.Settings.KeyPath}: {string.Join("; ", errors)}", ExitCodes.Usage);
-            var unit = new ScsiLogicalUnit(l.Lun, l.Volume, options, log.ForContext("Target", target.Iqn).ForContext("Lun", l.Lun));
-            unit.ProvisioningSource = ct => ProvisioningAsync(l, unit, ct);
-            l.Unit = unit;
-            units.Add(unit);
-        }
-        var scsi = new ScsiTarget(target.Iqn, units, log.ForContext("Target", target.Iqn)) { CopyTargets = copyTargets };
-        return metrics == null ? scsi : metrics.Time(target.Iqn, scsi);
+            Serial = l.Settings.Serial,
+            // The NAA identifier is derived from this, so it must not change across restarts.
+            IdentitySeed = $"{target.Iqn}/{l.Lun}",
+            ReadOnly = l.Settings.ReadOnly,
+            PersistentReservationFile = l.Settings.Path + ".pr.json",
+        };
+        if (options.Validate() is { Count: > 0 } errors)
+            throw new CliException($"{l.Settings.KeyPath}: {string.Join("; ", errors)}", ExitCodes.Usage);
+        var unit = new ScsiLogicalUnit(l.Lun, l.Volume, options, log.ForContext("Target", target.Iqn).ForContext("Lun", l.Lun));
+        unit.ProvisioningSource = ct => ProvisioningAsync(l, unit, ct);
+        l.Unit = unit;
+        return unit;
     }
 
     /// <summary>
