@@ -46,6 +46,8 @@ public sealed class ServerProcess : IDisposable
     public string StatusSocket => Path.Combine(DataDir, "status.sock");
     public int? LastExitCode { get; private set; }
     public bool IsRunning => _proc is { HasExited: false };
+    /// <summary>Process id of the running server (for signals such as SIGHUP).</summary>
+    public int Pid => _proc?.Id ?? throw new InvalidOperationException("the server is not running");
 
     public ServerProcess(ServerOptions options, string? dataDir = null, int? port = null)
     {

@@ -94,6 +94,18 @@ public class ReloadTests
             Assert.That(bad.ExitCode, Is.EqualTo(1), () => bad.Describe());
             Assert.That(bad.Combined, Does.Contain("nothing was changed").And.Contain("AllowedInitiators"), () => bad.Describe());
             Assert.That(keeper.Read16(2, 0, 8, 512).Good, Is.True, "still served after a refused reload");
+
+            // A setting only a restart can change is refused as a whole, even with a valid change beside it.
+            File.WriteAllText(file, Config(srv, dir, $"\"{Qemu}\", \"{Keeper}\", \"{Evicted}\"", reloaded: true).Replace("\"Targets\"", "\"Transport\": \"dotnetty\", \"Targets\""));
+            var fixedKey = ServerProcess.Cli(TimeSpan.FromSeconds(60), "reload", "--socket", srv.StatusSocket);
+            Assert.That(fixedKey.Combined, Does.Contain("Transport cannot change while serving"), () => fixedKey.Describe());
+            Assert.Throws<LoginFailedException>(() => TestInitiator.Connect(srv, new LoginOptions { InitiatorName = Evicted }).Dispose(), "the ACL change beside it was not applied");
+
+            // SIGHUP reloads the same way: the evicted initiator is let back in.
+            File.WriteAllText(file, Config(srv, dir, $"\"{Qemu}\", \"{Keeper}\", \"{Evicted}\"", reloaded: true));
+            Tools.Bash($"kill -HUP {srv.Pid}");
+            Assert.That(srv.WaitForLog($@"Reload applied: target {Regex.Escape(srv.Iqn)}: ACL \+ {Regex.Escape(Evicted)}", TimeSpan.FromSeconds(15)), Is.True, () => srv.Output());
+            using (var back = TestInitiator.Connect(srv, new LoginOptions { InitiatorName = Evicted })) back.ClearUnitAttention(0);
             srv.Stop();
         }
         finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
