@@ -85,19 +85,21 @@ public sealed partial class ScsiLogicalUnit
         CopyStatus? status = null;
         if (header.HoldsStatus && !r.Nexus.TryStartCopy(header.ListId, out status)) return ScsiError.Of(SenseReason.OperationInProgress);
         status ??= new CopyStatus();
-        await _copySlots.WaitAsync(r.Ct).ConfigureAwait(false);
+        bool slot = false;
         try
         {
+            await _copySlots.WaitAsync(r.Ct).ConfigureAwait(false);
+            slot = true;
             var e = await RunSegments(r, data, cscds, segments, status).ConfigureAwait(false);
             status.State = e.IsError ? CopyStatus.CompletedWithErrors : CopyStatus.Completed;
             return e.IsError ? e : Outcome.Wrote(paramLen);
         }
         catch
         {
-            status.State = CopyStatus.CompletedWithErrors;
+            status.State = CopyStatus.CompletedWithErrors; // never left "in progress", or its list ID would stay taken
             throw;
         }
-        finally { _copySlots.Release(); }
+        finally { if (slot) _copySlots.Release(); }
     }
 
     private readonly record struct CopyHeader(byte ListId, int Usage)
