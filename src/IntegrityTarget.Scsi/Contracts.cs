@@ -114,3 +114,37 @@ public interface IScsiTarget
     /// </summary>
     event Action<ulong /*lun*/, IReadOnlyCollection<string> /*initiator port names*/>? AbortTasksRequested;
 }
+
+/// <summary>
+/// What a <see cref="ScsiTarget"/> routes one LUN's commands and nexus events to: a
+/// <see cref="ScsiLogicalUnit"/> serving its volume here, or (with several gateways) a unit that
+/// forwards to whichever gateway owns the LUN.
+/// </summary>
+public interface ILogicalUnit
+{
+    ulong Lun { get; }
+
+    /// <summary>The unit serving this LUN's volume in this process, or null (e.g. another gateway owns it now).</summary>
+    ScsiLogicalUnit? Local { get; }
+
+    /// <summary>Called once by the target the unit belongs to (REPORT LUNS and the target device name come from it).</summary>
+    void AttachTo(ScsiTarget target);
+
+    /// <summary>As <see cref="IScsiTarget.ExecuteAsync"/>, for this LUN.</summary>
+    ValueTask<ScsiResponse> ExecuteAsync(ScsiCommand command, CancellationToken ct);
+
+    void NexusCreated(ItNexus nexus);
+    void NexusLost(ItNexus nexus);
+
+    /// <summary>LOGICAL UNIT RESET or a target reset: every nexus gets <paramref name="ua"/>.</summary>
+    void Reset(SenseReason ua);
+
+    /// <summary>Queues a unit attention for one nexus (e.g. REPORTED LUNS DATA HAS CHANGED after a reload).</summary>
+    void UnitAttention(ItNexus nexus, SenseReason reason);
+
+    /// <summary>Whether sense is in descriptor format (D_SENSE of the control mode page).</summary>
+    bool DescriptorSense { get; }
+
+    /// <summary>PREEMPT AND ABORT: abort this LUN's tasks of the listed initiator ports.</summary>
+    event Action<ulong, IReadOnlyCollection<string>>? AbortTasksRequested;
+}

@@ -55,7 +55,7 @@ public sealed partial class ScsiLogicalUnit
         {
             if (c[2] != 0) return new(ScsiError.Cdb(2));
             var std = Rent(StandardInquiryLength);
-            WriteStandardInquiry(std.Memory.Span, Options, connected: true);
+            WriteStandardInquiry(std.Memory.Span, Options, connected: true, tpgs: true);
             return new(Reply(std, StandardInquiryLength, alloc));
         }
         foreach (var (code, build) in VpdPages)
@@ -74,7 +74,7 @@ public sealed partial class ScsiLogicalUnit
     internal const int StandardInquiryLength = 74;
 
     /// <summary>Standard INQUIRY data; <paramref name="connected"/> false gives peripheral qualifier 3 (no LU at this LUN).</summary>
-    internal static void WriteStandardInquiry(Span<byte> s, LogicalUnitOptions? o, bool connected)
+    internal static void WriteStandardInquiry(Span<byte> s, LogicalUnitOptions? o, bool connected, bool tpgs = false)
     {
         s[..StandardInquiryLength].Clear();
         s[0] = connected ? (byte)0x00 : (byte)0x7F; // direct-access block device / qualifier 3, type 1Fh
@@ -82,7 +82,7 @@ public sealed partial class ScsiLogicalUnit
         s[2] = 0x06;       // SPC-4
         s[3] = 0x12;       // HISUP, response data format 2
         s[4] = StandardInquiryLength - 5;
-        s[5] = connected ? (byte)0x08 : (byte)0x00; // TPGS 0, 3PC (EXTENDED COPY), PROTECT 0
+        s[5] = (byte)((tpgs ? 0x10 : 0x00) | (connected ? 0x08 : 0x00)); // TPGS 01b: implicit ALUA only; 3PC (EXTENDED COPY); PROTECT 0
         s[6] = 0x00;
         s[7] = 0x02;       // CMDQUE
         Ascii(s.Slice(8, 8), o?.VendorId ?? "INTEGRTY");
@@ -129,6 +129,14 @@ public sealed partial class ScsiLogicalUnit
         p[pos] = 0x51; p[pos + 1] = 0x94; p[pos + 3] = 4;
         BinaryPrimitives.WriteUInt16BigEndian(p[(pos + 6)..], nexus.RelativeTargetPortId);
         pos += 8;
+        // Target port group of that port (association: target port): how an initiator's ALUA handler
+        // finds which group's RTPG state applies to this path.
+        if (GroupOf(nexus.RelativeTargetPortId) is { } group)
+        {
+            p[pos] = 0x51; p[pos + 1] = 0x95; p[pos + 3] = 4;
+            BinaryPrimitives.WriteUInt16BigEndian(p[(pos + 6)..], group.Id);
+            pos += 8;
+        }
         pos = ScsiNameDesignator(p, pos, 0x98, nexus.TargetPortName);            // target port name
         if (Target != null) pos = ScsiNameDesignator(p, pos, 0xA8, Target.Name); // target device name
         return pos;

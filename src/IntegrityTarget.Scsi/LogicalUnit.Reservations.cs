@@ -160,8 +160,14 @@ public sealed partial class ScsiLogicalUnit
         ScsiError result;
         lock (_pr.Lock)
         {
+            var before = _pr.Snapshot();
             result = action(this, p, n, _pr.Find(n), fx);
-            if (!result.IsError) _pr.Persist();
+            if (!result.IsError && !_pr.Persist())
+            {
+                // Not stored means it would not survive a restart or failover: undo it and say the command failed.
+                _pr.Restore(before);
+                return new(ScsiError.Of(SenseReason.InternalTargetFailure));
+            }
         }
         foreach (var (reg, ua) in fx.Notify) UnitAttentionFor(reg.InitiatorPort, reg.TargetPort, ua);
         if (fx.Abort is { Count: > 0 }) AbortTasksRequested?.Invoke(Lun, fx.Abort);

@@ -16,8 +16,21 @@ public sealed class LogicalUnitOptions
     public bool ReadOnly { get; init; }
     /// <summary>Where persistent reservations with APTPL are kept across restarts; null = APTPL unsupported.</summary>
     public string? PersistentReservationFile { get; init; }
+    /// <summary>Where persistent reservations are kept (overrides <see cref="PersistentReservationFile"/>), e.g. image metadata.</summary>
+    public IntegrityTarget.Storage.IDurableRecord? ReservationStore { get; init; }
+    /// <summary>
+    /// Keep every reservation change in the store, APTPL or not, and reload all of it: for a LUN that
+    /// several gateways serve, where another gateway taking over must still know the reservations.
+    /// </summary>
+    public bool ReservationsSurviveFailover { get; init; }
     /// <summary>Largest READ/WRITE in blocks (Block Limits MAXIMUM TRANSFER LENGTH); 0 = 16 MiB worth.</summary>
     public uint MaxTransferBlocks { get; init; }
+    /// <summary>ALUA target port groups; null = one group (id 1) holding relative target port 1.</summary>
+    public IReadOnlyList<TargetPortGroup>? PortGroups { get; init; }
+    /// <summary>Starting access state per group id; groups not listed start active/optimized.</summary>
+    public IReadOnlyDictionary<ushort, AluaState>? InitialAccessStates { get; init; }
+    /// <summary>IMPLICIT TRANSITION TIME reported by RTPG (extended header): how long a transition may last.</summary>
+    public byte ImplicitTransitionSeconds { get; init; } = 30;
 
     /// <summary>Problems with these options, each a sentence naming the field; empty when valid.</summary>
     public IReadOnlyList<string> Validate()
@@ -34,6 +47,13 @@ public sealed class LogicalUnitOptions
         Ascii(nameof(Revision), Revision, 4);
         Ascii(nameof(Serial), Serial, 252);
         if (string.IsNullOrEmpty(IdentitySeed)) errors.Add($"{nameof(IdentitySeed)} must not be empty");
+        if (PortGroups != null)
+        {
+            if (PortGroups.Count == 0) errors.Add($"{nameof(PortGroups)} must hold at least one target port group");
+            errors.AddRange(TargetPortGroup.Validate(PortGroups));
+            foreach (var id in InitialAccessStates?.Keys ?? [])
+                if (PortGroups.All(g => g.Id != id)) errors.Add($"{nameof(InitialAccessStates)} names target port group {id}, which is not configured");
+        }
         return errors;
     }
 }

@@ -28,6 +28,8 @@ public sealed class CommandInfo
     public bool IgnoresUnitAttention { get; init; }
     /// <summary>Allowed while another nexus holds an SPC-2 RESERVE(6) (INQUIRY, REPORT LUNS, REQUEST SENSE, RELEASE(6)).</summary>
     public bool AllowedUnderSpc2Reservation { get; init; }
+    /// <summary>Non-active ALUA states in which the command still executes (SPC-4 5.15.2.4); elsewhere NOT READY 04/0A-0C.</summary>
+    public AluaAllowed AluaAllowed { get; init; }
     public CdbLayout Layout { get; init; }
     /// <summary>Nominal timeout in seconds for the RSOC timeouts descriptor.</summary>
     public uint TimeoutSeconds { get; init; } = 30;
@@ -101,20 +103,23 @@ public static class OpcodeTable
         void Add(CommandInfo c) => t[c.Opcode] = c;
         static byte[] U(params byte[] b) => b;
         const ReservationAccess A = ReservationAccess.Allowed, R = ReservationAccess.Read, W = ReservationAccess.Write;
+        // ALUA columns: Always = INQUIRY, REPORT LUNS, REPORT TARGET PORT GROUPS, REQUEST SENSE (every state);
+        // Sb = also in standby (SPC-4 5.15.2.4.4; READ CAPACITY too, which Linux needs to size a standby path).
+        const AluaAllowed Always = AluaAllowed.Always, Sb = AluaAllowed.Standby;
         const DataDirection In = DataDirection.Read, Out = DataDirection.Write;
 
         Add(new() { Opcode = 0x00, Name = "TEST UNIT READY", Usage = U(0x00, 0, 0, 0, 0, Ctl), Access = A, Handler = static (lu, r) => lu.TestUnitReady(r) });
-        Add(new() { Opcode = 0x03, Name = "REQUEST SENSE", Usage = U(0x03, 0x01, 0, 0, 0xFF, Ctl), Direction = In, Access = A, IgnoresUnitAttention = true, AllowedUnderSpc2Reservation = true, Handler = static (lu, r) => lu.RequestSense(r) });
+        Add(new() { Opcode = 0x03, Name = "REQUEST SENSE", Usage = U(0x03, 0x01, 0, 0, 0xFF, Ctl), Direction = In, Access = A, IgnoresUnitAttention = true, AllowedUnderSpc2Reservation = true, AluaAllowed = Always, Handler = static (lu, r) => lu.RequestSense(r) });
         Add(new() { Opcode = 0x08, Name = "READ(6)", Usage = U(0x08, 0x1F, 0xFF, 0xFF, 0xFF, Ctl), Direction = In, Access = R, Layout = CdbLayout.Rw6, Handler = static (lu, r) => lu.Read(r) });
         Add(new() { Opcode = 0x0A, Name = "WRITE(6)", Usage = U(0x0A, 0x1F, 0xFF, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, Layout = CdbLayout.Rw6, Handler = static (lu, r) => lu.Write(r) });
-        Add(new() { Opcode = 0x12, Name = "INQUIRY", Usage = U(0x12, 0x01, 0xFF, 0xFF, 0xFF, Ctl), Direction = In, Access = A, IgnoresUnitAttention = true, AllowedUnderSpc2Reservation = true, Handler = static (lu, r) => lu.Inquiry(r) });
-        Add(new() { Opcode = 0x15, Name = "MODE SELECT(6)", Usage = U(0x15, 0x11, 0, 0, 0xFF, Ctl), Direction = Out, Access = W, Handler = static (lu, r) => lu.ModeSelect(r) });
+        Add(new() { Opcode = 0x12, Name = "INQUIRY", Usage = U(0x12, 0x01, 0xFF, 0xFF, 0xFF, Ctl), Direction = In, Access = A, IgnoresUnitAttention = true, AllowedUnderSpc2Reservation = true, AluaAllowed = Always, Handler = static (lu, r) => lu.Inquiry(r) });
+        Add(new() { Opcode = 0x15, Name = "MODE SELECT(6)", Usage = U(0x15, 0x11, 0, 0, 0xFF, Ctl), Direction = Out, Access = W, AluaAllowed = Sb, Handler = static (lu, r) => lu.ModeSelect(r) });
         Add(new() { Opcode = 0x16, Name = "RESERVE(6)", Usage = U(0x16, 0, 0, 0, 0, Ctl), Access = A, Handler = static (lu, r) => lu.Reserve6(r) });
         Add(new() { Opcode = 0x17, Name = "RELEASE(6)", Usage = U(0x17, 0, 0, 0, 0, Ctl), Access = A, AllowedUnderSpc2Reservation = true, Handler = static (lu, r) => lu.Release6(r) });
-        Add(new() { Opcode = 0x1A, Name = "MODE SENSE(6)", Usage = U(0x1A, 0x08, 0xFF, 0xFF, 0xFF, Ctl), Direction = In, Access = R, Handler = static (lu, r) => lu.ModeSense(r) });
+        Add(new() { Opcode = 0x1A, Name = "MODE SENSE(6)", Usage = U(0x1A, 0x08, 0xFF, 0xFF, 0xFF, Ctl), Direction = In, Access = R, AluaAllowed = Sb, Handler = static (lu, r) => lu.ModeSense(r) });
         Add(new() { Opcode = 0x1B, Name = "START STOP UNIT", Usage = U(0x1B, 0x01, 0, 0x0F, 0xF7, Ctl), Access = A, Handler = static (lu, r) => lu.StartStopUnit(r) });
         Add(new() { Opcode = 0x1E, Name = "PREVENT ALLOW MEDIUM REMOVAL", Usage = U(0x1E, 0, 0, 0, 0x03, Ctl), Access = A, Handler = static (lu, r) => lu.PreventAllow(r) });
-        Add(new() { Opcode = 0x25, Name = "READ CAPACITY(10)", Usage = U(0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, Ctl), Direction = In, Access = A, Handler = static (lu, r) => lu.ReadCapacity10(r) });
+        Add(new() { Opcode = 0x25, Name = "READ CAPACITY(10)", Usage = U(0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, Ctl), Direction = In, Access = A, AluaAllowed = Sb, Handler = static (lu, r) => lu.ReadCapacity10(r) });
         Add(new() { Opcode = 0x28, Name = "READ(10)", Usage = U(0x28, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, Ctl), Direction = In, Access = R, Layout = CdbLayout.Rw10, Handler = static (lu, r) => lu.Read(r) });
         Add(new() { Opcode = 0x2A, Name = "WRITE(10)", Usage = U(0x2A, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, Layout = CdbLayout.Rw10, Handler = static (lu, r) => lu.Write(r) });
         Add(new() { Opcode = 0x2E, Name = "WRITE AND VERIFY(10)", Usage = U(0x2E, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, Layout = CdbLayout.Rw10, Handler = static (lu, r) => lu.WriteAndVerify(r) });
@@ -124,15 +129,15 @@ public static class OpcodeTable
         Add(new() { Opcode = 0x37, Name = "READ DEFECT DATA(10)", Usage = U(0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = In, Access = R, Handler = static (lu, r) => lu.ReadDefectData(r) });
         Add(new() { Opcode = 0x41, Name = "WRITE SAME(10)", Usage = U(0x41, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, Layout = CdbLayout.Rw10, Handler = static (lu, r) => lu.WriteSame(r) });
         Add(new() { Opcode = 0x42, Name = "UNMAP", Usage = U(0x42, 0, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, Handler = static (lu, r) => lu.Unmap(r) });
-        Add(new() { Opcode = 0x4D, Name = "LOG SENSE", Usage = U(0x4D, 0, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, Ctl), Direction = In, Access = A, Handler = static (lu, r) => lu.LogSense(r) });
-        Add(new() { Opcode = 0x55, Name = "MODE SELECT(10)", Usage = U(0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, Handler = static (lu, r) => lu.ModeSelect(r) });
-        Add(new() { Opcode = 0x5A, Name = "MODE SENSE(10)", Usage = U(0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = In, Access = R, Handler = static (lu, r) => lu.ModeSense(r) });
+        Add(new() { Opcode = 0x4D, Name = "LOG SENSE", Usage = U(0x4D, 0, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, Ctl), Direction = In, Access = A, AluaAllowed = Sb, Handler = static (lu, r) => lu.LogSense(r) });
+        Add(new() { Opcode = 0x55, Name = "MODE SELECT(10)", Usage = U(0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = Out, Access = W, AluaAllowed = Sb, Handler = static (lu, r) => lu.ModeSelect(r) });
+        Add(new() { Opcode = 0x5A, Name = "MODE SENSE(10)", Usage = U(0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, Ctl), Direction = In, Access = R, AluaAllowed = Sb, Handler = static (lu, r) => lu.ModeSense(r) });
 
         // PERSISTENT RESERVE IN/OUT: one row and one handler per service action (REGISTER AND MOVE is not supported).
         byte[] prInUsage = U(0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, Ctl);
         var prIn = new CommandInfo?[32];
         void PrIn(int sa, string name, CommandHandler h) =>
-            prIn[sa] = new() { Opcode = 0x5E, ServiceAction = sa, Name = "PERSISTENT RESERVE IN/" + name, Usage = prInUsage, Direction = In, Access = A, Handler = h };
+            prIn[sa] = new() { Opcode = 0x5E, ServiceAction = sa, Name = "PERSISTENT RESERVE IN/" + name, Usage = prInUsage, Direction = In, Access = A, AluaAllowed = Sb, Handler = h };
         PrIn(0x00, "READ KEYS", static (lu, r) => lu.PrInReadKeys(r));
         PrIn(0x01, "READ RESERVATION", static (lu, r) => lu.PrInReadReservation(r));
         PrIn(0x02, "REPORT CAPABILITIES", static (lu, r) => lu.PrInReportCapabilities(r));
@@ -141,7 +146,7 @@ public static class OpcodeTable
         byte[] prOutUsage = U(0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, Ctl);
         var prOut = new CommandInfo?[32];
         void PrOut(int sa, string name, CommandHandler h) =>
-            prOut[sa] = new() { Opcode = 0x5F, ServiceAction = sa, Name = "PERSISTENT RESERVE OUT/" + name, Usage = prOutUsage, Direction = Out, Access = A, Handler = h };
+            prOut[sa] = new() { Opcode = 0x5F, ServiceAction = sa, Name = "PERSISTENT RESERVE OUT/" + name, Usage = prOutUsage, Direction = Out, Access = A, AluaAllowed = Sb, Handler = h };
         PrOut(0x00, "REGISTER", static (lu, r) => lu.PrOutRegister(r));
         PrOut(0x01, "RESERVE", static (lu, r) => lu.PrOutReserve(r));
         PrOut(0x02, "RELEASE", static (lu, r) => lu.PrOutRelease(r));
@@ -174,13 +179,14 @@ public static class OpcodeTable
 
         Add(new() { Opcode = 0x9C, Name = "WRITE ATOMIC(16)", Usage = U(0x9C, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0x1F, Ctl), Direction = Out, Access = W, Layout = CdbLayout.Atomic16, Handler = static (lu, r) => lu.WriteAtomic(r) });
         var sai = new CommandInfo?[32];
-        sai[0x10] = new() { Opcode = 0x9E, ServiceAction = 0x10, Name = "READ CAPACITY(16)", Usage = U(0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, Ctl), Direction = In, Access = A, Handler = static (lu, r) => lu.ReadCapacity16(r) };
+        sai[0x10] = new() { Opcode = 0x9E, ServiceAction = 0x10, Name = "READ CAPACITY(16)", Usage = U(0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, Ctl), Direction = In, Access = A, AluaAllowed = Sb, Handler = static (lu, r) => lu.ReadCapacity16(r) };
         sai[0x12] = new() { Opcode = 0x9E, ServiceAction = 0x12, Name = "GET LBA STATUS", Usage = U(0x9E, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, Ctl), Direction = In, Access = R, Handler = static (lu, r) => lu.GetLbaStatus(r) };
         Add(new() { Opcode = 0x9E, Name = "SERVICE ACTION IN(16)", Usage = U(0x9E, 0x1F), ServiceActions = sai });
 
-        Add(new() { Opcode = 0xA0, Name = "REPORT LUNS", Usage = U(0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, Ctl), Direction = In, Access = A, IgnoresUnitAttention = true, AllowedUnderSpc2Reservation = true, Handler = static (lu, r) => lu.ReportLuns(r) });
+        Add(new() { Opcode = 0xA0, Name = "REPORT LUNS", Usage = U(0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, Ctl), Direction = In, Access = A, IgnoresUnitAttention = true, AllowedUnderSpc2Reservation = true, AluaAllowed = Always, Handler = static (lu, r) => lu.ReportLuns(r) });
         var mi = new CommandInfo?[32];
         mi[0x0C] = new() { Opcode = 0xA3, ServiceAction = 0x0C, Name = "REPORT SUPPORTED OPERATION CODES", Usage = U(0xA3, 0x1F, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, Ctl), Direction = In, Access = A, Handler = static (lu, r) => lu.ReportSupportedOpcodes(r) };
+        mi[0x0A] = new() { Opcode = 0xA3, ServiceAction = 0x0A, Name = "REPORT TARGET PORT GROUPS", Usage = U(0xA3, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, Ctl), Direction = In, Access = A, AluaAllowed = Always, Handler = static (lu, r) => lu.ReportTargetPortGroups(r) };
         Add(new() { Opcode = 0xA3, Name = "MAINTENANCE IN", Usage = U(0xA3, 0x1F), ServiceActions = mi });
         Add(new() { Opcode = 0xA8, Name = "READ(12)", Usage = Rw12(0xA8, 0x18), Direction = In, Access = R, Layout = CdbLayout.Rw12, Handler = static (lu, r) => lu.Read(r) });
         Add(new() { Opcode = 0xAA, Name = "WRITE(12)", Usage = Rw12(0xAA, 0x18), Direction = Out, Access = W, Layout = CdbLayout.Rw12, Handler = static (lu, r) => lu.Write(r) });

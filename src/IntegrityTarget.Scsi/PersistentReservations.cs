@@ -24,12 +24,15 @@ internal sealed class Registration
 }
 
 /// <summary>
-/// Persistent reservation state of one logical unit (SPC-4 5.12). Guarded by its own lock; APTPL state is
-/// written to a file so it survives a restart.
+/// Persistent reservation state of one logical unit (SPC-4 5.12). Guarded by its own lock. APTPL state is
+/// kept in a durable record with the LUN so it survives a restart; when the LUN is served by several
+/// gateways (<c>keepAll</c>), every change is kept there, because to the initiator a failover to another
+/// gateway is not a power loss: its registrations and reservation must still be there.
 /// </summary>
 internal sealed class PersistentReservations
 {
-    private readonly string? _file;
+    private readonly IntegrityTarget.Storage.IDurableRecord? _store;
+    private readonly bool _keepAll;
     private readonly Serilog.ILogger _log;
     public readonly object Lock = new();
     public readonly List<Registration> Registrations = new();
@@ -39,9 +42,10 @@ internal sealed class PersistentReservations
     public uint Generation;
     public bool Aptpl;
 
-    public PersistentReservations(string? file, Serilog.ILogger log) { _file = file; _log = log; }
+    public PersistentReservations(IntegrityTarget.Storage.IDurableRecord? store, bool keepAll, Serilog.ILogger log)
+    { _store = store; _keepAll = keepAll && store != null; _log = log; }
 
-    public bool SupportsAptpl => _file != null;
+    public bool SupportsAptpl => _store != null;
 
     public static bool IsAllRegistrants(PrType t) => t is PrType.WriteExclusiveAllRegistrants or PrType.ExclusiveAccessAllRegistrants;
     public static bool IsRegistrantsOnly(PrType t) => t is PrType.WriteExclusiveRegistrantsOnly or PrType.ExclusiveAccessRegistrantsOnly;
@@ -81,53 +85,66 @@ internal sealed class PersistentReservations
 
     public void Release() { Reserved = false; Holder = null; Type = 0; }
 
-    private sealed record Saved(List<SavedReg> Registrations, bool Reserved, byte Type, int HolderIndex, uint Generation);
-    private sealed record SavedReg(string InitiatorPort, string TargetPort, ushort RelativeTargetPortId, string TransportId, ulong Key, bool AllTargetPorts);
+    internal sealed record Saved(List<SavedReg> Registrations, bool Reserved, byte Type, int HolderIndex, uint Generation, bool? Aptpl = null);
+    internal sealed record SavedReg(string InitiatorPort, string TargetPort, ushort RelativeTargetPortId, string TransportId, ulong Key, bool AllTargetPorts);
 
-    /// <summary>Writes the state when APTPL is set, removes the file when it is not (SPC-4 5.12.4).</summary>
-    public void Persist()
+    /// <summary>The whole state as a value (what is stored, and what a failed store rolls back to).</summary>
+    public Saved Snapshot() => new(
+        Registrations.Select(r => new SavedReg(r.InitiatorPort, r.TargetPort, r.RelativeTargetPortId, Convert.ToBase64String(r.TransportId), r.Key, r.AllTargetPorts)).ToList(),
+        Reserved, (byte)Type, Holder == null ? -1 : Registrations.IndexOf(Holder), Generation, Aptpl);
+
+    public void Restore(Saved saved)
     {
-        if (_file == null) return;
+        Registrations.Clear();
+        foreach (var r in saved.Registrations)
+            Registrations.Add(new Registration
+            {
+                InitiatorPort = r.InitiatorPort, TargetPort = r.TargetPort, RelativeTargetPortId = r.RelativeTargetPortId,
+                TransportId = Convert.FromBase64String(r.TransportId), Key = r.Key, AllTargetPorts = r.AllTargetPorts,
+            });
+        Type = (PrType)saved.Type;
+        Holder = saved.HolderIndex >= 0 && saved.HolderIndex < Registrations.Count ? Registrations[saved.HolderIndex] : null;
+        Reserved = saved.Reserved && Enum.IsDefined(Type) && (Holder != null || IsAllRegistrants(Type));
+        if (!Reserved) { Holder = null; Type = 0; }
+        Generation = saved.Generation;
+        Aptpl = saved.Aptpl ?? true; // records written before the flag existed only held APTPL state
+    }
+
+    /// <summary>
+    /// Stores the state: always when every change is kept, else when APTPL is set (and removes the record when it
+    /// is not, SPC-4 5.12.4). Returns false when the store failed (logged); the caller rolls the change back.
+    /// </summary>
+    public bool Persist()
+    {
+        if (_store == null) return true;
         try
         {
-            if (!Aptpl) { if (File.Exists(_file)) File.Delete(_file); return; }
-            var saved = new Saved(
-                Registrations.Select(r => new SavedReg(r.InitiatorPort, r.TargetPort, r.RelativeTargetPortId, Convert.ToBase64String(r.TransportId), r.Key, r.AllTargetPorts)).ToList(),
-                Reserved, (byte)Type, Holder == null ? -1 : Registrations.IndexOf(Holder), Generation);
-            var tmp = _file + ".tmp";
-            File.WriteAllText(tmp, JsonSerializer.Serialize(saved));
-            File.Move(tmp, _file, overwrite: true);
+            if (!_keepAll && !Aptpl) { _store.Delete(); return true; }
+            _store.Write(JsonSerializer.SerializeToUtf8Bytes(Snapshot()));
+            return true;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            _log.Error("Cannot save persistent reservations to {File}: {Error}", _file, e.Message);
+            _log.Error("Cannot save persistent reservations to {Store}: {Error}", _store.Name, e.Message);
+            return false;
         }
     }
 
     public void Load()
     {
-        if (_file == null || !File.Exists(_file)) return;
+        if (_store == null) return;
         try
         {
-            var saved = JsonSerializer.Deserialize<Saved>(File.ReadAllText(_file));
+            var bytes = _store.Read();
+            if (bytes == null) return;
+            var saved = JsonSerializer.Deserialize<Saved>(bytes);
             if (saved == null) return;
-            foreach (var r in saved.Registrations)
-                Registrations.Add(new Registration
-                {
-                    InitiatorPort = r.InitiatorPort, TargetPort = r.TargetPort, RelativeTargetPortId = r.RelativeTargetPortId,
-                    TransportId = Convert.FromBase64String(r.TransportId), Key = r.Key, AllTargetPorts = r.AllTargetPorts,
-                });
-            Reserved = saved.Reserved && Enum.IsDefined((PrType)saved.Type);
-            Type = (PrType)saved.Type;
-            Holder = saved.HolderIndex >= 0 && saved.HolderIndex < Registrations.Count ? Registrations[saved.HolderIndex] : null;
-            if (Reserved && Holder == null && !IsAllRegistrants(Type)) Reserved = false;
-            Generation = saved.Generation;
-            Aptpl = true;
+            Restore(saved);
         }
         catch (Exception e) when (e is IOException or JsonException or FormatException or UnauthorizedAccessException)
         {
-            // A damaged file loses the reservations, not the LUN: say so and carry on without them.
-            _log.Error("Persistent reservation file {File} is unreadable ({Error}); starting without reservations", _file, e.Message);
+            // A damaged record loses the reservations, not the LUN: say so and carry on without them.
+            _log.Error("Persistent reservation record {Store} is unreadable ({Error}); starting without reservations", _store.Name, e.Message);
             Registrations.Clear(); Release();
         }
     }

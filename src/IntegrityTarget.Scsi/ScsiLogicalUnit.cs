@@ -89,7 +89,7 @@ internal sealed class NexusState
 /// are dispatched through <see cref="OpcodeTable"/>; handlers return reasons and sense is built in
 /// <see cref="SenseBuilder"/>. All state is per LU and per nexus.
 /// </summary>
-public sealed partial class ScsiLogicalUnit
+public sealed partial class ScsiLogicalUnit : ILogicalUnit
 {
     private readonly ConcurrentDictionary<(string, string), NexusState> _nexuses = new();
     private readonly Serilog.ILogger _log;
@@ -108,8 +108,14 @@ public sealed partial class ScsiLogicalUnit
         _naa = DeriveNaa(options.IdentitySeed);
         MaxTransferBlocks = options.MaxTransferBlocks != 0 ? options.MaxTransferBlocks : (uint)((16 << 20) / volume.BlockSize);
         _mode = new ModeState(volume.WriteBack);
-        _pr = new PersistentReservations(options.PersistentReservationFile, _log);
+        var store = options.ReservationStore ?? (options.PersistentReservationFile is { } f ? new IntegrityTarget.Storage.DurableFile(f) : null);
+        _pr = new PersistentReservations(store, options.ReservationsSurviveFailover, _log);
         _pr.Load();
+        _groups = (options.PortGroups ?? TargetPortGroup.Single).ToArray();
+        for (int i = 0; i < _groups.Length; i++)
+            foreach (var port in _groups[i].RelativePorts) _groupOfPort[port] = i;
+        _groupStates = _groups.Select(g => options.InitialAccessStates?.GetValueOrDefault(g.Id, AluaState.ActiveOptimized) ?? AluaState.ActiveOptimized).ToArray();
+        _allActive = _groupStates.All(st => st is AluaState.ActiveOptimized or AluaState.ActiveNonOptimized);
     }
 
     public ulong Lun { get; }
@@ -121,8 +127,12 @@ public sealed partial class ScsiLogicalUnit
     /// <summary>Blocks known to fail verification and the last scrub (LOG SENSE integrity page, metrics).</summary>
     public UnitHealth Health { get; } = new();
 
-    internal ScsiTarget? Target { get; set; }
-    internal event Action<ulong, IReadOnlyCollection<string>>? AbortTasksRequested;
+    internal ScsiTarget? Target { get; private set; }
+    public event Action<ulong, IReadOnlyCollection<string>>? AbortTasksRequested;
+
+    public void AttachTo(ScsiTarget target) => Target = target;
+
+    ScsiLogicalUnit? ILogicalUnit.Local => this;
 
     internal string UnitName => Target == null ? _unitName : $"{Target.Name} {_unitName}";
 
@@ -133,14 +143,17 @@ public sealed partial class ScsiLogicalUnit
         return _nexuses.GetOrAdd(key, _ => new NexusState(nexus));
     }
 
-    internal void NexusCreated(ItNexus nexus)
+    public void NexusCreated(ItNexus nexus) => NexusCreated(nexus, SenseReason.PowerOnReset);
+
+    /// <summary>A nexus that is new to this unit, reporting <paramref name="ua"/> first (a gateway taking over a LUN reports 2A/06).</summary>
+    public void NexusCreated(ItNexus nexus, SenseReason ua)
     {
         var s = new NexusState(nexus);
-        s.AddUnitAttention(SenseReason.PowerOnReset);
+        s.AddUnitAttention(ua);
         _nexuses[(nexus.InitiatorPortName, nexus.TargetPortName)] = s;
     }
 
-    internal void NexusLost(ItNexus nexus)
+    public void NexusLost(ItNexus nexus)
     {
         _nexuses.TryRemove((nexus.InitiatorPortName, nexus.TargetPortName), out _);
         ReleaseSpc2If(nexus);
@@ -151,7 +164,7 @@ public sealed partial class ScsiLogicalUnit
     /// gets the reset unit attention (SAM: the reset is reported on every I_T nexus; libiscsi's
     /// MultipathIO.Reset checks each path); PR state survives (SPC-4 5.9.12).
     /// </summary>
-    internal void Reset(SenseReason ua)
+    public void Reset(SenseReason ua)
     {
         ReleaseSpc2All();
         foreach (var s in _nexuses.Values) s.AddUnitAttention(ua);
@@ -164,7 +177,7 @@ public sealed partial class ScsiLogicalUnit
     }
 
     /// <summary>Queues a unit attention for one nexus (created when this unit has not seen it yet).</summary>
-    internal void UnitAttention(ItNexus nexus, SenseReason reason) => GetNexus(nexus).AddUnitAttention(reason);
+    public void UnitAttention(ItNexus nexus, SenseReason reason) => GetNexus(nexus).AddUnitAttention(reason);
 
     private int _inFlight;
 
@@ -182,7 +195,7 @@ public sealed partial class ScsiLogicalUnit
     /// <summary>The volume's capacity changed (e.g. grown by the host): every nexus gets 2A/09.</summary>
     public void NotifyCapacityChanged() => UnitAttentionForOthers(null, SenseReason.CapacityChanged);
 
-    internal ValueTask<ScsiResponse> ExecuteAsync(ScsiCommand cmd, CancellationToken ct)
+    public ValueTask<ScsiResponse> ExecuteAsync(ScsiCommand cmd, CancellationToken ct)
     {
         // Counted so a unit removed by a reload can wait for its last command before its volume closes.
         Interlocked.Increment(ref _inFlight);
@@ -219,6 +232,8 @@ public sealed partial class ScsiLogicalUnit
         if (reserved.IsError) return Fail(nexus, reserved, info);
 
         if (!info.IgnoresUnitAttention && nexus.TryTakeUnitAttention(out var ua)) return Respond(ua, dsense);
+        var inaccessible = AccessCheck(info, cmd.Nexus);
+        if (inaccessible.IsError) return Respond(inaccessible, dsense);
         if (IsReservationConflict(info, nexus)) return Respond(ScsiError.Conflict, dsense);
         if (ct.IsCancellationRequested) return Respond(ScsiError.Of(SenseReason.TaskAborted), dsense);
 
@@ -249,7 +264,7 @@ public sealed partial class ScsiLogicalUnit
     };
 
     /// <summary>Whether sense is reported in descriptor format (control mode page D_SENSE).</summary>
-    internal bool DescriptorSense => _mode.DSense;
+    public bool DescriptorSense => _mode.DSense;
 
     private ScsiResponse Fail(NexusState nexus, ScsiError e, CommandInfo? info)
     {

@@ -9,17 +9,17 @@ namespace IntegrityTarget.Scsi;
 public sealed class ScsiTarget : IScsiTarget
 {
     // Copy-on-write: commands read the current dictionary without a lock; a reload swaps in a new one.
-    private volatile Dictionary<ulong, ScsiLogicalUnit> _units;
+    private volatile Dictionary<ulong, ILogicalUnit> _units;
     private readonly Lock _change = new();
     private readonly System.Collections.Concurrent.ConcurrentDictionary<(string, string), ItNexus> _nexuses = new();
     private readonly Serilog.ILogger _log;
     private readonly BufferPool _buffers = new();
 
-    public ScsiTarget(string name, IEnumerable<ScsiLogicalUnit> units, Serilog.ILogger log)
+    public ScsiTarget(string name, IEnumerable<ILogicalUnit> units, Serilog.ILogger log)
     {
         if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException("target name must not be empty", nameof(name));
         Name = name; _log = log;
-        var map = new Dictionary<ulong, ScsiLogicalUnit>();
+        var map = new Dictionary<ulong, ILogicalUnit>();
         foreach (var u in units)
         {
             if (!map.TryAdd(u.Lun, u)) throw new ArgumentException($"target {name}: LUN {u.Lun} is configured twice", nameof(units));
@@ -29,29 +29,29 @@ public sealed class ScsiTarget : IScsiTarget
         _luns = map.Keys.Order().ToArray();
     }
 
-    private void Attach(ScsiLogicalUnit u)
+    private void Attach(ILogicalUnit u)
     {
         if (u.Lun > 0x3FFF) throw new ArgumentException($"target {Name}: LUN {u.Lun} is above 16383 (flat addressing limit)");
-        u.Target = this;
+        u.AttachTo(this);
         u.AbortTasksRequested += (lun, ports) => AbortTasksRequested?.Invoke(lun, ports);
     }
 
     public string Name { get; }
     private volatile ulong[] _luns;
     public IReadOnlyList<ulong> Luns => _luns;
-    public IReadOnlyCollection<ScsiLogicalUnit> Units => _units.Values;
+    public IReadOnlyCollection<ILogicalUnit> Units => _units.Values;
 
     /// <summary>
     /// Adds a logical unit while the target is served (reload). Every I_T nexus of the target gets REPORTED
     /// LUNS DATA HAS CHANGED on its other units, so initiators rescan.
     /// </summary>
-    public void AddUnit(ScsiLogicalUnit unit)
+    public void AddUnit(ILogicalUnit unit)
     {
         lock (_change)
         {
             if (_units.ContainsKey(unit.Lun)) throw new ArgumentException($"target {Name}: LUN {unit.Lun} exists already");
             Attach(unit);
-            var map = new Dictionary<ulong, ScsiLogicalUnit>(_units) { [unit.Lun] = unit };
+            var map = new Dictionary<ulong, ILogicalUnit>(_units) { [unit.Lun] = unit };
             Publish(map);
         }
         _log.Information("{Target}: LUN {Lun} added", Name, unit.Lun);
@@ -62,13 +62,13 @@ public sealed class ScsiTarget : IScsiTarget
     /// NOT SUPPORTED, and every nexus gets REPORTED LUNS DATA HAS CHANGED on the remaining units. Commands
     /// already running finish; <see cref="ScsiLogicalUnit.DrainAsync"/> waits for them.
     /// </summary>
-    public ScsiLogicalUnit? RemoveUnit(ulong lun)
+    public ILogicalUnit? RemoveUnit(ulong lun)
     {
-        ScsiLogicalUnit? gone;
+        ILogicalUnit? gone;
         lock (_change)
         {
             if (!_units.TryGetValue(lun, out gone)) return null;
-            var map = new Dictionary<ulong, ScsiLogicalUnit>(_units);
+            var map = new Dictionary<ulong, ILogicalUnit>(_units);
             map.Remove(lun);
             Publish(map);
         }
@@ -76,7 +76,7 @@ public sealed class ScsiTarget : IScsiTarget
         return gone;
     }
 
-    private void Publish(Dictionary<ulong, ScsiLogicalUnit> map)
+    private void Publish(Dictionary<ulong, ILogicalUnit> map)
     {
         _units = map;
         _luns = map.Keys.Order().ToArray();
@@ -92,7 +92,7 @@ public sealed class ScsiTarget : IScsiTarget
     /// <summary>A unit of this target with that designator, else one the host lets <paramref name="nexus"/>'s initiator reach.</summary>
     internal ScsiLogicalUnit? ResolveCopyTarget(ItNexus nexus, ReadOnlySpan<byte> designator)
     {
-        foreach (var u in _units.Values) if (u.MatchesDesignator(designator)) return u;
+        foreach (var u in _units.Values) if (u.Local is { } l && l.MatchesDesignator(designator)) return l;
         return CopyTargets?.Resolve(nexus, designator);
     }
 

@@ -30,6 +30,10 @@ public enum SenseReason : byte
     ReservationsReleased,
     RegistrationsPreempted,
     CapacityChanged,
+    AsymmetricAccessStateChanged,
+    NotAccessibleTransitioning,
+    NotAccessibleStandby,
+    NotAccessibleUnavailable,
     CommandsClearedByAnotherInitiator,
     ReservationConflict,
     TaskAborted,
@@ -120,6 +124,10 @@ public static class SenseTable
         Set(SenseReason.ReservationsReleased, SenseKey.UnitAttention, 0x2A, 0x04);
         Set(SenseReason.RegistrationsPreempted, SenseKey.UnitAttention, 0x2A, 0x05);
         Set(SenseReason.CapacityChanged, SenseKey.UnitAttention, 0x2A, 0x09);
+        Set(SenseReason.AsymmetricAccessStateChanged, SenseKey.UnitAttention, 0x2A, 0x06);
+        Set(SenseReason.NotAccessibleTransitioning, SenseKey.NotReady, 0x04, 0x0A);
+        Set(SenseReason.NotAccessibleStandby, SenseKey.NotReady, 0x04, 0x0B);
+        Set(SenseReason.NotAccessibleUnavailable, SenseKey.NotReady, 0x04, 0x0C);
         Set(SenseReason.CommandsClearedByAnotherInitiator, SenseKey.UnitAttention, 0x2F, 0x00);
         Set(SenseReason.ReservationConflict, 0, 0, 0, ScsiStatus.ReservationConflict);
         Set(SenseReason.TaskAborted, 0, 0, 0, ScsiStatus.TaskAborted);

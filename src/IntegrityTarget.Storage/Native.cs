@@ -25,6 +25,18 @@ internal static unsafe partial class Native
     [LibraryImport("libc", SetLastError = true)] private static partial int fallocate(int fd, int mode, long offset, long len);
     [LibraryImport("libc", SetLastError = true)] private static partial long lseek(int fd, long offset, int whence);
     [LibraryImport("libc", SetLastError = true)] private static partial nint pwritev2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)] private static partial int open(string path, int flags);
+    [LibraryImport("libc", SetLastError = true)] private static partial int close(int fd);
+    private const int O_RDONLY = 0, O_DIRECTORY = 0x10000, O_CLOEXEC = 0x80000;
+
+    /// <summary>Makes a rename or unlink in <paramref name="dir"/> durable (fsync of the directory).</summary>
+    public static void FsyncDirectory(string dir)
+    {
+        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0) throw Error("open(directory)", dir);
+        try { if (fsync(fd) != 0) throw Error("fsync(directory)", dir); }
+        finally { close(fd); }
+    }
 
     private static int Fd(SafeFileHandle h) => (int)h.DangerousGetHandle();
 

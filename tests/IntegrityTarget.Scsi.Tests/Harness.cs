@@ -57,21 +57,26 @@ internal sealed class Harness
     public readonly ItNexus A = MakeNexus("iqn.2026-11.test:a", 0x23D000000001);
     public readonly ItNexus B = MakeNexus("iqn.2026-11.test:b", 0x23D000000002);
 
-    public Harness(ulong blocks = 4096, int blockSize = 512, string? prFile = null, bool readOnly = false, string seed = "seed", uint atomicBlocks = 8)
+    public Harness(ulong blocks = 4096, int blockSize = 512, string? prFile = null, bool readOnly = false, string seed = "seed", uint atomicBlocks = 8,
+        IReadOnlyList<TargetPortGroup>? portGroups = null, IDurableRecord? prStore = null, bool prSurvivesFailover = false)
     {
         Volume = new FlakyVolume(blocks, blockSize, atomicBlocks);
-        Unit = new ScsiLogicalUnit(0, Volume, new LogicalUnitOptions { Serial = "SER0001", IdentitySeed = seed, PersistentReservationFile = prFile, ReadOnly = readOnly }, Serilog.Core.Logger.None);
+        Unit = new ScsiLogicalUnit(0, Volume, new LogicalUnitOptions
+        {
+            Serial = "SER0001", IdentitySeed = seed, PersistentReservationFile = prFile, ReadOnly = readOnly, PortGroups = portGroups,
+            ReservationStore = prStore, ReservationsSurviveFailover = prSurvivesFailover,
+        }, Serilog.Core.Logger.None);
         Target = new ScsiTarget(TargetName, [Unit], Serilog.Core.Logger.None);
     }
 
-    public static ItNexus MakeNexus(string iqn, ulong isid)
+    public static ItNexus MakeNexus(string iqn, ulong isid, ushort relativePort = 1)
     {
         var port = $"{iqn},i,0x{isid:x12}";
         var tid = new byte[(4 + port.Length + 1 + 3) & ~3];
         tid[0] = 0x45; // iSCSI, format 01b
         BinaryPrimitives.WriteUInt16BigEndian(tid.AsSpan(2), (ushort)(tid.Length - 4));
         System.Text.Encoding.ASCII.GetBytes(port, tid.AsSpan(4));
-        return new ItNexus(iqn, port, TargetName + ",t,0x0001", 1, tid);
+        return new ItNexus(iqn, port, $"{TargetName},t,0x{relativePort:x4}", relativePort, tid);
     }
 
     public ScsiResponse Exec(byte[] cdb, byte[]? dataOut = null, ItNexus? nexus = null, ulong lun = 0, CancellationToken ct = default)

@@ -217,6 +217,97 @@ public class ReservationTests
         finally { File.Delete(file); }
     }
 
+    /// <summary>A store in memory that can be told to fail, like a full disk or a lost RBD connection.</summary>
+    private sealed class MemoryRecord : IntegrityTarget.Storage.IDurableRecord
+    {
+        public byte[]? Value;
+        public bool Fail;
+        public int Writes;
+        public string Name => "memory";
+        public byte[]? Read() => Value;
+        public void Write(ReadOnlySpan<byte> value) { if (Fail) throw new IOException("disk full"); Value = value.ToArray(); Writes++; }
+        public void Delete() { if (Fail) throw new IOException("disk full"); Value = null; }
+    }
+
+    [Test]
+    public void WithFailoverEveryRegistrationAndTheReservationReachTheNextGatewayWithoutAptpl()
+    {
+        var store = new MemoryRecord();
+        var gw1 = new Harness(prStore: store, prSurvivesFailover: true);
+        gw1.Quiet(gw1.A, gw1.B);
+        var p = new byte[24];
+        BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), KeyA);
+        using (var r = gw1.Exec([0x5F, 6, 0, 0, 0, 0, 0, 0, 24, 0], p, gw1.A)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), KeyB);
+        using (var r = gw1.Exec([0x5F, 6, 0, 0, 0, 0, 0, 0, 24, 0], p, gw1.B)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        BinaryPrimitives.WriteUInt64BigEndian(p, KeyA); BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), 0);
+        using (var r = gw1.Exec([0x5F, 1, 5, 0, 0, 0, 0, 0, 24, 0], p, gw1.A)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        Assert.That(store.Writes, Is.EqualTo(3), "every change is stored, APTPL or not");
+
+        // The other gateway opens the LUN after a failover: same registrations, same holder, same generation.
+        var gw2 = new Harness(prStore: store, prSurvivesFailover: true);
+        gw2.Quiet(gw2.A, gw2.B);
+        using var keys = gw2.Exec([0x5E, 0, 0, 0, 0, 0, 0, 0x40, 0, 0], null, gw2.B);
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(keys.DataIn.Span), Is.EqualTo(2), "generation");
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(keys.DataIn.Span[4..]), Is.EqualTo(16));
+        using var res = gw2.Exec([0x5E, 1, 0, 0, 0, 0, 0, 0x10, 0, 0], null, gw2.B);
+        Assert.That(BinaryPrimitives.ReadUInt64BigEndian(res.DataIn.Span[8..]), Is.EqualTo(KeyA));
+        Assert.That(res.DataIn.Span[21], Is.EqualTo(5), "write exclusive, registrants only");
+        using var caps = gw2.Exec([0x5E, 2, 0, 0, 0, 0, 0, 0, 8, 0], null, gw2.B);
+        Assert.That(caps.DataIn.Span[3] & 1, Is.Zero, "PTPL_A stays what the initiator asked for");
+        Assert.That(Status(gw2.Exec(Harness.Write16(0, 1), new byte[512], gw2.B)), Is.EqualTo(ScsiStatus.Good), "registrant writes");
+        var stranger = Harness.MakeNexus("iqn.2026-11.test:c", 0x23D000000003);
+        gw2.Quiet(stranger);
+        Assert.That(Status(gw2.Exec(Harness.Write16(0, 1), new byte[512], stranger)), Is.EqualTo(ScsiStatus.ReservationConflict));
+
+        // A LUN served by one gateway keeps only APTPL state, as before.
+        var single = new MemoryRecord();
+        var h = new Harness(prStore: single);
+        h.Quiet(h.A);
+        BinaryPrimitives.WriteUInt64BigEndian(p, 0); BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), KeyA);
+        using (var r = h.Exec([0x5F, 6, 0, 0, 0, 0, 0, 0, 24, 0], p, h.A)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        Assert.That(single.Value, Is.Null);
+    }
+
+    [Test]
+    public void AReservationChangeThatCannotBeStoredIsUndoneAndFails()
+    {
+        var store = new MemoryRecord();
+        var h = new Harness(prStore: store, prSurvivesFailover: true);
+        h.Quiet(h.A);
+        var p = new byte[24];
+        BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), KeyA);
+        using (var r = h.Exec([0x5F, 6, 0, 0, 0, 0, 0, 0, 24, 0], p)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        store.Fail = true;
+        BinaryPrimitives.WriteUInt64BigEndian(p, KeyA); BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), 0);
+        using (var r = h.Exec([0x5F, 1, 1, 0, 0, 0, 0, 0, 24, 0], p)) SenseAssert.Is(r, 0x04, 0x44, 0x00);
+        store.Fail = false;
+        using var res = h.Exec([0x5E, 1, 0, 0, 0, 0, 0, 0x10, 0, 0]);
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(res.DataIn.Span[4..]), Is.Zero, "no reservation: it was rolled back");
+        using var keys = h.Exec([0x5E, 0, 0, 0, 0, 0, 0, 0x10, 0, 0]);
+        Assert.That(BinaryPrimitives.ReadUInt64BigEndian(keys.DataIn.Span[8..]), Is.EqualTo(KeyA), "the earlier registration stays");
+    }
+
+    [Test]
+    public void DurableFileReplacesItsRecordWholeAndLeavesNoTemporaryFiles()
+    {
+        var dir = Directory.CreateTempSubdirectory("durable-").FullName;
+        try
+        {
+            var f = new IntegrityTarget.Storage.DurableFile(Path.Combine(dir, "lun0.img.pr.json"));
+            Assert.That(f.Read(), Is.Null);
+            f.Write("first"u8);
+            f.Write("second, longer"u8);
+            Assert.That(f.Read(), Is.EqualTo("second, longer"u8.ToArray()));
+            Assert.That(Directory.GetFiles(dir), Has.Length.EqualTo(1));
+            f.Delete();
+            f.Delete();
+            Assert.That(f.Read(), Is.Null);
+            Assert.That(Directory.GetFiles(dir), Is.Empty);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [Test]
     public void DamagedReservationFileStartsTheUnitWithoutReservations()
     {

@@ -170,7 +170,7 @@ public class ThirdPartyCopyTests
         public ScsiLogicalUnit? Resolve(ItNexus nexus, ReadOnlySpan<byte> designator)
         {
             if (nexus.InitiatorName != allowed) return null;
-            foreach (var u in other.Units) if (u.MatchesDesignator(designator)) return u;
+            foreach (var u in other.Units) if (u.Local is { } l && l.MatchesDesignator(designator)) return l;
             return null;
         }
     }
