@@ -102,6 +102,20 @@ public sealed partial class IntegrityVolume
             await dev.WriteAsync(offset + p, zeros.AsMemory(0, (int)Math.Min(zeros.Length, length - p)), fua: false, ct);
     }
 
+    /// <summary>
+    /// Block size and logical block count from the superblock alone, without opening the volume (no journal
+    /// replay, nothing written): what a gateway that does not hold the LUN reports. Null when the device holds
+    /// no valid superblock.
+    /// </summary>
+    public static (int BlockSize, ulong LogicalBlocks)? ReadGeometry(IBlockDevice device)
+    {
+        if (device.Length < 4096) return null;
+        var s = new byte[4096];
+        ReadSync(device, 0, s);
+        var g = Superblock.Parse(s, out _)?.Validate(out _);
+        return g == null ? null : (g.BlockSize, g.LogicalBlocks);
+    }
+
     public static async ValueTask<IntegrityVolume> OpenAsync(IBlockDevice device, OpenOptions options, ILogger log, CancellationToken ct = default)
     {
         string name = device.Name;

@@ -273,6 +273,9 @@ public sealed partial class ScsiLogicalUnit : ILogicalUnit
         return Respond(e, _mode.DSense);
     }
 
+    /// <summary>The status and (fixed-format) sense of <paramref name="reason"/>, for a command answered without executing it.</summary>
+    public static ScsiResponse Refuse(SenseReason reason) => Respond(ScsiError.Of(reason), false);
+
     internal static ScsiResponse Respond(in ScsiError e, bool descriptor)
     {
         var entry = SenseTable.Get(e.Reason);

@@ -55,6 +55,47 @@ public sealed class FileBlockDevice : IBlockDevice
         return new FileBlockDevice(path, h, len, isBlock);
     }
 
+    /// <summary>
+    /// Opens an existing file or block device for writing if, and only if, its exclusive lock is free, and
+    /// keeps the lock until disposed (the same flock <see cref="Open"/> takes, so the offline verbs still
+    /// refuse the file). Returns null while another process holds it. Gateways sharing a LUN use this: the
+    /// kernel frees a dead process's lock, so the survivor gets the file as soon as the owner is gone.
+    /// </summary>
+    public static FileBlockDevice? TryOpenLocked(string path)
+    {
+        var h = Native.OpenRaw(path, writable: true, out int errno);
+        if (h == null)
+            throw new StorageException(errno == Native.ENOENT ? $"{path}: no such file or block device" : $"{path}: cannot open: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}");
+        try
+        {
+            if (!Native.TryLockExclusive(h, path)) { h.Dispose(); return null; }
+            return FromHandle(path, h);
+        }
+        catch (IOException e)
+        {
+            h.Dispose();
+            throw new StorageException($"{path}: cannot lock: {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// Opens a file read-only without any lock, even while another process holds it: only for reading what
+    /// does not change while a volume is served (its header), never its data.
+    /// </summary>
+    public static FileBlockDevice OpenUnlockedReadOnly(string path)
+    {
+        var h = Native.OpenRaw(path, writable: false, out int errno)
+            ?? throw new StorageException(errno == Native.ENOENT ? $"{path}: no such file or block device" : $"{path}: cannot open: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}");
+        return FromHandle(path, h);
+    }
+
+    private static FileBlockDevice FromHandle(string path, SafeFileHandle h)
+    {
+        long statLen = RandomAccess.GetLength(h);
+        bool isBlock = path.StartsWith("/dev/", StringComparison.Ordinal) || (statLen == 0 && Native.SizeBySeek(h, path) > 0);
+        return new FileBlockDevice(path, h, isBlock ? Native.SizeBySeek(h, path) : statLen, isBlock);
+    }
+
     /// <summary>Creates (or extends to) a sparse file of <paramref name="length"/> bytes and opens it.</summary>
     public static FileBlockDevice CreateSparse(string path, long length)
     {

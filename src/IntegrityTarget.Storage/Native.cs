@@ -27,7 +27,43 @@ internal static unsafe partial class Native
     [LibraryImport("libc", SetLastError = true)] private static partial nint pwritev2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)] private static partial int open(string path, int flags);
     [LibraryImport("libc", SetLastError = true)] private static partial int close(int fd);
-    private const int O_RDONLY = 0, O_DIRECTORY = 0x10000, O_CLOEXEC = 0x80000;
+    [LibraryImport("libc", SetLastError = true)] private static partial int flock(int fd, int operation);
+    private const int O_RDONLY = 0, O_RDWR = 2, O_DIRECTORY = 0x10000, O_CLOEXEC = 0x80000;
+    private const int LOCK_EX = 2, LOCK_NB = 4;
+    public const int EWOULDBLOCK = 11, ENOENT = 2;
+
+    /// <summary>
+    /// open(2) without .NET's own flock (File.OpenHandle takes LOCK_SH/LOCK_EX itself, which a gateway that
+    /// only reads a locked file's header, or that takes the lock itself, must avoid). Returns the errno on failure.
+    /// </summary>
+    public static SafeFileHandle? OpenRaw(string path, bool writable, out int errno)
+    {
+        int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+        errno = fd < 0 ? Marshal.GetLastPInvokeError() : 0;
+        return fd < 0 ? null : new SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)] private static partial int statx(int dirfd, string path, int flags, uint mask, byte* buf);
+
+    /// <summary>The inode number of <paramref name="path"/> (statx; stx_ino sits at byte 32 of struct statx on every architecture).</summary>
+    public static bool Inode(string path, out ulong ino)
+    {
+        const int AT_FDCWD = -100; const uint STATX_INO = 0x100;
+        byte* buf = stackalloc byte[256];
+        ino = 0;
+        if (statx(AT_FDCWD, path, 0, STATX_INO, buf) != 0) return false;
+        ino = *(ulong*)(buf + 32);
+        return true;
+    }
+
+    /// <summary>flock(LOCK_EX|LOCK_NB): true when taken, false when another open file holds it; throws on other errors.</summary>
+    public static bool TryLockExclusive(SafeFileHandle h, string name)
+    {
+        if (flock(Fd(h), LOCK_EX | LOCK_NB) == 0) return true;
+        int e = Marshal.GetLastPInvokeError();
+        if (e == EWOULDBLOCK) return false;
+        throw Error("flock", name, e);
+    }
 
     /// <summary>Makes a rename or unlink in <paramref name="dir"/> durable (fsync of the directory).</summary>
     public static void FsyncDirectory(string dir)

@@ -110,13 +110,13 @@ public class CliTests
         try
         {
             Assert.That(new FileInfo(Path.Combine(dir.Path, "p.img")).Length, Is.EqualTo(3L << 20));
-            Assert.That((lun.Volume.BlockSize, lun.Volume.BlockCount, lun.Volume.WriteBack, lun.Volume.TagAlgorithm),
+            Assert.That((lun.Volume!.BlockSize, lun.Volume!.BlockCount, lun.Volume!.WriteBack, lun.Volume!.TagAlgorithm),
                 Is.EqualTo((4096, 768UL, false, "none")));
         }
         finally
         {
-            await lun.Volume.DisposeAsync();
-            lun.Device.Dispose();
+            await lun.Volume!.DisposeAsync();
+            lun.Device!.Dispose();
         }
     }
 
@@ -133,7 +133,7 @@ public class CliTests
         var lun = await VolumeOpener.OpenAsync(t, t.Luns[0], log, CancellationToken.None);
         try
         {
-            Assert.That((lun.Volume.BlockSize, lun.Volume.BlockCount, lun.Volume.WriteBack, lun.Volume.TagAlgorithm),
+            Assert.That((lun.Volume!.BlockSize, lun.Volume!.BlockCount, lun.Volume!.WriteBack, lun.Volume!.TagAlgorithm),
                 Is.EqualTo((512, 8192UL, false, "crc32c")));
             List<string> texts;
             lock (events) texts = events.Select(e => e.RenderMessage()).ToList();
@@ -142,8 +142,8 @@ public class CliTests
         }
         finally
         {
-            await lun.Volume.DisposeAsync();
-            lun.Device.Dispose();
+            await lun.Volume!.DisposeAsync();
+            lun.Device!.Dispose();
         }
     }
 
@@ -167,8 +167,8 @@ public class CliTests
         }
         finally
         {
-            await first.Volume.DisposeAsync();
-            first.Device.Dispose();
+            await first.Volume!.DisposeAsync();
+            first.Device!.Dispose();
         }
     }
 }

@@ -40,8 +40,8 @@ public class StatusSocketTests
         public async ValueTask DisposeAsync()
         {
             await Server.DisposeAsync();
-            await Lun.Volume.DisposeAsync();
-            Lun.Device.Dispose();
+            await Lun.Volume!.DisposeAsync();
+            Lun.Device!.Dispose();
             Dir.Dispose();
         }
     }
@@ -51,8 +51,8 @@ public class StatusSocketTests
     {
         await using var f = await Fixture.StartAsync();
         var data = new byte[1024];
-        Assert.That((await f.Lun.Volume.WriteAsync(4, data, fua: false)).IsOk);
-        Assert.That((await f.Lun.Volume.ReadAsync(4, data)).IsOk);
+        Assert.That((await f.Lun.Volume!.WriteAsync(4, data, fua: false)).IsOk);
+        Assert.That((await f.Lun.Volume!.ReadAsync(4, data)).IsOk);
 
         var run = await CliRun.RunAsync(f.Dir.Path, ["status", "--socket", f.Socket, "--json"]);
 

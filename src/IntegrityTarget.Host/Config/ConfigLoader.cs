@@ -64,6 +64,7 @@ public static class ConfigLoader
         ["--transport"] = "Transport",
         ["--status-socket"] = "Status:Socket",
         ["--metrics"] = "Metrics:Listen",
+        ["--ha-self"] = "Ha:Self",
     };
 
     /// <param name="verbFlags">Flags the verb itself understands: name → whether it takes a value.</param>

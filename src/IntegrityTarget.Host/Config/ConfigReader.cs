@@ -53,12 +53,13 @@ public sealed partial class ConfigReader
         var logging = ReadLogging(dataDir);
         string socket = Path.GetFullPath(Str("Status:Socket") ?? "status.sock", dataDir);
         var metrics = ReadMetrics();
+        var ha = ReadHa();
         if (Encoding.UTF8.GetByteCount(socket) > MaxUnixSocketPath)
             Error("Status:Socket", $"unix socket path '{socket}' is longer than {MaxUnixSocketPath} bytes; choose a shorter Status:Socket or DataDirectory");
         return new HostConfig
         {
             DataDirectory = dataDir, Portals = portals, Transport = transport, Iscsi = iscsi,
-            Targets = targets, Logging = logging, StatusSocket = socket, MetricsListen = metrics, Notes = _notes,
+            Targets = targets, Logging = logging, StatusSocket = socket, MetricsListen = metrics, Notes = _notes, Ha = ha,
         };
     }
 
@@ -137,6 +138,8 @@ public sealed partial class ConfigReader
         "Targets:#:Luns:#:Serial", "Targets:#:Luns:#:Integrity", "Targets:#:Luns:#:TagAlgorithm", "Targets:#:Luns:#:KeyFile",
         "Targets:#:Luns:#:WriteBack", "Targets:#:Luns:#:FormatIfBlank", "Targets:#:Luns:#:ReadOnly",
         "Logging:Level", "Logging:File", "Logging:Json", "Status:Socket", "Metrics:Listen",
+        "Ha:Self", "Ha:NonOwnerState", "Ha:PeerSecret", "Ha:LockRetryMilliseconds", "Ha:HeartbeatMilliseconds",
+        "Ha:PeerTimeoutMilliseconds", "Ha:ReconnectMilliseconds", "Ha:Gateways:#:Name", "Ha:Gateways:#:PortGroup", "Ha:Gateways:#:Peer",
     ];
 
     private static readonly HashSet<string> Leaves = new(Schema, StringComparer.OrdinalIgnoreCase);
@@ -183,6 +186,56 @@ public sealed partial class ConfigReader
 
     /// <summary>True when <paramref name="text"/> is a portal (see <see cref="PortalParser"/>).</summary>
     public static bool TryParsePortal(string text, out IPEndPoint endpoint) => PortalParser.TryParse(text, out endpoint, out _, out _);
+
+    public const int MinPeerSecretLength = 16;
+
+    /// <summary>The Ha section (several gateways for the same LUNs); null when absent.</summary>
+    private HaSettings? ReadHa()
+    {
+        var section = _root.GetSection("Ha");
+        if (!section.GetChildren().Any()) return null;
+        var gateways = new List<GatewaySettings>();
+        var children = _root.GetSection("Ha:Gateways").GetChildren().ToList();
+        if (children.Count < 2) Error("Ha:Gateways", "needs at least two gateways, each with a Name and a Peer address (ADDRESS:PORT its peer link listens on)");
+        int position = 0;
+        foreach (var g in children)
+        {
+            string k = g.Path;
+            position++;
+            string? name = Str(k + ":Name");
+            if (name == null) { Error(k + ":Name", "is missing (e.g. gw1)"); continue; }
+            if (name.Any(c => c < 0x21 || c > 0x7e)) { Error(k + ":Name", $"'{name}' must be printable ASCII without spaces"); continue; }
+            int group = Int(k + ":PortGroup", position, 1, ushort.MaxValue);
+            if (Str(k + ":Peer") is not { } peerText) { Error(k + ":Peer", $"is missing: the ADDRESS:PORT where {name}'s peer link listens (e.g. 10.0.0.1:3270)"); continue; }
+            if (!TryParsePortal(peerText, out var peer) || !peerText.Contains(':') || peer.Port == 0)
+            {
+                Error(k + ":Peer", $"'{peerText}' is not ADDRESS:PORT with a fixed port (e.g. 10.0.0.1:3270)");
+                continue;
+            }
+            if (gateways.Any(x => x.Name == name)) Error(k + ":Name", $"gateway '{name}' is listed twice");
+            else if (gateways.FirstOrDefault(x => x.PortGroup == group) is { } same) Error(k + ":PortGroup", $"port group {group} is already {same.Name}'s");
+            else if (gateways.FirstOrDefault(x => x.Peer.Equals(peer)) is { } samePeer) Error(k + ":Peer", $"{peer} is already {samePeer.Name}'s peer address");
+            else gateways.Add(new GatewaySettings(name, (ushort)group, peer));
+        }
+        string? self = Str("Ha:Self");
+        if (self == null) Error("Ha:Self", $"is missing: which of Ha:Gateways ({string.Join(", ", gateways.Select(g => g.Name))}) is this process? (e.g. --ha-self {gateways.FirstOrDefault()?.Name ?? "gw1"})");
+        else if (gateways.Count > 0 && gateways.All(g => g.Name != self)) Error("Ha:Self", $"'{self}' is not one of Ha:Gateways ({string.Join(", ", gateways.Select(g => g.Name))})");
+        string state = (Str("Ha:NonOwnerState") ?? "standby").ToLowerInvariant();
+        if (state is not ("standby" or "active-non-optimized"))
+            Error("Ha:NonOwnerState", $"must be standby or active-non-optimized, got '{state}'");
+        string? secret = _root["Ha:PeerSecret"];
+        if (string.IsNullOrEmpty(secret)) Error("Ha:PeerSecret", $"is missing: a secret of at least {MinPeerSecretLength} characters that every gateway shares (it authenticates the peer links)");
+        else if (secret.Length < MinPeerSecretLength) Error("Ha:PeerSecret", $"must be at least {MinPeerSecretLength} characters, got {secret.Length}");
+        int heartbeat = Int("Ha:HeartbeatMilliseconds", 1000, 50, 60_000);
+        int timeout = Int("Ha:PeerTimeoutMilliseconds", 5000, 100, 600_000);
+        if (timeout <= heartbeat) Error("Ha:PeerTimeoutMilliseconds", $"must be longer than Ha:HeartbeatMilliseconds ({heartbeat}), got {timeout}");
+        return new HaSettings
+        {
+            Self = self ?? "", Gateways = gateways, NonOwnerState = state, PeerSecret = secret ?? "",
+            LockRetryMilliseconds = Int("Ha:LockRetryMilliseconds", 500, 10, 60_000), HeartbeatMilliseconds = heartbeat,
+            PeerTimeoutMilliseconds = timeout, ReconnectMilliseconds = Int("Ha:ReconnectMilliseconds", 1000, 10, 60_000),
+        };
+    }
 
     /// <summary>Metrics:Listen: where the Prometheus endpoint listens; absent = no endpoint (the default).</summary>
     private IPEndPoint? ReadMetrics()

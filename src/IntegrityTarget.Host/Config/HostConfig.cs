@@ -20,6 +20,8 @@ public sealed class HostConfig
     public IPEndPoint? MetricsListen { get; init; }
     /// <summary>How settings written in short form were read (e.g. a portal given as a port alone), logged at start.</summary>
     public IReadOnlyList<string> Notes { get; init; } = [];
+    /// <summary>Several gateways serving the same LUNs (null: this process serves its LUNs alone).</summary>
+    public HaSettings? Ha { get; init; }
 }
 
 public sealed class IscsiSettings
@@ -103,4 +105,24 @@ public static class TagAlgorithms
     public static bool TryNormalise(string name, out string canonical) => Names.TryGetValue(name.Trim(), out canonical!);
 
     public static bool NeedsKey(string canonical) => canonical == HmacSha256;
+}
+
+/// <summary>One gateway of a group: name, target port group (also its iSCSI portal group tag and relative port), peer-link address.</summary>
+public sealed record GatewaySettings(string Name, ushort PortGroup, IPEndPoint Peer);
+
+/// <summary>The Ha section: the gateways serving the same LUNs, which one this process is, and the peer-link timing.</summary>
+public sealed class HaSettings
+{
+    public required string Self { get; init; }
+    public required IReadOnlyList<GatewaySettings> Gateways { get; init; }
+    /// <summary>standby or active-non-optimized.</summary>
+    public required string NonOwnerState { get; init; }
+    public required string PeerSecret { get; init; }
+    public int LockRetryMilliseconds { get; init; } = 500;
+    public int HeartbeatMilliseconds { get; init; } = 1000;
+    public int PeerTimeoutMilliseconds { get; init; } = 5000;
+    public int ReconnectMilliseconds { get; init; } = 1000;
+
+    public GatewaySettings SelfGateway => Gateways.First(g => g.Name == Self);
+    public override string ToString() => $"Ha {{ Self = {Self}, Gateways = {string.Join(", ", Gateways)}, NonOwnerState = {NonOwnerState}, PeerSecret = *** }}";
 }

@@ -127,6 +127,7 @@ public sealed class HostMetrics : IDisposable
                     seenLuns.Add(key);
                     string[] k = [key.Item1, key.Item2];
                     var v = l.Volume;
+                    if (v == null) continue; // a shared LUN another gateway owns now
                     var c = v.Counters;
                     _reads.WithLabels(k).IncTo(c.Reads);
                     _writes.WithLabels(k).IncTo(c.Writes);

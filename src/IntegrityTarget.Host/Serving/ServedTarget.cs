@@ -1,18 +1,39 @@
 using IntegrityTarget.Host.Config;
+using IntegrityTarget.Ha;
 using IntegrityTarget.Storage;
 
 namespace IntegrityTarget.Host.Serving;
 
-/// <summary>One opened LUN: its settings, the volume the SCSI layer reads and writes, and the device under it.</summary>
-public sealed class ServedLun(LunSettings settings, IBlockVolume volume, IBlockDevice device)
+/// <summary>
+/// One served LUN: its settings, the volume the SCSI layer reads and writes, and the device under it. A
+/// LUN shared with other gateways (<see cref="Ha"/>) has its volume open only while this gateway owns it.
+/// </summary>
+public sealed class ServedLun
 {
+    private readonly IBlockVolume? _volume;
+    private Scsi.ScsiLogicalUnit? _unit;
+
+    public ServedLun(LunSettings settings, IBlockVolume volume, IBlockDevice device)
+    {
+        Settings = settings; _volume = volume; Device = device;
+    }
+
+    public ServedLun(LunSettings settings, HaLogicalUnit ha)
+    {
+        Settings = settings; Ha = ha;
+    }
+
     /// <summary>The settings it is served with; a reload replaces them when only reloadable ones (Size) changed.</summary>
-    public LunSettings Settings { get; set; } = settings;
-    public IBlockVolume Volume { get; } = volume;
-    public IBlockDevice Device { get; } = device;
+    public LunSettings Settings { get; set; }
+    /// <summary>The open volume; null while another gateway owns a shared LUN.</summary>
+    public IBlockVolume? Volume => Ha != null ? Ha.Volume : _volume;
+    /// <summary>The device this process opened for the LUN (null for a shared LUN: its owner keeps it).</summary>
+    public IBlockDevice? Device { get; }
+    /// <summary>The LUN's place among the gateways that share it; null when this process serves it alone.</summary>
+    public HaLogicalUnit? Ha { get; }
     public ulong Lun => Settings.Lun;
-    /// <summary>The SCSI logical unit serving this volume, once the front end is built.</summary>
-    public Scsi.ScsiLogicalUnit? Unit { get; set; }
+    /// <summary>The SCSI logical unit serving this volume here, once the front end is built.</summary>
+    public Scsi.ScsiLogicalUnit? Unit { get => Ha != null ? Ha.Local : _unit; set => _unit = value; }
     /// <summary>Fraction checked by the online scrub running now; null when none runs.</summary>
     public double? ScrubProgress { get; set; }
 }

@@ -34,6 +34,8 @@ public sealed partial class TargetHost
     public async Task<ReloadOutcome> ReloadAsync(CancellationToken ct)
     {
         if (_reload == null || _frontEnd == null) throw new CliException("this process does not serve a configuration it could reload");
+        if (_config.Ha != null)
+            throw new CliException("reload is not supported for a gateway of a group (Ha): the gateways must agree on every LUN; change the configuration and restart the gateways one at a time");
         await _changing.WaitAsync(ct);
         try
         {
@@ -93,10 +95,10 @@ public sealed partial class TargetHost
                     continue;
                 }
                 if (nl.SizeBytes == l.Settings.SizeBytes) { if (!ReferenceEquals(nl, l.Settings)) sizeOnly.Add((l, nl)); continue; }
-                long have = (long)l.Volume.BlockCount * l.Volume.BlockSize;
+                long have = (long)l.Volume!.BlockCount * l.Volume!.BlockSize;
                 if (nl.SizeBytes is { } want && want > have)
                 {
-                    if (!l.Volume.CanGrow)
+                    if (!l.Volume!.CanGrow)
                         errors.Add($"{nl.KeyPath}:Size: {t.Iqn}/{l.Lun} cannot grow online ({(l.Settings.Integrity ? "integrity LUNs cannot grow online yet" : "its backing device has a fixed size")})");
                     else grows.Add(new GrowPlan(t, l, nl));
                 }
@@ -202,7 +204,7 @@ public sealed partial class TargetHost
             var unit = front.BuildUnit(t, l);
             t.Luns = [.. t.Luns, l];
             t.Scsi!.AddUnit(unit);
-            applied.Add($"LUN {t.Iqn}/{l.Lun} added ({l.Settings.Path}, {SizeParser.Format((long)l.Volume.BlockCount * l.Volume.BlockSize)}); its target's initiators get REPORTED LUNS DATA HAS CHANGED");
+            applied.Add($"LUN {t.Iqn}/{l.Lun} added ({l.Settings.Path}, {SizeParser.Format((long)l.Volume!.BlockCount * l.Volume!.BlockSize)}); its target's initiators get REPORTED LUNS DATA HAS CHANGED");
         }
         foreach (var (l, settings) in sizeOnly) l.Settings = settings;
         foreach (var t in targets) if (wanted.TryGetValue(t.Iqn, out var ts)) t.Settings = ts;
@@ -234,18 +236,18 @@ public sealed partial class TargetHost
             using var drain = CancellationTokenSource.CreateLinkedTokenSource(ct);
             drain.CancelAfter(UnitDrainTimeout);
             try { await u.DrainAsync(drain.Token); }
-            catch (OperationCanceledException) { _log.Warning("{Volume}: commands still running after {Seconds} s; closing anyway", l.Volume.Name, UnitDrainTimeout.TotalSeconds); }
+            catch (OperationCanceledException) { _log.Warning("{Volume}: commands still running after {Seconds} s; closing anyway", l.Volume!.Name, UnitDrainTimeout.TotalSeconds); }
         }
-        var r = await l.Volume.FlushAsync(CancellationToken.None);
-        if (!r.IsOk) _log.Error("Flushing {Volume} before closing it failed: {Status} {Detail}", l.Volume.Name, r.Status, r.Detail);
+        var r = await l.Volume!.FlushAsync(CancellationToken.None);
+        if (!r.IsOk) _log.Error("Flushing {Volume} before closing it failed: {Status} {Detail}", l.Volume!.Name, r.Status, r.Detail);
         await CloseLunAsync(l);
     }
 
     private async Task CloseLunAsync(ServedLun l)
     {
-        try { await l.Volume.DisposeAsync(); }
-        catch (Exception e) { _log.Error(e, "Closing {Volume} failed", l.Volume.Name); }
-        l.Device.Dispose();
+        try { await l.Volume!.DisposeAsync(); }
+        catch (Exception e) { _log.Error(e, "Closing {Volume} failed", l.Volume!.Name); }
+        l.Device?.Dispose();
     }
 
     private static string Json(object o) => JsonSerializer.Serialize(o);

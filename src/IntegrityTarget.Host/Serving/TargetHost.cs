@@ -27,6 +27,7 @@ public sealed partial class TargetHost : IStatusProvider
     private readonly DateTimeOffset _started = DateTimeOffset.UtcNow;
     private FrontEnd? _frontEnd;
     private Metrics.HostMetrics? _metrics;
+    private Ha.HaCoordinator? _ha;
 
     private TargetHost(HostConfig config, ILogger log) { _config = config; _log = log; }
 
@@ -75,6 +76,13 @@ public sealed partial class TargetHost : IStatusProvider
 
     private async Task<bool> OpenVolumesAsync(CancellationToken ct)
     {
+        if (_config.Ha != null)
+        {
+            // Shared LUNs: nothing is opened here; each LUN's volume is opened by whichever gateway takes its lock.
+            (_ha, var shared) = HaWiring.Build(_config, _log);
+            _targets.AddRange(shared);
+            return true;
+        }
         bool ok = true;
         foreach (var t in _config.Targets)
         {
@@ -102,6 +110,15 @@ public sealed partial class TargetHost : IStatusProvider
             {
                 _metrics = Metrics.HostMetrics.Start(listen, () => _targets, () => _frontEnd?.SessionInfos() ?? [], () => _frontEnd?.Counters.Snapshot());
                 _log.Information("Metrics on http://{Listen}/metrics", listen.ToString());
+            }
+            if (_ha != null)
+            {
+                try { await _ha.StartAsync(ct); }
+                catch (IOException e)
+                {
+                    _log.Error("{Message}", e.Message);
+                    return false;
+                }
             }
             var copyTargets = new CopyTargets(() => _targets, () => _frontEnd?.SessionInfos() ?? []);
             _frontEnd = await FrontEnd.StartAsync(_config, _targets, _log, ct, copyTargets, _metrics);
@@ -147,6 +164,12 @@ public sealed partial class TargetHost : IStatusProvider
             foreach (var l in t.Luns)
             {
                 var v = l.Volume;
+                if (v == null)
+                {
+                    _log.Information("  LUN {Lun}: {Path}, shared with the other gateways; integrity {Integrity}{ReadOnly}",
+                        l.Lun, l.Settings.Path, l.Settings.Integrity ? l.Settings.TagAlgorithm : "off", l.Settings.ReadOnly ? ", read-only" : "");
+                    continue;
+                }
                 _log.Information("  LUN {Lun}: {Path}, {Size} in {Blocks} blocks of {BlockSize} bytes, integrity {Integrity}, write-back {WriteBack}{ReadOnly}",
                     l.Lun, l.Settings.Path, SizeParser.Format((long)v.BlockCount * v.BlockSize), v.BlockCount, v.BlockSize,
                     v.TagAlgorithm, v.WriteBack ? "on" : "off", l.Settings.ReadOnly ? ", read-only" : "");
@@ -171,9 +194,11 @@ public sealed partial class TargetHost : IStatusProvider
             await _frontEnd.DisposeAsync();
             _frontEnd = null;
         }
-        foreach (var l in _targets.SelectMany(t => t.Luns))
+        // Shared LUNs: flush, close and release each owned LUN's lock, so another gateway takes it over now.
+        if (_ha != null) await _ha.StopAsync();
+        foreach (var l in _targets.SelectMany(t => t.Luns).Where(l => l.Ha == null))
         {
-            var r = await l.Volume.FlushAsync(CancellationToken.None);
+            var r = await l.Volume!.FlushAsync(CancellationToken.None);
             if (!r.IsOk)
             {
                 _log.Error("Flushing {Volume} at shutdown failed: {Status} {Detail}", l.Volume.Name, r.Status, r.Detail);
@@ -190,11 +215,13 @@ public sealed partial class TargetHost : IStatusProvider
         if (_frontEnd != null) { await _frontEnd.DisposeAsync(); _frontEnd = null; }
         _metrics?.Dispose();
         _metrics = null;
+        if (_ha != null) { await _ha.DisposeAsync(); _ha = null; }
         foreach (var l in _targets.SelectMany(t => t.Luns))
         {
+            if (l.Ha != null || l.Volume == null) continue;
             try { await l.Volume.DisposeAsync(); }
             catch (Exception e) { _log.Error(e, "Closing {Volume} failed", l.Volume.Name); }
-            l.Device.Dispose();
+            l.Device?.Dispose();
         }
         _targets = [];
     }
@@ -205,12 +232,29 @@ public sealed partial class TargetHost : IStatusProvider
     {
         var targets = _targets.Select(t => new TargetStatus(
             t.Iqn, t.Settings.Alias, t.Settings.Chap != null, t.Settings.AllowedInitiators,
-            t.Luns.Select(l => new LunStatus(l.Lun, l.Settings.Path, l.Settings.Integrity, l.Volume.TagAlgorithm, l.Volume.BlockSize,
-                l.Volume.BlockCount, l.Volume.WriteBack, l.Settings.ReadOnly, l.Volume.Counters.Snapshot())).ToList())).ToList();
+            t.Luns.Select(DescribeLun).ToList())).ToList();
         var portals = (_frontEnd?.BoundEndpoints ?? (IReadOnlyList<IPEndPoint>)_config.Portals).Select(e => e.ToString()).ToList();
         var sessions = (_frontEnd?.Sessions() ?? []).Select(DescribeSession).ToList();
         return new StatusSnapshot(Environment.ProcessId, Version, _started, _config.Transport, portals, targets, sessions,
             _frontEnd?.Counters.Snapshot());
+    }
+
+    private static LunStatus DescribeLun(ServedLun l)
+    {
+        var v = l.Volume;
+        string? role = l.Ha?.Role switch
+        {
+            null => null,
+            Ha.HaRole.Owner => "owner",
+            Ha.HaRole.Follower => "follower",
+            Ha.HaRole.Transitioning => "transitioning",
+            _ => "unowned",
+        };
+        return v == null
+            ? new LunStatus(l.Lun, l.Settings.Path, l.Settings.Integrity, l.Settings.Integrity ? l.Settings.TagAlgorithm : "none", l.Settings.BlockSize,
+                0, l.Settings.WriteBack, l.Settings.ReadOnly, new Dictionary<string, long>(), role, l.Ha?.OwnerGateway, l.Ha?.Opens)
+            : new LunStatus(l.Lun, l.Settings.Path, l.Settings.Integrity, v.TagAlgorithm, v.BlockSize,
+                v.BlockCount, v.WriteBack, l.Settings.ReadOnly, v.Counters.Snapshot(), role, l.Ha?.OwnerGateway, l.Ha?.Opens);
     }
 
     /// <summary>Sessions are the iSCSI layer's records; serialise their public properties, or their text if that fails.</summary>
@@ -243,7 +287,8 @@ public sealed partial class TargetHost : IStatusProvider
         {
             served.ScrubProgress = 0;
             var tracked = new InlineProgress(f => { served.ScrubProgress = f; progress.Report(f); });
-            var outcome = await IntegrityWiring.ScrubAsync(served.Volume, rateMBps, tracked, ct);
+            var volume = served.Volume ?? throw new CliException($"{key} is open on gateway {served.Ha?.OwnerGateway ?? "(none yet)"}, not on this one; scrub it there");
+            var outcome = await IntegrityWiring.ScrubAsync(volume, rateMBps, tracked, ct);
             // A finished scrub checked every block: its findings are what LOG SENSE and metrics report from now on.
             served.Unit?.Health.RecordScrub(new Scsi.ScrubSummary(DateTimeOffset.UtcNow, outcome.BlocksChecked, outcome.Mismatches), outcome.BadLbas);
             _log.Information("Scrub of {Lun} finished: {Blocks} blocks checked, {Bad} bad", key, outcome.BlocksChecked, outcome.Mismatches);
@@ -274,8 +319,8 @@ public sealed partial class TargetHost : IStatusProvider
     /// </summary>
     private async Task<ResizeOutcome> GrowAsync(ServedTarget target, ServedLun served, long bytes, CancellationToken ct)
     {
-        var v = served.Volume;
         string key = $"{target.Iqn}/{served.Lun}";
+        var v = served.Volume ?? throw new CliException($"{key} is open on gateway {served.Ha?.OwnerGateway ?? "(none yet)"}, not on this one; resize it there");
         long old = (long)v.BlockCount * v.BlockSize;
         if (bytes % v.BlockSize != 0)
             throw new CliException($"{key}: {SizeParser.Format(bytes)} is not a whole number of {v.BlockSize}-byte blocks", ExitCodes.Usage);

@@ -47,7 +47,11 @@ public sealed record LunStatus(
     ulong Blocks,
     bool WriteBack,
     bool ReadOnly,
-    IReadOnlyDictionary<string, long> Counters);
+    IReadOnlyDictionary<string, long> Counters,
+    // Shared LUNs only (null otherwise): owner, follower, transitioning or unowned; the owning gateway; volume opens here.
+    string? Ha = null,
+    string? OwnerGateway = null,
+    int? Opens = null);
 
 /// <summary>Result of verifying every block of one volume. <see cref="BadLbas"/> may be capped; <see cref="Mismatches"/> is the full count.</summary>
 public sealed record ScrubOutcome(string Volume, ulong BlocksChecked, ulong BlocksSkippedUnmapped, long Mismatches,

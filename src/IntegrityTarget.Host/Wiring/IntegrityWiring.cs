@@ -48,7 +48,6 @@ public static class IntegrityWiring
     public static async Task<(IBlockVolume Volume, IBlockDevice Device)> OpenLunAsync(LunSettings lun, string name, ILogger log, CancellationToken ct)
     {
         var alg = Algorithm(lun.TagAlgorithm);
-        var key = ReadKey(lun.KeyFile);
         bool created = false;
         FileBlockDevice device;
         if (!File.Exists(lun.Path))
@@ -60,36 +59,7 @@ public static class IntegrityWiring
         else device = FileBlockDevice.Open(lun.Path);
         try
         {
-            switch (IntegrityVolume.Probe(device))
-            {
-                case DeviceContent.IntegrityVolume:
-                {
-                    var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = lun.WriteBack, Name = name }, log, ct);
-                    if (lun.BlockSizeConfigured && volume.BlockSize != lun.BlockSize)
-                        log.Warning("{Lun}: the volume in {Path} was formatted with {Actual}-byte blocks; the configured BlockSize {Configured} does not apply",
-                            name, lun.Path, volume.BlockSize, lun.BlockSize);
-                    return (volume, device);
-                }
-                case DeviceContent.Blank when created || lun.FormatIfBlank:
-                {
-                    var options = new FormatOptions
-                    {
-                        BlockSize = lun.BlockSize, Algorithm = alg, Key = key, Name = name,
-                        LogicalBlocks = created ? (ulong)(lun.SizeBytes!.Value / lun.BlockSize) : null,
-                    };
-                    // FormatAsync opens the new volume under the LUN's name; write-back is a property of the
-                    // open volume, so no second open (and no second "Opened" log event) is needed.
-                    var volume = await IntegrityVolume.FormatAsync(device, options, log, null, ct);
-                    volume.WriteBack = lun.WriteBack;
-                    return (volume, device);
-                }
-                case DeviceContent.Blank:
-                    throw new CliException("the file is blank (all zeros) and FormatIfBlank is false; format it with: integrity-target format " + lun.Path);
-                default:
-                    throw new CliException("the file holds data that is not an integrity volume, so it is not formatted implicitly. " +
-                        "Serve it without integrity (\"Integrity\": false, or --integrity false), or format it explicitly, " +
-                        "which DESTROYS its contents: integrity-target format " + lun.Path + " --force");
-            }
+            return (await OpenOnDeviceAsync(lun, device, created, name, log, ct), device);
         }
         catch
         {
@@ -98,6 +68,54 @@ public static class IntegrityWiring
             throw;
         }
     }
+
+    /// <summary>
+    /// Opens the LUN's integrity volume on a device already opened (and locked) by the caller: replays the
+    /// journal, or formats a blank device (always when <paramref name="created"/>, else when FormatIfBlank).
+    /// </summary>
+    public static async Task<IBlockVolume> OpenOnDeviceAsync(LunSettings lun, IBlockDevice device, bool created, string name, ILogger log, CancellationToken ct)
+    {
+        var alg = Algorithm(lun.TagAlgorithm);
+        var key = ReadKey(lun.KeyFile);
+        switch (IntegrityVolume.Probe(device))
+        {
+            case DeviceContent.IntegrityVolume:
+            {
+                var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = lun.WriteBack, Name = name }, log, ct);
+                if (lun.BlockSizeConfigured && volume.BlockSize != lun.BlockSize)
+                    log.Warning("{Lun}: the volume in {Path} was formatted with {Actual}-byte blocks; the configured BlockSize {Configured} does not apply",
+                        name, lun.Path, volume.BlockSize, lun.BlockSize);
+                return volume;
+            }
+            case DeviceContent.Blank when created || lun.FormatIfBlank:
+            {
+                var options = new FormatOptions
+                {
+                    BlockSize = lun.BlockSize, Algorithm = alg, Key = key, Name = name,
+                    LogicalBlocks = created && lun.SizeBytes is { } size ? (ulong)(size / lun.BlockSize) : null,
+                };
+                // FormatAsync opens the new volume under the LUN's name; write-back is a property of the
+                // open volume, so no second open (and no second "Opened" log event) is needed.
+                var volume = await IntegrityVolume.FormatAsync(device, options, log, null, ct);
+                volume.WriteBack = lun.WriteBack;
+                return volume;
+            }
+            case DeviceContent.Blank:
+                throw new CliException("the file is blank (all zeros) and FormatIfBlank is false; format it with: integrity-target format " + lun.Path);
+            default:
+                throw new CliException("the file holds data that is not an integrity volume, so it is not formatted implicitly. " +
+                    "Serve it without integrity (\"Integrity\": false, or --integrity false), or format it explicitly, " +
+                    "which DESTROYS its contents: integrity-target format " + lun.Path + " --force");
+        }
+    }
+
+    /// <summary>Block size, block count and thin provisioning from an integrity volume's header (no lock, no replay); null when it holds none.</summary>
+    public static (int BlockSize, ulong Blocks, bool Thin)? ReadGeometry(IBlockDevice device) =>
+        IntegrityVolume.ReadGeometry(device) is { } g ? (g.BlockSize, g.LogicalBlocks, true) : null;
+
+    /// <summary>Device bytes to create for a new integrity LUN of the configured size.</summary>
+    public static long DeviceBytesFor(LunSettings lun) =>
+        IntegrityVolume.DeviceBytesFor((ulong)(lun.SizeBytes!.Value / lun.BlockSize), lun.BlockSize, Algorithm(lun.TagAlgorithm));
 
     public static async Task<ScrubOutcome> ScrubAsync(IBlockVolume volume, double? rateMBps, IProgress<double> progress, CancellationToken ct)
     {

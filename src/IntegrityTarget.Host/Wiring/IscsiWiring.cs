@@ -56,6 +56,8 @@ public sealed class FrontEnd : IAsyncDisposable
         var s = config.Iscsi;
         var options = new IscsiServerOptions
         {
+            // A gateway of a group is one target port: its portal group tag is its port group (and relative port).
+            PortalGroupTag = config.Ha?.SelfGateway.PortGroup ?? 1,
             MaxRecvDataSegmentLength = s.MaxRecvDataSegmentLength,
             MaxBurstLength = s.MaxBurstLength,
             FirstBurstLength = s.FirstBurstLength,

@@ -1,0 +1,218 @@
+using System.Buffers.Binary;
+using IntegrityTarget.Scsi;
+using static IntegrityTarget.Ha.Tests.Gateways;
+
+namespace IntegrityTarget.Ha.Tests;
+
+/// <summary>Two gateways over one shared store: ownership by the lock, forwarding, ALUA states, takeover.</summary>
+public class FailoverTests
+{
+    private const string InitA = "iqn.2026-11.test:host-a", InitB = "iqn.2026-11.test:host-b";
+
+    [Test]
+    public async Task AFollowerForwardsEverythingToTheOwnerSoBothPathsSeeOneLogicalUnit()
+    {
+        var store = new SharedStore(4 << 20);
+        var gws = Layout(2);
+        await using var a = await StartAsync(store, gws, "gw1", AluaState.ActiveNonOptimized);
+        await a.WaitForRoleAsync(HaRole.Owner);
+        await using var b = await StartAsync(store, gws, "gw2", AluaState.ActiveNonOptimized);
+        await b.WaitForRoleAsync(HaRole.Follower);
+        Assert.That(b.Lun.OwnerGateway, Is.EqualTo("gw1"));
+
+        var viaA = a.Nexus(InitA);
+        var viaB = b.Nexus(InitA, isid: 2);
+        a.Lun.NexusCreated(viaA);
+        b.Lun.NexusCreated(viaB);
+
+        // A write through the non-optimized path is executed by the owner and read back through the other path.
+        var data = Pattern(7);
+        using (var w = b.ExecPastUnitAttentions(viaB, Write10(5, 1), data)) Assert.That(w.Status, Is.EqualTo(ScsiStatus.Good), () => $"write via gw2: {Gateway.Sense(w)}");
+        using (var r = a.ExecPastUnitAttentions(viaA, Read10(5, 1))) Assert.That(r.DataIn.ToArray(), Is.EqualTo(data));
+
+        // A registration made through one gateway is seen through the other: one reservation state.
+        var register = new byte[24];
+        BinaryPrimitives.WriteUInt64BigEndian(register.AsSpan(8), 0xBEEF);
+        using (var reg = b.Exec(viaB, [0x5F, 0x06, 0, 0, 0, 0, 0, 0, 24, 0], register)) Assert.That(reg.Status, Is.EqualTo(ScsiStatus.Good));
+        using (var keys = a.Exec(viaA, [0x5E, 0, 0, 0, 0, 0, 0, 0, 64, 0]))
+        {
+            Assert.That(BinaryPrimitives.ReadUInt32BigEndian(keys.DataIn.Span[4..]), Is.EqualTo(8));
+            Assert.That(BinaryPrimitives.ReadUInt64BigEndian(keys.DataIn.Span[8..]), Is.EqualTo(0xBEEFUL));
+        }
+
+        // Both paths report the same groups: the owner's active/optimized, the other's active/non-optimized.
+        using var rtpgA = a.Exec(viaA, Rtpg());
+        using var rtpgB = b.Exec(viaB, Rtpg());
+        var expected = new List<(ushort, AluaState)> { (1, AluaState.ActiveOptimized), (2, AluaState.ActiveNonOptimized) };
+        Assert.That(ParseRtpg(rtpgA.DataIn.Span), Is.EqualTo(expected));
+        Assert.That(ParseRtpg(rtpgB.DataIn.Span), Is.EqualTo(expected));
+        Assert.That(a.VolumeOpens + b.VolumeOpens, Is.EqualTo(1), "only the owner opened the volume");
+    }
+
+    [Test]
+    public async Task AStandbyGatewayRefusesDataWithNotReadyStandbyButAnswersInquiryReadCapacityAndRtpg()
+    {
+        var store = new SharedStore(4 << 20);
+        var gws = Layout(2);
+        await using var a = await StartAsync(store, gws, "gw1");
+        await a.WaitForRoleAsync(HaRole.Owner);
+        await using var b = await StartAsync(store, gws, "gw2");
+        await b.WaitForRoleAsync(HaRole.Follower);
+        var viaB = b.Nexus(InitB);
+        b.Lun.NexusCreated(viaB);
+        using (var w = b.ExecPastUnitAttentions(viaB, Write10(0, 1), Pattern(1))) Assert.That(Gateway.Sense(w), Is.EqualTo(((byte)2, (byte)4, (byte)0x0B)));
+        using (var tur = b.Exec(viaB, new byte[6])) Assert.That(Gateway.Sense(tur), Is.EqualTo(((byte)2, (byte)4, (byte)0x0B)));
+        using (var inq = b.Exec(viaB, [0x12, 0, 0, 0, 96, 0])) Assert.That(inq.Status, Is.EqualTo(ScsiStatus.Good));
+        using (var cap = b.Exec(viaB, [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+            Assert.That(BinaryPrimitives.ReadUInt32BigEndian(cap.DataIn.Span), Is.EqualTo((uint)(store.Memory.Length / BlockSize - 1)));
+        using var rtpg = b.Exec(viaB, Rtpg());
+        Assert.That(ParseRtpg(rtpg.DataIn.Span), Is.EqualTo(new List<(ushort, AluaState)> { (1, AluaState.ActiveOptimized), (2, AluaState.Standby) }));
+    }
+
+    [Test]
+    public async Task WhenTheOwnerStopsTheOtherGatewayTakesOverOpensTheVolumeOnceAndRaisesAsymmetricAccessStateChanged()
+    {
+        var store = new SharedStore(4 << 20);
+        var gws = Layout(2);
+        var a = await StartAsync(store, gws, "gw1");
+        await a.WaitForRoleAsync(HaRole.Owner);
+        await using var b = await StartAsync(store, gws, "gw2");
+        await b.WaitForRoleAsync(HaRole.Follower);
+        var viaA = a.Nexus(InitA);
+        var viaB = b.Nexus(InitA, isid: 2);
+        a.Lun.NexusCreated(viaA);
+        b.Lun.NexusCreated(viaB);
+        var data = Pattern(42);
+        using (var w = a.ExecPastUnitAttentions(viaA, Write10(9, 1), data)) Assert.That(w.Status, Is.EqualTo(ScsiStatus.Good));
+
+        await a.DisposeAsync(); // flushes, closes, releases the lock, closes the peer links
+        await b.WaitForRoleAsync(HaRole.Owner);
+        Assert.That(b.VolumeOpens, Is.EqualTo(1));
+        using (var first = b.Exec(viaB, new byte[6])) Assert.That(Gateway.Sense(first), Is.EqualTo(((byte)6, (byte)0x2A, (byte)0x06)), "ASYMMETRIC ACCESS STATE CHANGED");
+        using (var r = b.Exec(viaB, Read10(9, 1))) Assert.That(r.DataIn.ToArray(), Is.EqualTo(data));
+        using var rtpg = b.Exec(viaB, Rtpg());
+        Assert.That(ParseRtpg(rtpg.DataIn.Span), Is.EqualTo(new List<(ushort, AluaState)> { (1, AluaState.Standby), (2, AluaState.ActiveOptimized) }));
+    }
+
+    [Test]
+    public async Task AnOwnerWhoseLockIsTakenAwayStopsServingAndFollowsTheNewOwner()
+    {
+        var store = new SharedStore(4 << 20);
+        var gws = Layout(2);
+        await using var a = await StartAsync(store, gws, "gw1");
+        await a.WaitForRoleAsync(HaRole.Owner);
+        await using var b = await StartAsync(store, gws, "gw2");
+        await b.WaitForRoleAsync(HaRole.Follower);
+
+        // Another party breaks the owner's lock and takes it: the owner notices it was fenced, closes its
+        // volume without another write, and neither gateway serves data until the lock is free again.
+        var thief = store.Steal();
+        await a.WaitForRoleAsync(HaRole.Unowned);
+        await b.WaitForRoleAsync(HaRole.Unowned);
+        Assert.That(a.Lun.Volume, Is.Null, "the fenced gateway closed its volume");
+        var viaA = a.Nexus(InitA);
+        a.Lun.NexusCreated(viaA);
+        using (var w = a.ExecPastUnitAttentions(viaA, Write10(0, 1), Pattern(3)))
+            Assert.That(Gateway.Sense(w), Is.EqualTo(((byte)2, (byte)4, (byte)0x0C)), "unavailable while nobody reachable owns the LUN");
+        thief.Dispose();
+        var deadline = DateTime.UtcNow.AddSeconds(15);
+        while (a.Lun.Role != HaRole.Owner && b.Lun.Role != HaRole.Owner && DateTime.UtcNow < deadline) await Task.Delay(20);
+        Assert.That(new[] { a.Lun.Role, b.Lun.Role }, Is.EquivalentTo(new[] { HaRole.Owner, HaRole.Follower }).Or.EquivalentTo(new[] { HaRole.Owner, HaRole.Unowned }));
+    }
+
+    [Test]
+    public async Task WithoutAReachableOwnerAGatewayReportsItsGroupUnavailableAndStillAnswersInquiry()
+    {
+        var store = new SharedStore(4 << 20);
+        var gws = Layout(2);
+        // Someone else holds the lock and gw1 is not running: gw2 can neither follow nor take over.
+        var outsider = await store.LockFor("outsider").TryAcquireAsync(false, CancellationToken.None);
+        await using var b = await StartAsync(store, gws, "gw2");
+        await Task.Delay(300);
+        Assert.That(b.Lun.Role, Is.EqualTo(HaRole.Unowned));
+        var n = b.Nexus(InitB);
+        b.Lun.NexusCreated(n);
+        using (var w = b.ExecPastUnitAttentions(n, Write10(0, 1), Pattern(1))) Assert.That(Gateway.Sense(w), Is.EqualTo(((byte)2, (byte)4, (byte)0x0C)));
+        using (var inq = b.Exec(n, [0x12, 1, 0x80, 0, 64, 0])) Assert.That(inq.Status, Is.EqualTo(ScsiStatus.Good));
+        using (var rtpg = b.Exec(n, Rtpg())) Assert.That(ParseRtpg(rtpg.DataIn.Span), Does.Contain(((ushort)2, AluaState.Unavailable)));
+        outsider.Device!.Dispose();
+        await b.WaitForRoleAsync(HaRole.Owner);
+    }
+
+    [Test]
+    public async Task ReservationsMadeThroughTheOwnerSurviveTheFailover()
+    {
+        var store = new SharedStore(4 << 20);
+        var record = new MemoryRecord();
+        var gws = Layout(2);
+        var a = await StartAsync(store, gws, "gw1", reservations: record);
+        await a.WaitForRoleAsync(HaRole.Owner);
+        await using var b = await StartAsync(store, gws, "gw2", reservations: record);
+        await b.WaitForRoleAsync(HaRole.Follower);
+        var viaA = a.Nexus(InitA);
+        a.Lun.NexusCreated(viaA);
+        var p = new byte[24];
+        BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), 0xC0FFEE);
+        using (var r = a.ExecPastUnitAttentions(viaA, [0x5F, 0x06, 0, 0, 0, 0, 0, 0, 24, 0], p)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        BinaryPrimitives.WriteUInt64BigEndian(p, 0xC0FFEE); BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), 0);
+        using (var r = a.Exec(viaA, [0x5F, 0x01, 0x01, 0, 0, 0, 0, 0, 24, 0], p)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good), "RESERVE write exclusive");
+        await a.DisposeAsync();
+        await b.WaitForRoleAsync(HaRole.Owner);
+        var other = b.Nexus(InitB);
+        b.Lun.NexusCreated(other);
+        using (var res = b.ExecPastUnitAttentions(other, [0x5E, 1, 0, 0, 0, 0, 0, 0, 24, 0]))
+        {
+            Assert.That(BinaryPrimitives.ReadUInt64BigEndian(res.DataIn.Span[8..]), Is.EqualTo(0xC0FFEEUL));
+            Assert.That(res.DataIn.Span[21], Is.EqualTo(1));
+        }
+        using var w = b.Exec(other, Write10(0, 1), Pattern(1));
+        Assert.That(w.Status, Is.EqualTo(ScsiStatus.ReservationConflict), "the reservation still fences off other initiators");
+    }
+
+    [Test]
+    public async Task ALogicalUnitResetThroughTheFollowerReachesEveryNexusOfTheOwnersUnit()
+    {
+        var store = new SharedStore(4 << 20);
+        var gws = Layout(2);
+        await using var a = await StartAsync(store, gws, "gw1", AluaState.ActiveNonOptimized);
+        await a.WaitForRoleAsync(HaRole.Owner);
+        await using var b = await StartAsync(store, gws, "gw2", AluaState.ActiveNonOptimized);
+        await b.WaitForRoleAsync(HaRole.Follower);
+        var viaA = a.Nexus(InitA);
+        var viaB = b.Nexus(InitB);
+        a.Lun.NexusCreated(viaA);
+        b.Lun.NexusCreated(viaB);
+        using (a.ExecPastUnitAttentions(viaA, new byte[6])) { }
+        using (b.ExecPastUnitAttentions(viaB, new byte[6])) { }
+        b.Target.LogicalUnitReset(0, viaB);
+        await Task.Delay(200); // the reset travels as a notice over the link
+        using (var ta = a.Exec(viaA, new byte[6])) Assert.That(Gateway.Sense(ta), Is.EqualTo(((byte)6, (byte)0x29, (byte)0x03)));
+        using (var tb = b.Exec(viaB, new byte[6])) Assert.That(Gateway.Sense(tb), Is.EqualTo(((byte)6, (byte)0x29, (byte)0x03)));
+    }
+
+    [Test]
+    public async Task APeerWithAnotherSecretOrAnotherConfigurationIsRefusedWithAReason()
+    {
+        var store = new SharedStore(4 << 20);
+        var gws = Layout(2);
+        await using var a = await StartAsync(store, gws, "gw1");
+        await a.WaitForRoleAsync(HaRole.Owner);
+        var wrongSecret = Options(gws, "gw2", AluaState.Standby, "another sixteen chars"u8.ToArray());
+        var e = Assert.ThrowsAsync<PeerProtocolException>(async () =>
+            await PeerLink.ConnectAsync(gws[0], wrongSecret, HaCoordinator.FingerprintOf("same config"), CancellationToken.None));
+        Assert.That(e!.Message, Does.Contain("does not know the peer secret"));
+        var otherConfig = Options(gws, "gw2", AluaState.Standby);
+        e = Assert.ThrowsAsync<PeerProtocolException>(async () =>
+            await PeerLink.ConnectAsync(gws[0], otherConfig, HaCoordinator.FingerprintOf("a different LUN list"), CancellationToken.None));
+        Assert.That(e!.Message, Does.Contain("configurations differ"));
+    }
+
+    private sealed class MemoryRecord : IntegrityTarget.Storage.IDurableRecord
+    {
+        private byte[]? _value;
+        public string Name => "memory";
+        public byte[]? Read() => _value;
+        public void Write(ReadOnlySpan<byte> value) => _value = value.ToArray();
+        public void Delete() => _value = null;
+    }
+}
