@@ -192,3 +192,70 @@ public class ConfigValidationTests
     public void Portal_syntax_rejects_what_cannot_be_bound(string text) =>
         Assert.That(ConfigReader.TryParsePortal(text, out _), Is.False);
 }
+
+public class HaConfigTests
+{
+    [Test]
+    public void A_gateway_group_is_read_with_port_groups_by_position_and_the_secret_never_printed()
+    {
+        using var dir = new TempDir();
+        dir.File("ha.json", """
+            {
+              "Portals": ["0.0.0.0:3260"],
+              "Targets": [ { "Iqn": "iqn.2026-11.org.example:shared", "Luns": [ { "Path": "/srv/shared/lun0.img", "Size": "1GiB" } ] } ],
+              "Ha": {
+                "PeerSecret": "sixteen characters or more",
+                "Gateways": [ { "Name": "gw1", "Peer": "10.0.0.1:3270" }, { "Name": "gw2", "Peer": "10.0.0.2:3270", "PortGroup": 7 } ]
+              }
+            }
+            """);
+        var (config, problems) = ConfigTestExtensions.Load(dir.Path, ["--config", "ha.json", "--ha-self", "gw2"]);
+        Assert.That(problems.Errors(), Is.Empty);
+        var ha = config!.Ha!;
+        Assert.That(ha.Self, Is.EqualTo("gw2"));
+        Assert.That(ha.Gateways.Select(g => (g.Name, g.PortGroup, g.Peer.ToString())),
+            Is.EqualTo(new[] { ("gw1", (ushort)1, "10.0.0.1:3270"), ("gw2", (ushort)7, "10.0.0.2:3270") }));
+        Assert.That(ha.NonOwnerState, Is.EqualTo("standby"));
+        Assert.That((ha.LockRetryMilliseconds, ha.HeartbeatMilliseconds, ha.PeerTimeoutMilliseconds), Is.EqualTo((500, 1000, 5000)));
+        Assert.That(ha.ToString(), Does.Not.Contain("sixteen"));
+    }
+
+    [Test]
+    public void Every_mistake_in_the_gateway_group_is_named()
+    {
+        using var dir = new TempDir();
+        dir.File("ha.json", """
+            {
+              "Targets": [ { "Iqn": "iqn.2026-11.org.example:shared", "Luns": [ { "Path": "lun0.img", "Size": "1GiB" } ] } ],
+              "Ha": {
+                "Self": "gw3",
+                "PeerSecret": "short",
+                "NonOwnerState": "asleep",
+                "HeartbeatMilliseconds": 2000, "PeerTimeoutMilliseconds": 1000,
+                "Gateways": [ { "Name": "gw1", "Peer": "10.0.0.1:3270" }, { "Name": "gw2", "Peer": "10.0.0.1:3270" }, { "Name": "gw4", "Peer": "nowhere" },
+                              { "Name": "gw5", "Peer": "10.0.0.5:3270", "PortGroup": 1 } ]
+              }
+            }
+            """);
+        var (config, problems) = ConfigTestExtensions.Load(dir.Path, ["--config", "ha.json"]);
+        var errors = problems.Errors().ToList();
+        Assert.That(config, Is.Null);
+        Assert.That(errors, Has.Some.StartsWith("ha.json: Ha:Gateways:1:Peer: 10.0.0.1:3270 is already gw1's peer address"));
+        Assert.That(errors, Has.Some.StartsWith("ha.json: Ha:Gateways:2:Peer: 'nowhere' is not ADDRESS:PORT"));
+        Assert.That(errors, Has.Some.StartsWith("ha.json: Ha:Gateways:3:PortGroup: port group 1 is already gw1's"));
+        Assert.That(errors, Has.Some.StartsWith("ha.json: Ha:Self: 'gw3' is not one of Ha:Gateways (gw1)"));
+        Assert.That(errors, Has.Some.StartsWith("ha.json: Ha:PeerSecret: must be at least 16 characters, got 5"));
+        Assert.That(errors, Has.Some.StartsWith("ha.json: Ha:NonOwnerState: must be standby or active-non-optimized, got 'asleep'"));
+        Assert.That(errors, Has.Some.StartsWith("ha.json: Ha:PeerTimeoutMilliseconds: must be longer than Ha:HeartbeatMilliseconds (2000)"));
+        Assert.That(errors, Has.None.Contains("short"));
+    }
+
+    [Test]
+    public void A_gateway_without_a_self_name_is_told_how_to_give_it()
+    {
+        using var dir = new TempDir();
+        var (_, problems) = ConfigTestExtensions.Load(dir.Path, ["--lun", "x.img", "--size", "1GiB", "--Ha:PeerSecret", "0123456789abcdef",
+            "--Ha:Gateways:0:Name", "a", "--Ha:Gateways:0:Peer", "127.0.0.1:3270", "--Ha:Gateways:1:Name", "b", "--Ha:Gateways:1:Peer", "127.0.0.1:3271"]);
+        Assert.That(problems.Errors(), Has.Member("command line: Ha:Self: is missing: which of Ha:Gateways (a, b) is this process? (e.g. --ha-self a)"));
+    }
+}

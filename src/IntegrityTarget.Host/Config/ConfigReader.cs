@@ -218,7 +218,8 @@ public sealed partial class ConfigReader
             else gateways.Add(new GatewaySettings(name, (ushort)group, peer));
         }
         string? self = Str("Ha:Self");
-        if (self == null) Error("Ha:Self", $"is missing: which of Ha:Gateways ({string.Join(", ", gateways.Select(g => g.Name))}) is this process? (e.g. --ha-self {gateways.FirstOrDefault()?.Name ?? "gw1"})");
+        // A missing key has no source of its own: name the one the Ha section came from.
+        if (self == null) _problems.Add(ConfigProblem.Error(_loaded.SourceOf(children.FirstOrDefault()?.Path + ":Name"), "Ha:Self", $"is missing: which of Ha:Gateways ({string.Join(", ", gateways.Select(g => g.Name))}) is this process? (e.g. --ha-self {gateways.FirstOrDefault()?.Name ?? "gw1"})"));
         else if (gateways.Count > 0 && gateways.All(g => g.Name != self)) Error("Ha:Self", $"'{self}' is not one of Ha:Gateways ({string.Join(", ", gateways.Select(g => g.Name))})");
         string state = (Str("Ha:NonOwnerState") ?? "standby").ToLowerInvariant();
         if (state is not ("standby" or "active-non-optimized"))

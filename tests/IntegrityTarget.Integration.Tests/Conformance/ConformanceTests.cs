@@ -15,10 +15,13 @@ public class ConformanceTests
     /// </summary>
     const int TgtSkippedLines = 81, TgtSkippedTests = 62;
 
-    public static CunitReport RunSuite(string url, string logFile)
+    public static CunitReport RunSuite(string url, string logFile) => RunSuite([url], logFile);
+
+    /// <summary>With more than one URL (paths to the same LUN), the multipath tests run too and the second URL is the second initiator's path.</summary>
+    public static CunitReport RunSuite(IReadOnlyList<string> urls, string logFile)
     {
         var exe = Tools.RequireTool("iscsi-test-cu");
-        var r = Tools.Run(exe, ["--dataloss", "--test=ALL", "-i", Initiator1, "-I", Initiator2, url], TimeSpan.FromMinutes(20));
+        var r = Tools.Run(exe, ["--dataloss", "--test=ALL", "-i", Initiator1, "-I", Initiator2, .. urls], TimeSpan.FromMinutes(20));
         File.WriteAllText(logFile, r.Combined);
         Assert.That(r.TimedOut, Is.False, () => "iscsi-test-cu timed out\n" + r.Describe());
         var report = CunitReport.Parse(r.StdOut);

@@ -197,6 +197,19 @@ public sealed class ServerProcess : IDisposable
 
     public bool HasLog(string pattern) => ServerLines.Any(l => Regex.IsMatch(l, pattern));
 
+    /// <summary>What the server printed since its last start (a restarted server's earlier runs left out).</summary>
+    public IReadOnlyList<string> LinesSinceStart
+    {
+        get
+        {
+            var all = Lines;
+            int start = all.ToList().FindLastIndex(l => l.StartsWith("---- start #", StringComparison.Ordinal));
+            return all.Skip(start + 1).Where(l => !l.StartsWith("---- ", StringComparison.Ordinal)).ToList();
+        }
+    }
+
+    public int CountLogSinceStart(string pattern) => LinesSinceStart.Count(l => Regex.IsMatch(l, pattern));
+
     public int CountLog(string pattern) => ServerLines.Count(l => Regex.IsMatch(l, pattern));
 
     /// <summary>Waits until a log line matches (the log is asynchronous to the iSCSI responses).</summary>

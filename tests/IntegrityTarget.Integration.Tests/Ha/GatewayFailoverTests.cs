@@ -1,0 +1,188 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using IntegrityTarget.Integration.Tests.Infrastructure;
+
+namespace IntegrityTarget.Integration.Tests.Ha;
+
+/// <summary>
+/// Two gateway processes serving one LUN file: the owner is killed with SIGKILL while the test's own
+/// initiator writes through it; the initiator retries on the other gateway's session, which takes the
+/// LUN over. Nothing acknowledged as durable may be lost, every block must verify, and the journal must
+/// have been replayed exactly once (by the survivor).
+/// </summary>
+[TestFixture, Category("Ha")]
+public class GatewayFailoverTests
+{
+    const int BlockSize = 512, BlocksPerWrite = 8;
+    const string Initiator = "iqn.2026-11.org.example:multipath-host";
+
+    /// <summary>
+    /// Both sessions of one initiator (one per gateway), the way a multipath host holds them: commands go to
+    /// the active path; a lost connection, or NOT READY because the path's port group is standby,
+    /// unavailable or transitioning, moves them to the other path; a unit attention is retried there.
+    /// </summary>
+    sealed class TwoPaths(TestInitiator first, TestInitiator second)
+    {
+        readonly TestInitiator?[] _paths = [first, second];
+        public int Active { get; private set; }
+        public readonly List<string> Events = [];
+        readonly Stopwatch _clock = Stopwatch.StartNew();
+
+        void Note(string what) { lock (Events) Events.Add($"{_clock.ElapsedMilliseconds,6} ms path {Active + 1}: {what}"); }
+
+        public ScsiResult Run(Func<TestInitiator, ScsiResult> command, TimeSpan budget)
+        {
+            var deadline = DateTime.UtcNow + budget;
+            while (true)
+            {
+                Assert.That(DateTime.UtcNow, Is.LessThan(deadline), () => "no path completed the command in time:\n" + string.Join('\n', Events));
+                var path = _paths[Active];
+                if (path == null) { Active = 1 - Active; Thread.Sleep(10); continue; }
+                ScsiResult r;
+                try { r = command(path); }
+                catch (IOException e)
+                {
+                    Note($"connection lost ({e.Message})");
+                    _paths[Active] = null;
+                    Active = 1 - Active;
+                    continue;
+                }
+                if (r.Good) return r;
+                if (r.Sense is { Key: 6 } ua) { Note($"unit attention {ua.Asc:X2}/{ua.Ascq:X2}"); continue; }
+                if (r.Sense is { Key: 2, Asc: 4, Ascq: 0x0A or 0x0B or 0x0C } nr)
+                {
+                    Note($"not ready 04/{nr.Ascq:X2}");
+                    if (_paths[1 - Active] != null) Active = 1 - Active;
+                    Thread.Sleep(20);
+                    continue;
+                }
+                return r; // anything else is a real answer for the caller to judge
+            }
+        }
+
+        public bool Saw(string what) { lock (Events) return Events.Any(e => e.Contains(what)); }
+    }
+
+    static byte[] Pattern(long generation, ulong lba)
+    {
+        var b = new byte[BlocksPerWrite * BlockSize];
+        BinaryPrimitives.WriteInt64BigEndian(b, generation);
+        BinaryPrimitives.WriteUInt64BigEndian(b.AsSpan(8), lba);
+        new Random((int)generation).NextBytes(b.AsSpan(16));
+        return b;
+    }
+
+    static TestInitiator Login(ServerProcess gw, ulong isid) =>
+        TestInitiator.Connect(gw, new LoginOptions { InitiatorName = Initiator, Isid = isid }, TimeSpan.FromSeconds(20));
+
+    [Test]
+    public void Owner_killed_mid_write_loses_no_durable_write_and_the_survivor_replays_the_journal_once()
+    {
+        using var pair = new GatewayPair("standby").Start();
+        using var s1 = Login(pair.Gw1, 0x80_0000_0001);
+        using var s2 = Login(pair.Gw2, 0x80_0000_0002);
+        var paths = new TwoPaths(s1, s2);
+        var acknowledged = new Dictionary<ulong, byte[]>();
+        const int slots = 2048;
+        long generation = 0;
+        var rnd = new Random(16);
+
+        // Writes with FUA (durable when acknowledged), each read back at once through the same path.
+        void WriteAndVerify()
+        {
+            ulong lba = (ulong)rnd.Next(slots) * BlocksPerWrite;
+            var data = Pattern(++generation, lba);
+            var w = paths.Run(i => i.Write16(0, lba, data, BlockSize, fua: true), TimeSpan.FromSeconds(60));
+            Assert.That(w.Good, Is.True, () => $"write at {lba}: {w}\n{string.Join('\n', paths.Events)}");
+            acknowledged[lba] = data;
+            var r = paths.Run(i => i.Read16(0, lba, BlocksPerWrite, BlockSize), TimeSpan.FromSeconds(60));
+            Assert.That(r.Good, Is.True, () => $"read at {lba}: {r}");
+            Assert.That(r.Data, Is.EqualTo(data), $"read back at LBA {lba} (generation {generation})");
+        }
+
+        for (int i = 0; i < 200; i++) WriteAndVerify();
+        Assert.That(paths.Active, Is.EqualTo(0), "all of it went through the owner (gw1)");
+
+        // Kill the owner from another thread while writes keep going.
+        var killed = new ManualResetEventSlim();
+        long killedAt = 0;
+        var killer = new Thread(() =>
+        {
+            Thread.Sleep(150);
+            killedAt = Stopwatch.GetTimestamp();
+            pair.Gw1.Kill();
+            killed.Set();
+        });
+        killer.Start();
+        long firstGoodOnGw2 = 0;
+        while (!killed.IsSet || paths.Active == 0)
+        {
+            WriteAndVerify();
+            if (killed.IsSet && paths.Active == 1 && firstGoodOnGw2 == 0) firstGoodOnGw2 = Stopwatch.GetTimestamp();
+        }
+        killer.Join();
+        if (firstGoodOnGw2 == 0) firstGoodOnGw2 = Stopwatch.GetTimestamp();
+        var failover = Stopwatch.GetElapsedTime(killedAt, firstGoodOnGw2);
+        for (int i = 0; i < 200; i++) WriteAndVerify();
+
+        TestContext.Out.WriteLine($"failover: owner killed -> first acknowledged write through gw2 after {failover.TotalMilliseconds:0} ms");
+        TestContext.Out.WriteLine(string.Join('\n', paths.Events));
+        Assert.That(pair.Gw2.HasLog(GatewayPair.OwnerLog), Is.True, () => "gw2 never took the LUN over\n" + pair.Gw2.Output());
+        Assert.That(paths.Saw("path 2: unit attention 2A/06"), Is.True, "the survivor's first answer on the second path is ASYMMETRIC ACCESS STATE CHANGED");
+
+        // Every acknowledged write is there, read through the survivor.
+        foreach (var (lba, data) in acknowledged)
+        {
+            var r = s2.Read16(0, lba, BlocksPerWrite, BlockSize);
+            Assert.That(r.Good, Is.True, () => $"final read at {lba}: {r}");
+            Assert.That(r.Data, Is.EqualTo(data), $"acknowledged write at LBA {lba} lost or damaged");
+        }
+        // Every block of the volume verifies (online scrub through the survivor's status socket).
+        var scrub = ServerProcess.Cli(TimeSpan.FromMinutes(5), "scrub", "--lun", $"{pair.Iqn}/0", "--socket", pair.Gw2.StatusSocket);
+        Assert.That(scrub.ExitCode, Is.EqualTo(0), () => "scrub after failover\n" + scrub.Describe());
+        // The journal was replayed exactly once: the survivor opened the volume once, the dead owner never again.
+        Assert.That(pair.Gw2.CountLog(@"Opened .*: replayed \d+ journal transactions"), Is.EqualTo(1), () => pair.Gw2.Output());
+        TestContext.Out.WriteLine(pair.Gw2.ServerLines.First(l => l.Contains("journal transactions")));
+
+        // The old owner comes back: it must not write on its own. It follows gw2, its port group is standby.
+        pair.Gw1.Start();
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (pair.Gw1.CountLogSinceStart(GatewayPair.FollowerLog) == 0 && DateTime.UtcNow < deadline) Thread.Sleep(50);
+        Assert.That(pair.Gw1.CountLogSinceStart(GatewayPair.FollowerLog), Is.EqualTo(1), () => "gw1 did not follow gw2\n" + pair.Gw1.Output());
+        using var back = Login(pair.Gw1, 0x80_0000_0003);
+        ScsiResult again;
+        do again = back.Write16(0, 0, Pattern(0, 0), BlockSize, fua: true); while (again.Sense is { Key: 6 });
+        Assert.That(again.Sense, Is.Not.Null, () => $"write through the returned gateway: {again}");
+        Assert.That((again.Sense!.Key, again.Sense.Asc, again.Sense.Ascq), Is.EqualTo(((byte)2, (byte)4, (byte)0x0B)), "standby");
+        Assert.That(pair.Gw1.CountLogSinceStart(@"Opened .*: replayed"), Is.Zero, "the returned gateway did not open the volume");
+        pair.Gw1.Stop();
+        pair.Gw2.Stop();
+    }
+}
+
+/// <summary>libiscsi's conformance suite with one URL per gateway: its multipath tests write through one gateway and read through the other.</summary>
+[TestFixture, Category("Ha")]
+public class GatewayConformanceTests
+{
+    [Test]
+    public void Libiscsi_conformance_suite_ALL_with_one_url_per_gateway_has_no_failures()
+    {
+        // libiscsi logs in with TEST UNIT READY, which a standby port refuses (as SPC-4 says), so both ports
+        // must be active: the non-owner is active/non-optimized and forwards to the owner.
+        using var pair = new GatewayPair("active-non-optimized", size: "1GiB", extra:
+            [$"--Targets:0:AllowedInitiators:0={Conformance.ConformanceTests.Initiator1}", $"--Targets:0:AllowedInitiators:1={Conformance.ConformanceTests.Initiator2}"]).Start();
+        var log = Path.Combine(TestContext.CurrentContext.WorkDirectory, "iscsi-test-cu.two-gateways.log");
+        var report = Conformance.ConformanceTests.RunSuite([pair.Gw1.Url(0), pair.Gw2.Url(0)], log);
+        var failed = string.Join(", ", report.Failed);
+        Assert.Multiple(() =>
+        {
+            Assert.That(report.SummaryFailed, Is.EqualTo(0), () => "CUnit failures: " + failed);
+            Assert.That(report.Failed, Is.Empty, () => "failed tests: " + failed);
+            Assert.That(report.SummaryRan, Is.EqualTo(report.SummaryTotal), "every test ran");
+            Assert.That(report.Passed, Has.Some.StartsWith("MultipathIO."), "the multipath tests ran (two URLs)");
+        });
+        Assert.That(pair.Gw1.IsRunning && pair.Gw2.IsRunning, Is.True, "both gateways survived the suite");
+        pair.Gw2.Stop();
+        pair.Gw1.Stop();
+    }
+}
