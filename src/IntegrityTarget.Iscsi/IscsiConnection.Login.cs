@@ -52,7 +52,8 @@ public sealed partial class IscsiConnection
         {
             if (f.Status == LoginStatus.AuthenticationFailure) _server.Counters.ChapFailed();
             _log.Warning("Login failed (status 0x{Status:x4}) for {Initiator} to {Target}: {Reason}",
-                f.Status, login.InitiatorName ?? "?", login.TargetName ?? (login.Discovery ? "discovery" : "?"), f.Message);
+                f.Status, LogText.Escape(login.InitiatorName ?? "?"), LogText.Escape(login.TargetName ?? (login.Discovery ? "discovery" : "?")),
+                LogText.Escape(f.Message));
             await SendLoginFailureAsync(pdu.Header, (byte)(f.Status >> 8), (byte)f.Status).ConfigureAwait(false);
             await CloseAsync("login failed").ConfigureAwait(false);
         }
@@ -74,7 +75,7 @@ public sealed partial class IscsiConnection
         Session = session;
         if (nexus is not null) target!.Scsi.NexusCreated(nexus);
         _log.Information("{Kind} session established: {Initiator} ISID {Isid} TSIH {Tsih}{Target} digests H={HeaderDigest} D={DataDigest} MaxRecvDSL={Mrdsl} MaxBurst={MaxBurst} FirstBurst={FirstBurst} InitialR2T={InitialR2T} ImmediateData={ImmediateData}",
-            login.Discovery ? "Discovery" : "Normal", login.InitiatorName, LunAddress.IsidHex(login.Isid), session.Tsih, target is null ? "" : " on " + target.Iqn,
+            login.Discovery ? "Discovery" : "Normal", LogText.Escape(login.InitiatorName), LunAddress.IsidHex(login.Isid), session.Tsih, target is null ? "" : " on " + target.Iqn,
             Parameters.HeaderDigest, Parameters.DataDigest, Parameters.InitiatorMaxRecvDataSegmentLength, Parameters.MaxBurstLength,
             Parameters.FirstBurstLength, Parameters.InitialR2T, Parameters.ImmediateData);
         return session;

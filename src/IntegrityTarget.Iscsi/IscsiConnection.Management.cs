@@ -233,7 +233,7 @@ public sealed partial class IscsiConnection
         await _sender.SendAsync(TargetPdus.LogoutResponse(itt, response, (ushort)Parameters.DefaultTime2Wait, (ushort)Parameters.DefaultTime2Retain)).ConfigureAwait(false);
         if (response == 0)
         {
-            _log.Information("Logout from {Initiator} (reason {Reason})", Session?.InitiatorName, reason);
+            _log.Information("Logout from {Initiator} (reason {Reason})", LogText.Escape(Session?.InitiatorName), reason);
             await CloseAsync("logout").ConfigureAwait(false);
         }
     }

@@ -150,7 +150,7 @@ public sealed partial class IscsiConnection
 
     private ValueTask RejectAsync(InboundPdu pdu, RejectReason reason, string why)
     {
-        _log.Warning("Reject {Reason} for {Opcode} ITT 0x{Itt:x8}: {Why}", reason, pdu.Opcode, Bhs.Itt(pdu.Header), why);
+        _log.Warning("Reject {Reason} for {Opcode} ITT 0x{Itt:x8}: {Why}", reason, pdu.Opcode, Bhs.Itt(pdu.Header), LogText.Escape(why));
         return SendRejectAsync(pdu.Header, reason);
     }
 
@@ -271,7 +271,7 @@ public sealed partial class IscsiConnection
         {
             try { t.Scsi.NexusLost(nexus); }
             catch (Exception ex) { _log.Error(ex, "NexusLost failed for {Nexus}", nexus); }
-            _log.Information("Session closed: {Initiator} ISID {Isid} TSIH {Tsih} on {Target}", s.InitiatorName, LunAddress.IsidHex(s.Isid), s.Tsih, t.Iqn);
+            _log.Information("Session closed: {Initiator} ISID {Isid} TSIH {Tsih} on {Target}", LogText.Escape(s.InitiatorName), LunAddress.IsidHex(s.Isid), s.Tsih, t.Iqn);
         }
     }
 

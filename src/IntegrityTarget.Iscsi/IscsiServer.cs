@@ -160,7 +160,7 @@ public sealed class IscsiServer : IAsyncDisposable
         }
         foreach (var s in old)
         {
-            Log.Information("Reinstating session {Initiator} ISID {Isid} TSIH {Tsih}: closing the old one", initiator, LunAddress.IsidHex(isid), s.Tsih);
+            Log.Information("Reinstating session {Initiator} ISID {Isid} TSIH {Tsih}: closing the old one", LogText.Escape(initiator), LunAddress.IsidHex(isid), s.Tsih);
             await s.Connection.CloseAsync("session reinstated").ConfigureAwait(false);
         }
         lock (_sync)

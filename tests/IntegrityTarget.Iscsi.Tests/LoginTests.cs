@@ -50,7 +50,7 @@ public class LoginTests
     {
         await using var server = TestTargets.Server(new FakeScsiTarget());
         var i = new MemoryInitiator(server);
-        await i.SendAsync(TestPdu.Login([$"InitiatorName={TestTargets.Initiator}", "TargetName=iqn.nope:x"], 1, 3, true));
+        await i.SendAsync(TestPdu.Login([$"InitiatorName={TestTargets.Initiator}", "TargetName=iqn.2026-11.test:nope"], 1, 3, true));
         var r = await i.ExpectAsync(Opcode.LoginResponse);
         Assert.That(r.LoginStatus, Is.EqualTo(0x0203));
         await i.Connection.Closed.WaitAsync(MemoryInitiator.Timeout);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the integration tests, or one category of them, against a Release build.
 #   tests/scripts/run-integration.sh [CATEGORY ...]
-# Categories: Harness Clients Conformance Qemu Fuzz Integrity PowerCut Vm Operations FirstContact
+# Categories: Harness Clients Conformance Qemu Fuzz Hostile Integrity PowerCut Vm Operations FirstContact
 # Env: POWERCUT_CUTS=1000 (long power-cut campaign), KEEP_TEST_DATA=1 (keep server data dirs and logs),
 #      POWERCUT_DIR / VM_INITIATOR_DIR / SHARED_DIR (tool locations; default ../shared/tools beside the repo).
 set -euo pipefail

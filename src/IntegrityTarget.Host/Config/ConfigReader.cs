@@ -317,16 +317,8 @@ public sealed partial class ConfigReader
             Error(mutualKey + ":Secret", "must differ from the one-way CHAP secret (initiators refuse a target that answers with the same secret)");
     }
 
-    [GeneratedRegex(@"^iqn\.\d{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[^\s]+)?$", RegexOptions.IgnoreCase)]
-    private static partial Regex IqnName();
-    [GeneratedRegex(@"^eui\.[0-9a-f]{16}$", RegexOptions.IgnoreCase)]
-    private static partial Regex EuiName();
-    [GeneratedRegex(@"^naa\.([0-9a-f]{16}|[0-9a-f]{32})$", RegexOptions.IgnoreCase)]
-    private static partial Regex NaaName();
-
-    /// <summary>iqn./eui./naa. names per RFC 7143 §4.2.7 (at most 223 bytes).</summary>
-    public static bool IsValidIscsiName(string name) =>
-        Encoding.UTF8.GetByteCount(name) <= 223 && (IqnName().IsMatch(name) || EuiName().IsMatch(name) || NaaName().IsMatch(name));
+    /// <summary>iqn./eui./naa. names per RFC 7143 §4.2.7 and RFC 3722: the same check the iSCSI layer applies at login.</summary>
+    public static bool IsValidIscsiName(string name) => IntegrityTarget.Iscsi.Login.IscsiName.IsValid(name);
 
     private IReadOnlyList<TargetSettings> ReadTargets(string dataDir)
     {

@@ -197,11 +197,12 @@ internal sealed class LoginNegotiator(IscsiServer server, NegotiatedParameters p
         switch (key)
         {
             case "InitiatorName":
-                if (value.Length == 0 || value.Length > 223) throw new LoginFailure(LoginStatus.InitiatorError, "InitiatorName empty or longer than 223 bytes");
-                InitiatorName = Declare(key, InitiatorName, value);
-                break;
             case "TargetName":
-                TargetName = Declare(key, TargetName, value);
+                // RFC 3722: a name that is not an iSCSI name is refused before it is used or logged as one.
+                if (IscsiName.Problem(value) is { } problem)
+                    throw new LoginFailure(LoginStatus.InitiatorError, $"{key} '{value}' is not a valid iSCSI name: {problem}");
+                if (key == "InitiatorName") InitiatorName = Declare(key, InitiatorName, value);
+                else TargetName = Declare(key, TargetName, value);
                 break;
             case "InitiatorAlias":
                 _initiatorAlias = Declare(key, _initiatorAlias, value);
@@ -338,7 +339,7 @@ internal sealed class LoginNegotiator(IscsiServer server, NegotiatedParameters p
                     LoginKeys.Append(response, "CHAP_R", Chap.EncodeHex(Chap.Response(id, mutual.Secret, challenge)));
                 }
                 _auth = AuthState.Done;
-                _log.Information("CHAP authentication succeeded for {Initiator} as user {User}", InitiatorName, name);
+                _log.Information("CHAP authentication succeeded for {Initiator} as user {User}", LogText.Escape(InitiatorName), LogText.Escape(name));
                 return;
             }
             case AuthState.Done:

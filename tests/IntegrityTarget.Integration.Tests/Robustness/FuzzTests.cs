@@ -109,11 +109,11 @@ public class FuzzTests
         yield return C("reserved_opcode_0x1f", Bhs(0x1f), false);
         yield return C("target_opcode_0x21_from_initiator", Bhs(0x21), false);
         yield return C("login_without_initiator_name", LoginWith(Keys("SessionType=Normal\0TargetName=iqn.2026-11.org.example:integrity\0AuthMethod=None\0")), false);
-        yield return C("login_unknown_target", LoginWith(Keys("InitiatorName=iqn.x:y\0SessionType=Normal\0TargetName=iqn.2026-11.org.example:nope\0AuthMethod=None\0")), false);
+        yield return C("login_unknown_target", LoginWith(Keys("InitiatorName=iqn.2026-11.org.example:fuzz\0SessionType=Normal\0TargetName=iqn.2026-11.org.example:nope\0AuthMethod=None\0")), false);
         yield return C("garbage_keys", LoginWith([0xff, 0xfe, (byte)'=', 0, (byte)'=', (byte)'=', 0, .. Keys("noequals\0=\0A=B=C\0"), 0xc3, 0x28, 0]), false);
-        yield return C("keys_without_nul_terminator", LoginWith(Keys("InitiatorName=iqn.x:y")), false);
+        yield return C("keys_without_nul_terminator", LoginWith(Keys("InitiatorName=iqn.2026-11.org.example:fuzz")), false);
         yield return C("numeric_key_overflow", LoginWith(Keys(GoodKeys + "MaxRecvDataSegmentLength=999999999999999999999999\0")), false);
-        yield return C("auth_method_bogus", LoginWith(Keys("InitiatorName=iqn.x:y\0SessionType=Normal\0TargetName=iqn.2026-11.org.example:integrity\0AuthMethod=Kerberos9\0")), false);
+        yield return C("auth_method_bogus", LoginWith(Keys("InitiatorName=iqn.2026-11.org.example:fuzz\0SessionType=Normal\0TargetName=iqn.2026-11.org.example:integrity\0AuthMethod=Kerberos9\0")), false);
         var badStage = LoginWith(Keys(GoodKeys)); badStage[1] = 0x8f; // CSG=3 (reserved for login), NSG=3
         yield return C("login_stage_full_feature_as_csg", badStage, false);
         var badVersion = LoginWith(Keys(GoodKeys)); badVersion[2] = 0x7f; badVersion[3] = 0x7f;
