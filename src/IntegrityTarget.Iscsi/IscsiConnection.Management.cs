@@ -175,12 +175,19 @@ public sealed partial class IscsiConnection
         else
             targets = _server.Targets.Where(t => string.Equals(t.Iqn, value, StringComparison.OrdinalIgnoreCase));
         var initiator = Session?.InitiatorName ?? "";
+        int hidden = 0, shown = 0;
         foreach (var t in targets)
         {
-            if (!t.Allows(initiator)) continue;
+            if (!t.Allows(initiator)) { hidden++; continue; }
+            shown++;
             LoginKeys.Append(w, "TargetName", t.Iqn);
             LoginKeys.Append(w, "TargetAddress", AdvertisedAddress() + "," + Options.PortalGroupTag.ToString(System.Globalization.CultureInfo.InvariantCulture));
         }
+        // An empty answer looks like "no targets" to the initiator; say in our log why it was empty.
+        if (shown == 0 && hidden > 0 && _server.DiscoveryHints.ShouldLog(initiator, out var repeats))
+            _log.Warning("Discovery by {Initiator} from {Remote} was answered with no targets: the initiator is not allowed by the AllowedInitiators of {Hidden} target(s); " +
+                         "add it to a target's AllowedInitiators (or \"*\") to let it see that target{Repeats}",
+                LogText.Escape(initiator), Remote?.ToString() ?? "?", hidden, repeats > 0 ? $" ({repeats} more such discoveries by it since the last hint)" : "");
     }
 
     /// <summary>The address this connection came in on: reachable by the initiator even when we listen on 0.0.0.0.</summary>

@@ -105,6 +105,8 @@ public sealed class IscsiServer : IAsyncDisposable
     public IscsiServerOptions Options { get; }
     /// <summary>Logins, CHAP failures, rejects, connections and sessions, for status and metrics.</summary>
     public IscsiCounters Counters { get; } = new();
+    /// <summary>At most one "discovery found nothing for this initiator" hint per initiator per minute.</summary>
+    internal LogLimiter DiscoveryHints { get; } = new(TimeSpan.FromMinutes(1));
     internal ILogger Log { get; }
     internal ArrayPool<byte> BufferPool { get; }
     internal IReadOnlyList<IscsiTargetConfig> Targets => _targetList;

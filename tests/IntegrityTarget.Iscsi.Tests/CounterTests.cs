@@ -70,3 +70,30 @@ public class CounterTests
         Assert.That(server.Counters.Snapshot().RejectedPdus, Is.EqualTo(1));
     }
 }
+
+public class LogLimiterTests
+{
+    [Test]
+    public void One_message_per_key_per_interval_and_the_next_one_says_how_many_were_held_back()
+    {
+        var l = new LogLimiter(TimeSpan.FromMilliseconds(300));
+        Assert.That(l.ShouldLog("a", out var s0), Is.True);
+        Assert.That(s0, Is.Zero);
+        Assert.That(l.ShouldLog("a", out _), Is.False);
+        Assert.That(l.ShouldLog("a", out _), Is.False);
+        Assert.That(l.ShouldLog("b", out _), Is.True, "keys are limited separately");
+        Thread.Sleep(400);
+        Assert.That(l.ShouldLog("a", out var s1), Is.True);
+        Assert.That(s1, Is.EqualTo(2));
+        Assert.That(l.TotalSuppressed, Is.EqualTo(2));
+    }
+
+    [Test]
+    public void Many_keys_in_one_interval_are_capped_overall()
+    {
+        var l = new LogLimiter(TimeSpan.FromMinutes(1), maxPerInterval: 5, maxKeys: 100);
+        int logged = Enumerable.Range(0, 1000).Count(i => l.ShouldLog("key" + i, out _));
+        Assert.That(logged, Is.EqualTo(5));
+        Assert.That(l.TotalSuppressed, Is.EqualTo(995));
+    }
+}

@@ -204,6 +204,25 @@ public class AuthenticationTests
     }
 
     [Test]
+    public void Discovery_hidden_by_the_ACL_answers_empty_and_logs_one_hint_naming_the_initiator()
+    {
+        const string Allowed = "iqn.2026-11.org.example:allowed", Hidden = "iqn.2026-11.org.example:not-on-the-list";
+        var o = new ServerOptions();
+        o.Extra.Add($"--Targets:0:AllowedInitiators:0={Allowed}");
+        using var srv = new ServerProcess(o).Start();
+        for (int n = 0; n < 3; n++)
+        {
+            var r = Tools.Run(Tools.RequireTool("iscsi-ls"), ["-i", Hidden, srv.PortalUrl], TimeSpan.FromSeconds(60));
+            Assert.That(r.StdOut, Does.Not.Contain("Target:"), () => "the ACL hides the target\n" + r.Describe());
+        }
+        var hint = $@"Discovery by {Regex.Escape(Hidden)} from 127\.0\.0\.1:\d+ was answered with no targets: .*AllowedInitiators of 1 target";
+        Assert.That(srv.WaitForLog(hint, TimeSpan.FromSeconds(10)), Is.True, () => srv.Output(30));
+        Assert.That(srv.CountLog(hint), Is.EqualTo(1), () => "one hint, not one per discovery\n" + srv.Output(30));
+        var shown = Tools.Run(Tools.RequireTool("iscsi-ls"), ["-i", Allowed, srv.PortalUrl], TimeSpan.FromSeconds(60));
+        Assert.That(shown.StdOut, Does.Contain($"Target:{srv.Iqn}"), () => shown.Describe());
+    }
+
+    [Test]
     public void Acl_admits_listed_initiators_and_refuses_others()
     {
         const string Allowed = "iqn.2026-11.org.example:allowed", Other = "iqn.2026-11.org.example:intruder";
