@@ -50,6 +50,17 @@ public sealed class IscsiServerOptions
     /// TASK SET FULL (the initiator retries), so a peer cannot make the target allocate without bound.
     /// </summary>
     public long MaxWriteBufferBytesPerConnection { get; init; } = 256L * 1024 * 1024;
+    /// <summary>
+    /// Connections held at once (logging in or logged in). One more is closed at once, so a flood of
+    /// connections cannot use up the process's file descriptors; the host derives the default from
+    /// RLIMIT_NOFILE.
+    /// </summary>
+    public int ConnectionLimit { get; init; } = 1024;
+    /// <summary>
+    /// Of those, connections still logging in: when a new one would exceed this, the one that has been
+    /// logging in longest is closed, so idle or slow half-logins cannot crowd out real logins.
+    /// </summary>
+    public int PendingLoginLimit => Math.Max(8, ConnectionLimit / 4);
 
     /// <summary>Returns every problem with these options (empty when valid).</summary>
     public IReadOnlyList<string> Validate()
@@ -64,6 +75,7 @@ public sealed class IscsiServerOptions
         if (NopTimeout <= TimeSpan.Zero) errors.Add("NopTimeout must be positive");
         if (MaxCommandDataLength < MaxBurstLength) errors.Add($"MaxCommandDataLength must be at least MaxBurstLength ({MaxBurstLength})");
         if (MaxWriteBufferBytesPerConnection < MaxCommandDataLength) errors.Add($"MaxWriteBufferBytesPerConnection must be at least MaxCommandDataLength ({MaxCommandDataLength})");
+        if (ConnectionLimit < 1) errors.Add($"ConnectionLimit must be at least 1, got {ConnectionLimit}");
         return errors;
     }
 }

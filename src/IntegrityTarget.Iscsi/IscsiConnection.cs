@@ -74,6 +74,9 @@ public sealed partial class IscsiConnection
     public NegotiatedParameters Parameters { get; } = new();
     public bool IsClosed => _phase == Phase.Closed;
     public bool IsFullFeature => _phase == Phase.FullFeature;
+    /// <summary>Accepted, not logged in yet, not closing.</summary>
+    internal bool IsLoggingIn => _phase == Phase.Login && Volatile.Read(ref _closeStarted) == 0;
+    internal long CreatedTimestamp => _createdTimestamp;
     /// <summary>Completes when the connection is closed and its tasks are finished.</summary>
     public Task Closed => _closedTcs.Task;
     private IscsiServerOptions Options => _server.Options;

@@ -5,12 +5,12 @@ namespace IntegrityTarget.Iscsi;
 /// <summary>
 /// What the iSCSI layer counts, for `status` and metrics: one object per <see cref="IscsiServer"/>,
 /// updated lock-free from any thread. Read it with <see cref="Snapshot"/>. Transports report their
-/// own events (accept errors, connections refused at the cap) through the Record methods.
+/// own events (accept errors) through the public Record methods.
 /// </summary>
 public sealed class IscsiCounters
 {
     private long _loginsSucceeded, _loginsFailed, _chapFailures, _rejectedPdus;
-    private long _connectionsAccepted, _connectionsOpen, _connectionsRefused, _acceptErrors;
+    private long _connectionsAccepted, _connectionsOpen, _connectionsRefused, _pendingLoginsEvicted, _acceptErrors;
     private readonly ConcurrentDictionary<string, StrongBox> _sessions = new(StringComparer.OrdinalIgnoreCase);
 
     /// <summary>The key under which discovery sessions are counted in <see cref="IscsiCountersSnapshot.SessionsPerTarget"/>.</summary>
@@ -40,8 +40,9 @@ public sealed class IscsiCounters
     /// <summary>A transport's accept call failed (e.g. EMFILE: out of file descriptors).</summary>
     public void RecordAcceptError() => Interlocked.Increment(ref _acceptErrors);
 
-    /// <summary>A transport closed an accepted socket at once because the connection cap was reached.</summary>
-    public void RecordConnectionRefused() => Interlocked.Increment(ref _connectionsRefused);
+    internal void RecordConnectionRefused() => Interlocked.Increment(ref _connectionsRefused);
+
+    internal void RecordPendingLoginEvicted() => Interlocked.Increment(ref _pendingLoginsEvicted);
 
     /// <summary>Connections the iSCSI layer holds right now (logging in or logged in).</summary>
     public long ConnectionsOpen => Interlocked.Read(ref _connectionsOpen);
@@ -55,6 +56,7 @@ public sealed class IscsiCounters
         ConnectionsAccepted = Interlocked.Read(ref _connectionsAccepted),
         ConnectionsOpen = Interlocked.Read(ref _connectionsOpen),
         ConnectionsRefused = Interlocked.Read(ref _connectionsRefused),
+        PendingLoginsEvicted = Interlocked.Read(ref _pendingLoginsEvicted),
         AcceptErrors = Interlocked.Read(ref _acceptErrors),
         SessionsPerTarget = _sessions.ToDictionary(kv => kv.Key, kv => Interlocked.Read(ref kv.Value.Value), StringComparer.OrdinalIgnoreCase),
     };
@@ -76,6 +78,8 @@ public sealed record IscsiCountersSnapshot
     public long ConnectionsOpen { get; init; }
     /// <summary>Sockets closed at once because the connection cap was reached.</summary>
     public long ConnectionsRefused { get; init; }
+    /// <summary>Connections closed while logging in to make room for newer ones (too many logging in at once).</summary>
+    public long PendingLoginsEvicted { get; init; }
     /// <summary>Failed accept calls (e.g. out of file descriptors).</summary>
     public long AcceptErrors { get; init; }
     /// <summary>Open sessions per target IQN; discovery sessions under "(discovery)".</summary>

@@ -105,6 +105,8 @@ public sealed class IscsiServer : IAsyncDisposable
     public IscsiServerOptions Options { get; }
     /// <summary>Logins, CHAP failures, rejects, connections and sessions, for status and metrics.</summary>
     public IscsiCounters Counters { get; } = new();
+    /// <summary>Connections refused at the limit or closed to make room: a few lines per minute at most.</summary>
+    private readonly LogLimiter _connectionLimitLog = new(TimeSpan.FromSeconds(10), maxPerInterval: 2);
     /// <summary>At most one "discovery found nothing for this initiator" hint per initiator per minute.</summary>
     internal LogLimiter DiscoveryHints { get; } = new(TimeSpan.FromMinutes(1));
     internal ILogger Log { get; }
@@ -120,19 +122,66 @@ public sealed class IscsiServer : IAsyncDisposable
     internal IscsiTargetConfig? FindTarget(string iqn) => _targets.GetValueOrDefault(iqn);
 
     /// <summary>
-    /// Creates the protocol state for one accepted transport connection. Returns null while shutting down.
+    /// Creates the protocol state for one accepted transport connection. Returns null while shutting down
+    /// or when <see cref="IscsiServerOptions.ConnectionLimit"/> connections are open: the transport then
+    /// closes the socket at once. When too many connections are still logging in, the one logging in
+    /// longest is closed to make room (a flood of idle connections cannot lock out real logins).
     /// </summary>
     public IscsiConnection? CreateConnection(IPduSink sink, IPEndPoint? local, IPEndPoint? remote)
     {
         ArgumentNullException.ThrowIfNull(sink);
+        IscsiConnection? evict = null;
+        IscsiConnection c;
         lock (_sync)
         {
             if (_shuttingDown) return null;
-            var c = new IscsiConnection(this, sink, local, remote);
+            if (_connections.Count >= Options.ConnectionLimit)
+            {
+                Counters.RecordConnectionRefused();
+                if (_connectionLimitLog.ShouldLog("refused", out var more))
+                    Log.Warning("Connection from {Remote} refused: {Limit} connections are open (Iscsi:ConnectionLimit){More}",
+                        remote?.ToString() ?? "?", Options.ConnectionLimit, more > 0 ? $"; {more} more refused since the last such line" : "");
+                return null;
+            }
+            int pending = 0;
+            foreach (var open in _connections)
+            {
+                if (!open.IsLoggingIn) continue;
+                pending++;
+                if (evict is null || open.CreatedTimestamp < evict.CreatedTimestamp) evict = open;
+            }
+            if (pending < Options.PendingLoginLimit) evict = null;
+            c = new IscsiConnection(this, sink, local, remote);
             _connections.Add(c);
             Counters.ConnectionOpened();
-            return c;
         }
+        if (evict is not null)
+        {
+            Counters.RecordPendingLoginEvicted();
+            if (_connectionLimitLog.ShouldLog("evicted", out var more))
+                Log.Warning("{Limit} connections are still logging in: closing the oldest, from {Remote}, to make room{More}",
+                    Options.PendingLoginLimit, evict.Remote?.ToString() ?? "?", more > 0 ? $" ({more} more since the last such line)" : "");
+            _ = evict.CloseAsync("too many connections logging in");
+        }
+        return c;
+    }
+
+    /// <summary>
+    /// Closes up to <paramref name="count"/> of the connections that have been logging in longest, to free
+    /// their file descriptors (a transport calls this when accept fails for want of them); logged-in
+    /// sessions are never touched. Returns how many were closed.
+    /// </summary>
+    public int ShedPendingLogins(int count)
+    {
+        List<IscsiConnection> victims;
+        lock (_sync)
+            victims = _connections.Where(c => c.IsLoggingIn).OrderBy(c => c.CreatedTimestamp).Take(count).ToList();
+        foreach (var v in victims)
+        {
+            Counters.RecordPendingLoginEvicted();
+            _ = v.CloseAsync("closed to free file descriptors");
+        }
+        return victims.Count;
     }
 
     internal void ConnectionClosed(IscsiConnection c)

@@ -27,6 +27,7 @@ public sealed class SocketTransport : IIscsiTransport
     private readonly CancellationTokenSource _stop = new();
     private readonly PipeOptions _inputOptions;
     private readonly PipeOptions _outputOptions;
+    private readonly LogLimiter _acceptErrorLog = new(TimeSpan.FromSeconds(10), maxPerInterval: 3);
 
     public SocketTransport(IscsiServer server, ILogger log)
     {
@@ -81,27 +82,42 @@ public sealed class SocketTransport : IIscsiTransport
             {
                 _listeners.Add(listener);
                 _bound.Add(ep);
-                _acceptLoops.Add(AcceptLoopAsync(listener));
+                _acceptLoops.Add(AcceptLoopAsync(ct => listener.AcceptAsync(ct), ep));
             }
             _log.Debug("Listening for iSCSI on {Endpoint}", ep);
         }
         return Task.CompletedTask;
     }
 
-    private async Task AcceptLoopAsync(Socket listener)
+    /// <summary>Accepts until stopped; <paramref name="accept"/> is the listener's accept (a seam for tests).</summary>
+    internal async Task AcceptLoopAsync(Func<CancellationToken, ValueTask<Socket>> accept, EndPoint endpoint)
     {
+        var backoff = AcceptBackoff.Min;
         while (!_stop.IsCancellationRequested)
         {
             Socket socket;
             try
             {
-                socket = await listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+                socket = await accept(_stop.Token).ConfigureAwait(false);
+                backoff = AcceptBackoff.Min;
             }
             catch (OperationCanceledException) { return; }
             catch (ObjectDisposedException) { return; }
             catch (SocketException ex)
             {
-                _log.Warning("accept failed: {Error}", ex.SocketErrorCode);
+                // Out of file descriptors (EMFILE/ENFILE) or buffers: retrying at once only spins and floods the
+                // log, so wait a little longer each time (established connections are served meanwhile). Without
+                // descriptors the runtime itself cannot start threads, so half-done logins give theirs back first.
+                _server.Counters.RecordAcceptError();
+                int shed = ex.SocketErrorCode == SocketError.TooManyOpenSockets
+                    ? _server.ShedPendingLogins(Math.Max(8, _server.Options.PendingLoginLimit / 8)) : 0;
+                if (_acceptErrorLog.ShouldLog(ex.SocketErrorCode.ToString(), out var more))
+                    _log.Warning("Accepting a connection on {Endpoint} failed: {Error} ({Hint}); closed {Shed} connections still logging in; retrying in {Delay} ms{More}",
+                        endpoint, ex.SocketErrorCode, shed, AcceptBackoff.Describe(ex.SocketErrorCode), (int)backoff.TotalMilliseconds,
+                        more > 0 ? $"; {more} more such failures since the last line" : "");
+                try { await Task.Delay(backoff, _stop.Token).ConfigureAwait(false); }
+                catch (OperationCanceledException) { return; }
+                backoff = AcceptBackoff.Next(backoff);
                 continue;
             }
             socket.NoDelay = true;

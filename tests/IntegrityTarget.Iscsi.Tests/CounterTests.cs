@@ -97,3 +97,49 @@ public class LogLimiterTests
         Assert.That(l.TotalSuppressed, Is.EqualTo(995));
     }
 }
+
+public class ConnectionLimitTests
+{
+    [Test]
+    public async Task A_connection_beyond_the_limit_is_refused_and_counted_and_open_ones_keep_working()
+    {
+        await using var server = TestTargets.Server(new FakeScsiTarget(), new IscsiServerOptions { ConnectionLimit = 2 });
+        var a = new MemoryInitiator(server);
+        await a.LoginAsync();
+        _ = new MemoryInitiator(server);
+        Assert.Throws<InvalidOperationException>(() => _ = new MemoryInitiator(server), "the third is refused (CreateConnection returns null)");
+        Assert.That(server.Counters.Snapshot().ConnectionsRefused, Is.EqualTo(1));
+        await a.SendAsync(TestPdu.ScsiCommand(a.NextItt(), a.CmdSN++, [0, 0, 0, 0, 0, 0], 0));
+        Assert.That((await a.ExpectAsync(Opcode.ScsiResponse)).Header[3], Is.Zero, "the logged-in session is still served");
+    }
+
+    [Test]
+    public async Task When_too_many_connections_are_logging_in_the_oldest_is_closed_to_make_room()
+    {
+        var options = new IscsiServerOptions { ConnectionLimit = 40 }; // 10 may be logging in at once
+        await using var server = TestTargets.Server(new FakeScsiTarget(), options);
+        var idle = Enumerable.Range(0, options.PendingLoginLimit).Select(_ => new MemoryInitiator(server)).ToList();
+        var real = new MemoryInitiator(server);
+        await idle[0].Connection.Closed.WaitAsync(MemoryInitiator.Timeout);
+        Assert.That(idle.Skip(1).All(i => !i.Connection.IsClosed), Is.True, "only the oldest one goes");
+        await real.LoginAsync();
+        Assert.That(server.Counters.Snapshot().PendingLoginsEvicted, Is.EqualTo(1));
+        var more = new[] { new MemoryInitiator(server), new MemoryInitiator(server) }; // the second finds 10 logging in again
+        await idle[1].Connection.Closed.WaitAsync(MemoryInitiator.Timeout);
+        Assert.That(real.Connection.IsClosed, Is.False, "a logged-in connection is never closed to make room");
+        Assert.That(more.All(m => !m.Connection.IsClosed), Is.True);
+    }
+
+    [TestCase(null, 1024L, 512, false)]
+    [TestCase(null, 20000L, 4096, false)]
+    [TestCase(null, 20L, 16, false)]
+    [TestCase(300, 1024L, 300, false)]
+    [TestCase(2000, 1024L, 960, true)]
+    [TestCase(2000, null, 2000, false)]
+    public void The_connection_limit_follows_the_file_descriptor_limit(int? configured, long? soft, int expected, bool warns)
+    {
+        int limit = IntegrityTarget.Transport.FileDescriptorLimit.ConnectionLimit(configured, soft, out var warning);
+        Assert.That(limit, Is.EqualTo(expected));
+        Assert.That(warning, warns ? Does.Contain("RLIMIT_NOFILE 1024").And.Contain("using 960") : Is.Null);
+    }
+}

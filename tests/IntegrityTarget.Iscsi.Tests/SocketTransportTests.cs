@@ -63,6 +63,45 @@ internal sealed class TcpInitiator : IAsyncDisposable
 
 public class SocketTransportTests
 {
+    private sealed class CapturingSink : Serilog.Core.ILogEventSink
+    {
+        public readonly List<string> Lines = [];
+        public void Emit(Serilog.Events.LogEvent e) { lock (Lines) Lines.Add(e.RenderMessage()); }
+    }
+
+    [Test]
+    public async Task Failing_accepts_back_off_log_once_free_descriptors_of_half_done_logins_and_recover()
+    {
+        var sink = new CapturingSink();
+        var log = new Serilog.LoggerConfiguration().MinimumLevel.Debug().WriteTo.Sink(sink).CreateLogger();
+        await using var server = TestTargets.Server(new FakeScsiTarget());
+        var established = new MemoryInitiator(server);
+        await established.LoginAsync();
+        var halfDone = Enumerable.Range(0, 3).Select(_ => new MemoryInitiator(server)).ToList();
+        await using var transport = new SocketTransport(server, log);
+        int calls = 0;
+        var started = System.Diagnostics.Stopwatch.StartNew();
+        var recovered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var loop = transport.AcceptLoopAsync(async ct =>
+        {
+            if (++calls <= 8) throw new SocketException((int)SocketError.TooManyOpenSockets); // EMFILE
+            recovered.TrySetResult();
+            await Task.Delay(Timeout.Infinite, ct);
+            throw new OperationCanceledException(ct);
+        }, new IPEndPoint(IPAddress.Loopback, 3260));
+        await recovered.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        var elapsed = started.Elapsed;
+        await transport.StopAsync(CancellationToken.None);
+        await loop.WaitAsync(TimeSpan.FromSeconds(10));
+
+        // 10 + 20 + 40 + ... ms: eight failures cannot all be retried at once.
+        Assert.That(elapsed, Is.GreaterThan(TimeSpan.FromSeconds(1)), "accept retried with growing waits, not in a spin");
+        Assert.That(server.Counters.Snapshot().AcceptErrors, Is.EqualTo(8));
+        Assert.That(sink.Lines.Count(l => l.Contains("failed: TooManyOpenSockets")), Is.EqualTo(1), "eight failures, one log line");
+        foreach (var h in halfDone) await h.Connection.Closed.WaitAsync(MemoryInitiator.Timeout);
+        Assert.That(established.Connection.IsClosed, Is.False, "the logged-in session keeps its connection");
+    }
+
     [Test]
     public async Task Login_write_and_read_back_over_TCP()
     {

@@ -131,6 +131,7 @@ public sealed partial class ConfigReader
         "DataDirectory", "Portals", "Portals:#", "Transport",
         "Iscsi:MaxRecvDataSegmentLength", "Iscsi:MaxBurstLength", "Iscsi:FirstBurstLength", "Iscsi:ImmediateData",
         "Iscsi:InitialR2T", "Iscsi:MaxOutstandingR2T", "Iscsi:QueueDepth", "Iscsi:NopIntervalSeconds", "Iscsi:NopTimeoutSeconds",
+        "Iscsi:ConnectionLimit",
         "Iscsi:DiscoveryChap:User", "Iscsi:DiscoveryChap:Secret", "Iscsi:DiscoveryMutualChap:User", "Iscsi:DiscoveryMutualChap:Secret",
         "Targets:#:Iqn", "Targets:#:Alias", "Targets:#:AllowedInitiators", "Targets:#:AllowedInitiators:#",
         "Targets:#:Chap:User", "Targets:#:Chap:Secret", "Targets:#:MutualChap:User", "Targets:#:MutualChap:Secret",
@@ -279,6 +280,7 @@ public sealed partial class ConfigReader
             QueueDepth = Int("Iscsi:QueueDepth", 128, 1, 65536),
             NopIntervalSeconds = Int("Iscsi:NopIntervalSeconds", 10, 1, 3600),
             NopTimeoutSeconds = Int("Iscsi:NopTimeoutSeconds", 30, 1, 3600),
+            ConnectionLimit = Str("Iscsi:ConnectionLimit") is null ? null : Int("Iscsi:ConnectionLimit", 1024, 1, 1_000_000),
             DiscoveryChap = ReadChap("Iscsi:DiscoveryChap"),
             DiscoveryMutualChap = ReadChap("Iscsi:DiscoveryMutualChap"),
         };

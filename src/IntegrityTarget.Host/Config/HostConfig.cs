@@ -35,6 +35,8 @@ public sealed class IscsiSettings
     public int QueueDepth { get; init; } = 128;
     public int NopIntervalSeconds { get; init; } = 10;
     public int NopTimeoutSeconds { get; init; } = 30;
+    /// <summary>Connections held at once; null = derived from RLIMIT_NOFILE (half the soft limit, 16..4096).</summary>
+    public int? ConnectionLimit { get; init; }
     public ChapSettings? DiscoveryChap { get; init; }
     public ChapSettings? DiscoveryMutualChap { get; init; }
 }

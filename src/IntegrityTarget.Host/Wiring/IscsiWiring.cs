@@ -54,6 +54,11 @@ public sealed class FrontEnd : IAsyncDisposable
         Scsi.ICopyTargetResolver? copyTargets = null, Metrics.HostMetrics? metrics = null)
     {
         var s = config.Iscsi;
+        long? fdLimit = FileDescriptorLimit.Soft();
+        int connectionLimit = FileDescriptorLimit.ConnectionLimit(s.ConnectionLimit, fdLimit, out var fdWarning);
+        if (fdWarning != null) log.Warning("{Warning}", fdWarning);
+        log.Information("Up to {Limit} connections (RLIMIT_NOFILE {FdLimit}); {Pending} of them may be logging in at once",
+            connectionLimit, fdLimit?.ToString() ?? "unknown", Math.Max(8, connectionLimit / 4));
         var options = new IscsiServerOptions
         {
             // A gateway of a group is one target port: its portal group tag is its port group (and relative port).
@@ -67,6 +72,7 @@ public sealed class FrontEnd : IAsyncDisposable
             QueueDepth = s.QueueDepth,
             NopInterval = TimeSpan.FromSeconds(s.NopIntervalSeconds),
             NopTimeout = TimeSpan.FromSeconds(s.NopTimeoutSeconds),
+            ConnectionLimit = connectionLimit,
             DiscoveryChap = Chap(s.DiscoveryChap),
             DiscoveryMutualChap = Chap(s.DiscoveryMutualChap),
         };

@@ -20,6 +20,10 @@ public sealed class ServerOptions
     public List<string> Extra { get; } = new();
     /// <summary>Optional log line (regex) that must appear before the server counts as ready.</summary>
     public string? ReadyLogPattern { get; set; }
+    /// <summary>When set, the server runs under `ulimit -n` of this many file descriptors (soft and hard).</summary>
+    public int? FdLimit { get; set; }
+    /// <summary>Extra environment variables for the server process.</summary>
+    public Dictionary<string, string> Environment { get; } = new();
 }
 
 /// <summary>
@@ -83,13 +87,19 @@ public sealed class ServerProcess : IDisposable
     {
         Assert.That(IsRunning, Is.False, "server already running");
         Paths.Require(Paths.ServerDll, "integrity-target.dll");
-        var psi = new ProcessStartInfo("dotnet")
+        var psi = new ProcessStartInfo(Options.FdLimit is null ? "dotnet" : "/bin/sh")
         {
             RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true,
             UseShellExecute = false, WorkingDirectory = DataDir,
         };
+        if (Options.FdLimit is { } fds)
+        {
+            // exec keeps the pid: SIGTERM and kill reach the server itself.
+            foreach (var a in new[] { "-c", $"ulimit -n {fds} && exec \"$@\"", "sh", "dotnet" }) psi.ArgumentList.Add(a);
+        }
         psi.ArgumentList.Add(Paths.ServerDll);
         foreach (var x in Args()) psi.ArgumentList.Add(x);
+        foreach (var (k, v) in Options.Environment) psi.Environment[k] = v;
         psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         var startNo = ++_starts;
         var logFile = Path.Combine(DataDir, $"server.{startNo}.log");
