@@ -12,6 +12,7 @@ public static class ServeVerb
         flushes every volume and exits 0. Settings are layered: config file (or the built-in
         default when there is none) < environment (INTEGRITYTARGET_Key__Sub=value) < command line.
         Any key can be given as --Section:Key value, e.g. --Targets:0:Luns:0:WriteBack false.
+        SIGHUP (or integrity-target reload) re-reads the same sources and applies what changed.
 
           --config FILE        JSON config (default: config/integrity-target.json if present,
                                unless the command line or environment describes targets)
