@@ -2,11 +2,16 @@ using System.Runtime.InteropServices;
 using IntegrityTarget.Host.Cli;
 
 // SIGTERM/SIGINT ask the current verb to stop cleanly (serve drains, flushes and exits 0);
-// a second SIGINT is left to the runtime and ends the process at once.
+// a second SIGINT is left to the runtime and ends the process at once. A repeated SIGTERM does not cut
+// the drain short: `dotnet run` passes on the SIGTERM its process group already delivered to the server.
 using var stop = new CancellationTokenSource();
 void OnSignal(PosixSignalContext c)
 {
-    if (stop.IsCancellationRequested) return;
+    if (stop.IsCancellationRequested)
+    {
+        if (c.Signal == PosixSignal.SIGTERM) c.Cancel = true;
+        return;
+    }
     c.Cancel = true;
     stop.Cancel();
 }

@@ -69,6 +69,21 @@ public class ServeProcessTests
         }
     }
 
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    static extern int kill(int pid, int sig);
+
+    [Test]
+    public void A_repeated_SIGTERM_does_not_cut_the_drain_short()
+    {
+        // `dotnet run` passes on a SIGTERM that its process group (the server included) already got.
+        using var srv = new ServerProcess(new ServerOptions { Size = "8MiB" }).Start();
+        int pid = srv.Pid;
+        Assert.That(kill(pid, 15), Is.EqualTo(0));
+        Assert.That(kill(pid, 15), Is.EqualTo(0));
+        srv.Stop(); // exit code 0
+        Assert.That(srv.HasLog("Stopped; every volume flushed"), Is.True, srv.Output());
+    }
+
     [Test]
     public void Listen_with_a_port_alone_serves_that_port_on_loopback_and_the_log_says_so()
     {
