@@ -38,15 +38,20 @@ public sealed record CephClientOptions
         id.StartsWith("client.", StringComparison.Ordinal) ? id["client.".Length..] : id;
 
     /// <summary>
-    /// The librados options the gateway always sets, after ceph.conf is read (so they win over it):
-    /// timeouts so nothing hangs forever, and no librbd cache (see the README: the integrity volume is the
-    /// write-back cache; with librbd's cache off a completed write is on the OSDs, so FUA needs no flush).
+    /// The librados/librbd options the gateway always sets, after ceph.conf is read (so they win over it):
+    /// timeouts, so nothing hangs forever; and librbd's write-around cache from the first write on. With
+    /// write-around a plain write completes once librbd has sent it to the OSDs (at most rbd_cache_max_dirty
+    /// bytes in flight) and is durable when a later flush completes, like a disk's volatile write cache, which
+    /// is the contract the integrity volume's journal is built on (it flushes at its durable points). Writes
+    /// with FUA bypass it and complete only when the OSDs have them. Reads are never served from a cache.
     /// </summary>
     public IReadOnlyList<(string Option, string Value)> ForcedSettings() =>
     [
         ("client_mount_timeout", TimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)),
         ("rados_mon_op_timeout", TimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)),
         ("rados_osd_op_timeout", TimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)),
-        ("rbd_cache", "false"),
+        ("rbd_cache", "true"),
+        ("rbd_cache_policy", "writearound"),
+        ("rbd_cache_writethrough_until_flush", "false"),
     ];
 }

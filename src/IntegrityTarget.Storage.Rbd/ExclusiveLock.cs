@@ -57,9 +57,17 @@ public sealed unsafe class ExclusiveLock : ILunOwnership
     }
 
     /// <summary>Takes the lock or throws an <see cref="RbdException"/> (EROFS/EBUSY) naming who holds it.</summary>
-    public static ExclusiveLock Acquire(nint image, string name, int timeoutSeconds)
+    /// <remarks>
+    /// librbd asks a live holder to release (it refuses: EROFS at once) and breaks the lock of a holder whose
+    /// session is gone, which the OSDs notice after osd_client_watch_timeout (30 s by default): a gateway
+    /// restarted after a crash waits that long here, and says so first.
+    /// </remarks>
+    public static ExclusiveLock Acquire(nint image, string name, int timeoutSeconds, Serilog.ILogger? log = null)
     {
         RequireFeature(image, name, timeoutSeconds);
+        if (log != null && ReadHolders(image) is { Count: > 0 } before)
+            log.Information("{Image} is locked by {Holder}; asking for the lock (refused at once if that client is alive; " +
+                            "a dead client's lock is broken once the cluster notices, within about 30 s)", name, string.Join(", ", before));
         int rc = Librbd.rbd_lock_acquire(image, Librbd.LockModeExclusive);
         if (rc == 0) return new ExclusiveLock(image, name);
         if (rc is -CephError.EROFS or -CephError.EBUSY or -CephError.EAGAIN)

@@ -7,10 +7,12 @@ namespace IntegrityTarget.Storage.Rbd;
 
 /// <summary>
 /// A Ceph RBD image as an <see cref="IBlockDevice"/>, through librbd's asynchronous C API.
-/// <para>Durability: the gateway turns librbd's cache off (<see cref="CephClientOptions.ForcedSettings"/>), so a
-/// write completes only once the OSDs of the object's placement group have committed it; FUA therefore needs no
-/// extra flush, and <see cref="FlushAsync"/> has nothing left to do. Should the cache be on anyway (a librbd that
-/// ignores the setting), FUA becomes write + flush and flush is <c>rbd_aio_flush</c>.</para>
+/// <para>Durability (<see cref="CephClientOptions.ForcedSettings"/>): librbd's write-around cache completes a
+/// plain write once it is on its way to the OSDs; <see cref="FlushAsync"/> (rbd_aio_flush) returns when every
+/// write completed before it is on the OSDs of its placement group, and reports the error of any that failed.
+/// FUA writes carry LIBRADOS_OP_FLAG_FADVISE_FUA, which write-around passes straight through: they complete
+/// only once the OSDs have them. Should librbd run another cache policy (writeback), FUA is write + flush; with
+/// no cache at all every completed write is already on the OSDs.</para>
 /// <para>Errors become <see cref="RbdException"/> (an <see cref="IOException"/> whose HResult is the errno), with
 /// a message from <see cref="CephError"/>; each distinct error is logged once per 10 s per device.</para>
 /// <para>Writable opens hold the image's exclusive lock (<see cref="ExclusiveLock"/>) until disposed.</para>
@@ -24,7 +26,10 @@ public sealed class RbdBlockDevice : IBlockDevice
     private nint _image;
     private readonly ExclusiveLock? _lock;
     private readonly ILogger _log;
-    private readonly bool _writesDurable;
+    /// <summary>How a FUA write is made durable: with the write itself (no cache, or write-around), or by a flush after it.</summary>
+    private readonly FuaMode _fua;
+    private enum FuaMode { NoCache, FuaFlag, WriteThenFlush }
+    private const int FadviseFua = 0x80; // LIBRADOS_OP_FLAG_FADVISE_FUA
     private readonly int _timeout;
     private long _length;
     private long _imageSize;
@@ -60,7 +65,9 @@ public sealed class RbdBlockDevice : IBlockDevice
         _client = client; _ownsClient = ownsClient; Spec = spec; _image = image; ReadOnly = readOnly; _lock = exclusiveLock;
         _length = _imageSize = size; _log = log; _timeout = client.Options.TimeoutSeconds;
         Name = spec.ToString();
-        _writesDurable = Librados.ConfGet(client.Cluster, "rbd_cache") is "false" or "0";
+        _fua = Librados.ConfGet(client.Cluster, "rbd_cache") is "false" or "0" ? FuaMode.NoCache
+            : Librados.ConfGet(client.Cluster, "rbd_cache_policy") == "writearound" ? FuaMode.FuaFlag
+            : FuaMode.WriteThenFlush;
     }
 
     internal static RbdBlockDevice Open(RbdClient client, RbdImageSpec spec, bool readOnly, ILogger? log, bool ownsClient)
@@ -73,7 +80,7 @@ public sealed class RbdBlockDevice : IBlockDevice
             nint io = client.IoCtx(spec);
             int rc = readOnly ? Librbd.rbd_open_read_only(io, spec.Image, out image, null) : Librbd.rbd_open(io, spec.Image, out image, null);
             if (rc < 0) { image = 0; throw CephError.Fail(CephOperation.OpenImage, rc, spec.Display, timeout); }
-            if (!readOnly) exclusiveLock = ExclusiveLock.Acquire(image, spec.Display, timeout);
+            if (!readOnly) exclusiveLock = ExclusiveLock.Acquire(image, spec.Display, timeout, log);
             CephError.Check(Librbd.rbd_get_size(image, out ulong size), CephOperation.OpenImage, spec.Display, timeout);
             var device = new RbdBlockDevice(client, ownsClient, spec, image, readOnly, exclusiveLock, (long)size, log ?? Serilog.Core.Logger.None);
             device.Watch();
@@ -106,16 +113,16 @@ public sealed class RbdBlockDevice : IBlockDevice
         CheckWritable();
         CheckRange(offset, data.Length);
         if (data.IsEmpty) return ValueTask.CompletedTask;
-        var write = Submit(CephOperation.Write, offset, data);
-        return fua && !_writesDurable ? ThenFlush(write) : write;
+        var write = Submit(CephOperation.Write, offset, data, fua && _fua == FuaMode.FuaFlag ? FadviseFua : 0);
+        return fua && _fua == FuaMode.WriteThenFlush ? ThenFlush(write) : write;
     }
 
-    private unsafe ValueTask Submit(CephOperation op, long offset, ReadOnlyMemory<byte> data)
+    private unsafe ValueTask Submit(CephOperation op, long offset, ReadOnlyMemory<byte> data, int opFlags)
     {
         var src = Rent();
         var pin = data.Pin();
         nint c = src.Begin(op, offset, data.Length, pin);
-        int rc = Librbd.rbd_aio_write2(_image, (ulong)offset, (nuint)data.Length, (byte*)pin.Pointer, c, 0);
+        int rc = Librbd.rbd_aio_write2(_image, (ulong)offset, (nuint)data.Length, (byte*)pin.Pointer, c, opFlags);
         return rc < 0 ? src.FailSubmit(c, rc) : src.Task;
     }
 
@@ -125,11 +132,11 @@ public sealed class RbdBlockDevice : IBlockDevice
         await AioFlush().ConfigureAwait(false);
     }
 
-    /// <summary>Completed writes are already on the OSDs (librbd's cache is off); with a cache, rbd_aio_flush.</summary>
+    /// <summary>rbd_aio_flush: every write completed before it is on the OSDs (nothing to do without a cache).</summary>
     public ValueTask FlushAsync(CancellationToken ct = default)
     {
         CheckOpen();
-        return _writesDurable || ReadOnly ? ValueTask.CompletedTask : AioFlush();
+        return _fua == FuaMode.NoCache || ReadOnly ? ValueTask.CompletedTask : AioFlush();
     }
 
     private unsafe ValueTask AioFlush()
