@@ -8,23 +8,26 @@ public static class FormatVerb
     public const string Usage = """
         usage: integrity-target format PATH [--block-size 512|4096] [--size SIZE]
                                             [--tag-algorithm crc32c|xxhash64|hmac-sha256] [--key-file FILE] [--force]
+                                            [--ceph-conf FILE] [--ceph-id ID] [--ceph-keyring FILE] [--ceph-cluster NAME]
 
-        Formats PATH (file or block device) as an integrity volume. A missing file is created sparse
-        with room for SIZE of logical capacity (e.g. 10GiB); an existing one is used whole. Refuses a
-        file that already holds a volume or any other data unless --force (which destroys it).
-        hmac-sha256 needs --key-file (at least 16 bytes); the key is never stored on the volume.
-        """;
+        Formats PATH (file, block device, or Ceph RBD image rbd:POOL/IMAGE) as an integrity volume. A
+        missing file or image is created (sparse / thin) with room for SIZE of logical capacity (e.g.
+        10GiB); an existing one is used whole. Refuses one that already holds a volume or any other data
+        unless --force (which destroys it). hmac-sha256 needs --key-file (at least 16 bytes); the key is
+        never stored on the volume.
 
-    private static readonly Dictionary<string, bool> Known = new(StringComparer.OrdinalIgnoreCase)
+        """ + CephArgs.Usage;
+
+    private static readonly Dictionary<string, bool> Known = CephArgs.With(new(StringComparer.OrdinalIgnoreCase)
     {
         ["block-size"] = true, ["size"] = true, ["tag-algorithm"] = true, ["key-file"] = true, ["force"] = false,
-    };
+    });
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CliContext ctx)
     {
         var va = VerbArgs.Parse("format", args, Known, passUnknown: false);
         if (va.Positionals.Count != 1) throw new CliException("give exactly one PATH to format (see: integrity-target help format)", ExitCodes.Usage);
-        string path = Path.GetFullPath(va.Positionals[0], ctx.WorkingDirectory);
+        using var backing = Backing.For(va.Positionals[0], CephArgs.Options(va, ctx), ctx.WorkingDirectory);
 
         int blockSize = 4096;
         if (va.Get("block-size") is { } bs && (!int.TryParse(bs, out blockSize) || blockSize is not (512 or 4096)))
@@ -46,7 +49,15 @@ public static class FormatVerb
 
         using var log = CliHelpers.QuietLogger(ctx);
         var request = new IntegrityWiring.FormatRequest(blockSize, alg, key, size, va.Has("force"));
-        var summary = await CliHelpers.WithProgressAsync(ctx, "Formatting", p => IntegrityWiring.FormatFileAsync(path, request, log, p, ctx.Stop));
+        string summary;
+        try
+        {
+            summary = await CliHelpers.WithProgressAsync(ctx, "Formatting", p => IntegrityWiring.FormatAsync(backing, request, log, p, ctx.Stop));
+        }
+        catch (Exception e) when (e is Storage.StorageException or IOException || IntegrityWiring.IsVolumeError(e))
+        {
+            throw new CliException(e.Message);
+        }
         await ctx.Out.WriteLineAsync(summary);
         return ExitCodes.Ok;
     }

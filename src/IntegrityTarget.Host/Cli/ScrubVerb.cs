@@ -9,20 +9,22 @@ namespace IntegrityTarget.Host.Cli;
 public static class ScrubVerb
 {
     public const string Usage = """
-        usage: integrity-target scrub PATH [--key-file FILE] [--rate MBPS] [--json]
+        usage: integrity-target scrub PATH [--key-file FILE] [--rate MBPS] [--json] [--ceph-conf FILE] [--ceph-id ID] ...
                integrity-target scrub --lun IQN/LUN [--rate MBPS] [--json] [--socket PATH | --config FILE | --data-dir DIR]
 
         Reads and verifies every block and lists the LBAs that fail verification.
-        PATH: a volume that is not being served (offline). --lun: a LUN of the running server, scrubbed
+        PATH: a volume that is not being served (offline): a file, block device or rbd:POOL/IMAGE.
+        --lun: a LUN of the running server, scrubbed
         online through its status socket while initiators keep using it. --rate limits the read rate.
         Exit code 0 when every block verifies, 1 when bad blocks were found (or the scrub failed),
         2 for a usage error (e.g. a keyed volume without --key-file, or a wrong key).
-        """;
 
-    private static readonly Dictionary<string, bool> Known = new(StringComparer.OrdinalIgnoreCase)
+        """ + CephArgs.Usage;
+
+    private static readonly Dictionary<string, bool> Known = CephArgs.With(new(StringComparer.OrdinalIgnoreCase)
     {
         ["lun"] = true, ["rate"] = true, ["key-file"] = true, ["socket"] = true, ["json"] = false,
-    };
+    });
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CliContext ctx)
     {
@@ -48,13 +50,12 @@ public static class ScrubVerb
         {
             if (va.Rest.Count > 0) throw new CliException($"unknown option {va.Rest[0]} (see: integrity-target help scrub)", ExitCodes.Usage);
             if (va.Positionals.Count != 1) throw new CliException("give a PATH to scrub offline, or --lun IQN/LUN for a served LUN", ExitCodes.Usage);
-            string path = Path.GetFullPath(va.Positionals[0], ctx.WorkingDirectory);
-            if (!File.Exists(path)) throw new CliException($"{path}: no such file or block device", ExitCodes.Usage);
             var key = CliHelpers.ReadKeyFile(va.Get("key-file"), ctx);
             using var log = CliHelpers.QuietLogger(ctx);
+            using var backing = Backing.For(va.Positionals[0], CephArgs.Options(va, ctx), ctx.WorkingDirectory);
             try
             {
-                outcome = await CliHelpers.WithProgressAsync(ctx, $"Scrubbing {va.Positionals[0]}", p => IntegrityWiring.ScrubFileAsync(path, key, rate, log, p, ctx.Stop));
+                outcome = await CliHelpers.WithProgressAsync(ctx, $"Scrubbing {va.Positionals[0]}", p => IntegrityWiring.ScrubOfflineAsync(backing, key, rate, log, p, ctx.Stop));
             }
             catch (Exception e) when (e is Storage.StorageException or IOException || IntegrityWiring.IsVolumeError(e))
             {

@@ -30,9 +30,13 @@ public static class ServeVerb
           --key-file FILE      Targets:0:Luns:0:KeyFile      --alias NAME      Targets:0:Alias
           --write-back BOOL    Targets:0:Luns:0:WriteBack    --read-only BOOL  Targets:0:Luns:0:ReadOnly
           --status-socket P    Status:Socket                 --metrics A:PORT  Metrics:Listen (Prometheus /metrics)
+          --ceph-conf FILE     Ceph:ConfFile                 --ceph-id ID      Ceph:ClientId
+          --ceph-keyring FILE  Ceph:Keyring                  --ceph-cluster N  Ceph:Cluster
 
         PORTAL is PORT, ADDR, ADDR:PORT, [IPv6] or [IPv6]:PORT: a port alone listens on 127.0.0.1, an
         address alone on port 3260, 0.0.0.0 (or *) on every IPv4 interface, port 0 on any free port.
+
+        A LUN path rbd:POOL/IMAGE serves a Ceph RBD image (e.g. --lun rbd:rbd/vm1 --size 10GiB creates it).
 
         example (one existing file, no config file):
           integrity-target serve --listen 127.0.0.1:3261 --data-dir . --lun disk.img --integrity false

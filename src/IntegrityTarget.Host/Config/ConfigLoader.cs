@@ -24,6 +24,8 @@ public sealed class LoadedConfig
     public required Func<string, string> SourceResolver { get; init; }
     /// <summary>The file could not be parsed: nothing else is worth checking.</summary>
     public bool Unreadable { get; init; }
+    /// <summary>The environment the configuration was read with (for defaults that come from it, e.g. CEPH_CONF).</summary>
+    public IReadOnlyDictionary<string, string?> Environment { get; init; } = new Dictionary<string, string?>();
 
     /// <summary>"config/x.json", "environment (INTEGRITYTARGET_Targets__0__Iqn)", "command line (--iqn)" or "built-in defaults".</summary>
     public string SourceOf(string key) => SourceResolver(key);
@@ -65,6 +67,10 @@ public static class ConfigLoader
         ["--status-socket"] = "Status:Socket",
         ["--metrics"] = "Metrics:Listen",
         ["--ha-self"] = "Ha:Self",
+        ["--ceph-conf"] = "Ceph:ConfFile",
+        ["--ceph-id"] = "Ceph:ClientId",
+        ["--ceph-cluster"] = "Ceph:Cluster",
+        ["--ceph-keyring"] = "Ceph:Keyring",
     };
 
     /// <param name="verbFlags">Flags the verb itself understands: name → whether it takes a value.</param>
@@ -198,7 +204,7 @@ public static class ConfigLoader
         return new LoadedConfig
         {
             Root = root, WorkingDirectory = input.WorkingDirectory, FileDisplayName = fileDisplay,
-            Problems = problems, Flags = flags, SourceResolver = Resolve,
+            Problems = problems, Flags = flags, SourceResolver = Resolve, Environment = input.Environment,
         };
     }
 

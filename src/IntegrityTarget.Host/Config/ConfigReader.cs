@@ -49,17 +49,19 @@ public sealed partial class ConfigReader
         var portals = ReadPortals();
         string transport = ReadTransport();
         var iscsi = ReadIscsi();
-        var targets = ReadTargets(dataDir);
+        var ceph = ReadCeph(dataDir);
+        var targets = ReadTargets(dataDir, ceph);
         var logging = ReadLogging(dataDir);
         string socket = Path.GetFullPath(Str("Status:Socket") ?? "status.sock", dataDir);
         var metrics = ReadMetrics();
         var ha = ReadHa();
+        CheckRbdWithHa(ha, targets);
         if (Encoding.UTF8.GetByteCount(socket) > MaxUnixSocketPath)
             Error("Status:Socket", $"unix socket path '{socket}' is longer than {MaxUnixSocketPath} bytes; choose a shorter Status:Socket or DataDirectory");
         return new HostConfig
         {
             DataDirectory = dataDir, Portals = portals, Transport = transport, Iscsi = iscsi,
-            Targets = targets, Logging = logging, StatusSocket = socket, MetricsListen = metrics, Notes = _notes, Ha = ha,
+            Targets = targets, Logging = logging, StatusSocket = socket, MetricsListen = metrics, Notes = _notes, Ha = ha, Ceph = ceph,
         };
     }
 
@@ -141,6 +143,7 @@ public sealed partial class ConfigReader
         "Logging:Level", "Logging:File", "Logging:Json", "Status:Socket", "Metrics:Listen",
         "Ha:Self", "Ha:NonOwnerState", "Ha:PeerSecret", "Ha:LockRetryMilliseconds", "Ha:HeartbeatMilliseconds",
         "Ha:PeerTimeoutMilliseconds", "Ha:ReconnectMilliseconds", "Ha:Gateways:#:Name", "Ha:Gateways:#:PortGroup", "Ha:Gateways:#:Peer",
+        "Ceph:Cluster", "Ceph:ClientId", "Ceph:ConfFile", "Ceph:Keyring", "Ceph:TimeoutSeconds",
     ];
 
     private static readonly HashSet<string> Leaves = new(Schema, StringComparer.OrdinalIgnoreCase);
@@ -322,7 +325,7 @@ public sealed partial class ConfigReader
     /// <summary>iqn./eui./naa. names per RFC 7143 §4.2.7 and RFC 3722: the same check the iSCSI layer applies at login.</summary>
     public static bool IsValidIscsiName(string name) => IntegrityTarget.Iscsi.Login.IscsiName.IsValid(name);
 
-    private IReadOnlyList<TargetSettings> ReadTargets(string dataDir)
+    private IReadOnlyList<TargetSettings> ReadTargets(string dataDir, Storage.Rbd.CephClientOptions ceph)
     {
         var targets = new List<TargetSettings>();
         var sections = _root.GetSection("Targets").GetChildren().ToList();
@@ -354,7 +357,7 @@ public sealed partial class ConfigReader
                 Error(k + ":MutualChap", "mutual CHAP needs Chap as well (the initiator authenticates first)");
             CheckDistinctSecrets(k + ":MutualChap", chap, mutual);
 
-            var luns = ReadLuns(k, iqn ?? "", dataDir, paths);
+            var luns = ReadLuns(k, iqn ?? "", dataDir, paths, ceph);
             targets.Add(new TargetSettings
             {
                 Iqn = iqn ?? "", Alias = Str(k + ":Alias"), AllowedInitiators = allowed, Chap = chap, MutualChap = mutual, Luns = luns,
@@ -363,7 +366,7 @@ public sealed partial class ConfigReader
         return targets;
     }
 
-    private List<LunSettings> ReadLuns(string targetKey, string iqn, string dataDir, Dictionary<string, string> paths)
+    private List<LunSettings> ReadLuns(string targetKey, string iqn, string dataDir, Dictionary<string, string> paths, Storage.Rbd.CephClientOptions ceph)
     {
         var luns = new List<LunSettings>();
         var sections = _root.GetSection(targetKey + ":Luns").GetChildren().ToList();
@@ -407,7 +410,13 @@ public sealed partial class ConfigReader
             }
 
             string path = "";
+            Storage.Rbd.RbdImageSpec? rbd = null;
             if (Str(k + ":Path") is not { } pathText) Error(k + ":Path", "is missing (the backing file or block device, relative to DataDirectory)");
+            else if (Storage.Rbd.RbdImageSpec.IsRbdPath(pathText))
+            {
+                rbd = ReadRbdPath(k + ":Path", pathText, paths, ceph);
+                path = rbd?.ToString() ?? pathText;
+            }
             else
             {
                 path = Path.GetFullPath(pathText, dataDir);
@@ -442,6 +451,7 @@ public sealed partial class ConfigReader
                 Integrity = integrity, TagAlgorithm = alg, KeyFile = keyFile,
                 WriteBack = Bool(k + ":WriteBack", true), FormatIfBlank = Bool(k + ":FormatIfBlank", true),
                 ReadOnly = Bool(k + ":ReadOnly", false), KeyPath = k,
+                Rbd = rbd, Ceph = rbd != null ? ceph : null, ReservationFile = ReservationFileFor(path, rbd, dataDir),
             });
         }
         return luns;

@@ -22,6 +22,8 @@ public sealed class HostConfig
     public IReadOnlyList<string> Notes { get; init; } = [];
     /// <summary>Several gateways serving the same LUNs (null: this process serves its LUNs alone).</summary>
     public HaSettings? Ha { get; init; }
+    /// <summary>How RBD LUNs (rbd:POOL/IMAGE) reach their cluster (Ceph:* keys; the Ceph CLI's defaults).</summary>
+    public Storage.Rbd.CephClientOptions Ceph { get; init; } = new();
 }
 
 public sealed class IscsiSettings
@@ -62,8 +64,14 @@ public sealed class TargetSettings
 public sealed class LunSettings
 {
     public required ulong Lun { get; init; }
-    /// <summary>Absolute path of the backing file or block device.</summary>
+    /// <summary>Absolute path of the backing file or block device, or rbd:POOL/IMAGE (then <see cref="Rbd"/> is set).</summary>
     public required string Path { get; init; }
+    /// <summary>The Ceph RBD image behind this LUN; null for files and block devices.</summary>
+    public Storage.Rbd.RbdImageSpec? Rbd { get; init; }
+    /// <summary>How to reach the cluster of <see cref="Rbd"/>; null for files.</summary>
+    public Storage.Rbd.CephClientOptions? Ceph { get; init; }
+    /// <summary>Where persistent reservations with APTPL are kept (beside a file; under DataDirectory for an image).</summary>
+    public string ReservationFile { get; init; } = "";
     /// <summary>Logical capacity to create when the file is missing; null = the file must exist.</summary>
     public long? SizeBytes { get; init; }
     public int BlockSize { get; init; } = 512;

@@ -39,13 +39,16 @@ public static class VolumeOpener
 
     private static ServedLun OpenPlain(LunSettings lun, string name, ILogger log)
     {
-        FileBlockDevice device;
-        if (!File.Exists(lun.Path))
+        using var backing = Backing.For(lun);
+        IBlockDevice device;
+        if (!backing.Exists())
         {
-            device = FileBlockDevice.CreateSparse(lun.Path, lun.SizeBytes!.Value);
-            log.Information("Created sparse backing file {Path} ({Size}) for {Lun} without integrity", lun.Path, SizeParser.Format(lun.SizeBytes.Value), name);
+            if (lun.SizeBytes is not { } size)
+                throw new CliException($"{backing.Noun} {backing.Display} does not exist and no Size is given to create it");
+            device = backing.Create(size, log);
+            log.Information("Created {Noun} {Path} ({Size}) for {Lun} without integrity", backing.Noun, lun.Path, SizeParser.Format(size), name);
         }
-        else device = FileBlockDevice.Open(lun.Path);
+        else device = backing.Open(readOnly: false, log);
         try
         {
             if (device.Length % lun.BlockSize != 0)

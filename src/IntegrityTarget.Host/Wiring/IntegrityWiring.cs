@@ -48,15 +48,18 @@ public static class IntegrityWiring
     public static async Task<(IBlockVolume Volume, IBlockDevice Device)> OpenLunAsync(LunSettings lun, string name, ILogger log, CancellationToken ct)
     {
         var alg = Algorithm(lun.TagAlgorithm);
+        using var backing = Backing.For(lun);
         bool created = false;
-        FileBlockDevice device;
-        if (!File.Exists(lun.Path))
+        IBlockDevice device;
+        if (!backing.Exists())
         {
-            ulong blocks = (ulong)(lun.SizeBytes!.Value / lun.BlockSize);
-            device = FileBlockDevice.CreateSparse(lun.Path, IntegrityVolume.DeviceBytesFor(blocks, lun.BlockSize, alg));
+            if (lun.SizeBytes is not { } size)
+                throw new CliException($"{backing.Noun} {backing.Display} does not exist and no Size is given to create it");
+            ulong blocks = (ulong)(size / lun.BlockSize);
+            device = backing.Create(IntegrityVolume.DeviceBytesFor(blocks, lun.BlockSize, alg), log);
             created = true;
         }
-        else device = FileBlockDevice.Open(lun.Path);
+        else device = backing.Open(readOnly: false, log);
         try
         {
             return (await OpenOnDeviceAsync(lun, device, created, name, log, ct), device);
@@ -64,7 +67,7 @@ public static class IntegrityWiring
         catch
         {
             device.Dispose();
-            if (created) File.Delete(lun.Path); // do not leave a half-made file that the next start would refuse
+            if (created) backing.Delete(); // do not leave a half-made file or image that the next start would refuse
             throw;
         }
     }
@@ -101,13 +104,15 @@ public static class IntegrityWiring
                 return volume;
             }
             case DeviceContent.Blank:
-                throw new CliException("the file is blank (all zeros) and FormatIfBlank is false; format it with: integrity-target format " + lun.Path);
+                throw new CliException($"the {Noun(lun)} is blank (all zeros) and FormatIfBlank is false; format it with: integrity-target format " + lun.Path);
             default:
-                throw new CliException("the file holds data that is not an integrity volume, so it is not formatted implicitly. " +
+                throw new CliException($"the {Noun(lun)} holds data that is not an integrity volume, so it is not formatted implicitly. " +
                     "Serve it without integrity (\"Integrity\": false, or --integrity false), or format it explicitly, " +
                     "which DESTROYS its contents: integrity-target format " + lun.Path + " --force");
         }
     }
+
+    private static string Noun(LunSettings lun) => lun.Rbd != null ? "image" : "file";
 
     /// <summary>Block size, block count and thin provisioning from an integrity volume's header (no lock, no replay); null when it holds none.</summary>
     public static (int BlockSize, ulong Blocks, bool Thin)? ReadGeometry(IBlockDevice device) =>
@@ -132,28 +137,29 @@ public static class IntegrityWiring
             report.BadLbas.ToList(), report.IoErrors, report.Duration.TotalSeconds);
     }
 
-    public static async Task<ScrubOutcome> ScrubFileAsync(string path, byte[] key, double? rateMBps, ILogger log, IProgress<double> progress, CancellationToken ct)
+    public static async Task<ScrubOutcome> ScrubOfflineAsync(Backing backing, byte[] key, double? rateMBps, ILogger log, IProgress<double> progress, CancellationToken ct)
     {
-        if (!File.Exists(path)) throw new CliException($"{path}: no such file or block device", ExitCodes.Usage);
-        using var device = OpenExclusive(path, "scrub");
-        if (IntegrityVolume.Probe(device) != DeviceContent.IntegrityVolume) throw NotAVolume(path);
-        await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = path }, log, ct);
+        if (!backing.Exists()) throw new CliException(backing.Missing, ExitCodes.Usage);
+        using var device = OpenExclusive(backing, "scrub", log);
+        if (IntegrityVolume.Probe(device) != DeviceContent.IntegrityVolume) throw NotAVolume(backing.Display);
+        await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = backing.Display }, log, ct);
         return await ScrubAsync(volume, rateMBps, progress, ct);
     }
 
-    public static async Task<string> FormatFileAsync(string path, FormatRequest request, ILogger log, IProgress<double> progress, CancellationToken ct)
+    public static async Task<string> FormatAsync(Backing backing, FormatRequest request, ILogger log, IProgress<double> progress, CancellationToken ct)
     {
         var alg = Algorithm(request.TagAlgorithm);
+        string path = backing.Display;
         bool created = false;
-        FileBlockDevice device;
-        if (!File.Exists(path))
+        IBlockDevice device;
+        if (!backing.Exists())
         {
             if (request.LogicalBytes == null)
                 throw new CliException($"{path} does not exist; give --size to create it", ExitCodes.Usage);
-            device = FileBlockDevice.CreateSparse(path, IntegrityVolume.DeviceBytesFor((ulong)(request.LogicalBytes.Value / request.BlockSize), request.BlockSize, alg));
+            device = backing.Create(IntegrityVolume.DeviceBytesFor((ulong)(request.LogicalBytes.Value / request.BlockSize), request.BlockSize, alg), log);
             created = true;
         }
-        else device = OpenExclusive(path, "format");
+        else device = OpenExclusive(backing, "format", log);
         using (device)
         {
             try
@@ -174,28 +180,29 @@ public static class IntegrityWiring
             }
             catch when (created)
             {
-                File.Delete(path);
+                device.Dispose();
+                backing.Delete();
                 throw;
             }
         }
     }
 
     /// <returns>The dump text, and whether the device holds an integrity volume at all.</returns>
-    public static (string Text, bool IsVolume) Dump(string path)
+    public static (string Text, bool IsVolume) Dump(Backing backing, ILogger log)
     {
-        using var device = FileBlockDevice.Open(path, readOnly: true);
+        using var device = backing.Open(readOnly: true, log);
         return (IntegrityVolume.Dump(device), IntegrityVolume.Probe(device) == DeviceContent.IntegrityVolume);
     }
 
     /// <summary>
-    /// Where one LBA's data and tag live in the file. Opens the volume like serve would (so a pending
-    /// journal is replayed first), which needs the file not to be served.
+    /// Where one LBA's data and tag live in the file or image. Opens the volume like serve would (so a pending
+    /// journal is replayed first), which needs it not to be served.
     /// </summary>
-    public static async Task<string> LocateAsync(string path, ulong lba, byte[] key, ILogger log, CancellationToken ct)
+    public static async Task<string> LocateAsync(Backing backing, ulong lba, byte[] key, ILogger log, CancellationToken ct)
     {
-        using var device = OpenExclusive(path, "dump --lba");
-        if (IntegrityVolume.Probe(device) != DeviceContent.IntegrityVolume) throw NotAVolume(path);
-        await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = path }, log, ct);
+        using var device = OpenExclusive(backing, "dump --lba", log);
+        if (IntegrityVolume.Probe(device) != DeviceContent.IntegrityVolume) throw NotAVolume(backing.Display);
+        await using var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = false, Name = backing.Display }, log, ct);
         if (lba >= volume.BlockCount)
             throw new CliException($"LBA {lba} is beyond the volume's {volume.BlockCount} blocks", ExitCodes.Usage);
         return volume.LocateBlock(lba) is { } at
@@ -203,14 +210,15 @@ public static class IntegrityWiring
             : $"LBA {lba}: unmapped (reads as zeros; no data or tag stored)";
     }
 
-    private static FileBlockDevice OpenExclusive(string path, string verb)
+    private static IBlockDevice OpenExclusive(Backing backing, string verb, ILogger log)
     {
-        try { return FileBlockDevice.Open(path); }
-        catch (StorageException e) when (e.Message.Contains("in use", StringComparison.Ordinal))
+        try { return backing.Open(readOnly: false, log); }
+        catch (Exception e) when (backing.IsInUse(e))
         {
+            string what = backing is RbdBacking ? $"{e.Message}\n" : "";
             throw new CliException(verb == "scrub"
-                ? $"{path} is in use (served?); scrub a served LUN online with: integrity-target scrub --lun IQN/LUN"
-                : $"{path} is in use by another process (served?); stop it first");
+                ? $"{what}{backing.Display} is in use (served?); scrub a served LUN online with: integrity-target scrub --lun IQN/LUN"
+                : $"{what}{backing.Display} is in use by another process (served?); stop it first");
         }
     }
 }

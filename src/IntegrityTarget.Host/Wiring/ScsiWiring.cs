@@ -39,8 +39,8 @@ public static class ScsiWiring
             // gateway of a shared LUN derives the same one (same IQN and LUN number in the shared config).
             IdentitySeed = $"{iqn}/{l.Lun}",
             ReadOnly = l.ReadOnly,
-            PersistentReservationFile = ha == null ? l.Path + ".pr.json" : null,
-            ReservationStore = ha != null && reservations ? new DurableFile(l.Path + ".pr.json") : null,
+            PersistentReservationFile = ha == null ? l.ReservationFile : null,
+            ReservationStore = ha != null && reservations ? new DurableFile(l.ReservationFile) : null,
             ReservationsSurviveFailover = ha != null,
             PortGroups = ha?.Gateways.Select(g => new TargetPortGroup(g.PortGroup, [g.PortGroup])).ToList(),
             InitialAccessStates = states,

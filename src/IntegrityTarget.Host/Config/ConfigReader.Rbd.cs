@@ -1,0 +1,69 @@
+using System.Text.RegularExpressions;
+using IntegrityTarget.Storage.Rbd;
+
+namespace IntegrityTarget.Host.Config;
+
+// The Ceph part of the configuration: Ceph:* keys and rbd:POOL/IMAGE LUN paths. What needs the cluster
+// itself (does the pool exist, the image, is the key right) is checked when the LUN is opened, with a message
+// from Storage.Rbd's error table.
+public sealed partial class ConfigReader
+{
+    [GeneratedRegex(@"^[A-Za-z0-9_.-]+$")]
+    private static partial Regex CephName();
+
+    private CephClientOptions ReadCeph(string dataDir)
+    {
+        string cluster = Str("Ceph:Cluster") ?? CephClientOptions.DefaultCluster;
+        if (!CephName().IsMatch(cluster)) { Error("Ceph:Cluster", $"'{cluster}' is not a cluster name (letters, digits, '.', '_', '-')"); cluster = CephClientOptions.DefaultCluster; }
+        string id = CephClientOptions.NormaliseClientId(Str("Ceph:ClientId") ?? CephClientOptions.DefaultClientId);
+        if (!CephName().IsMatch(id)) { Error("Ceph:ClientId", $"'{id}' is not a client id (e.g. admin or iscsi, for client.admin / client.iscsi)"); id = CephClientOptions.DefaultClientId; }
+        // Without Ceph:ConfFile, $CEPH_CONF as the Ceph CLI would (taken from the environment the configuration
+        // was read with, so what is validated is what is used); with neither, librados' search (/etc/ceph/...).
+        string? conf = Str("Ceph:ConfFile") is { } c ? Path.GetFullPath(c, dataDir)
+            : _loaded.Environment.TryGetValue("CEPH_CONF", out var env) && !string.IsNullOrWhiteSpace(env) ? Path.GetFullPath(env, _loaded.WorkingDirectory) : null;
+        string? keyring = Str("Ceph:Keyring") is { } k ? Path.GetFullPath(k, dataDir) : null;
+        return new CephClientOptions
+        {
+            Cluster = cluster, ClientId = id, ConfFile = conf, Keyring = keyring,
+            TimeoutSeconds = Int("Ceph:TimeoutSeconds", CephClientOptions.DefaultTimeoutSeconds, 1, 3600),
+        };
+    }
+
+    /// <summary>Validates one rbd: LUN path and, once per configuration, the files the Ceph client will need.</summary>
+    private RbdImageSpec? ReadRbdPath(string key, string text, Dictionary<string, string> paths, CephClientOptions ceph)
+    {
+        if (!RbdImageSpec.TryParse(text, out var spec, out var error)) { Error(key, error); return null; }
+        if (paths.TryGetValue(spec.ToString(), out var first)) Error(key, $"'{spec}' is already served by {first}");
+        else paths[spec.ToString()] = key[..key.LastIndexOf(':')]; // the LUN's key, as file paths record it
+        if (_checkFiles && !_cephFilesChecked)
+        {
+            _cephFilesChecked = true;
+            if (ceph.ConfFile is { } conf)
+            {
+                if (!File.Exists(conf))
+                    Error(Str("Ceph:ConfFile") != null ? "Ceph:ConfFile" : key, $"Ceph configuration file '{conf}' does not exist" +
+                        (Str("Ceph:ConfFile") != null ? "" : " (from CEPH_CONF)"));
+            }
+            else if (!File.Exists($"/etc/ceph/{ceph.Cluster}.conf"))
+                Error(key, $"{spec} needs a Ceph configuration, and there is none: give Ceph:ConfFile (--ceph-conf FILE) or set CEPH_CONF " +
+                           $"(the default /etc/ceph/{ceph.Cluster}.conf does not exist)");
+            if (ceph.Keyring is { } keyring && !File.Exists(keyring)) Error("Ceph:Keyring", $"keyring '{keyring}' does not exist");
+        }
+        return spec;
+    }
+
+    private bool _cephFilesChecked;
+
+    /// <summary>Failover between gateways (Ha) works on shared files today; an image's lock is not wired into it yet.</summary>
+    private void CheckRbdWithHa(HaSettings? ha, IReadOnlyList<TargetSettings> targets)
+    {
+        if (ha == null) return;
+        foreach (var t in targets)
+            foreach (var l in t.Luns.Where(l => l.Rbd != null))
+                Error(l.KeyPath + ":Path", $"{l.Path}: several gateways (Ha) cannot share an RBD image yet; serve it from one gateway, or share a file");
+    }
+
+    /// <summary>APTPL reservations: beside a backing file; for an image, under DataDirectory (named after it).</summary>
+    private static string ReservationFileFor(string path, RbdImageSpec? rbd, string dataDir) =>
+        rbd == null ? path + ".pr.json" : Path.Combine(dataDir, $"rbd.{rbd.Display.Replace('/', '.')}.pr.json");
+}
