@@ -28,7 +28,7 @@ public static class Tools
         ["iscsi-ls"] = "libiscsi-bin", ["iscsi-inq"] = "libiscsi-bin", ["iscsi-test-cu"] = "libiscsi-bin",
         ["iscsi-readcapacity16"] = "libiscsi-bin", ["qemu-img"] = "qemu-utils", ["qemu-io"] = "qemu-utils",
         ["qemu-system-x86_64"] = "qemu-system-x86", ["socat"] = "socat", ["tgtd"] = "tgt", ["tgtadm"] = "tgt",
-        ["fusermount3"] = "fuse3", ["dd"] = "coreutils",
+        ["fusermount3"] = "fuse3", ["dd"] = "coreutils", ["rbd"] = "ceph-common", ["rados"] = "ceph-common",
     };
 
     /// <summary>Full path of a tool on PATH; a missing tool is a test failure (never a skip), naming the package.</summary>

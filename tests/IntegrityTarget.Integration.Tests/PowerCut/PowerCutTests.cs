@@ -22,10 +22,10 @@ public class PowerCutTests
         int.TryParse(Environment.GetEnvironmentVariable("POWERCUT_CUTS"), out var n) && n > 0 ? Math.Max(1, n / 2) : 3;
 
     /// <summary>One write command the load issued.</summary>
-    sealed record WriteCmd(uint Id, ulong Lba, int Blocks, bool Fua);
+    internal sealed record WriteCmd(uint Id, ulong Lba, int Blocks, bool Fua);
 
     /// <summary>What each block may hold: the durable id and ids written since (issued, possibly lost).</summary>
-    sealed class Model(int blocks)
+    internal sealed class Model(int blocks)
     {
         public readonly uint[] Durable = new uint[blocks];
         public readonly List<uint>?[] Pending = new List<uint>?[blocks];
@@ -112,7 +112,7 @@ public class PowerCutTests
                 pc.Mount();
                 srv.Start(TimeSpan.FromMinutes(2));
                 var target = new Target(() => TestInitiator.Connect(srv, ioTimeout: TimeSpan.FromSeconds(20)), srv.Kill, n => srv.Output(n), 0);
-                RunLoadAndCut(target, pc, model, bs, seed, mode, regionBlocks);
+                RunLoadAndCrash(target, () => pc.Cut(mode), model, bs, seed, regionBlocks);
                 pc.Umount();
                 pc.Mount();
                 srv.Start(TimeSpan.FromMinutes(2)); // recovery runs here
@@ -135,9 +135,13 @@ public class PowerCutTests
     /// on powercutfs: with drop every flushed write survived; with keep-random the check reported tgt's torn
     /// commands ("write 142 (lba 503+192) is torn: 99 of its 192 last-written blocks survived"), the negative control.
     /// </summary>
-    sealed record Target(Func<TestInitiator> Connect, Action Kill, Func<int, string> Output, int Lun);
+    internal sealed record Target(Func<TestInitiator> Connect, Action Kill, Func<int, string> Output, int Lun);
 
-    static void RunLoadAndCut(Target t, Powercut pc, Model model, int bs, int seed, string mode, int regionBlocks)
+    /// <summary>
+    /// Runs the seeded write/flush load until a random number of operations, then <paramref name="crash"/> (a power
+    /// cut, or nothing beyond the kill that follows) and kill -9 of the server; the model records what was durable.
+    /// </summary>
+    internal static void RunLoadAndCrash(Target t, Func<string> crash, Model model, int bs, int seed, int regionBlocks)
     {
         var Lun = t.Lun;
         var rnd = new Random(seed);
@@ -190,15 +194,19 @@ public class PowerCutTests
         Assert.That(Volatile.Read(ref done), Is.GreaterThanOrEqualTo(cutAfter), () => "load made no progress\n" + t.Output(60));
 
         Volatile.Write(ref cutDone, true);
-        var cutInfo = pc.Cut(mode);
-        TestContext.Progress.WriteLine($"  cut after {Volatile.Read(ref done)} operations: {cutInfo}");
+        var cutInfo = crash();
+        TestContext.Progress.WriteLine($"  crash after {Volatile.Read(ref done)} operations: {cutInfo}");
         Thread.Sleep(100); // let the server run into EIO for a moment, as a real machine would until it dies
         t.Kill();
         ini.Dispose();
         Assert.That(load.Join(TimeSpan.FromSeconds(60)), Is.True, "load thread ends once the server is gone");
     }
 
-    static void Verify(Target t, Model model, int bs, int regionBlocks, string what)
+    /// <summary>
+    /// After the restart: every block reads without error, every durable write is there, every block holds a value
+    /// some issued write gave it, each write command all-or-nothing. The survivors become the model's new baseline.
+    /// </summary>
+    internal static void Verify(Target t, Model model, int bs, int regionBlocks, string what)
     {
         var Lun = t.Lun;
         using var ini = t.Connect();
