@@ -126,7 +126,8 @@ public sealed partial class TargetHost
             var failures = new List<string>();
             async Task<ServedLun?> Open(TargetSettings t, LunSettings l)
             {
-                bool existed = File.Exists(l.Path);
+                // An RBD image is never removed by a rollback (whoever made it, a rolled-back reload leaves it).
+                bool existed = l.Rbd != null || File.Exists(l.Path);
                 try
                 {
                     var lun = await VolumeOpener.OpenAsync(t, l, _log, ct);
