@@ -83,4 +83,15 @@ public class RbdConfigTests
         Assert.That(run.ExitCode, Is.EqualTo(0), run.AllOutput);
         Assert.That(run.OutText, Does.Contain("1 LUN(s)"));
     }
+
+    [Test]
+    public void Gateways_sharing_an_rbd_image_are_refused_until_failover_uses_its_lock()
+    {
+        using var dir = new TempDir();
+        var conf = dir.File("ceph.conf", "[global]\nmon_host = 127.0.0.1:1\n");
+        var (_, problems) = ConfigTestExtensions.Load(dir.Path, ["--data-dir", dir.Path, "--lun", "rbd:rbd/vm1", "--ceph-conf", conf,
+            "--Ha:PeerSecret", "0123456789abcdef", "--ha-self", "a",
+            "--Ha:Gateways:0:Name", "a", "--Ha:Gateways:0:Peer", "127.0.0.1:3270", "--Ha:Gateways:1:Name", "b", "--Ha:Gateways:1:Peer", "127.0.0.1:3271"]);
+        Assert.That(problems.Errors(), Has.Some.Contains("Targets:0:Luns:0:Path: rbd:rbd/vm1: several gateways (Ha) cannot share an RBD image yet"));
+    }
 }
