@@ -72,6 +72,58 @@ public class GatewayFailoverTests
         return b;
     }
 
+    /// <summary>(NAA designator, relative target port, target port group) from VPD page 83h.</summary>
+    static (byte[] Naa, ushort Port, ushort Group) Identity(TestInitiator i)
+    {
+        ScsiResult r;
+        do r = i.Execute(0, [0x12, 1, 0x83, 0, 255, 0], readLength: 255); while (r.Sense is { Key: 6 });
+        Assert.That(r.Good, Is.True, () => $"VPD 83h: {r}");
+        var d = r.Data.AsSpan(0, r.DataInBytes);
+        byte[] naa = []; ushort port = 0, group = 0;
+        for (int pos = 4; pos + 4 <= d.Length; pos += 4 + d[pos + 3])
+        {
+            int assoc = (d[pos + 1] >> 4) & 3, type = d[pos + 1] & 0xF;
+            if (assoc == 0 && type == 3) naa = d.Slice(pos + 4, d[pos + 3]).ToArray();
+            if (assoc == 1 && type == 4) port = BinaryPrimitives.ReadUInt16BigEndian(d[(pos + 6)..]);
+            if (assoc == 1 && type == 5) group = BinaryPrimitives.ReadUInt16BigEndian(d[(pos + 6)..]);
+        }
+        return (naa, port, group);
+    }
+
+    static byte[] Rtpg(TestInitiator i)
+    {
+        ScsiResult r;
+        do r = i.Execute(0, [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], readLength: 256); while (r.Sense is { Key: 6 });
+        Assert.That(r.Good, Is.True, () => $"REPORT TARGET PORT GROUPS: {r}");
+        return r.Data.AsSpan(0, r.DataInBytes).ToArray();
+    }
+
+    /// <summary>Both gateways report the same LU identity and the same port groups, each naming its own port and group.</summary>
+    static void AssertBothPathsDescribeOneLogicalUnit(TestInitiator viaGw1, TestInitiator viaGw2)
+    {
+        var a = Identity(viaGw1);
+        var b = Identity(viaGw2);
+        Assert.That(b.Naa, Is.EqualTo(a.Naa).And.Length.EqualTo(16), "one NAA logical unit designator on every gateway");
+        Assert.That((a.Port, a.Group, b.Port, b.Group), Is.EqualTo(((ushort)1, (ushort)1, (ushort)2, (ushort)2)));
+        var rtpg = Rtpg(viaGw1);
+        Assert.That(Rtpg(viaGw2), Is.EqualTo(rtpg), "the same REPORT TARGET PORT GROUPS answer through both gateways");
+        // group 1 (gw1, the owner) active/optimized with port 1; group 2 (gw2) standby with port 2
+        Assert.That(rtpg.Skip(4).ToArray(), Is.EqualTo(new byte[] { 0x00, 0x8F, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0x02, 0x8F, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2 }));
+    }
+
+    const ulong ClusterKey = 0x0C1A5_7E2_0001;
+
+    /// <summary>PERSISTENT RESERVE OUT with the basic 24-byte parameter list, past unit attentions.</summary>
+    static ScsiResult Prout(TestInitiator i, byte serviceAction, ulong key, ulong serviceActionKey, byte type = 0)
+    {
+        var p = new byte[24];
+        BinaryPrimitives.WriteUInt64BigEndian(p, key);
+        BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), serviceActionKey);
+        ScsiResult r;
+        do r = i.Execute(0, [0x5F, serviceAction, type, 0, 0, 0, 0, 0, 24, 0], p); while (r.Sense is { Key: 6 });
+        return r;
+    }
+
     static TestInitiator Login(ServerProcess gw, ulong isid) =>
         TestInitiator.Connect(gw, new LoginOptions { InitiatorName = Initiator, Isid = isid }, TimeSpan.FromSeconds(20));
 
@@ -81,6 +133,12 @@ public class GatewayFailoverTests
         using var pair = new GatewayPair("standby").Start();
         using var s1 = Login(pair.Gw1, 0x80_0000_0001);
         using var s2 = Login(pair.Gw2, 0x80_0000_0002);
+        AssertBothPathsDescribeOneLogicalUnit(s1, s2);
+        // As a Windows cluster node does: register the same key on every path, reserve through one
+        // (write exclusive, registrants only), so only this host's paths may write.
+        Assert.That(Prout(s1, 0x06, 0, ClusterKey).Good, Is.True);
+        Assert.That(Prout(s2, 0x06, 0, ClusterKey).Good, Is.True);
+        Assert.That(Prout(s1, 0x01, ClusterKey, 0, type: 5).Good, Is.True);
         var paths = new TwoPaths(s1, s2);
         var acknowledged = new Dictionary<ulong, byte[]>();
         const int slots = 2048;
@@ -129,6 +187,20 @@ public class GatewayFailoverTests
         TestContext.Out.WriteLine(string.Join('\n', paths.Events));
         Assert.That(pair.Gw2.HasLog(GatewayPair.OwnerLog), Is.True, () => "gw2 never took the LUN over\n" + pair.Gw2.Output());
         Assert.That(paths.Saw("path 2: unit attention 2A/06"), Is.True, "the survivor's first answer on the second path is ASYMMETRIC ACCESS STATE CHANGED");
+
+        // The reservation survived the failover: the same holder key and type, both registrations, and a
+        // host that is not registered may not write.
+        var reservation = s2.Execute(0, [0x5E, 0x01, 0, 0, 0, 0, 0, 0, 24, 0], readLength: 24);
+        Assert.That(BinaryPrimitives.ReadUInt64BigEndian(reservation.Data.AsSpan(8)), Is.EqualTo(ClusterKey), "reservation key after failover");
+        Assert.That(reservation.Data[21], Is.EqualTo(5), "write exclusive, registrants only");
+        var keys = s2.Execute(0, [0x5E, 0x00, 0, 0, 0, 0, 0, 0, 64, 0], readLength: 64);
+        Assert.That(BinaryPrimitives.ReadUInt32BigEndian(keys.Data.AsSpan(4)), Is.EqualTo(16), "both registrations are still there");
+        using (var stranger = TestInitiator.Connect(pair.Gw2, new LoginOptions { InitiatorName = "iqn.2026-11.org.example:another-host" }))
+        {
+            ScsiResult w;
+            do w = stranger.Write16(0, 0, new byte[BlockSize], BlockSize); while (w.Sense is { Key: 6 });
+            Assert.That(w.Status, Is.EqualTo(0x18), "RESERVATION CONFLICT for a host outside the cluster");
+        }
 
         // Every acknowledged write is there, read through the survivor.
         foreach (var (lba, data) in acknowledged)

@@ -58,10 +58,11 @@ public static class Tools
     /// <summary>
     /// Runs a process to completion (or kills its whole process tree after the timeout). Output is
     /// captured; when <paramref name="echo"/> is set each line is also written to the NUnit progress log
-    /// so long runs (VM, conformance) show what they do.
+    /// so long runs (VM, conformance) show what they do. <paramref name="onLine"/> sees each stdout line as
+    /// it arrives (a harness reacting to a marker the tool prints).
     /// </summary>
     public static ToolResult Run(string file, IEnumerable<string> args, TimeSpan timeout,
-        IDictionary<string, string>? env = null, string? workDir = null, bool echo = false)
+        IDictionary<string, string>? env = null, string? workDir = null, bool echo = false, Action<string>? onLine = null)
     {
         var psi = new ProcessStartInfo(file)
         {
@@ -76,7 +77,13 @@ public static class Tools
         var stdout = new StringBuilder();
         var stderr = new StringBuilder();
         using var p = new Process { StartInfo = psi };
-        p.OutputDataReceived += (_, e) => { if (e.Data is null) return; lock (stdout) stdout.AppendLine(e.Data); if (echo) TestContext.Progress.WriteLine("  | " + e.Data); };
+        p.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (stdout) stdout.AppendLine(e.Data);
+            if (echo) TestContext.Progress.WriteLine("  | " + e.Data);
+            onLine?.Invoke(e.Data);
+        };
         p.ErrorDataReceived += (_, e) => { if (e.Data is null) return; lock (stderr) stderr.AppendLine(e.Data); if (echo) TestContext.Progress.WriteLine("  ! " + e.Data); };
         p.Start();
         p.StandardInput.Close();
