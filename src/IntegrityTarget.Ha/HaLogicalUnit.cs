@@ -96,35 +96,34 @@ public sealed class HaLogicalUnit : ILogicalUnit
 
     // ---- the ILogicalUnit surface: route by mode ---------------------------------------------------
 
+    /// <summary>The unit answering here: the owner's, or the stand-in's; null while following another gateway.</summary>
+    private ScsiLogicalUnit? HereUnit => _mode switch { OwnerMode o => o.Unit, LocalMode l => l.Unit, _ => null };
+
     public async ValueTask<ScsiResponse> ExecuteAsync(ScsiCommand command, CancellationToken ct)
     {
-        switch (_mode)
-        {
-            case OwnerMode o: return await o.Unit.ExecuteAsync(command, ct).ConfigureAwait(false);
-            case LocalMode l: return await l.Unit.ExecuteAsync(command, ct).ConfigureAwait(false);
-            case FollowerMode f:
-                var r = await f.Peer.ForwardAsync(Spec.TargetIqn, Spec.Lun, command, ct).ConfigureAwait(false);
-                if (r != null) return r;
-                // The owner is gone or gave the LUN up while this command was on its way: its outcome is
-                // unknown, so tell the initiator to retry once the LUN has settled on a gateway.
-                Wake();
-                return ScsiLogicalUnit.Refuse(SenseReason.NotAccessibleTransitioning);
-            default: throw new InvalidOperationException();
-        }
+        var mode = _mode;
+        if (mode is not FollowerMode f) return await HereUnitOf(mode).ExecuteAsync(command, ct).ConfigureAwait(false);
+        var r = await f.Peer.ForwardAsync(Spec.TargetIqn, Spec.Lun, command, ct).ConfigureAwait(false);
+        if (r != null) return r;
+        // The owner is gone or gave the LUN up while this command was on its way: its outcome is
+        // unknown, so tell the initiator to retry once the LUN has settled on a gateway.
+        Wake();
+        return ScsiLogicalUnit.Refuse(SenseReason.NotAccessibleTransitioning);
     }
+
+    private static ScsiLogicalUnit HereUnitOf(Mode mode) => mode switch
+    {
+        OwnerMode o => o.Unit,
+        LocalMode l => l.Unit,
+        _ => throw new InvalidOperationException("a follower has no unit of its own"),
+    };
 
     public void NexusCreated(ItNexus nexus)
     {
-        Mode mode;
         lock (_sync)
         {
             _localNexuses[(nexus.InitiatorPortName, nexus.TargetPortName)] = nexus;
-            mode = _mode;
-            switch (mode)
-            {
-                case OwnerMode o: o.Unit.NexusCreated(nexus); break;
-                case LocalMode l: l.Unit.NexusCreated(nexus); break;
-            }
+            HereUnit?.NexusCreated(nexus);
         }
         _coordinator.LocalNexusUp(Spec.TargetIqn, nexus);
     }
@@ -134,36 +133,21 @@ public sealed class HaLogicalUnit : ILogicalUnit
         lock (_sync)
         {
             _localNexuses.Remove((nexus.InitiatorPortName, nexus.TargetPortName));
-            switch (_mode)
-            {
-                case OwnerMode o: o.Unit.NexusLost(nexus); break;
-                case LocalMode l: l.Unit.NexusLost(nexus); break;
-            }
+            HereUnit?.NexusLost(nexus);
         }
         _coordinator.LocalNexusDown(Spec.TargetIqn, nexus);
     }
 
     public void Reset(SenseReason ua)
     {
-        switch (_mode)
-        {
-            case OwnerMode o: o.Unit.Reset(ua); break;
-            case LocalMode l: l.Unit.Reset(ua); break;
-            case FollowerMode f: f.Peer.SendReset(Spec.TargetIqn, Spec.Lun, ua); break;
-        }
+        if (_mode is FollowerMode f) f.Peer.SendReset(Spec.TargetIqn, Spec.Lun, ua);
+        else HereUnit?.Reset(ua);
     }
 
-    public void UnitAttention(ItNexus nexus, SenseReason reason)
-    {
-        switch (_mode)
-        {
-            case OwnerMode o: o.Unit.UnitAttention(nexus, reason); break;
-            case LocalMode l: l.Unit.UnitAttention(nexus, reason); break;
-            // A follower's nexuses live in the owner's unit; the owner raises its own unit attentions.
-        }
-    }
+    /// <summary>A follower's nexuses live in the owner's unit, which raises its own unit attentions.</summary>
+    public void UnitAttention(ItNexus nexus, SenseReason reason) => HereUnit?.UnitAttention(nexus, reason);
 
-    public bool DescriptorSense => _mode switch { OwnerMode o => o.Unit.DescriptorSense, LocalMode l => l.Unit.DescriptorSense, _ => false };
+    public bool DescriptorSense => HereUnit?.DescriptorSense ?? false;
 
     // ---- used by the coordinator --------------------------------------------------------------------
 

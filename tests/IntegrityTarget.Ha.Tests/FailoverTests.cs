@@ -13,11 +13,9 @@ public class FailoverTests
     public async Task AFollowerForwardsEverythingToTheOwnerSoBothPathsSeeOneLogicalUnit()
     {
         var store = new SharedStore(4 << 20);
-        var gws = Layout(2);
-        await using var a = await StartAsync(store, gws, "gw1", AluaState.ActiveNonOptimized);
-        await a.WaitForRoleAsync(HaRole.Owner);
-        await using var b = await StartAsync(store, gws, "gw2", AluaState.ActiveNonOptimized);
-        await b.WaitForRoleAsync(HaRole.Follower);
+        var (a, b) = await StartPairAsync(store, AluaState.ActiveNonOptimized, null);
+        await using var _a = a;
+        await using var _b = b;
         Assert.That(b.Lun.OwnerGateway, Is.EqualTo("gw1"));
 
         var viaA = a.Nexus(InitA);
@@ -53,11 +51,9 @@ public class FailoverTests
     public async Task AStandbyGatewayRefusesDataWithNotReadyStandbyButAnswersInquiryReadCapacityAndRtpg()
     {
         var store = new SharedStore(4 << 20);
-        var gws = Layout(2);
-        await using var a = await StartAsync(store, gws, "gw1");
-        await a.WaitForRoleAsync(HaRole.Owner);
-        await using var b = await StartAsync(store, gws, "gw2");
-        await b.WaitForRoleAsync(HaRole.Follower);
+        var (a, b) = await StartPairAsync(store, AluaState.Standby, null);
+        await using var _a = a;
+        await using var _b = b;
         var viaB = b.Nexus(InitB);
         b.Lun.NexusCreated(viaB);
         using (var w = b.ExecPastUnitAttentions(viaB, Write10(0, 1), Pattern(1))) Assert.That(Gateway.Sense(w), Is.EqualTo(((byte)2, (byte)4, (byte)0x0B)));
@@ -73,11 +69,8 @@ public class FailoverTests
     public async Task WhenTheOwnerStopsTheOtherGatewayTakesOverOpensTheVolumeOnceAndRaisesAsymmetricAccessStateChanged()
     {
         var store = new SharedStore(4 << 20);
-        var gws = Layout(2);
-        var a = await StartAsync(store, gws, "gw1");
-        await a.WaitForRoleAsync(HaRole.Owner);
-        await using var b = await StartAsync(store, gws, "gw2");
-        await b.WaitForRoleAsync(HaRole.Follower);
+        var (a, b) = await StartPairAsync(store, AluaState.Standby, null);
+        await using var _b = b;
         var viaA = a.Nexus(InitA);
         var viaB = b.Nexus(InitA, isid: 2);
         a.Lun.NexusCreated(viaA);
@@ -98,11 +91,9 @@ public class FailoverTests
     public async Task AnOwnerWhoseLockIsTakenAwayStopsServingAndFollowsTheNewOwner()
     {
         var store = new SharedStore(4 << 20);
-        var gws = Layout(2);
-        await using var a = await StartAsync(store, gws, "gw1");
-        await a.WaitForRoleAsync(HaRole.Owner);
-        await using var b = await StartAsync(store, gws, "gw2");
-        await b.WaitForRoleAsync(HaRole.Follower);
+        var (a, b) = await StartPairAsync(store, AluaState.Standby, null);
+        await using var _a = a;
+        await using var _b = b;
 
         // Another party breaks the owner's lock and takes it: the owner notices it was fenced, closes its
         // volume without another write, and neither gateway serves data until the lock is free again.
@@ -144,11 +135,8 @@ public class FailoverTests
     {
         var store = new SharedStore(4 << 20);
         var record = new MemoryRecord();
-        var gws = Layout(2);
-        var a = await StartAsync(store, gws, "gw1", reservations: record);
-        await a.WaitForRoleAsync(HaRole.Owner);
-        await using var b = await StartAsync(store, gws, "gw2", reservations: record);
-        await b.WaitForRoleAsync(HaRole.Follower);
+        var (a, b) = await StartPairAsync(store, AluaState.Standby, record);
+        await using var _b = b;
         var viaA = a.Nexus(InitA);
         a.Lun.NexusCreated(viaA);
         var p = new byte[24];
@@ -173,11 +161,9 @@ public class FailoverTests
     public async Task ALogicalUnitResetThroughTheFollowerReachesEveryNexusOfTheOwnersUnit()
     {
         var store = new SharedStore(4 << 20);
-        var gws = Layout(2);
-        await using var a = await StartAsync(store, gws, "gw1", AluaState.ActiveNonOptimized);
-        await a.WaitForRoleAsync(HaRole.Owner);
-        await using var b = await StartAsync(store, gws, "gw2", AluaState.ActiveNonOptimized);
-        await b.WaitForRoleAsync(HaRole.Follower);
+        var (a, b) = await StartPairAsync(store, AluaState.ActiveNonOptimized, null);
+        await using var _a = a;
+        await using var _b = b;
         var viaA = a.Nexus(InitA);
         var viaB = b.Nexus(InitB);
         a.Lun.NexusCreated(viaA);
@@ -205,6 +191,17 @@ public class FailoverTests
         e = Assert.ThrowsAsync<PeerProtocolException>(async () =>
             await PeerLink.ConnectAsync(gws[0], otherConfig, HaCoordinator.FingerprintOf("a different LUN list"), CancellationToken.None));
         Assert.That(e!.Message, Does.Contain("configurations differ"));
+    }
+
+    /// <summary>gw1 started first (it takes the lock and owns the LUN), then gw2 (it follows).</summary>
+    private static async Task<(Gateway A, Gateway B)> StartPairAsync(SharedStore store, AluaState nonOwner, IntegrityTarget.Storage.IDurableRecord? reservations)
+    {
+        var gws = Layout(2);
+        var a = await StartAsync(store, gws, "gw1", nonOwner, reservations: reservations);
+        await a.WaitForRoleAsync(HaRole.Owner);
+        var b = await StartAsync(store, gws, "gw2", nonOwner, reservations: reservations);
+        await b.WaitForRoleAsync(HaRole.Follower);
+        return (a, b);
     }
 
     private sealed class MemoryRecord : IntegrityTarget.Storage.IDurableRecord
