@@ -61,6 +61,13 @@ public sealed class IscsiServerOptions
     /// logging in longest is closed, so idle or slow half-logins cannot crowd out real logins.
     /// </summary>
     public int PendingLoginLimit => Math.Max(8, ConnectionLimit / 4);
+    /// <summary>
+    /// The answer to a failed authentication waits this long, doubled with every further failure of the same
+    /// initiator name or source address (up to <see cref="ChapFailureMaxDelay"/>); a CHAP success resets it.
+    /// Zero turns the delay off.
+    /// </summary>
+    public TimeSpan ChapFailureDelay { get; init; } = TimeSpan.FromMilliseconds(500);
+    public TimeSpan ChapFailureMaxDelay { get; init; } = TimeSpan.FromSeconds(16);
 
     /// <summary>Returns every problem with these options (empty when valid).</summary>
     public IReadOnlyList<string> Validate()
@@ -76,6 +83,8 @@ public sealed class IscsiServerOptions
         if (MaxCommandDataLength < MaxBurstLength) errors.Add($"MaxCommandDataLength must be at least MaxBurstLength ({MaxBurstLength})");
         if (MaxWriteBufferBytesPerConnection < MaxCommandDataLength) errors.Add($"MaxWriteBufferBytesPerConnection must be at least MaxCommandDataLength ({MaxCommandDataLength})");
         if (ConnectionLimit < 1) errors.Add($"ConnectionLimit must be at least 1, got {ConnectionLimit}");
+        if (ChapFailureDelay < TimeSpan.Zero || ChapFailureMaxDelay < ChapFailureDelay)
+            errors.Add($"ChapFailureDelay must be at least 0 and at most ChapFailureMaxDelay ({ChapFailureMaxDelay.TotalSeconds} s)");
         return errors;
     }
 }

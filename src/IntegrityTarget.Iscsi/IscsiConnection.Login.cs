@@ -21,7 +21,7 @@ public sealed partial class IscsiConnection
             await CloseAsync("PDU before login").ConfigureAwait(false);
             return;
         }
-        var login = _login ??= new LoginNegotiator(_server, Parameters, _log);
+        var login = _login ??= new LoginNegotiator(_server, Parameters, _log, Remote?.Address);
         if (!login.Started)
         {
             // The first request fixes the numbering: our first StatSN is its ExpStatSN, its CmdSN starts the window.
@@ -40,6 +40,7 @@ public sealed partial class IscsiConnection
                 _phase = Phase.FullFeature;
                 _login = null;
                 _server.Counters.LoginSucceeded();
+                if (login.ChapAuthenticated) _server.AuthThrottle.Succeeded(login.InitiatorName, Remote?.Address);
                 // Digests apply from the first PDU after the final login response, both ways.
                 _sender.HeaderDigest = Parameters.HeaderDigest;
                 _sender.DataDigest = Parameters.DataDigest;
@@ -50,13 +51,43 @@ public sealed partial class IscsiConnection
         }
         catch (LoginFailure f)
         {
-            if (f.Status == LoginStatus.AuthenticationFailure) _server.Counters.ChapFailed();
-            _log.Warning("Login failed (status 0x{Status:x4}) for {Initiator} to {Target}: {Reason}",
-                f.Status, LogText.Escape(login.InitiatorName ?? "?"), LogText.Escape(login.TargetName ?? (login.Discovery ? "discovery" : "?")),
-                LogText.Escape(f.Message));
-            await SendLoginFailureAsync(pdu.Header, (byte)(f.Status >> 8), (byte)f.Status).ConfigureAwait(false);
-            await CloseAsync("login failed").ConfigureAwait(false);
+            await FailLoginAsync(login, pdu.Header, f).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// Logs the failure (a few lines per initiator, address and status per 10 s), waits out the growing
+    /// delay after failed authentications, answers with the failure status and closes.
+    /// </summary>
+    private async ValueTask FailLoginAsync(LoginNegotiator login, byte[] request, LoginFailure f)
+    {
+        var address = Remote?.Address;
+        var delay = TimeSpan.Zero;
+        int failures = 0;
+        var lease = default(AuthThrottle.Lease);
+        if (f.Status == LoginStatus.AuthenticationFailure)
+        {
+            _server.Counters.ChapFailed();
+            lease = _server.AuthThrottle.Failed(login.InitiatorName, address, out delay, out failures);
+        }
+        using (lease)
+        {
+            var key = $"{address}|{login.InitiatorName}|{f.Status}";
+            if (_server.LoginFailureLog.ShouldLog(key, out var repeats))
+                _log.Warning("Login failed (status 0x{Status:x4}) for {Initiator} from {Address} to {Target}: {Reason}{Delay}{Repeats}",
+                    f.Status, LogText.Escape(login.InitiatorName ?? "?"), address?.ToString() ?? "?",
+                    LogText.Escape(login.TargetName ?? (login.Discovery ? "discovery" : "?")), LogText.Escape(f.Message),
+                    delay > TimeSpan.Zero ? $"; answered after {delay.TotalSeconds:0.0#} s ({failures} failed authentications of this initiator or address)" : "",
+                    repeats > 0 ? $" ({repeats} more such failures since the last line)" : "");
+            if (delay > TimeSpan.Zero)
+            {
+                _server.Counters.LoginFailureDelayed();
+                try { await Task.Delay(delay, _closedCts.Token).ConfigureAwait(false); }
+                catch (OperationCanceledException) { }
+            }
+        }
+        await SendLoginFailureAsync(request, (byte)(f.Status >> 8), (byte)f.Status).ConfigureAwait(false);
+        await CloseAsync("login failed").ConfigureAwait(false);
     }
 
     private async Task<IscsiSession> EstablishSessionAsync(LoginNegotiator login)

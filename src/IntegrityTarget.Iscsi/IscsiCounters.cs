@@ -9,7 +9,7 @@ namespace IntegrityTarget.Iscsi;
 /// </summary>
 public sealed class IscsiCounters
 {
-    private long _loginsSucceeded, _loginsFailed, _chapFailures, _rejectedPdus;
+    private long _loginsSucceeded, _loginsFailed, _chapFailures, _loginFailuresDelayed, _rejectedPdus;
     private long _connectionsAccepted, _connectionsOpen, _connectionsRefused, _pendingLoginsEvicted, _acceptErrors;
     private readonly ConcurrentDictionary<string, StrongBox> _sessions = new(StringComparer.OrdinalIgnoreCase);
 
@@ -21,6 +21,7 @@ public sealed class IscsiCounters
     internal void LoginSucceeded() => Interlocked.Increment(ref _loginsSucceeded);
     internal void LoginFailed() => Interlocked.Increment(ref _loginsFailed);
     internal void ChapFailed() => Interlocked.Increment(ref _chapFailures);
+    internal void LoginFailureDelayed() => Interlocked.Increment(ref _loginFailuresDelayed);
     internal void PduRejected() => Interlocked.Increment(ref _rejectedPdus);
 
     internal void ConnectionOpened()
@@ -52,6 +53,7 @@ public sealed class IscsiCounters
         LoginsSucceeded = Interlocked.Read(ref _loginsSucceeded),
         LoginsFailed = Interlocked.Read(ref _loginsFailed),
         ChapFailures = Interlocked.Read(ref _chapFailures),
+        LoginFailuresDelayed = Interlocked.Read(ref _loginFailuresDelayed),
         RejectedPdus = Interlocked.Read(ref _rejectedPdus),
         ConnectionsAccepted = Interlocked.Read(ref _connectionsAccepted),
         ConnectionsOpen = Interlocked.Read(ref _connectionsOpen),
@@ -71,6 +73,8 @@ public sealed record IscsiCountersSnapshot
     public long LoginsFailed { get; init; }
     /// <summary>Logins refused with "authentication failure" (wrong CHAP name or response, CHAP skipped).</summary>
     public long ChapFailures { get; init; }
+    /// <summary>Failed authentications whose answer waited out the growing failure delay.</summary>
+    public long LoginFailuresDelayed { get; init; }
     /// <summary>Reject PDUs sent.</summary>
     public long RejectedPdus { get; init; }
     /// <summary>Connections handed to the iSCSI layer since start.</summary>

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net;
+using IntegrityTarget.Iscsi.Login;
 using IntegrityTarget.Iscsi.Session;
 using Serilog;
 
@@ -39,6 +40,9 @@ public sealed class IscsiServer : IAsyncDisposable
         if (problems.Count > 0)
             throw new ArgumentException("Invalid iSCSI configuration: " + string.Join("; ", problems));
 
+        // A delayed answer must still come before the login timeout closes the connection.
+        var maxDelay = TimeSpan.FromTicks(Math.Min(options.ChapFailureMaxDelay.Ticks, options.LoginTimeout.Ticks * 4 / 5));
+        AuthThrottle = new AuthThrottle(TimeSpan.FromTicks(Math.Min(options.ChapFailureDelay.Ticks, maxDelay.Ticks)), maxDelay);
         // Large Data-Out buffers: a retaining pool owned by this server (MemoryPool.Shared collapses with deep 1 MiB queues).
         BufferPool = ArrayPool<byte>.Create(Math.Max(options.MaxCommandDataLength, 1 << 20), 16);
         foreach (var t in _targetList) Subscribe(t);
@@ -107,6 +111,10 @@ public sealed class IscsiServer : IAsyncDisposable
     public IscsiCounters Counters { get; } = new();
     /// <summary>Connections refused at the limit or closed to make room: a few lines per minute at most.</summary>
     private readonly LogLimiter _connectionLimitLog = new(TimeSpan.FromSeconds(10), maxPerInterval: 2);
+    /// <summary>Failed logins: one line per address, initiator and status per 10 s, at most 20 lines per 10 s.</summary>
+    internal LogLimiter LoginFailureLog { get; } = new(TimeSpan.FromSeconds(10));
+    /// <summary>The growing delay before a failed authentication is answered.</summary>
+    internal AuthThrottle AuthThrottle { get; }
     /// <summary>At most one "discovery found nothing for this initiator" hint per initiator per minute.</summary>
     internal LogLimiter DiscoveryHints { get; } = new(TimeSpan.FromMinutes(1));
     internal ILogger Log { get; }

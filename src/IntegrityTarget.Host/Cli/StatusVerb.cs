@@ -68,7 +68,7 @@ public static class StatusVerb
             }
         }
         if (s.Iscsi is { } i)
-            w.WriteLine($"iscsi: logins {i.LoginsSucceeded} ok, {i.LoginsFailed} failed (CHAP {i.ChapFailures}); rejected PDUs {i.RejectedPdus}; " +
+            w.WriteLine($"iscsi: logins {i.LoginsSucceeded} ok, {i.LoginsFailed} failed (CHAP {i.ChapFailures}, {i.LoginFailuresDelayed} answered after a delay); rejected PDUs {i.RejectedPdus}; " +
                         $"connections {i.ConnectionsOpen} open, {i.ConnectionsAccepted} accepted, {i.ConnectionsRefused} refused at the cap; accept errors {i.AcceptErrors}");
         w.WriteLine($"sessions: {s.Sessions.Count}");
         foreach (var session in s.Sessions) w.WriteLine($"  {session?.ToJsonString()}");

@@ -133,7 +133,7 @@ public sealed partial class ConfigReader
         "DataDirectory", "Portals", "Portals:#", "Transport",
         "Iscsi:MaxRecvDataSegmentLength", "Iscsi:MaxBurstLength", "Iscsi:FirstBurstLength", "Iscsi:ImmediateData",
         "Iscsi:InitialR2T", "Iscsi:MaxOutstandingR2T", "Iscsi:QueueDepth", "Iscsi:NopIntervalSeconds", "Iscsi:NopTimeoutSeconds",
-        "Iscsi:ConnectionLimit",
+        "Iscsi:ConnectionLimit", "Iscsi:ChapFailureDelayMilliseconds", "Iscsi:ChapFailureMaxDelaySeconds",
         "Iscsi:DiscoveryChap:User", "Iscsi:DiscoveryChap:Secret", "Iscsi:DiscoveryMutualChap:User", "Iscsi:DiscoveryMutualChap:Secret",
         "Targets:#:Iqn", "Targets:#:Alias", "Targets:#:AllowedInitiators", "Targets:#:AllowedInitiators:#",
         "Targets:#:Chap:User", "Targets:#:Chap:Secret", "Targets:#:MutualChap:User", "Targets:#:MutualChap:Secret",
@@ -284,6 +284,8 @@ public sealed partial class ConfigReader
             NopIntervalSeconds = Int("Iscsi:NopIntervalSeconds", 10, 1, 3600),
             NopTimeoutSeconds = Int("Iscsi:NopTimeoutSeconds", 30, 1, 3600),
             ConnectionLimit = Str("Iscsi:ConnectionLimit") is null ? null : Int("Iscsi:ConnectionLimit", 1024, 1, 1_000_000),
+            ChapFailureDelayMilliseconds = Int("Iscsi:ChapFailureDelayMilliseconds", 500, 0, 10_000),
+            ChapFailureMaxDelaySeconds = Int("Iscsi:ChapFailureMaxDelaySeconds", 16, 1, 25),
             DiscoveryChap = ReadChap("Iscsi:DiscoveryChap"),
             DiscoveryMutualChap = ReadChap("Iscsi:DiscoveryMutualChap"),
         };

@@ -39,6 +39,9 @@ public sealed class IscsiSettings
     public int NopTimeoutSeconds { get; init; } = 30;
     /// <summary>Connections held at once; null = derived from RLIMIT_NOFILE (half the soft limit, 16..4096).</summary>
     public int? ConnectionLimit { get; init; }
+    /// <summary>First delay before a failed authentication is answered; doubles per failure of the name or address.</summary>
+    public int ChapFailureDelayMilliseconds { get; init; } = 500;
+    public int ChapFailureMaxDelaySeconds { get; init; } = 16;
     public ChapSettings? DiscoveryChap { get; init; }
     public ChapSettings? DiscoveryMutualChap { get; init; }
 }

@@ -73,6 +73,8 @@ public sealed class FrontEnd : IAsyncDisposable
             NopInterval = TimeSpan.FromSeconds(s.NopIntervalSeconds),
             NopTimeout = TimeSpan.FromSeconds(s.NopTimeoutSeconds),
             ConnectionLimit = connectionLimit,
+            ChapFailureDelay = TimeSpan.FromMilliseconds(s.ChapFailureDelayMilliseconds),
+            ChapFailureMaxDelay = TimeSpan.FromSeconds(Math.Max(s.ChapFailureMaxDelaySeconds, s.ChapFailureDelayMilliseconds / 1000.0)),
             DiscoveryChap = Chap(s.DiscoveryChap),
             DiscoveryMutualChap = Chap(s.DiscoveryMutualChap),
         };

@@ -32,7 +32,7 @@ internal readonly record struct LoginStep(byte Flags, bool Complete);
 /// each Login Request and sends what it answers. Failures are <see cref="LoginFailure"/>s carrying
 /// their status class/detail.
 /// </summary>
-internal sealed class LoginNegotiator(IscsiServer server, NegotiatedParameters parameters, ILogger log)
+internal sealed class LoginNegotiator(IscsiServer server, NegotiatedParameters parameters, ILogger log, System.Net.IPAddress? remote = null)
 {
     private enum AuthState { NotStarted, WaitChapA, WaitChapResponse, Done }
 
@@ -55,6 +55,8 @@ internal sealed class LoginNegotiator(IscsiServer server, NegotiatedParameters p
     private readonly HashSet<string> _negotiatedKeys = new(StringComparer.Ordinal);
     private readonly List<KeyValuePair<string, string>> _keys = [];
 
+    /// <summary>Whether the initiator proved it knows the CHAP secret (a success that resets the failure delay).</summary>
+    public bool ChapAuthenticated { get; private set; }
     /// <summary>Whether a first Login Request has been seen (it fixes ISID, TSIH and the numbering).</summary>
     public bool Started => _started;
     public ulong Isid { get; private set; }
@@ -319,6 +321,10 @@ internal sealed class LoginNegotiator(IscsiServer server, NegotiatedParameters p
                 var name = Get("CHAP_N");
                 var resp = Get("CHAP_R");
                 if (name is null || resp is null) throw new LoginFailure(LoginStatus.AuthenticationFailure, "CHAP_N/CHAP_R expected");
+                // While enough failed guesses of this initiator or address wait out their delay, more are not checked.
+                if (_server.AuthThrottle.IsSaturated(InitiatorName, remote))
+                    throw new LoginFailure(LoginStatus.AuthenticationFailure,
+                        $"{AuthThrottle.MaxWaitingPerKey} failed CHAP logins of this initiator or address are already waiting; this response was not checked");
                 var respBytes = Chap.DecodeBinary(resp);
                 var expected = Chap.Response(_chapId, required!.Secret, _chapChallenge);
                 if (name != required.User || respBytes is null || !Chap.FixedTimeEquals(respBytes, expected))
@@ -339,6 +345,7 @@ internal sealed class LoginNegotiator(IscsiServer server, NegotiatedParameters p
                     LoginKeys.Append(response, "CHAP_R", Chap.EncodeHex(Chap.Response(id, mutual.Secret, challenge)));
                 }
                 _auth = AuthState.Done;
+                ChapAuthenticated = true;
                 _log.Information("CHAP authentication succeeded for {Initiator} as user {User}", LogText.Escape(InitiatorName), LogText.Escape(name));
                 return;
             }
