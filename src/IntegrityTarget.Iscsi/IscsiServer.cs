@@ -43,8 +43,9 @@ public sealed class IscsiServer : IAsyncDisposable
         // A delayed answer must still come before the login timeout closes the connection.
         var maxDelay = TimeSpan.FromTicks(Math.Min(options.ChapFailureMaxDelay.Ticks, options.LoginTimeout.Ticks * 4 / 5));
         AuthThrottle = new AuthThrottle(TimeSpan.FromTicks(Math.Min(options.ChapFailureDelay.Ticks, maxDelay.Ticks)), maxDelay);
-        // Large Data-Out buffers: a retaining pool owned by this server (MemoryPool.Shared collapses with deep 1 MiB queues).
-        BufferPool = ArrayPool<byte>.Create(Math.Max(options.MaxCommandDataLength, 1 << 20), 16);
+        // Large Data-Out buffers: a pool owned by this server (MemoryPool.Shared collapses with deep 1 MiB queues) that
+        // gives back, after an idle interval, what it no longer needs.
+        BufferPool = new IntegrityTarget.Storage.TrimmingArrayPool(Math.Max(options.MaxCommandDataLength, 1 << 20), 16, TimeSpan.FromSeconds(10));
         foreach (var t in _targetList) Subscribe(t);
     }
 
@@ -118,7 +119,7 @@ public sealed class IscsiServer : IAsyncDisposable
     /// <summary>At most one "discovery found nothing for this initiator" hint per initiator per minute.</summary>
     internal LogLimiter DiscoveryHints { get; } = new(TimeSpan.FromMinutes(1));
     internal ILogger Log { get; }
-    internal ArrayPool<byte> BufferPool { get; }
+    internal IntegrityTarget.Storage.TrimmingArrayPool BufferPool { get; }
     internal IReadOnlyList<IscsiTargetConfig> Targets => _targetList;
     public bool IsShuttingDown => _shuttingDown;
 
@@ -289,5 +290,6 @@ public sealed class IscsiServer : IAsyncDisposable
         await ShutdownAsync(cts.Token).ConfigureAwait(false);
         foreach (var (t, h) in _subscriptions) t.Scsi.AbortTasksRequested -= h;
         _subscriptions.Clear();
+        BufferPool.Dispose();
     }
 }

@@ -6,26 +6,64 @@ namespace IntegrityTarget.Transport;
 /// <summary>
 /// Fixed-size blocks for the connection pipes, kept for reuse instead of being given back to the GC
 /// (MemoryPool&lt;byte&gt;.Shared collapses under 1 MiB-deep queues, see docs/limits.md). One pool per
-/// transport; it retains at most <c>maxRetained</c> blocks.
+/// transport; it retains at most <c>maxRetained</c> blocks, and every <c>trimInterval</c> drops the blocks
+/// that stayed unused through the whole previous interval, so a flood of connections or a burst of large
+/// reads does not pin its peak of blocks for good.
 /// </summary>
-internal sealed class RetainingMemoryPool(int blockSize = 64 * 1024, int maxRetained = 4096) : MemoryPool<byte>
+internal sealed class RetainingMemoryPool : MemoryPool<byte>
 {
     private readonly ConcurrentStack<Block> _free = new();
+    private readonly int _blockSize;
+    private readonly int _maxRetained;
+    private readonly Timer? _timer;
+    private int _lowWater;
 
-    public override int MaxBufferSize => blockSize;
+    public RetainingMemoryPool(int blockSize = 64 * 1024, int maxRetained = 4096, TimeSpan? trimInterval = null)
+    {
+        _blockSize = blockSize;
+        _maxRetained = maxRetained;
+        var every = trimInterval ?? TimeSpan.FromSeconds(10);
+        // Held weakly by its timer, so an abandoned pool is collected with it.
+        if (every != Timeout.InfiniteTimeSpan)
+            _timer = new Timer(static s => { if (((WeakReference<RetainingMemoryPool>)s!).TryGetTarget(out var p)) p.Trim(); },
+                new WeakReference<RetainingMemoryPool>(this), every, every);
+    }
+
+    public override int MaxBufferSize => _blockSize;
+
+    /// <summary>Blocks kept for reuse right now.</summary>
+    public int Retained => _free.Count;
 
     public override IMemoryOwner<byte> Rent(int minBufferSize = -1)
     {
-        if (minBufferSize > blockSize) return new Block(null, new byte[minBufferSize]); // oversized: not retained
-        return _free.TryPop(out var b) ? b.Reuse() : new Block(this, GC.AllocateUninitializedArray<byte>(blockSize, pinned: true));
+        if (minBufferSize > _blockSize) return new Block(null, new byte[minBufferSize]); // oversized: not retained
+        if (_free.TryPop(out var b))
+        {
+            int left = _free.Count;
+            if (left < Volatile.Read(ref _lowWater)) Volatile.Write(ref _lowWater, left);
+            return b.Reuse();
+        }
+        Volatile.Write(ref _lowWater, 0);
+        return new Block(this, GC.AllocateUninitializedArray<byte>(_blockSize, pinned: true));
     }
 
     private void Return(Block b)
     {
-        if (_free.Count < maxRetained) _free.Push(b);
+        if (_free.Count < _maxRetained) _free.Push(b);
     }
 
-    protected override void Dispose(bool disposing) => _free.Clear();
+    /// <summary>Drops the blocks that were not needed since the last trim (an approximate low-water mark).</summary>
+    public void Trim()
+    {
+        for (int n = Interlocked.Exchange(ref _lowWater, 0); n > 0 && _free.TryPop(out _); n--) { }
+        Volatile.Write(ref _lowWater, _free.Count);
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        _timer?.Dispose();
+        _free.Clear();
+    }
 
     private sealed class Block(RetainingMemoryPool? pool, byte[] array) : IMemoryOwner<byte>
     {
