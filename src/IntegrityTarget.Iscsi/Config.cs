@@ -68,6 +68,21 @@ public sealed class IscsiServerOptions
     /// </summary>
     public TimeSpan ChapFailureDelay { get; init; } = TimeSpan.FromMilliseconds(500);
     public TimeSpan ChapFailureMaxDelay { get; init; } = TimeSpan.FromSeconds(16);
+    /// <summary>
+    /// Command data (write buffers, read data not yet sent) the whole process may hold at once; a command
+    /// that does not fit is answered TASK SET FULL. See <see cref="InFlightBudget"/>.
+    /// </summary>
+    public long MaxInFlightBytes { get; init; } = 1L << 30;
+    /// <summary>
+    /// Read data one connection may have waiting to be sent. Beyond it the connection stops reading new
+    /// commands until the initiator has taken some of its answers (back-pressure).
+    /// </summary>
+    public long MaxQueuedReadBytesPerConnection { get; init; } = 64L << 20;
+    /// <summary>
+    /// SCSI commands marked immediate (they bypass the CmdSN window) one connection may have outstanding;
+    /// more are rejected with reason "immediate command reject" (RFC 7143 §11.17.1).
+    /// </summary>
+    public int MaxImmediateCommands { get; init; } = 16;
 
     /// <summary>Returns every problem with these options (empty when valid).</summary>
     public IReadOnlyList<string> Validate()
@@ -83,6 +98,9 @@ public sealed class IscsiServerOptions
         if (MaxCommandDataLength < MaxBurstLength) errors.Add($"MaxCommandDataLength must be at least MaxBurstLength ({MaxBurstLength})");
         if (MaxWriteBufferBytesPerConnection < MaxCommandDataLength) errors.Add($"MaxWriteBufferBytesPerConnection must be at least MaxCommandDataLength ({MaxCommandDataLength})");
         if (ConnectionLimit < 1) errors.Add($"ConnectionLimit must be at least 1, got {ConnectionLimit}");
+        if (MaxInFlightBytes < MaxBurstLength) errors.Add($"MaxInFlightBytes must be at least MaxBurstLength ({MaxBurstLength}), got {MaxInFlightBytes}");
+        if (MaxQueuedReadBytesPerConnection < MaxBurstLength) errors.Add($"MaxQueuedReadBytesPerConnection must be at least MaxBurstLength ({MaxBurstLength})");
+        if (MaxImmediateCommands < 1) errors.Add($"MaxImmediateCommands must be at least 1, got {MaxImmediateCommands}");
         if (ChapFailureDelay < TimeSpan.Zero || ChapFailureMaxDelay < ChapFailureDelay)
             errors.Add($"ChapFailureDelay must be at least 0 and at most ChapFailureMaxDelay ({ChapFailureMaxDelay.TotalSeconds} s)");
         return errors;

@@ -12,7 +12,10 @@ public sealed partial class IscsiConnection
 {
     private readonly Dictionary<uint, ScsiTask> _tasks = [];
     private long _writeBufferBytes;
+    private long _readBacklog;
+    private int _immediateCommands;
     private TaskCompletionSource? _idleWaiter;
+    private TaskCompletionSource? _sendRoomWaiter;
 
     public int TasksInFlight { get { lock (_sync) return _tasks.Count; } }
 
@@ -64,6 +67,13 @@ public sealed partial class IscsiConnection
             return;
         }
 
+        // Back-pressure: while this connection's read answers wait to be taken by the initiator, it reads no
+        // new commands (TCP then holds the initiator back), so unread answers cannot pile up without bound.
+        long reserve = write ? Math.Min(edtlRaw, (uint)Options.MaxCommandDataLength)
+                     : read ? Math.Min(edtlRaw, (uint)Options.MaxCommandDataLength) : 0;
+        if (read && reserve > 0) await WaitForSendRoomAsync(reserve).ConfigureAwait(false);
+        if (_phase == Phase.Closed) return;
+
         if (!AcceptCmdSN(h, countsAsCommand: true)) return;
 
         var task = new ScsiTask
@@ -80,18 +90,51 @@ public sealed partial class IscsiConnection
         TryCdbFromAhs(pdu, out var cdb);
         task.Cdb = cdb;
 
+        bool immediateLimit = false;
         lock (_sync)
         {
-            if (!_tasks.TryAdd(itt, task))
+            if (Bhs.Immediate(h) && _immediateCommands >= Options.MaxImmediateCommands)
+            {
+                _window.ReleaseSlot();
+                immediateLimit = true;
+            }
+            else if (!_tasks.TryAdd(itt, task))
             {
                 _window.ReleaseSlot();
                 invalid = "ITT already in use";
             }
+            else if (Bhs.Immediate(h))
+            {
+                task.Immediate = true;
+                _immediateCommands++;
+            }
+        }
+        if (immediateLimit)
+        {
+            // Immediate commands bypass the CmdSN window, so their number is bounded here (RFC 7143 §11.17.1).
+            _server.Counters.ImmediateRejected();
+            await RejectAsync(pdu, RejectReason.ImmediateCommandReject, $"more than {Options.MaxImmediateCommands} immediate commands outstanding").ConfigureAwait(false);
+            return;
         }
         if (invalid is not null)
         {
             await SendRejectAsync(h, RejectReason.TaskInProgress).ConfigureAwait(false);
             return;
+        }
+
+        // The process-wide budget for data in flight: a command that does not fit waits at the initiator.
+        if (reserve > 0 && !_server.Budget.TryReserve(reserve))
+        {
+            _log.Debug("In-flight data budget spent: ITT 0x{Itt:x8} answered TASK SET FULL", itt);
+            lock (_sync) ReleaseSlotLocked(task);
+            await SendScsiResponseAsync(task, ScsiStatus.TaskSetFull, 0, default, 0).ConfigureAwait(false);
+            FinishTask(task);
+            return;
+        }
+        lock (_sync)
+        {
+            task.Reserved = reserve;
+            if (read) { task.Backlog = reserve; _readBacklog += reserve; }
         }
 
         if (write && task.Edtl > 0)
@@ -130,6 +173,29 @@ public sealed partial class IscsiConnection
             }
         }
         StartExecution(task, target);
+    }
+
+    /// <summary>
+    /// Waits while this connection's read data not yet sent is at <see cref="IscsiServerOptions.MaxQueuedReadBytesPerConnection"/>
+    /// (one command always fits when nothing is queued). The receive path waits here, so nothing more is read
+    /// from the socket meanwhile; a close ends the wait.
+    /// </summary>
+    private async ValueTask WaitForSendRoomAsync(long bytes)
+    {
+        bool counted = false;
+        while (true)
+        {
+            Task wait;
+            lock (_sync)
+            {
+                if (_readBacklog == 0 || _readBacklog + bytes <= Options.MaxQueuedReadBytesPerConnection || _phase == Phase.Closed) return;
+                _sendRoomWaiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                wait = _sendRoomWaiter.Task;
+            }
+            if (!counted) { _server.Counters.BackPressureWait(); counted = true; }
+            try { await wait.WaitAsync(_closedCts.Token).ConfigureAwait(false); }
+            catch (OperationCanceledException) { return; }
+        }
     }
 
     /// <summary>CDB from the BHS plus an extended-CDB AHS (type 1) when present.</summary>
@@ -334,6 +400,13 @@ public sealed partial class IscsiConnection
             {
                 _log.Error(ex, "SCSI layer threw for ITT 0x{Itt:x8} CDB {Opcode:x2}; answering target failure", task.Itt, task.Cdb[0]);
             }
+            // A CDB asking for more than the expected length: the SCSI layer holds what it produced until it is sent.
+            if (response is not null && response.DataIn.Length > task.Reserved)
+            {
+                long more = response.DataIn.Length - task.Reserved;
+                _server.Budget.Add(more);
+                lock (_sync) task.Reserved += more;
+            }
             bool aborted;
             lock (_sync)
             {
@@ -363,13 +436,26 @@ public sealed partial class IscsiConnection
 
     private void FinishTask(ScsiTask task)
     {
-        TaskCompletionSource? idle = null;
+        TaskCompletionSource? idle = null, room = null;
+        long reserved;
         lock (_sync)
         {
             if (_tasks.TryGetValue(task.Itt, out var t) && t == task) _tasks.Remove(task.Itt);
             ReleaseSlotLocked(task);
             if (_tasks.Count == 0) { idle = _idleWaiter; _idleWaiter = null; }
+            reserved = task.Reserved;
+            task.Reserved = 0;
+            if (task.Backlog > 0)
+            {
+                _readBacklog -= task.Backlog;
+                task.Backlog = 0;
+                room = _sendRoomWaiter;
+                _sendRoomWaiter = null;
+            }
+            if (task.Immediate) { task.Immediate = false; _immediateCommands--; }
         }
+        _server.Budget.Release(reserved);
+        room?.TrySetResult();
         if (task.Buffer is not null)
         {
             _server.BufferPool.Return(task.Buffer);

@@ -62,7 +62,7 @@ public sealed partial class IscsiConnection
         _log = server.Log.ForContext("Remote", remote?.ToString() ?? "?");
         _framer.MaxDataSegmentLength = Math.Max(8192, server.Options.MaxRecvDataSegmentLength);
         _window = new CmdSnWindow(server.Options.QueueDepth);
-        _sender = new PduSender(sink, _window, _closedCts.Token, _log);
+        _sender = new PduSender(sink, _window, _log);
         Parameters.TargetMaxRecvDataSegmentLength = server.Options.MaxRecvDataSegmentLength;
         _createdTimestamp = _lastReceiveTimestamp = Stopwatch.GetTimestamp();
         _ = KeepAliveLoopAsync();
@@ -199,7 +199,9 @@ public sealed partial class IscsiConnection
                     }
                     continue;
                 }
-                var last = Volatile.Read(ref _lastReceiveTimestamp);
+                // Life is anything received, or the initiator taking what we send (a connection busy sending a
+                // large read may receive nothing for a while, and stops reading while its answers queue up).
+                var last = Math.Max(Volatile.Read(ref _lastReceiveTimestamp), _sender.LastFlushCompleted);
                 if (_pingTtt != Bhs.ReservedTag)
                 {
                     if (last > _pingSentTimestamp) { _pingTtt = Bhs.ReservedTag; continue; }
@@ -210,8 +212,9 @@ public sealed partial class IscsiConnection
                     }
                     continue;
                 }
+                // Not awaited: with a peer that reads nothing the ping cannot go out, and the timeout must still run.
                 if (Stopwatch.GetElapsedTime(last, now) >= Options.NopInterval)
-                    await SendPingAsync().ConfigureAwait(false);
+                    _ = SendPingAsync();
             }
         }
         catch (OperationCanceledException)
@@ -223,13 +226,14 @@ public sealed partial class IscsiConnection
         }
     }
 
-    private async ValueTask SendPingAsync()
+    private async Task SendPingAsync()
     {
         if (_phase != Phase.FullFeature) return;
         var ttt = NextTtt();
         _pingSentTimestamp = Stopwatch.GetTimestamp();
         _pingTtt = ttt;
-        await _sender.SendAsync(TargetPdus.NopInPing(ttt)).ConfigureAwait(false);
+        try { await _sender.SendAsync(TargetPdus.NopInPing(ttt)).ConfigureAwait(false); }
+        catch (Exception ex) { _log.Debug(ex, "sending a NOP-In ping failed"); }
     }
 
     /// <summary>Target transfer tags: unique per connection, never 0xffffffff.</summary>

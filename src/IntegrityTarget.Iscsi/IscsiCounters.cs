@@ -18,6 +18,12 @@ public sealed class IscsiCounters
 
     private sealed class StrongBox { public long Value; }
 
+    /// <summary>The server's in-flight data budget, read into snapshots.</summary>
+    internal InFlightBudget? Budget { get; set; }
+    private long _backPressureWaits, _immediateRejected;
+    internal void BackPressureWait() => Interlocked.Increment(ref _backPressureWaits);
+    internal void ImmediateRejected() => Interlocked.Increment(ref _immediateRejected);
+
     internal void LoginSucceeded() => Interlocked.Increment(ref _loginsSucceeded);
     internal void LoginFailed() => Interlocked.Increment(ref _loginsFailed);
     internal void ChapFailed() => Interlocked.Increment(ref _chapFailures);
@@ -60,6 +66,12 @@ public sealed class IscsiCounters
         ConnectionsRefused = Interlocked.Read(ref _connectionsRefused),
         PendingLoginsEvicted = Interlocked.Read(ref _pendingLoginsEvicted),
         AcceptErrors = Interlocked.Read(ref _acceptErrors),
+        InFlightBytes = Budget?.Used ?? 0,
+        InFlightPeakBytes = Budget?.Peak ?? 0,
+        InFlightLimitBytes = Budget?.Limit ?? 0,
+        CommandsRefusedOverBudget = Budget?.Refused ?? 0,
+        BackPressureWaits = Interlocked.Read(ref _backPressureWaits),
+        ImmediateCommandsRejected = Interlocked.Read(ref _immediateRejected),
         SessionsPerTarget = _sessions.ToDictionary(kv => kv.Key, kv => Interlocked.Read(ref kv.Value.Value), StringComparer.OrdinalIgnoreCase),
     };
 }
@@ -86,6 +98,16 @@ public sealed record IscsiCountersSnapshot
     public long PendingLoginsEvicted { get; init; }
     /// <summary>Failed accept calls (e.g. out of file descriptors).</summary>
     public long AcceptErrors { get; init; }
+    /// <summary>Command data held now (write buffers, read data not yet sent), its peak and the budget (Iscsi:MaxInFlightBytes).</summary>
+    public long InFlightBytes { get; init; }
+    public long InFlightPeakBytes { get; init; }
+    public long InFlightLimitBytes { get; init; }
+    /// <summary>Commands answered TASK SET FULL because the in-flight budget was spent.</summary>
+    public long CommandsRefusedOverBudget { get; init; }
+    /// <summary>Times a connection stopped reading because its unsent read data was at its limit.</summary>
+    public long BackPressureWaits { get; init; }
+    /// <summary>Immediate SCSI commands rejected beyond a connection's limit.</summary>
+    public long ImmediateCommandsRejected { get; init; }
     /// <summary>Open sessions per target IQN; discovery sessions under "(discovery)".</summary>
     public IReadOnlyDictionary<string, long> SessionsPerTarget { get; init; } = new Dictionary<string, long>();
 }

@@ -40,6 +40,8 @@ public sealed class IscsiServer : IAsyncDisposable
         if (problems.Count > 0)
             throw new ArgumentException("Invalid iSCSI configuration: " + string.Join("; ", problems));
 
+        Budget = new InFlightBudget(options.MaxInFlightBytes);
+        Counters.Budget = Budget;
         // A delayed answer must still come before the login timeout closes the connection.
         var maxDelay = TimeSpan.FromTicks(Math.Min(options.ChapFailureMaxDelay.Ticks, options.LoginTimeout.Ticks * 4 / 5));
         AuthThrottle = new AuthThrottle(TimeSpan.FromTicks(Math.Min(options.ChapFailureDelay.Ticks, maxDelay.Ticks)), maxDelay);
@@ -114,6 +116,8 @@ public sealed class IscsiServer : IAsyncDisposable
     private readonly LogLimiter _connectionLimitLog = new(TimeSpan.FromSeconds(10), maxPerInterval: 2);
     /// <summary>Failed logins: one line per address, initiator and status per 10 s, at most 20 lines per 10 s.</summary>
     internal LogLimiter LoginFailureLog { get; } = new(TimeSpan.FromSeconds(10));
+    /// <summary>Command data in flight across all connections, bounded by <see cref="IscsiServerOptions.MaxInFlightBytes"/>.</summary>
+    public InFlightBudget Budget { get; }
     /// <summary>The growing delay before a failed authentication is answered.</summary>
     internal AuthThrottle AuthThrottle { get; }
     /// <summary>At most one "discovery found nothing for this initiator" hint per initiator per minute.</summary>

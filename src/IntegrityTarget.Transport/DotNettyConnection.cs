@@ -379,7 +379,8 @@ internal sealed class DotNettyConnection : ChannelHandlerAdapter, IPduSink, IThr
             last = _channel.WriteAndFlushAsync(Unpooled.Empty);
         }
         // Writes complete in order: once this one is done, every PDU flushed before the close is on the wire.
-        last.ContinueWith(static (_, ch) => ((IChannel)ch!).CloseAsync(), _channel,
+        // A peer that reads nothing would hold the channel (and what is queued for it) forever: 5 s at most.
+        Task.WhenAny(last, Task.Delay(TimeSpan.FromSeconds(5))).ContinueWith(static (_, ch) => ((IChannel)ch!).CloseAsync(), _channel,
             CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }
 }

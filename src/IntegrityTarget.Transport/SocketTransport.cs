@@ -171,6 +171,7 @@ public sealed class SocketTransport : IIscsiTransport
         private readonly Pipe _input;
         private readonly Pipe _output;
         private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly TaskCompletionSource _sendDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly object _closeLock = new();
         private byte[] _scratch = [];
         private bool _closed;
@@ -285,6 +286,7 @@ public sealed class SocketTransport : IIscsiTransport
             {
             }
             await reader.CompleteAsync().ConfigureAwait(false);
+            _sendDone.TrySetResult();
             // The peer may never close its side: closing the socket ends the receive loop too.
             _socket.Close();
         }
@@ -321,6 +323,22 @@ public sealed class SocketTransport : IIscsiTransport
                 _closed = true;
             }
             _output.Writer.Complete();
+            _ = AbortUnlessDrainedAsync();
+        }
+
+        /// <summary>How long what is left to send may take after a close before the socket is cut.</summary>
+        private static readonly TimeSpan CloseGrace = TimeSpan.FromSeconds(5);
+
+        /// <summary>
+        /// A peer that reads nothing would keep the send loop (and the socket, its descriptor and the unsent
+        /// bytes) forever: after a grace period the socket is closed, which ends both loops.
+        /// </summary>
+        private async Task AbortUnlessDrainedAsync()
+        {
+            if (await Task.WhenAny(_sendDone.Task, Task.Delay(CloseGrace)).ConfigureAwait(false) == _sendDone.Task) return;
+            _owner._log.Debug("Closing the socket: the peer did not take the last {Seconds} s of output", CloseGrace.TotalSeconds);
+            try { _socket.Close(); } catch (ObjectDisposedException) { }
+            _input.Reader.CancelPendingRead();
         }
 
         /// <summary>Hard close (transport stop): the socket goes away, the loops end.</summary>

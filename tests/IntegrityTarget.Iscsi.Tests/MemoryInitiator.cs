@@ -18,12 +18,22 @@ public sealed class MemorySink : IPduSink
     public Memory<byte> GetMemory(int sizeHint = 0) => _pending.GetMemory(sizeHint);
     public Span<byte> GetSpan(int sizeHint = 0) => _pending.GetSpan(sizeHint);
 
+    /// <summary>While set, a flush waits for it: a peer that reads nothing (the transport's output stays full).</summary>
+    public volatile TaskCompletionSource? FlushGate;
+
     public ValueTask<bool> FlushAsync(CancellationToken ct = default)
     {
         lock (_lock) { _flushed.AddRange(_pending.WrittenSpan.ToArray()); }
         _pending.Clear();
         _signal.Release();
+        if (FlushGate is { } gate && !gate.Task.IsCompleted) return WaitAsync(gate, ct);
         return ValueTask.FromResult(!Closed);
+    }
+
+    private async ValueTask<bool> WaitAsync(TaskCompletionSource gate, CancellationToken ct)
+    {
+        await gate.Task.WaitAsync(ct);
+        return !Closed;
     }
 
     public void Close() { Closed = true; _signal.Release(); }

@@ -173,7 +173,7 @@ public class TargetPduTests
         var sink = new MemorySink();
         var window = new CmdSnWindow(queueDepth: 4);
         window.Start(10);
-        var sender = new PduSender(sink, window, CancellationToken.None, TestTargets.Log);
+        var sender = new PduSender(sink, window, TestTargets.Log);
         sender.StartStatSN(100);
         await sender.SendAsync(TargetPdus.R2T(0, 1, 2, 0, 0, 512), flush: false);        // StatSN 100, not advanced
         await sender.SendAsync(TargetPdus.TaskManagementResponse(1, 0));                    // StatSN 100, advances

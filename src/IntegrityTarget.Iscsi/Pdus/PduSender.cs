@@ -10,9 +10,14 @@ namespace IntegrityTarget.Iscsi.Pdus;
 /// ExpCmdSN/MaxCmdSN from the session's window, the data segment length, padding and the negotiated
 /// digests. Sends are serialized by one lock, so StatSN follows the wire order.
 /// </summary>
-internal sealed class PduSender(IPduSink sink, CmdSnWindow window, CancellationToken closed, Serilog.ILogger log)
+internal sealed class PduSender(IPduSink sink, CmdSnWindow window, Serilog.ILogger log)
 {
+    /// <summary>How long a close waits for a send in progress before cutting it off (a peer that reads nothing).</summary>
+    public static readonly TimeSpan CloseGrace = TimeSpan.FromSeconds(2);
+
     private readonly SemaphoreSlim _lock = new(1, 1);
+    private readonly CancellationTokenSource _abort = new();
+    private long _lastFlushCompleted = System.Diagnostics.Stopwatch.GetTimestamp();
     private uint _statSN;
     private int _unflushed;
     private bool _closed;
@@ -20,6 +25,9 @@ internal sealed class PduSender(IPduSink sink, CmdSnWindow window, CancellationT
     /// <summary>Digests apply from the first PDU after the final login response.</summary>
     public bool HeaderDigest { get; set; }
     public bool DataDigest { get; set; }
+
+    /// <summary>When a flush that had to wait (output full) last completed: the peer is taking what we send, which keep-alive counts as life.</summary>
+    public long LastFlushCompleted => Interlocked.Read(ref _lastFlushCompleted);
 
     /// <summary>The first login request's ExpStatSN is the StatSN of our first response.</summary>
     public void StartStatSN(uint statSN) => _statSN = statSN;
@@ -64,14 +72,25 @@ internal sealed class PduSender(IPduSink sink, CmdSnWindow window, CancellationT
         finally { _lock.Release(); }
     }
 
-    /// <summary>Lets what is queued go out, then closes the sink; later sends are dropped.</summary>
+    /// <summary>
+    /// Lets what is queued go out, then closes the sink; later sends are dropped. A send stuck behind a
+    /// peer that reads nothing is cut off after <see cref="CloseGrace"/>, so closing always finishes.
+    /// </summary>
     public async ValueTask CloseAsync()
     {
-        await _lock.WaitAsync().ConfigureAwait(false);
+        if (!await _lock.WaitAsync(CloseGrace).ConfigureAwait(false))
+        {
+            _abort.Cancel();
+            await _lock.WaitAsync().ConfigureAwait(false);
+        }
         try
         {
             if (_closed) return;
-            if (_unflushed > 0) await FlushLockedAsync().ConfigureAwait(false);
+            if (_unflushed > 0)
+            {
+                _abort.CancelAfter(CloseGrace);
+                await FlushLockedAsync().ConfigureAwait(false);
+            }
             _closed = true;
             sink.Close(); // under the send lock: no other sender is mid-PDU
         }
@@ -110,7 +129,15 @@ internal sealed class PduSender(IPduSink sink, CmdSnWindow window, CancellationT
     private async ValueTask<bool> FlushLockedAsync()
     {
         _unflushed = 0;
-        try { return await sink.FlushAsync(closed).ConfigureAwait(false); }
+        try
+        {
+            var flush = sink.FlushAsync(_abort.Token);
+            bool waited = !flush.IsCompleted;
+            bool ok = await flush.ConfigureAwait(false);
+            // Only a flush that had to wait says something: the peer took bytes so that it could finish.
+            if (waited) Interlocked.Exchange(ref _lastFlushCompleted, System.Diagnostics.Stopwatch.GetTimestamp());
+            return ok;
+        }
         catch (OperationCanceledException) { return false; }
         catch (Exception ex) { log.Debug(ex, "flush failed"); return false; }
     }

@@ -42,6 +42,13 @@ internal sealed class ScsiTask
     public R2TState[] R2Ts = [];
     public int R2TCount;
 
+    /// <summary>Bytes this task holds of the server's in-flight budget.</summary>
+    public long Reserved;
+    /// <summary>Bytes of read data counted against the connection's unsent-read limit.</summary>
+    public long Backlog;
+    /// <summary>Marked immediate: counted against the connection's immediate-command limit.</summary>
+    public bool Immediate;
+
     public bool Executing;
     public bool SlotReleased;
     public bool Aborted;
