@@ -38,6 +38,7 @@ public sealed partial class IscsiConnection
 
     private async ValueTask HandleScsiCommandAsync(InboundPdu pdu)
     {
+        _server.Counters.CommandReceived();
         var h = pdu.Header;
         if (Session?.Target is not { } target)
         {

@@ -24,6 +24,8 @@ public sealed class IscsiCounters
     internal void BackPressureWait() => Interlocked.Increment(ref _backPressureWaits);
     internal void ImmediateRejected() => Interlocked.Increment(ref _immediateRejected);
 
+    private long _commands;
+    internal void CommandReceived() => Interlocked.Increment(ref _commands);
     internal void LoginSucceeded() => Interlocked.Increment(ref _loginsSucceeded);
     internal void LoginFailed() => Interlocked.Increment(ref _loginsFailed);
     internal void ChapFailed() => Interlocked.Increment(ref _chapFailures);
@@ -51,6 +53,9 @@ public sealed class IscsiCounters
 
     internal void RecordPendingLoginEvicted() => Interlocked.Increment(ref _pendingLoginsEvicted);
 
+    /// <summary>A number that moves whenever a connection is accepted or a SCSI command arrives (idle detection).</summary>
+    public long Activity => Interlocked.Read(ref _commands) + Interlocked.Read(ref _connectionsAccepted);
+
     /// <summary>Connections the iSCSI layer holds right now (logging in or logged in).</summary>
     public long ConnectionsOpen => Interlocked.Read(ref _connectionsOpen);
 
@@ -59,6 +64,7 @@ public sealed class IscsiCounters
         LoginsSucceeded = Interlocked.Read(ref _loginsSucceeded),
         LoginsFailed = Interlocked.Read(ref _loginsFailed),
         ChapFailures = Interlocked.Read(ref _chapFailures),
+        ScsiCommands = Interlocked.Read(ref _commands),
         LoginFailuresDelayed = Interlocked.Read(ref _loginFailuresDelayed),
         RejectedPdus = Interlocked.Read(ref _rejectedPdus),
         ConnectionsAccepted = Interlocked.Read(ref _connectionsAccepted),
@@ -87,6 +93,8 @@ public sealed record IscsiCountersSnapshot
     public long ChapFailures { get; init; }
     /// <summary>Failed authentications whose answer waited out the growing failure delay.</summary>
     public long LoginFailuresDelayed { get; init; }
+    /// <summary>SCSI Command PDUs received.</summary>
+    public long ScsiCommands { get; init; }
     /// <summary>Reject PDUs sent.</summary>
     public long RejectedPdus { get; init; }
     /// <summary>Connections handed to the iSCSI layer since start.</summary>

@@ -133,7 +133,7 @@ public sealed partial class ConfigReader
         "DataDirectory", "Portals", "Portals:#", "Transport",
         "Iscsi:MaxRecvDataSegmentLength", "Iscsi:MaxBurstLength", "Iscsi:FirstBurstLength", "Iscsi:ImmediateData",
         "Iscsi:InitialR2T", "Iscsi:MaxOutstandingR2T", "Iscsi:QueueDepth", "Iscsi:NopIntervalSeconds", "Iscsi:NopTimeoutSeconds",
-        "Iscsi:ConnectionLimit", "Iscsi:ChapFailureDelayMilliseconds", "Iscsi:ChapFailureMaxDelaySeconds",
+        "Iscsi:ConnectionLimit", "Iscsi:ChapFailureDelayMilliseconds", "Iscsi:ChapFailureMaxDelaySeconds", "Iscsi:MaxInFlightBytes",
         "Iscsi:DiscoveryChap:User", "Iscsi:DiscoveryChap:Secret", "Iscsi:DiscoveryMutualChap:User", "Iscsi:DiscoveryMutualChap:Secret",
         "Targets:#:Iqn", "Targets:#:Alias", "Targets:#:AllowedInitiators", "Targets:#:AllowedInitiators:#",
         "Targets:#:Chap:User", "Targets:#:Chap:Secret", "Targets:#:MutualChap:User", "Targets:#:MutualChap:Secret",
@@ -286,6 +286,7 @@ public sealed partial class ConfigReader
             ConnectionLimit = Str("Iscsi:ConnectionLimit") is null ? null : Int("Iscsi:ConnectionLimit", 1024, 1, 1_000_000),
             ChapFailureDelayMilliseconds = Int("Iscsi:ChapFailureDelayMilliseconds", 500, 0, 10_000),
             ChapFailureMaxDelaySeconds = Int("Iscsi:ChapFailureMaxDelaySeconds", 16, 1, 25),
+            MaxInFlightBytes = InFlightBudget(),
             DiscoveryChap = ReadChap("Iscsi:DiscoveryChap"),
             DiscoveryMutualChap = ReadChap("Iscsi:DiscoveryMutualChap"),
         };
@@ -295,6 +296,16 @@ public sealed partial class ConfigReader
             Error("Iscsi:DiscoveryMutualChap", "mutual CHAP needs Iscsi:DiscoveryChap as well (the initiator authenticates first)");
         CheckDistinctSecrets("Iscsi:DiscoveryMutualChap", s.DiscoveryChap, s.DiscoveryMutualChap);
         return s;
+    }
+
+    private long InFlightBudget()
+    {
+        const string key = "Iscsi:MaxInFlightBytes";
+        var text = Str(key);
+        if (text == null) return 1L << 30;
+        if (!SizeParser.TryParse(text, out long bytes, out var why)) { Error(key, why); return 1L << 30; }
+        if (bytes < 16L << 20) { Error(key, $"{text} is too small: at least 16MiB (one largest read must fit)"); return 1L << 30; }
+        return bytes;
     }
 
     private ChapSettings? ReadChap(string key)

@@ -42,6 +42,8 @@ public sealed class IscsiSettings
     /// <summary>First delay before a failed authentication is answered; doubles per failure of the name or address.</summary>
     public int ChapFailureDelayMilliseconds { get; init; } = 500;
     public int ChapFailureMaxDelaySeconds { get; init; } = 16;
+    /// <summary>Command data (write buffers, unsent read data) the whole process may hold; beyond it commands get TASK SET FULL.</summary>
+    public long MaxInFlightBytes { get; init; } = 1L << 30;
     public ChapSettings? DiscoveryChap { get; init; }
     public ChapSettings? DiscoveryMutualChap { get; init; }
 }

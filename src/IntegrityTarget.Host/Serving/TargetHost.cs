@@ -57,8 +57,11 @@ public sealed partial class TargetHost : IStatusProvider
             host.LogSummary();
             if (reload != null) reload.Signal.Requested += () => _ = host.ReloadOnSignalAsync(stop);
             log.Information("Ready; SIGTERM or Ctrl-C stops the target");
-            try { await Task.Delay(Timeout.Infinite, stop); }
-            catch (OperationCanceledException) { }
+            await using (host._frontEnd is { } fe ? new IdleMemoryReclaimer(() => fe.Counters.Activity, log) : null)
+            {
+                try { await Task.Delay(Timeout.Infinite, stop); }
+                catch (OperationCanceledException) { }
+            }
             log.Information("Stopping: no new connections, draining in-flight commands");
             return await host.ShutdownAsync();
         }

@@ -73,6 +73,8 @@ public sealed class FrontEnd : IAsyncDisposable
             NopInterval = TimeSpan.FromSeconds(s.NopIntervalSeconds),
             NopTimeout = TimeSpan.FromSeconds(s.NopTimeoutSeconds),
             ConnectionLimit = connectionLimit,
+            MaxInFlightBytes = s.MaxInFlightBytes,
+            MaxCommandDataLength = (int)Math.Min(64L << 20, s.MaxInFlightBytes),
             ChapFailureDelay = TimeSpan.FromMilliseconds(s.ChapFailureDelayMilliseconds),
             ChapFailureMaxDelay = TimeSpan.FromSeconds(Math.Max(s.ChapFailureMaxDelaySeconds, s.ChapFailureDelayMilliseconds / 1000.0)),
             DiscoveryChap = Chap(s.DiscoveryChap),
