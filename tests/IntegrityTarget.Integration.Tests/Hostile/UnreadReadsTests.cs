@@ -56,7 +56,7 @@ public class UnreadReadsTests
             for (int s = 0; s < 4; s++)
             {
                 // A send timeout: once the server stops reading, the test's writes would block for good.
-                var ini = TestInitiator.Connect(srv, new LoginOptions { Isid = 0x80_0000_0000UL | (ulong)(0x100 + s) }, TimeSpan.FromSeconds(5));
+                var ini = TestInitiator.Connect(srv, new LoginOptions { Isid = 0x80_0000_0000UL + 0x100UL + (ulong)s }, TimeSpan.FromSeconds(5));
                 sessions.Add(ini);
                 ini.ClearUnitAttention(0);
                 int sent = 0;
