@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text.Json.Nodes;
 using IntegrityTarget.Integration.Tests.Infrastructure;
 
 namespace IntegrityTarget.Integration.Tests.Hostile;
@@ -14,13 +13,6 @@ namespace IntegrityTarget.Integration.Tests.Hostile;
 public class ChapGuessingTests
 {
     const string User = "client", Secret = "correct-horse-1";
-
-    static JsonNode Iscsi(ServerProcess srv)
-    {
-        var r = ServerProcess.Cli(TimeSpan.FromSeconds(30), "status", "--json", "--socket", srv.StatusSocket);
-        Assert.That(r.ExitCode, Is.EqualTo(0), () => r.Describe());
-        return JsonNode.Parse(r.StdOut)!["iscsi"]!;
-    }
 
     static TimeSpan TimeWrongLogin(ServerProcess srv, string initiator = "iqn.2026-11.org.example:test-initiator")
     {
@@ -44,7 +36,7 @@ public class ChapGuessingTests
         TestContext.Progress.WriteLine("wrong logins took " + string.Join(", ", times.Select(t => $"{t.TotalSeconds:0.00} s")));
         Assert.That(times[0], Is.GreaterThanOrEqualTo(TimeSpan.FromMilliseconds(380)));
         Assert.That(times[3], Is.GreaterThanOrEqualTo(TimeSpan.FromMilliseconds(3150)), "the fourth failure waits 8x the first");
-        var afterGuesses = Iscsi(srv);
+        var afterGuesses = srv.IscsiCounters();
         Assert.That((long)afterGuesses["chapFailures"]!, Is.EqualTo(4), afterGuesses.ToJsonString());
         Assert.That((long)afterGuesses["loginFailuresDelayed"]!, Is.EqualTo(4), afterGuesses.ToJsonString());
         Assert.That(srv.WaitForLog(@"Login failed \(status 0x0201\) for iqn\.2026-11\.org\.example:test-initiator from 127\.0\.0\.1 to .*answered after 0\.4 s",
@@ -55,7 +47,7 @@ public class ChapGuessingTests
         using (var ok = TestInitiator.Connect(srv, new LoginOptions { ChapUser = User, ChapSecret = Secret })) ok.Logout();
         var sw = Stopwatch.StartNew();
         using (var again = TestInitiator.Connect(srv, new LoginOptions { ChapUser = User, ChapSecret = Secret })) again.Logout();
-        var clean = Iscsi(srv);
+        var clean = srv.IscsiCounters();
         Assert.That((long)clean["loginFailuresDelayed"]!, Is.EqualTo(4), "no delay for the logins with the right secret");
         Assert.That(sw.Elapsed, Is.LessThan(TimeSpan.FromSeconds(3)), "a login after a success is not held back");
         // ... for the address too: a wrong answer under another name from it is back at the first delay, not 4 s.

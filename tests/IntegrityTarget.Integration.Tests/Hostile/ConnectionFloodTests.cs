@@ -1,7 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
-using System.Text.Json.Nodes;
 using IntegrityTarget.Integration.Tests.Infrastructure;
 
 namespace IntegrityTarget.Integration.Tests.Hostile;
@@ -61,13 +60,6 @@ public class ConnectionFloodTests
         sockets.Clear();
     }
 
-    static JsonNode Status(ServerProcess srv)
-    {
-        var r = ServerProcess.Cli(TimeSpan.FromSeconds(30), "status", "--json", "--socket", srv.StatusSocket);
-        Assert.That(r.ExitCode, Is.EqualTo(0), () => r.Describe());
-        return JsonNode.Parse(r.StdOut)!;
-    }
-
     static void AssertWitnessWorks(TestInitiator witness, ulong lba, byte fill)
     {
         var data = new byte[4096];
@@ -101,7 +93,7 @@ public class ConnectionFloodTests
             Assert.That(srv.IsRunning, Is.True, () => srv.Output(40));
             AssertWitnessWorks(witness, 100, 0x5a);
             AssertRealLoginWorks(srv);
-            var iscsi = Status(srv)["iscsi"]!;
+            var iscsi = srv.IscsiCounters();
             Assert.That((long)iscsi["pendingLoginsEvicted"]! + (long)iscsi["connectionsRefused"]!, Is.GreaterThan(1000),
                 () => "the idle connections were closed to make room: " + iscsi.ToJsonString());
             Assert.That((long)iscsi["connectionsOpen"]!, Is.LessThanOrEqualTo(512), () => iscsi.ToJsonString());

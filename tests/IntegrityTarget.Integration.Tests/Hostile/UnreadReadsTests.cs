@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Text.Json.Nodes;
 using IntegrityTarget.Integration.Tests.Infrastructure;
 
 namespace IntegrityTarget.Integration.Tests.Hostile;
@@ -30,13 +29,6 @@ public class UnreadReadsTests
         BinaryPrimitives.WriteUInt32BigEndian(b.AsSpan(28), ini.ExpStatSn);
         TestInitiator.Cdb16(0x88, lba, ReadBytes / 512).CopyTo(b.AsSpan(32));
         ini.SendPdu(b, default);
-    }
-
-    static JsonNode Iscsi(ServerProcess srv)
-    {
-        var r = ServerProcess.Cli(TimeSpan.FromSeconds(30), "status", "--json", "--socket", srv.StatusSocket);
-        Assert.That(r.ExitCode, Is.EqualTo(0), () => r.Describe());
-        return JsonNode.Parse(r.StdOut)!["iscsi"]!;
     }
 
     [Test]
@@ -71,7 +63,7 @@ public class UnreadReadsTests
             var until = DateTime.UtcNow + TimeSpan.FromSeconds(10);
             while (DateTime.UtcNow < until) { peak = Math.Max(peak, RssBytes(srv.Pid)); Thread.Sleep(100); }
             Assert.That(srv.IsRunning, Is.True, () => srv.Output(30));
-            var iscsi = Iscsi(srv);
+            var iscsi = srv.IscsiCounters();
             TestContext.Progress.WriteLine($"RSS start {start >> 20} MiB, peak {peak >> 20} MiB; {iscsi.ToJsonString()}");
             Assert.That((long)iscsi["inFlightPeakBytes"]!, Is.LessThanOrEqualTo(Budget + ReadBytes), iscsi.ToJsonString());
             Assert.That((long)iscsi["commandsRefusedOverBudget"]! + (long)iscsi["backPressureWaits"]!, Is.GreaterThan(0), iscsi.ToJsonString());
@@ -87,7 +79,7 @@ public class UnreadReadsTests
         long now = RssBytes(srv.Pid);
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(120);
         while (DateTime.UtcNow < deadline && (now = RssBytes(srv.Pid)) > start + (48L << 20)) Thread.Sleep(1000);
-        var after = Iscsi(srv);
+        var after = srv.IscsiCounters();
         TestContext.Progress.WriteLine($"RSS after disconnect {now >> 20} MiB (start {start >> 20} MiB)");
         Assert.That((long)after["inFlightBytes"]!, Is.Zero, after.ToJsonString());
         Assert.That((long)after["connectionsOpen"]!, Is.Zero, after.ToJsonString());

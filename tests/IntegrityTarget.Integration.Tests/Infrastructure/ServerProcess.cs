@@ -250,6 +250,14 @@ public sealed class ServerProcess : IDisposable
     /// <summary>`integrity-target status --socket DATA/status.sock` while serving.</summary>
     public ToolResult Status() => Cli(TimeSpan.FromSeconds(30), "status", "--socket", StatusSocket);
 
+    /// <summary>The iSCSI layer's counters from `status --json` ("iscsi": logins, connections, budget, ...).</summary>
+    public System.Text.Json.Nodes.JsonNode IscsiCounters()
+    {
+        var r = Cli(TimeSpan.FromSeconds(30), "status", "--json", "--socket", StatusSocket);
+        Assert.That(r.ExitCode, Is.EqualTo(0), () => r.Describe());
+        return System.Text.Json.Nodes.JsonNode.Parse(r.StdOut)!["iscsi"]!;
+    }
+
     public void Dispose()
     {
         if (_proc != null)
