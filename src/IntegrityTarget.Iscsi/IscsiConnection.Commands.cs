@@ -437,7 +437,7 @@ public sealed partial class IscsiConnection
 
     private void FinishTask(ScsiTask task)
     {
-        TaskCompletionSource? idle = null, room = null;
+        TaskCompletionSource? idle = null, room = null, finished;
         long reserved;
         lock (_sync)
         {
@@ -454,6 +454,7 @@ public sealed partial class IscsiConnection
                 _sendRoomWaiter = null;
             }
             if (task.Immediate) { task.Immediate = false; _immediateCommands--; }
+            finished = task.MarkFinishedLocked();
         }
         _server.Budget.Release(reserved);
         room?.TrySetResult();
@@ -463,7 +464,7 @@ public sealed partial class IscsiConnection
             task.Buffer = null;
             lock (_sync) _writeBufferBytes -= task.Edtl;
         }
-        task.Done.TrySetResult();
+        finished?.TrySetResult();
         idle?.TrySetResult();
     }
 
@@ -567,6 +568,7 @@ public sealed partial class IscsiConnection
     {
         List<ScsiTask> hit = [];
         List<ScsiTask> waiting = [];
+        List<Task> done = [];
         lock (_sync)
         {
             foreach (var t in _tasks.Values)
@@ -575,6 +577,7 @@ public sealed partial class IscsiConnection
                 t.Aborted = true;
                 t.NotifyAborted = notifyInitiator;
                 hit.Add(t);
+                done.Add(t.WhenFinishedLocked());
                 if (!t.Executing) waiting.Add(t);
             }
         }
@@ -585,7 +588,7 @@ public sealed partial class IscsiConnection
             try { t.Cts.Cancel(); } catch (Exception ex) { _log.Debug(ex, "cancel callback failed"); }
         }
         foreach (var t in waiting) FinishTask(t); // never reached the backend
-        foreach (var t in hit) await t.Done.Task.ConfigureAwait(false);
+        await Task.WhenAll(done).ConfigureAwait(false);
         if (notifyInitiator && _phase == Phase.FullFeature)
         {
             // Not awaited: a slow reader on this connection must not delay the caller (e.g. another

@@ -55,8 +55,21 @@ internal sealed class ScsiTask
     /// <summary>When aborted by another I_T nexus (or PREEMPT AND ABORT), answer TASK ABORTED instead of nothing.</summary>
     public bool NotifyAborted;
     public readonly CancellationTokenSource Cts = new();
-    /// <summary>Completes when the task can no longer touch the backend (after ExecuteAsync returned, or it never started).</summary>
-    public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Made only when someone waits for this task (an abort): most tasks finish unobserved, and a
+    // completion source per command was a tenth of what a 4 KiB read allocated.
+    private TaskCompletionSource? _finished;
+    private bool _isFinished;
+
+    /// <summary>Completes when the task can no longer touch the backend (after ExecuteAsync returned, or it never started). Caller holds the connection's lock.</summary>
+    public Task WhenFinishedLocked() =>
+        _isFinished ? Task.CompletedTask : (_finished ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+
+    /// <summary>Marks the task finished; returns the completion to set outside the lock, if anyone waits. Caller holds the connection's lock.</summary>
+    public TaskCompletionSource? MarkFinishedLocked()
+    {
+        _isFinished = true;
+        return _finished;
+    }
 
     public int DataOutstanding => Edtl - Received;
 }
