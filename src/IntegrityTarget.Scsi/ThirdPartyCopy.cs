@@ -206,6 +206,7 @@ public sealed partial class ScsiLogicalUnit
     /// </summary>
     private async ValueTask<ScsiError> CopySegment(Request r, uint seg, ScsiLogicalUnit src, ulong srcLba, ScsiLogicalUnit dst, ulong dstLba, long bytes, CopyStatus status)
     {
+        if (bytes == 0) return ScsiError.None; // NUMBER OF BLOCKS 0: the segment transfers nothing (SPC-4)
         int unit = Math.Max(src.BlockSize, dst.BlockSize);
         int chunk = (int)Math.Min(bytes, CopyChunkBytes / unit * unit);
         bool backwards = ReferenceEquals(src, dst) && dstLba > srcLba && dstLba < srcLba + (ulong)(bytes / src.BlockSize);

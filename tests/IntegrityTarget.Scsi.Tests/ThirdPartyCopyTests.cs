@@ -91,6 +91,20 @@ public class ThirdPartyCopyTests
     }
 
     [Test]
+    public void SegmentOfZeroBlocksCopiesNothingAndCountsAsProcessed()
+    {
+        // SPC-4: a block→block segment whose NUMBER OF BLOCKS is zero transfers no data; it is not an error.
+        _h.Write(0, Harness.Pattern(8 * 512, 4));
+        _h.Write(100, Harness.Pattern(8 * 512, 6));
+        var p = Params(4, 0, [NaaDesignator(_h.Unit)], [new Seg(0, 0, 0, 0, 100), new Seg(0, 0, 8, 0, 200)]);
+        using (var r = Xcopy(p)) Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good), () => $"sense {Convert.ToHexString(r.Sense.Span)}");
+        Assert.That(_h.Read(100, 8), Is.EqualTo(Harness.Pattern(8 * 512, 6)), "nothing written by the empty segment");
+        Assert.That(_h.Read(200, 8), Is.EqualTo(Harness.Pattern(8 * 512, 4)), "the segment after it ran");
+        using var s = _h.Exec(RcrCdb(0, 4));
+        Assert.That(BinaryPrimitives.ReadUInt16BigEndian(s.DataIn.Span[5..]), Is.EqualTo(2), "segments processed");
+    }
+
+    [Test]
     public void OverlappingCopyUpwardsWithinOneUnitIsNotSmearedByItsOwnWrites()
     {
         var data = Harness.Pattern(4096 * 512, 9); // 2 MiB: more than one copy chunk
