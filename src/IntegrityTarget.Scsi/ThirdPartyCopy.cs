@@ -334,7 +334,7 @@ public sealed partial class ScsiLogicalUnit
             BinaryPrimitives.WriteUInt32BigEndian(d[4..], MaxConcurrentCopies); // maximum identified concurrent copies
             BinaryPrimitives.WriteUInt32BigEndian(d[8..], maxSegment);
             d[12] = (byte)granularity;                                          // data segment granularity
-            return 28;
+            return 32; // inline data granularity (13) stays 0, 14..31 reserved
         });
         return pos;
     }

@@ -251,6 +251,9 @@ public class ThirdPartyCopyTests
             int len = BinaryPrimitives.ReadUInt16BigEndian(d[(pos + 2)..]);
             Assert.That(len % 4, Is.EqualTo(0), "descriptor lengths are multiples of 4");
             if (types[^1] == 0x0001) Assert.That(d.Slice(pos + 4, 8).ToArray(), Is.EqualTo(new byte[] { 7, 0x83, 1, 0x00, 0x84, 2, 0x00, 0x03 }));
+            // SPC-4 7.8.17: Parameter Data is 32 bytes (length 001Ch), General Copy Operations 36 (length 0020h).
+            if (types[^1] == 0x0004) Assert.That(len, Is.EqualTo(0x1C), "Parameter Data descriptor length");
+            if (types[^1] == 0x8001) Assert.That(len, Is.EqualTo(0x20), "General Copy Operations descriptor length");
             pos += 4 + len;
         }
         Assert.That(types, Is.EqualTo(new ushort[] { 0x0001, 0x0004, 0x0008, 0x000C, 0x8001 }));
