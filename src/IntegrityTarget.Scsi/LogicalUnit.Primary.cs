@@ -26,7 +26,16 @@ public sealed partial class ScsiLogicalUnit
         return new(Reply(owner, sense.Length, alloc));
     }
 
-    internal ValueTask<Outcome> ReportLuns(Request r) => new(ScsiTarget.ReportLuns(Target?.Luns ?? [Lun], r.Cdb, _buffers));
+    internal ValueTask<Outcome> ReportLuns(Request r)
+    {
+        var o = ScsiTarget.ReportLuns(Target?.Luns ?? [Lun], r.Cdb, _buffers);
+        if (!o.Error.IsError)
+        {
+            if (Target != null) Target.InventoryReported(r.Command.Nexus);
+            else r.Nexus.ClearUnitAttention(SenseReason.ReportedLunsDataChanged);
+        }
+        return new(o);
+    }
 
     // ---- INQUIRY and the VPD page table -------------------------------------------------------
 

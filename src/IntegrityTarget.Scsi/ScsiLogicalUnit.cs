@@ -35,6 +35,17 @@ internal sealed class NexusState
         }
     }
 
+    /// <summary>Drops a pending unit attention of <paramref name="reason"/> (REPORT LUNS clears 3F/0E).</summary>
+    public void ClearUnitAttention(SenseReason reason)
+    {
+        if (!HasUnitAttention) return;
+        lock (_unitAttentions)
+        {
+            _unitAttentions.RemoveAll(u => u.Reason == reason);
+            Volatile.Write(ref _pending, _unitAttentions.Count);
+        }
+    }
+
     public bool TryTakeUnitAttention(out ScsiError ua)
     {
         ua = default;
@@ -185,6 +196,12 @@ public sealed partial class ScsiLogicalUnit : ILogicalUnit
     public async Task DrainAsync(CancellationToken ct)
     {
         while (Volatile.Read(ref _inFlight) > 0) await Task.Delay(10, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Drops a pending unit attention of <paramref name="reason"/> for one nexus, if this unit has one queued.</summary>
+    internal void ClearUnitAttention(ItNexus nexus, SenseReason reason)
+    {
+        if (_nexuses.TryGetValue((nexus.InitiatorPortName, nexus.TargetPortName), out var s)) s.ClearUnitAttention(reason);
     }
 
     internal void UnitAttentionFor(string initiatorPort, string targetPort, SenseReason reason)

@@ -122,7 +122,11 @@ public sealed class ScsiTarget : IScsiTarget
                 return new ScsiResponse(owner) { DataIn = owner.Memory[..n], TransferLength = n };
             }
             case 0xA0 when cdb.Length >= 12:
-                return ToResponse(ReportLuns(Luns, cdb, _buffers));
+            {
+                var o = ReportLuns(Luns, cdb, _buffers);
+                if (!o.Error.IsError) InventoryReported(command.Nexus);
+                return ToResponse(o);
+            }
             case 0x03 when cdb.Length >= 6:
             {
                 // REQUEST SENSE to a missing LUN reports LOGICAL UNIT NOT SUPPORTED as data, status GOOD (SPC-4 6.39).
@@ -141,6 +145,16 @@ public sealed class ScsiTarget : IScsiTarget
     {
         if (o.Error.IsError) return ScsiLogicalUnit.Respond(o.Error, false);
         return new ScsiResponse(o.Owner) { DataIn = o.Owner!.Memory[..o.Length], TransferLength = o.Length };
+    }
+
+    /// <summary>
+    /// A REPORT LUNS was answered on <paramref name="nexus"/>: its pending REPORTED LUNS DATA HAS CHANGED unit
+    /// attentions are cleared on every unit of the target (SAM-5 5.14 with UA_INTLCK_CTRL 00b), so an initiator
+    /// that has the new inventory is not sent back to rescan by each of its other LUNs.
+    /// </summary>
+    internal void InventoryReported(ItNexus nexus)
+    {
+        foreach (var u in _units.Values) u.Local?.ClearUnitAttention(nexus, SenseReason.ReportedLunsDataChanged);
     }
 
     /// <summary>REPORT LUNS (SPC-4 6.33): peripheral addressing below 256, flat space addressing above.</summary>
