@@ -190,11 +190,30 @@ public sealed partial class ScsiLogicalUnit : ILogicalUnit
     /// <summary>Queues a unit attention for one nexus (created when this unit has not seen it yet).</summary>
     public void UnitAttention(ItNexus nexus, SenseReason reason) => GetNexus(nexus).AddUnitAttention(reason);
 
+    // Users of the volume: commands of this unit and EXTENDED COPYs of other units that read or write it.
+    // Once retired (drained for removal) the unit admits none: increment-then-check here against
+    // set-then-count in DrainAsync (both full fences), so no user slips in after the drain saw zero.
     private int _inFlight;
+    private int _retired;
 
-    /// <summary>Waits until no command runs on this unit any more (after it was removed from its target).</summary>
+    /// <summary>Counts one user of this unit's volume; false (nothing counted) once the unit is retired.</summary>
+    internal bool TryEnter()
+    {
+        Interlocked.Increment(ref _inFlight);
+        if (Volatile.Read(ref _retired) == 0) return true;
+        Interlocked.Decrement(ref _inFlight);
+        return false;
+    }
+
+    internal void Exit() => Interlocked.Decrement(ref _inFlight);
+
+    /// <summary>
+    /// Retires the unit (after it was removed from its target) and waits until nothing uses its volume any
+    /// more. A command that still finds it answers LOGICAL UNIT NOT SUPPORTED; a copy cannot reach it.
+    /// </summary>
     public async Task DrainAsync(CancellationToken ct)
     {
+        Interlocked.Exchange(ref _retired, 1);
         while (Volatile.Read(ref _inFlight) > 0) await Task.Delay(10, ct).ConfigureAwait(false);
     }
 
@@ -214,19 +233,20 @@ public sealed partial class ScsiLogicalUnit : ILogicalUnit
 
     public ValueTask<ScsiResponse> ExecuteAsync(ScsiCommand cmd, CancellationToken ct)
     {
-        // Counted so a unit removed by a reload can wait for its last command before its volume closes.
-        Interlocked.Increment(ref _inFlight);
+        // Counted so a unit removed by a reload can wait for its last command before its volume closes; a
+        // command that looked the unit up just before the removal finds it retired and is refused.
+        if (!TryEnter()) return new(Respond(ScsiError.Of(SenseReason.LogicalUnitNotSupported), false));
         ValueTask<ScsiResponse> pending;
         try { pending = ExecuteCoreAsync(cmd, ct); }
-        catch { Interlocked.Decrement(ref _inFlight); throw; }
-        if (pending.IsCompleted) { Interlocked.Decrement(ref _inFlight); return pending; }
+        catch { Exit(); throw; }
+        if (pending.IsCompleted) { Exit(); return pending; }
         return Counted(pending);
     }
 
     private async ValueTask<ScsiResponse> Counted(ValueTask<ScsiResponse> pending)
     {
         try { return await pending.ConfigureAwait(false); }
-        finally { Interlocked.Decrement(ref _inFlight); }
+        finally { Exit(); }
     }
 
     private async ValueTask<ScsiResponse> ExecuteCoreAsync(ScsiCommand cmd, CancellationToken ct)

@@ -162,13 +162,23 @@ public sealed partial class ScsiLogicalUnit
 
     private async ValueTask<ScsiError> RunSegments(Request r, ReadOnlyMemory<byte> data, List<int> cscds, List<Segment> segments, CopyStatus status)
     {
+        // Other units this copy uses are entered like a command of theirs, so a reload that removes one of
+        // them waits for the copy before closing its volume (and a retired one is not reachable).
         var resolved = new ScsiLogicalUnit?[cscds.Count];
+        try { return await RunEachSegment(r, data, cscds, segments, status, resolved).ConfigureAwait(false); }
+        finally { foreach (var u in resolved) if (u != null && u != this) u.Exit(); }
+    }
+
+    private async ValueTask<ScsiError> RunEachSegment(Request r, ReadOnlyMemory<byte> data, List<int> cscds, List<Segment> segments, CopyStatus status, ScsiLogicalUnit?[] resolved)
+    {
         ScsiError Resolve(uint seg, ushort index, bool write, out ScsiLogicalUnit? lu)
         {
             lu = null;
             if (index >= cscds.Count) return ScsiError.Copy(SenseReason.CopyTargetNotReachable, seg);
             var cscd = data.Span.Slice(cscds[index], CscdDescriptorLength);
-            lu = resolved[index] ??= ResolveCscd(r.Command.Nexus, cscd);
+            if (resolved[index] == null && ResolveCscd(r.Command.Nexus, cscd) is { } found && (found == this || found.TryEnter()))
+                resolved[index] = found;
+            lu = resolved[index];
             if (lu == null) return ScsiError.Copy(SenseReason.CopyTargetNotReachable, seg);
             int diskBlockLength = (cscd[29] << 16) | (cscd[30] << 8) | cscd[31];
             if ((cscd[1] & 0x1F) != 0 || diskBlockLength != lu.BlockSize) return ScsiError.Copy(SenseReason.CopyTargetIncorrectType, seg);
