@@ -38,6 +38,58 @@ public class MetricsTests
         Assert.That(text, Does.Contain("lun=\"0\""));
     }
 
+    static readonly IntegrityTarget.Scsi.ItNexus Nexus = new("iqn.2026-11.test:i", "iqn.2026-11.test:i,i,0x000000000001", $"{Iqn},t,0x0001", 1, new byte[4]);
+
+    static IntegrityTarget.Scsi.ScsiLogicalUnit Unit(ServedLun l) =>
+        new(l.Lun, l.Volume!, new IntegrityTarget.Scsi.LogicalUnitOptions { Serial = l.Settings.Serial, IdentitySeed = $"{Iqn}/{l.Lun}" }, Serilog.Core.Logger.None);
+
+    static void Tur(IntegrityTarget.Scsi.IScsiTarget target, ulong lun)
+    {
+        using var r = target.ExecuteAsync(new IntegrityTarget.Scsi.ScsiCommand { Nexus = Nexus, Lun = lun, Cdb = new byte[6] }, CancellationToken.None).AsTask().GetAwaiter().GetResult();
+    }
+
+    static string Latency(ulong lun) => $"integritytarget_scsi_command_duration_seconds_count{{target=\"{Iqn}\",lun=\"{lun}\",class=\"other\"}}";
+
+    [Test]
+    public async Task Commands_to_luns_the_target_does_not_serve_add_no_latency_series()
+    {
+        // Any logged-in initiator can address LUNs 0..16383: a series per LUN number it tries would be unbounded.
+        var l0 = Lun(0, out _);
+        var target = new ServedTarget(new TargetSettings { Iqn = Iqn, AllowedInitiators = ["*"], Luns = [l0.Settings] }, [l0]);
+        using var m = HostMetrics.Detached(() => [target], () => [], () => null);
+        var timed = m.Time(Iqn, new IntegrityTarget.Scsi.ScsiTarget(Iqn, [Unit(l0)], Serilog.Core.Logger.None));
+        Tur(timed, 0);
+        for (ulong lun = 1; lun < 200; lun++) Tur(timed, lun);
+
+        var text = await m.ExportAsync();
+        Assert.That(text, Does.Contain(Latency(0) + " 1"));
+        Assert.That(text.Split('\n').Count(l => l.StartsWith("integritytarget_scsi_command_duration_seconds_count", StringComparison.Ordinal)), Is.EqualTo(1),
+            "only the served LUN has a latency series");
+    }
+
+    [Test]
+    public async Task A_lun_removed_and_added_back_by_reloads_gets_its_latency_series_back()
+    {
+        var l0 = Lun(0, out _);
+        var l1 = Lun(1, out _);
+        var target = new ServedTarget(new TargetSettings { Iqn = Iqn, AllowedInitiators = ["*"], Luns = [l0.Settings, l1.Settings] }, [l0, l1]);
+        using var m = HostMetrics.Detached(() => [target], () => [], () => null);
+        var scsi = new IntegrityTarget.Scsi.ScsiTarget(Iqn, [Unit(l0), Unit(l1)], Serilog.Core.Logger.None);
+        var timed = m.Time(Iqn, scsi);
+        Tur(timed, 1);
+        Assert.That(await m.ExportAsync(), Does.Contain(Latency(1) + " 1"));
+
+        scsi.RemoveUnit(1);                 // one reload removes LUN 1 ...
+        target.Luns = [l0];
+        Assert.That(await m.ExportAsync(), Does.Not.Contain("lun=\"1\""));
+
+        scsi.AddUnit(Unit(l1));             // ... the next adds it back
+        target.Luns = [l0, l1];
+        Tur(timed, 1);
+        Tur(timed, 1);
+        Assert.That(await m.ExportAsync(), Does.Contain(Latency(1) + " 2"), "the new LUN 1's commands are counted from zero");
+    }
+
     [TestCase((byte)0x28, 0)]
     [TestCase((byte)0x88, 0)]
     [TestCase((byte)0x2A, 1)]

@@ -28,6 +28,8 @@ public sealed class HostMetrics : IDisposable
     private readonly MetricServer? _server;
     private readonly HashSet<(string, string)> _lunLabels = [];
     private readonly HashSet<string> _targetLabels = [];
+    // The timing wrapper of each served target, so a LUN whose series were dropped is timed afresh if it comes back.
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, TimedScsiTarget> _timed = new(StringComparer.OrdinalIgnoreCase);
     private readonly Lock _gate = new();
 
     private readonly Counter _reads, _writes, _readBytes, _writtenBytes, _mismatches, _journalCommits, _flushes, _unmaps, _checkpoints;
@@ -112,7 +114,7 @@ public sealed class HostMetrics : IDisposable
     }
 
     /// <summary>Wraps a target's SCSI layer so every command's service time lands in the latency histogram.</summary>
-    public IScsiTarget Time(string iqn, IScsiTarget inner) => new TimedScsiTarget(inner, iqn, _latency);
+    public IScsiTarget Time(string iqn, IScsiTarget inner) => _timed[iqn] = new TimedScsiTarget(inner, iqn, _latency);
 
     private void Refresh()
     {
@@ -186,8 +188,14 @@ public sealed class HostMetrics : IDisposable
                 foreach (var m in new Collector<Gauge.Child>[] { _badLbas, _capacity, _slots, _freeSlots, _scrubRunning, _scrubProgress, _lastScrub, _lastScrubBad })
                     m.RemoveLabelled(k);
                 foreach (var cls in TimedScsiTarget.Classes) _latency.RemoveLabelled(gone.Item1, gone.Item2, cls);
+                // After the removal (a command timed in between only lands in the dropped child).
+                if (_timed.TryGetValue(gone.Item1, out var timed)) timed.Forget(ulong.Parse(gone.Item2, System.Globalization.CultureInfo.InvariantCulture));
             }
-            foreach (var gone in _targetLabels.Except(seenTargets).ToList()) { _sessionsGauge.RemoveLabelled(gone); _connections.RemoveLabelled(gone); }
+            foreach (var gone in _targetLabels.Except(seenTargets).ToList())
+            {
+                _sessionsGauge.RemoveLabelled(gone); _connections.RemoveLabelled(gone);
+                _timed.TryRemove(gone, out _);
+            }
             _lunLabels.Clear(); _lunLabels.UnionWith(seenLuns);
             _targetLabels.Clear(); _targetLabels.UnionWith(seenTargets);
         }
@@ -205,7 +213,9 @@ public sealed class HostMetrics : IDisposable
 
 /// <summary>
 /// A target's SCSI layer with a stopwatch around every command. Commands are classed by opcode into read,
-/// write and other; one histogram child per (LUN, class) is looked up once and kept.
+/// write and other; one histogram child per (LUN, class) is looked up once and kept. Only LUNs the target
+/// serves are timed: an initiator may address any of 16384 LUN numbers, and a series for each would leave
+/// the number of series to the initiator.
 /// </summary>
 internal sealed class TimedScsiTarget(IScsiTarget inner, string iqn, Histogram latency) : IScsiTarget
 {
@@ -240,8 +250,18 @@ internal sealed class TimedScsiTarget(IScsiTarget inner, string iqn, Histogram l
         finally { Observe(command, start); }
     }
 
+    /// <summary>Drops the cached children of <paramref name="lun"/> (its series were removed), so a LUN added back under that number is timed afresh.</summary>
+    public void Forget(ulong lun)
+    {
+        for (int cls = 0; cls < Classes.Length; cls++) _children.TryRemove((lun, cls), out _);
+    }
+
+    private static bool Serves(IReadOnlyList<ulong> luns, ulong lun) =>
+        luns is ulong[] sorted ? Array.BinarySearch(sorted, lun) >= 0 : luns.Contains(lun);
+
     private void Observe(ScsiCommand command, long start)
     {
+        if (!Serves(inner.Luns, command.Lun)) return;
         int cls = command.Cdb.Length > 0 ? ClassOf(command.Cdb.Span[0]) : 2;
         var child = _children.GetOrAdd((command.Lun, cls), k => latency.WithLabels(iqn, k.Item1.ToString(System.Globalization.CultureInfo.InvariantCulture), Classes[k.Item2]));
         child.Observe(Stopwatch.GetElapsedTime(start).TotalSeconds);
