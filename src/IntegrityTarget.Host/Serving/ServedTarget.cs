@@ -36,6 +36,38 @@ public sealed class ServedLun
     public Scsi.ScsiLogicalUnit? Unit { get => Ha != null ? Ha.Local : _unit; set => _unit = value; }
     /// <summary>Fraction checked by the online scrub running now; null when none runs.</summary>
     public double? ScrubProgress { get; set; }
+
+    // The online scrub running now, so a reload that removes the LUN stops it and waits for it before the
+    // volume is closed; a retired LUN starts none.
+    private readonly Lock _gate = new();
+    private readonly CancellationTokenSource _retirement = new();
+    private bool _retired;
+    private Task? _scrub;
+
+    /// <summary>Registers an online scrub that ends when <paramref name="done"/> completes; null (not registered) once the LUN is retired.</summary>
+    internal CancellationToken? BeginScrub(Task done)
+    {
+        lock (_gate)
+        {
+            if (_retired) return null;
+            _scrub = done;
+            return _retirement.Token;
+        }
+    }
+
+    internal void EndScrub() { lock (_gate) _scrub = null; }
+
+    /// <summary>Whether a reload removed the LUN (its scrub was stopped for that).</summary>
+    internal bool Retired { get { lock (_gate) return _retired; } }
+
+    /// <summary>Stops the online scrub, if one runs, and completes when it has ended; no scrub starts afterwards.</summary>
+    internal Task RetireAsync()
+    {
+        Task? scrub;
+        lock (_gate) { _retired = true; scrub = _scrub; }
+        _retirement.Cancel(); // outside the lock: cancellation callbacks run inline
+        return scrub ?? Task.CompletedTask;
+    }
 }
 
 public sealed class ServedTarget(TargetSettings settings, IReadOnlyList<ServedLun> luns)

@@ -229,9 +229,10 @@ public sealed partial class TargetHost
         return new ReloadOutcome(source, applied);
     }
 
-    /// <summary>A LUN no longer served: its last commands finish, then it is flushed and closed.</summary>
-    private async Task RetireLunAsync(ServedLun l, CancellationToken ct)
+    /// <summary>A LUN no longer served: its online scrub stops, its last commands finish, then it is flushed and closed.</summary>
+    internal async Task RetireLunAsync(ServedLun l, CancellationToken ct)
     {
+        await l.RetireAsync();
         if (l.Unit is { } u)
         {
             using var drain = CancellationTokenSource.CreateLinkedTokenSource(ct);

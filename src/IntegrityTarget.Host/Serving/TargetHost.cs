@@ -286,19 +286,33 @@ public sealed partial class TargetHost : IStatusProvider
         if (!served.Settings.Integrity)
             throw new CliException($"{key} is served without integrity protection; there are no tags to scrub");
         if (!_scrubbing.TryAdd(key, true)) throw new CliException($"{key} is already being scrubbed");
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         try
         {
+            if (served.BeginScrub(done.Task) is not { } retirement) throw RemovedWhileScrubbed(key);
             served.ScrubProgress = 0;
             var tracked = new InlineProgress(f => { served.ScrubProgress = f; progress.Report(f); });
             var volume = served.Volume ?? throw new CliException($"{key} is open on gateway {served.Ha?.OwnerGateway ?? "(none yet)"}, not on this one; scrub it there");
-            var outcome = await IntegrityWiring.ScrubAsync(volume, rateMBps, tracked, ct);
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct, retirement);
+            ScrubOutcome outcome;
+            try { outcome = await IntegrityWiring.ScrubAsync(volume, rateMBps, tracked, stop.Token); }
+            catch (OperationCanceledException) when (served.Retired) { throw RemovedWhileScrubbed(key); }
             // A finished scrub checked every block: its findings are what LOG SENSE and metrics report from now on.
             served.Unit?.Health.RecordScrub(new Scsi.ScrubSummary(DateTimeOffset.UtcNow, outcome.BlocksChecked, outcome.Mismatches), outcome.BadLbas);
             _log.Information("Scrub of {Lun} finished: {Blocks} blocks checked, {Bad} bad", key, outcome.BlocksChecked, outcome.Mismatches);
             return outcome;
         }
-        finally { _scrubbing.TryRemove(key, out _); served.ScrubProgress = null; }
+        finally
+        {
+            served.EndScrub();
+            _scrubbing.TryRemove(key, out _);
+            served.ScrubProgress = null;
+            done.TrySetResult();
+        }
     }
+
+    private static CliException RemovedWhileScrubbed(string key) =>
+        new($"{key} was removed by a reload; the scrub stopped");
 
     // ---- online grow ---------------------------------------------------------------------------
 
