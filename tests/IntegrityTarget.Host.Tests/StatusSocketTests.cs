@@ -141,6 +141,49 @@ public class StatusSocketTests
         Assert.That(run.Err.ToString(), Does.Contain("no status socket at").And.Contain("is integrity-target serve running"));
     }
 
+    /// <summary>A serving process whose reload and resize fail in a way nobody planned for.</summary>
+    private sealed class BrokenProvider(IStatusProvider inner) : IStatusProvider
+    {
+        public StatusSnapshot GetStatus() => inner.GetStatus();
+        public Task<ScrubOutcome> ScrubAsync(string iqn, ulong lun, double? rateMBps, IProgress<double> progress, CancellationToken ct) =>
+            throw new InvalidOperationException("scrub machinery jammed");
+        public Task<ResizeOutcome> ResizeAsync(string iqn, ulong lun, long bytes, CancellationToken ct) => throw new IOException("backing file vanished");
+        public Task<ReloadOutcome> ReloadAsync(CancellationToken ct) => throw new InvalidOperationException("half-built target");
+    }
+
+    [Test]
+    public async Task An_unexpected_failure_of_reload_resize_or_scrub_is_answered_with_an_error_and_the_connection_stays_usable()
+    {
+        using var dir = new TempDir();
+        var socket = Path.Combine(dir.Path, "broken.sock");
+        await using (var server = new StatusServer(socket, new BrokenProvider(new TargetHost(HostConfigFor(dir), Log, [])), Log))
+        {
+            server.Start();
+            var reload = await CliRun.RunAsync(dir.Path, ["reload", "--socket", socket]);
+            Assert.That(reload.ExitCode, Is.EqualTo(1), reload.AllOutput);
+            Assert.That(reload.Err.ToString(), Does.Contain("half-built target"), reload.AllOutput);
+            var resize = await CliRun.RunAsync(dir.Path, ["resize", "iqn.2026-11.org.example:a/0", "2GiB", "--socket", socket]);
+            Assert.That(resize.Err.ToString(), Does.Contain("backing file vanished"), resize.AllOutput);
+
+            using var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            await s.ConnectAsync(new UnixDomainSocketEndPoint(socket));
+            await using var stream = new NetworkStream(s);
+            using var reader = new StreamReader(stream);
+            await stream.WriteAsync(Encoding.UTF8.GetBytes("scrub iqn.2026-11.org.example:a 0\nstatus\n"));
+            var failed = JsonNode.Parse((await reader.ReadLineAsync())!)!;
+            Assert.That((string?)failed["error"], Does.Contain("scrub machinery jammed"));
+            var ok = JsonNode.Parse((await reader.ReadLineAsync())!)!;
+            Assert.That((string?)ok["type"], Is.EqualTo("status"), "the connection still answers");
+        }
+    }
+
+    private static HostConfig HostConfigFor(TempDir dir)
+    {
+        var (config, problems) = ConfigTestExtensions.Load(dir.Path, ["--data-dir", ".", "--lun", "x.img", "--size", "2MiB"], checkFiles: false);
+        Assert.That(problems.Errors(), Is.Empty);
+        return config!;
+    }
+
     [Test]
     public void Text_scrub_requests_parse_iqn_lun_and_rate()
     {

@@ -167,6 +167,7 @@ public sealed class StatusServer : IAsyncDisposable
                 }
                 catch (CliException e) { await writer.WriteLineAsync(StatusJson.Error(e.Message)); }
                 catch (OperationCanceledException) { await writer.WriteLineAsync(StatusJson.Error("reload cancelled: the server is shutting down")); }
+                catch (Exception e) { await writer.WriteLineAsync(Unexpected("reload", e)); }
                 break;
             default:
                 await writer.WriteLineAsync(StatusJson.Error($"unknown command '{request.Command}' (status, scrub, resize, reload)"));
@@ -202,6 +203,7 @@ public sealed class StatusServer : IAsyncDisposable
         }
         catch (CliException e) { lines.Writer.TryWrite(StatusJson.Error(e.Message)); }
         catch (OperationCanceledException) { lines.Writer.TryWrite(StatusJson.Error("scrub cancelled: the server is shutting down")); }
+        catch (Exception e) { lines.Writer.TryWrite(Unexpected("scrub", e)); }
         finally
         {
             lines.Writer.TryComplete();
@@ -228,6 +230,18 @@ public sealed class StatusServer : IAsyncDisposable
         }
         catch (CliException e) { await writer.WriteLineAsync(StatusJson.Error(e.Message)); }
         catch (OperationCanceledException) { await writer.WriteLineAsync(StatusJson.Error("resize cancelled: the server is shutting down")); }
+        catch (Exception e) { await writer.WriteLineAsync(Unexpected("resize", e)); }
+    }
+
+    /// <summary>
+    /// A request that failed in a way nobody planned for: logged with its stack, and answered, so the client
+    /// says what went wrong instead of "closed without answering" (an IOException was even taken for the
+    /// client going away and not logged at all).
+    /// </summary>
+    private string Unexpected(string request, Exception e)
+    {
+        _log.Error(e, "{Request} over the status socket failed unexpectedly", request);
+        return StatusJson.Error($"{request} failed: {e.Message} (the server log has the details)");
     }
 
     public async ValueTask DisposeAsync()
