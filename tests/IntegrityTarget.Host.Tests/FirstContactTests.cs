@@ -34,6 +34,8 @@ public class FirstContactTests
     [TestCase("70000", "'70000' in '70000' is not a port number from 0 to 65535")]
     [TestCase("[::1]3260", "after the bracketed address")]
     [TestCase("[127.0.0.1]:3260", "is not an IPv6 address")]
+    [TestCase("010.0.0.1:3260", "'010.0.0.1' has a number with a leading zero")] // .NET reads 010 as octal: 8.0.0.1
+    [TestCase("192.168.001.010", "leading zero")]
     public void A_portal_that_could_mean_two_things_or_nothing_is_an_error_saying_why(string text, string why)
     {
         Assert.That(PortalParser.TryParse(text, out _, out _, out var error), Is.False);

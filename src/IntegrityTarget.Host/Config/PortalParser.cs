@@ -59,6 +59,13 @@ public static class PortalParser
             int colon = s.IndexOf(':');
             addressText = colon < 0 ? s : s[..colon];
             portText = colon < 0 ? null : s[(colon + 1)..];
+            if (IsDottedQuad(addressText) && addressText.Split('.').Any(p => p.Length > 1 && p[0] == '0'))
+            {
+                // IPAddress.Parse (like inet_aton) reads 010 as octal 8: '010.0.0.1' would listen on 8.0.0.1.
+                error = $"'{addressText}' has a number with a leading zero, which is read as octal (010 is 8); " +
+                        "write each number without leading zeros, e.g. 10.0.0.1";
+                return false;
+            }
             if (!IsDottedQuad(addressText))
             {
                 error = $"'{addressText}' is not an IPv4 address of four numbers (host names are not resolved); " +
