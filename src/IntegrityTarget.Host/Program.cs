@@ -17,7 +17,8 @@ void OnSignal(PosixSignalContext c)
 }
 using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
 using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-// SIGHUP: serve re-reads its configuration and applies what changed (integrity-target reload does the same).
+// SIGHUP: serve re-reads its configuration and applies what changed (integrity-target reload does the same);
+// any other verb ends on it, as programs do.
 var reload = new ReloadSignal();
-using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c => { c.Cancel = true; reload.Raise(); });
+using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c => c.Cancel = reload.Raise());
 return await Cli.RunAsync(args, CliContext.ForProcess(stop.Token, reload));

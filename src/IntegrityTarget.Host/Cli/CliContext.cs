@@ -37,11 +37,25 @@ public sealed class CliContext
     };
 }
 
-/// <summary>A request to re-read the configuration (SIGHUP); serve subscribes while it runs.</summary>
+/// <summary>
+/// A request to re-read the configuration (SIGHUP). Only serve claims it; for every other verb SIGHUP keeps
+/// its usual meaning (a closed terminal ends the program), so a scrub or format is not left running unseen.
+/// </summary>
 public sealed class ReloadSignal
 {
+    private volatile bool _claimed;
     public event Action? Requested;
-    public void Raise() => Requested?.Invoke();
+
+    /// <summary>From now on SIGHUP means "reload" (serve calls it; a SIGHUP before it subscribes is dropped).</summary>
+    public void Claim() => _claimed = true;
+
+    /// <summary>Delivers a SIGHUP; false when no verb claimed it, and the signal ends the process as usual.</summary>
+    public bool Raise()
+    {
+        if (!_claimed) return false;
+        Requested?.Invoke();
+        return true;
+    }
 }
 
 /// <summary>Process exit codes, documented in README.</summary>

@@ -66,6 +66,7 @@ public static class ServeVerb
                 $"{config.Targets.Count} target(s), {config.Targets.Sum(t => t.Luns.Count)} LUN(s), portals {string.Join(", ", config.Portals)}");
             return ExitCodes.Ok;
         }
+        ctx.Reload.Claim(); // SIGHUP reloads from now on instead of ending the process
         var level = new Serilog.Core.LoggingLevelSwitch(LoggingSetup.ParseLevel(config.Logging.Level));
         using var logger = LoggingSetup.Create(config.Logging, ctx.Out, ReferenceEquals(ctx.Out, Console.Out), level);
         logger.Information("integrity-target {Version} starting with {Source}", TargetHost.Version, loaded.FileDisplayName ?? ConfigLoader.BuiltInDefaults);

@@ -85,6 +85,36 @@ public class ServeProcessTests
     }
 
     [Test]
+    public async Task SIGHUP_ends_a_verb_other_than_serve_as_it_ends_any_program()
+    {
+        // Only serve gives SIGHUP a meaning (reload); a scrub or reload left running in a closed terminal ends.
+        var dir = Directory.CreateTempSubdirectory("it-hup-").FullName;
+        try
+        {
+            var path = Path.Combine(dir, "mute.sock");
+            using var mute = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+            mute.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(path));
+            mute.Listen(1); // a "server" that takes the request and never answers
+            var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in new[] { Paths.ServerDll, "reload", "--socket", path }) psi.ArgumentList.Add(a);
+            using var p = System.Diagnostics.Process.Start(psi)!;
+            try
+            {
+                using var conn = await mute.AcceptAsync().WaitAsync(TimeSpan.FromSeconds(60));
+                var request = new byte[256];
+                int n = await conn.ReceiveAsync(request.AsMemory()).AsTask().WaitAsync(TimeSpan.FromSeconds(30)); // it waits for the answer now
+                Assert.That(System.Text.Encoding.UTF8.GetString(request, 0, n), Does.Contain("reload"));
+
+                Assert.That(kill(p.Id, 1), Is.EqualTo(0));
+                Assert.That(p.WaitForExit(TimeSpan.FromSeconds(10)), Is.True, "the verb ended on SIGHUP");
+                Assert.That(p.ExitCode, Is.EqualTo(128 + 1), "ended by the signal");
+            }
+            finally { if (!p.HasExited) p.Kill(); }
+        }
+        finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
+    }
+
+    [Test]
     public void Listen_with_a_port_alone_serves_that_port_on_loopback_and_the_log_says_so()
     {
         var o = new ServerOptions { Size = "8MiB" };
