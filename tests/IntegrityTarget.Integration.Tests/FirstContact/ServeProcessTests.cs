@@ -117,7 +117,8 @@ public class ServeProcessTests
     [Test]
     public void Listen_with_a_port_alone_serves_that_port_on_loopback_and_the_log_says_so()
     {
-        var o = new ServerOptions { Size = "8MiB" };
+        // Ready is logged after every portal is bound and logged; the port accepting alone comes before its log line.
+        var o = new ServerOptions { Size = "8MiB", ReadyLogPattern = "Ready;" };
         using var srv = new ServerProcess(o);
         o.Extra.AddRange(["--listen", srv.Port.ToString()]); // overrides ServerProcess's own --listen 127.0.0.1:PORT
         srv.Start();

@@ -245,7 +245,15 @@ public partial class ReadmeCommandTests
           # (`dotnet run` and the server it started); a background server with SIGTERM, as systemd does.
           kill -$STOP_SIGNAL -$SERVER_PID 2>/dev/null
           for _ in $(seq 600); do kill -0 -$SERVER_PID 2>/dev/null || break; sleep 0.1; done
-          kill -0 -$SERVER_PID 2>/dev/null && { echo "== server still running 60 s after SIGTERM"; kill -KILL -$SERVER_PID; }
+          if kill -0 -$SERVER_PID 2>/dev/null; then
+            # What the hung process group was doing: process states (T = stopped) and each thread's kernel wait.
+            echo "== server still running 60 s after SIG$STOP_SIGNAL:"
+            ps -o pid,stat,wchan:32,args -g $SERVER_PID
+            for t in /proc/[0-9]*/task/*; do
+              [ "$(cut -d' ' -f5 $t/stat 2>/dev/null)" = "$SERVER_PID" ] && echo "$t $(cut -d' ' -f2-3 $t/stat) $(cat $t/wchan 2>/dev/null)"
+            done
+            kill -KILL -$SERVER_PID
+          fi
           wait $SERVER_PID 2>/dev/null
           echo "== server output:"; cat "$SERVER_LOG"
           grep -q 'Stopped; every volume flushed' "$SERVER_LOG" || { echo "== the server did not stop cleanly"; return 1; }
