@@ -90,6 +90,28 @@ public class MetricsTests
         Assert.That(await m.ExportAsync(), Does.Contain(Latency(1) + " 2"), "the new LUN 1's commands are counted from zero");
     }
 
+    [Test]
+    public async Task Every_exported_metric_is_in_the_README_table()
+    {
+        var l0 = Lun(0, out _);
+        var target = new ServedTarget(new TargetSettings { Iqn = Iqn, AllowedInitiators = ["*"], Luns = [l0.Settings] }, [l0]);
+        using var m = HostMetrics.Detached(() => [target], () => [], () => null);
+        var exported = System.Text.RegularExpressions.Regex.Matches(await m.ExportAsync(), @"^# TYPE (integritytarget_\w+) ", System.Text.RegularExpressions.RegexOptions.Multiline)
+            .Select(x => x.Groups[1].Value).ToList();
+        Assert.That(exported, Has.Count.GreaterThan(10));
+
+        // Table rows name metrics in full or, after the first, by suffix: `integritytarget_lun_reads_total`, `_writes_total`.
+        string readme = File.ReadAllText(Path.Combine(RepositoryFilesTests.RepoRoot(), "README.md"));
+        var documented = new HashSet<string>();
+        foreach (var row in readme.Split('\n').Where(l => l.StartsWith("| `integritytarget_", StringComparison.Ordinal)))
+        {
+            var names = System.Text.RegularExpressions.Regex.Matches(row.Split('|')[1], @"`([a-z_]+)").Select(x => x.Groups[1].Value).ToList();
+            string family = string.Join('_', names[0].Split('_').Take(2));
+            foreach (var n in names) documented.Add(n.StartsWith('_') ? family + n : n);
+        }
+        Assert.That(exported.Where(e => !documented.Contains(e)), Is.Empty, "exported but not in README's metrics table");
+    }
+
     [TestCase((byte)0x28, 0)]
     [TestCase((byte)0x88, 0)]
     [TestCase((byte)0x2A, 1)]

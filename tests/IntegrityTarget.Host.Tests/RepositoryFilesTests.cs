@@ -6,7 +6,7 @@ namespace IntegrityTarget.Host.Tests;
 /// <summary>The sample config and the container entry point shipped in the repository are valid as shipped.</summary>
 public partial class RepositoryFilesTests
 {
-    private static string RepoRoot()
+    internal static string RepoRoot()
     {
         for (var d = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); d != null; d = d.Parent)
             if (File.Exists(Path.Combine(d.FullName, "IntegrityTarget.sln"))) return d.FullName;
