@@ -29,7 +29,7 @@ cp "$unit" "$root/etc/systemd/system/"
 complaints=$(cd "$scratch" && systemd-analyze verify --root="$root" "$root/etc/systemd/system/$(basename "$unit")" 2>&1) \
   || fail "systemd-analyze verify failed: $complaints"
 [ -z "$complaints" ] || fail "systemd-analyze verify complains: $complaints"
-for key in LimitNOFILE Restart StateDirectory DynamicUser; do [ -n "$(value $key)" ] || fail "the unit sets no $key="; done
+for key in LimitNOFILE Restart StateDirectory DynamicUser ExecReload; do [ -n "$(value $key)" ] || fail "the unit sets no $key="; done
 echo "systemd-unit-check: systemd-analyze verify: no complaints"
 
 # 2. ExecStart as the unit runs it
@@ -65,6 +65,11 @@ limit=$(sed -n 's/^Max open files *\([0-9]*\).*/\1/p' /proc/$pid/limits)
 iscsi-ls -s iscsi://127.0.0.1:3260/ | tee "$scratch/ls.out"
 grep -q 'iqn.2026-11.org.example:integrity' "$scratch/ls.out" || fail "iscsi-ls did not list the default target"
 "$prefix/bin/integrity-target" status --socket "$state/status.sock" | head -3
+# systemctl reload runs ExecReload as the service's user.
+read -r -a reload_cmd <<<"$(map "$(value ExecReload)")"
+(cd "$workdir" && exec env -i PATH=/usr/bin:/bin "${envs[@]}" setpriv --reuid=nobody --regid=nogroup --clear-groups "${reload_cmd[@]}") \
+  | tee "$scratch/reload.out" || fail "ExecReload failed: ${reload_cmd[*]}"
+grep -q 'nothing changed' "$scratch/reload.out" || fail "ExecReload did not reload: $(cat "$scratch/reload.out")"
 kill -TERM $pid; rc=0; wait $pid || rc=$?
 pid=
 cat "$scratch/serve.log"
