@@ -91,13 +91,13 @@ public sealed partial class IntegrityVolume
         await _dev.ReadAsync(dOff, mem, ct).ConfigureAwait(false);
         long tOff = _g.TagOffset(p, idx0);
         long tStart = tOff & ~511L, tEnd = Geometry.RoundUp(tOff + (long)n * ts, 512);
-        byte[] tags = ArrayPool<byte>.Shared.Rent((int)(tEnd - tStart));
+        byte[] tags = _buffers.Rent((int)(tEnd - tStart));
         try
         {
             await _dev.ReadAsync(tStart, tags.AsMemory(0, (int)(tEnd - tStart)), ct).ConfigureAwait(false);
             return VerifyRead(start, n, mem, tags.AsSpan((int)(tOff - tStart), n * ts), seq);
         }
-        finally { ArrayPool<byte>.Shared.Return(tags); }
+        finally { _buffers.Return(tags); }
     }
 
     /// <summary>Lays not-yet-applied journaled blocks over what was read, then verifies every other block.

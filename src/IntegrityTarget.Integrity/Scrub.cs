@@ -1,4 +1,5 @@
 using System.Buffers;
+using IntegrityTarget.Storage;
 using System.Diagnostics;
 
 namespace IntegrityTarget.Integrity;
@@ -19,7 +20,7 @@ public sealed partial class IntegrityVolume
         var bad = new List<ulong>();
         bool cancelled = false;
         double rate = options.MaxMBPerSecond is double r && r > 0 ? r * 1e6 : 0;
-        byte[] buf = ArrayPool<byte>.Shared.Rent(_g.ChunkBytes);
+        byte[] buf = _buffers.Rent(_g.ChunkBytes);
         long lastReport = -1;
         try
         {
@@ -68,7 +69,7 @@ public sealed partial class IntegrityVolume
                 }
             }
         }
-        finally { ArrayPool<byte>.Shared.Return(buf); }
+        finally { _buffers.Return(buf); }
         options.Progress?.Report(new ScrubProgress(done, BlockCount, mismatches));
         _log.Information("Scrub of {Volume}: {Checked} blocks checked, {Skipped} unmapped skipped, {Mismatches} mismatches, {IoErrors} read errors in {Seconds:F1} s{Cancelled}",
             Name, done - skipped, skipped, mismatches, ioErrors, sw.Elapsed.TotalSeconds, cancelled ? " (cancelled)" : "");

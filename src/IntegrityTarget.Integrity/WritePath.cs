@@ -105,7 +105,7 @@ public sealed partial class IntegrityVolume
     private async ValueTask WriteSlotAsync(long p, long c, int firstIndex, ReadOnlyMemory<byte> piece, CancellationToken ct)
     {
         int slot = (int)_g.SlotBytes;
-        byte[] buf = ArrayPool<byte>.Shared.Rent(slot);
+        byte[] buf = _buffers.Rent(slot);
         try
         {
             var span = buf.AsSpan(0, slot);
@@ -120,7 +120,7 @@ public sealed partial class IntegrityVolume
                 _tagger.ComputeTag(cs + (ulong)i, span.Slice(i * _bs, _bs), span.Slice(_g.ChunkBytes + i * ts, ts));
             await _dev.WriteAsync(_g.SlotOffset(p), buf.AsMemory(0, slot), fua: false, ct).ConfigureAwait(false);
         }
-        finally { ArrayPool<byte>.Shared.Return(buf); }
+        finally { _buffers.Return(buf); }
     }
 
     public async ValueTask<VolumeResult> FlushAsync(CancellationToken ct = default)

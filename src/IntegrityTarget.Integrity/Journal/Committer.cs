@@ -1,4 +1,5 @@
 using System.Buffers;
+using IntegrityTarget.Storage;
 using System.Buffers.Binary;
 
 namespace IntegrityTarget.Integrity;
@@ -186,7 +187,7 @@ public sealed partial class IntegrityVolume
             long total = Geometry.RoundUp(hb + (long)nData * _bs, 4096);
             if (_head + total > _g.JournalAreaBytes) await CheckpointAsync(ct).ConfigureAwait(false);
             if (hasMaps) { await _dev.FlushAsync(ct).ConfigureAwait(false); await DurableAsync(ct).ConfigureAwait(false); }
-            byte[] buf = ArrayPool<byte>.Shared.Rent((int)total);
+            byte[] buf = _buffers.Rent((int)total);
             bool fua = durable && !_unsynced;
             try
             {
@@ -215,7 +216,7 @@ public sealed partial class IntegrityVolume
                 _tagger.Checksum(span, span.Slice(32, 32));
                 await _dev.WriteAsync(_g.JournalAreaOffset + _head, buf.AsMemory(0, (int)total), fua, ct).ConfigureAwait(false);
             }
-            finally { ArrayPool<byte>.Shared.Return(buf); }
+            finally { _buffers.Return(buf); }
             _head += total;
             _nextSeq++;
             Counters.AddJournalCommit();

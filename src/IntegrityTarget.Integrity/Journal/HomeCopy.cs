@@ -1,4 +1,5 @@
 using System.Buffers;
+using IntegrityTarget.Storage;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 
@@ -97,8 +98,8 @@ public sealed partial class IntegrityVolume
     private async ValueTask ApplyRangeAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int from, int to, CancellationToken ct)
     {
         int ts = _g.TagSize, tr = _g.TagRegionBytes;
-        byte[] region = ArrayPool<byte>.Shared.Rent(tr);
-        byte[] run = ArrayPool<byte>.Shared.Rent(_g.ChunkBytes);
+        byte[] region = _buffers.Rent(tr);
+        byte[] run = _buffers.Rent(_g.ChunkBytes);
         try
         {
             int i = from;
@@ -132,8 +133,8 @@ public sealed partial class IntegrityVolume
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(region);
-            ArrayPool<byte>.Shared.Return(run);
+            _buffers.Return(region);
+            _buffers.Return(run);
         }
     }
 }
