@@ -20,5 +20,6 @@ using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
 // SIGHUP: serve re-reads its configuration and applies what changed (integrity-target reload does the same);
 // any other verb ends on it, as programs do.
 var reload = new ReloadSignal();
+Hangup.ClaimForServe(args); // a serve started under nohup still reloads on SIGHUP
 using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c => c.Cancel = reload.Raise());
 return await Cli.RunAsync(args, CliContext.ForProcess(stop.Token, reload));

@@ -85,9 +85,49 @@ public class ServeProcessTests
     }
 
     [Test]
-    public async Task SIGHUP_ends_a_verb_other_than_serve_as_it_ends_any_program()
+    public void A_server_started_under_nohup_still_reloads_on_SIGHUP_and_stops_on_SIGTERM()
     {
-        // Only serve gives SIGHUP a meaning (reload); a scrub or reload left running in a closed terminal ends.
+        var dir = Directory.CreateTempSubdirectory("it-nohup-").FullName;
+        try
+        {
+            var psi = new System.Diagnostics.ProcessStartInfo(Tools.RequireTool("env")) { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in new[] { "--ignore-signal=HUP", "dotnet", Paths.ServerDll, "serve", "--listen", $"127.0.0.1:{Tools.FreePort()}",
+                         "--data-dir", dir, "--lun", Path.Combine(dir, "lun0.img"), "--size", "8MiB" })
+                psi.ArgumentList.Add(a);
+            using var p = System.Diagnostics.Process.Start(psi)!;
+            var lines = new System.Collections.Concurrent.BlockingCollection<string>();
+            p.OutputDataReceived += (_, e) => { if (e.Data != null) lines.Add(e.Data); };
+            p.ErrorDataReceived += (_, e) => { if (e.Data != null) lines.Add(e.Data); };
+            p.BeginOutputReadLine(); p.BeginErrorReadLine();
+            var seen = new List<string>();
+            bool WaitFor(string text)
+            {
+                var until = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+                while (DateTime.UtcNow < until)
+                    if (lines.TryTake(out var l, TimeSpan.FromMilliseconds(200))) { seen.Add(l); if (l.Contains(text)) return true; }
+                return false;
+            }
+            try
+            {
+                Assert.That(WaitFor("Ready;"), Is.True, () => string.Join("\n", seen));
+                Assert.That(kill(p.Id, 1), Is.EqualTo(0));
+                Assert.That(WaitFor("SIGHUP: reloading the configuration"), Is.True, () => string.Join("\n", seen));
+                Assert.That(p.HasExited, Is.False, "SIGHUP reloads, it does not end serve");
+                Assert.That(kill(p.Id, 15), Is.EqualTo(0));
+                Assert.That(p.WaitForExit(TimeSpan.FromSeconds(60)), Is.True);
+                Assert.That(p.ExitCode, Is.EqualTo(0));
+            }
+            finally { if (!p.HasExited) p.Kill(); }
+        }
+        finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
+    }
+
+    // The test runner may itself run with SIGHUP ignored (CI started under nohup or as a background job), and
+    // a child inherits that: `env --default-signal`/`--ignore-signal` give the verb a known disposition.
+    [TestCase("--default-signal=HUP", true, TestName = "SIGHUP_ends_a_verb_other_than_serve_as_it_ends_any_program")]
+    [TestCase("--ignore-signal=HUP", false, TestName = "SIGHUP_ignored_since_start_nohup_leaves_a_verb_other_than_serve_running")]
+    public async Task SIGHUP_and_a_verb_other_than_serve(string disposition, bool ends)
+    {
         var dir = Directory.CreateTempSubdirectory("it-hup-").FullName;
         try
         {
@@ -95,8 +135,8 @@ public class ServeProcessTests
             using var mute = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
             mute.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(path));
             mute.Listen(1); // a "server" that takes the request and never answers
-            var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in new[] { Paths.ServerDll, "reload", "--socket", path }) psi.ArgumentList.Add(a);
+            var psi = new System.Diagnostics.ProcessStartInfo(Tools.RequireTool("env")) { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in new[] { disposition, "dotnet", Paths.ServerDll, "reload", "--socket", path }) psi.ArgumentList.Add(a);
             using var p = System.Diagnostics.Process.Start(psi)!;
             try
             {
@@ -106,8 +146,18 @@ public class ServeProcessTests
                 Assert.That(System.Text.Encoding.UTF8.GetString(request, 0, n), Does.Contain("reload"));
 
                 Assert.That(kill(p.Id, 1), Is.EqualTo(0));
-                Assert.That(p.WaitForExit(TimeSpan.FromSeconds(10)), Is.True, "the verb ended on SIGHUP");
-                Assert.That(p.ExitCode, Is.EqualTo(128 + 1), "ended by the signal");
+                if (ends)
+                {
+                    Assert.That(p.WaitForExit(TimeSpan.FromSeconds(10)), Is.True, "the verb ended on SIGHUP");
+                    Assert.That(p.ExitCode, Is.EqualTo(128 + 1), "ended by the signal");
+                }
+                else
+                {
+                    Assert.That(p.WaitForExit(TimeSpan.FromSeconds(3)), Is.False, "a verb started under nohup goes on after SIGHUP");
+                    conn.Shutdown(System.Net.Sockets.SocketShutdown.Both); // the "server" closes without answering
+                    Assert.That(p.WaitForExit(TimeSpan.FromSeconds(30)), Is.True, "the verb ended when its server closed");
+                    Assert.That(p.ExitCode, Is.Not.EqualTo(128 + 1));
+                }
             }
             finally { if (!p.HasExited) p.Kill(); }
         }
