@@ -228,9 +228,11 @@ public partial class ReadmeCommandTests
         start_server() {
           echo "== starting: $1"
           # Job control on: the server gets its own process group and, unlike a plain background job,
-          # does not start with SIGINT ignored, so Ctrl-C can be sent to it as in a terminal.
+          # does not start with SIGINT ignored, so Ctrl-C can be sent to it as in a terminal. A shell cannot
+          # undo a disposition it was started with, and the test runner itself may run with SIGINT and SIGHUP
+          # ignored (a CI job started in the background or under nohup): env puts their defaults back.
           set -m
-          bash -c "$1" </dev/null >"$SERVER_LOG" 2>&1 &
+          env --default-signal=INT,QUIT,HUP bash -c "$1" </dev/null >"$SERVER_LOG" 2>&1 &
           SERVER_PID=$!
           set +m
           for _ in $(seq 1800); do
