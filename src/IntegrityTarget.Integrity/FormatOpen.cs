@@ -59,13 +59,13 @@ public sealed partial class IntegrityVolume
             long need = DeviceBytesFor((ulong)bpc, options.BlockSize, options.Algorithm, options.JournalBytes);
             throw new IntegrityVolumeException($"{name}: device of {device.Length} bytes is too small for an integrity volume with {options.BlockSize}-byte blocks (needs at least {need} bytes)");
         }
-        var g = Geometry.Compute(options.BlockSize, options.Algorithm, blocks, options.JournalBytes);
+        var g = Geometry.Compute(options.BlockSize, options.Algorithm, blocks, options.JournalBytes, options.SpareSlots);
         if (g.DeviceBytes > device.Length)
             throw new IntegrityVolumeException($"{name}: device of {device.Length} bytes is too small for {blocks} blocks of {options.BlockSize} bytes (needs {g.DeviceBytes} bytes)");
 
         var salt = RandomNumberGenerator.GetBytes(16);
         var keyCheck = options.Algorithm == Integrity.TagAlgorithm.HmacSha256 ? Tagger.KeyCheck(options.Key.Span, salt) : new byte[32];
-        var sb = Superblock.From(g, Guid.NewGuid(), salt, keyCheck);
+        var sb = Superblock.From(g, Guid.NewGuid(), 1, salt, keyCheck, DateTimeOffset.UtcNow.ToUnixTimeSeconds());
 
         // Kill any old superblock first (durably), so a crash mid-format never leaves an old superblock
         // describing half-wiped metadata. Then zero journal and map, release the data area, and write
@@ -73,26 +73,37 @@ public sealed partial class IntegrityVolume
         progress?.Report(0);
         if (content != DeviceContent.Blank)
         {
-            await device.WriteAsync(0, new byte[4096], fua: true, ct);
-            await ZeroAsync(device, 0, g.DataOffset, ct);
+            await device.WriteAsync(0, new byte[2 * Superblock.Bytes], fua: true, ct);
+            await ZeroAsync(device, 0, g.Segments[0].DataOffset, ct);
             if (device.CanDeallocate)
             {
-                long dataBytes = device.Length - g.DataOffset, step = 256L << 20;
+                long dataStart = g.Segments[0].DataOffset, dataBytes = device.Length - dataStart, step = 256L << 20;
                 for (long p = 0; p < dataBytes; p += step)
                 {
                     ct.ThrowIfCancellationRequested();
-                    await device.DiscardAsync(g.DataOffset + p, Math.Min(step, dataBytes - p), ct);
+                    await device.DiscardAsync(dataStart + p, Math.Min(step, dataBytes - p), ct);
                     progress?.Report(0.9 * (p + step) / Math.Max(1, dataBytes));
                 }
             }
         }
-        await device.WriteAsync(g.JournalOffset, new JournalSuper(1, 0).Serialize(), fua: false, ct);
+        await device.WriteAsync(g.JournalOffset, new JournalSuper(1, 1, 0, 0, 0).Serialize(), fua: false, ct);
         await device.FlushAsync(ct);
-        await device.WriteAsync(0, sb.Serialize(), fua: true, ct);
+        // Copy B first, then A: either alone opens the volume (both carry sequence 1).
+        var super = sb.Serialize();
+        await device.WriteAsync(Superblock.CopyOffset(1), super, fua: true, ct);
+        await device.WriteAsync(Superblock.CopyOffset(0), super, fua: true, ct);
         progress?.Report(1);
         log.Information("Formatted {Device} as integrity volume {Volume}: {Blocks} blocks of {BlockSize} B, {Algorithm}, journal {JournalBytes} B, chunk {ChunkBytes} B, uuid {Uuid}",
             name, options.Name ?? name, blocks, g.BlockSize, Tagger.NameOf(g.Algorithm), g.JournalBytes, g.ChunkBytes, sb.Uuid);
         return await OpenAsync(device, (options.Tuning ?? new OpenOptions()) with { Key = options.Key, Name = options.Name }, log, ct);
+    }
+
+    /// <summary>Reads both superblock copies and picks the one to use (<see cref="Superblock.ReadBest"/>).</summary>
+    private static async ValueTask<(Superblock Super, Geometry Geometry, int Copy, string? Other)> ReadSuperblockAsync(IBlockDevice device, CancellationToken ct)
+    {
+        var both = new byte[2 * Superblock.Bytes];
+        await device.ReadAsync(0, both, ct);
+        return Superblock.ReadBest(both.AsSpan(0, Superblock.Bytes), both.AsSpan(Superblock.Bytes), device.Name);
     }
 
     private static async ValueTask ZeroAsync(IBlockDevice dev, long offset, long length, CancellationToken ct)
@@ -119,14 +130,9 @@ public sealed partial class IntegrityVolume
     public static async ValueTask<IntegrityVolume> OpenAsync(IBlockDevice device, OpenOptions options, ILogger log, CancellationToken ct = default)
     {
         string name = device.Name;
-        if (device.Length < 4096)
+        if (device.Length < 2 * Superblock.Bytes)
             throw new IntegrityVolumeException($"{name}: device of {device.Length} bytes is too small to hold an integrity volume");
-        var s = new byte[4096];
-        await device.ReadAsync(0, s, ct);
-        var sb = Superblock.Parse(s, out var problem);
-        if (sb == null) throw new IntegrityVolumeException($"{name}: cannot open: {problem}");
-        var g = sb.Validate(out problem);
-        if (g == null) throw new IntegrityVolumeException($"{name}: cannot open: {problem}");
+        var (sb, g, copy, other) = await ReadSuperblockAsync(device, ct);
         if (device.Length < g.DeviceBytes)
             throw new IntegrityVolumeException($"{name}: device is truncated: it has {device.Length} bytes but the volume ({g.LogicalBlocks} blocks of {g.BlockSize} B) needs {g.DeviceBytes}");
         if (g.Algorithm == Integrity.TagAlgorithm.HmacSha256)
@@ -138,6 +144,12 @@ public sealed partial class IntegrityVolume
         }
         var tagger = new Tagger(g.Algorithm, sb.Salt, g.Algorithm == Integrity.TagAlgorithm.HmacSha256 ? options.Key.Span : default);
         var v = new IntegrityVolume(device, sb, g, tagger, options, log);
+        if (other != null)
+        {
+            // Both copies must describe the volume in use before anything can rewrite one of them again.
+            v._log.Warning("{Volume}: {Problem}; rewriting it from copy {Copy}", v.Name, other, copy == 0 ? "A" : "B");
+            await device.WriteAsync(Superblock.CopyOffset(1 - copy), sb.Serialize(), fua: true, ct);
+        }
         await v.RecoverAsync(ct);
         v._committer = Task.Run(v.CommitterLoopAsync, CancellationToken.None);
         return v;

@@ -8,10 +8,10 @@ public sealed partial class IntegrityVolume
     public ulong Checkpoints => Volatile.Read(ref _checkpoints);
 
     /// <summary>Physical slots: one per logical chunk plus the spare pool that redirect-on-write needs.</summary>
-    public long Slots => _g.PhysicalChunks;
+    public long Slots => _g.PhysicalSlots;
 
-    /// <summary>Slots free now (neither mapped nor waiting for a commit to release them).</summary>
-    public long FreeSlots { get { lock (_freeLock) return _free.Count; } }
+    /// <summary>Slots free now (neither mapped nor waiting in limbo for the remap that replaced them to be proven).</summary>
+    public long FreeSlots => _slots.FreeCount;
 
     /// <summary>Logical chunks that hold data (the rest read as zeros without using a slot).</summary>
     public long MappedChunks

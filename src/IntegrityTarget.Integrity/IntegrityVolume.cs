@@ -14,8 +14,9 @@ public sealed partial class IntegrityVolume : IBlockVolume
 {
     private readonly IBlockDevice _dev;
     private readonly ILogger _log;
-    private readonly Geometry _g;
-    private readonly Superblock _sb;
+    /// <summary>Replaced (never changed in place) by a grow, while the volume is quiesced.</summary>
+    private Geometry _g;
+    private Superblock _sb;
     private readonly Tagger _tagger;
     private readonly int _bs;
     private readonly int _bpc;
@@ -28,10 +29,12 @@ public sealed partial class IntegrityVolume : IBlockVolume
 
     // Live map (what reads and new writes see, updated when a command is queued) and the committed map
     // (what the journal has made durable; the only one checkpoints write). Entry: 0 = unmapped, else phys + 1.
-    private readonly long[] _map;
-    private readonly long[] _committedMap;
+    private long[] _map;
+    private long[] _committedMap;
+    private readonly SlotAllocator _slots;
 
     private readonly ChunkRangeLock _locks = new();
+    private readonly bool _skipRemapValidation;
     private bool _disposed;
 
     public string Name { get; }
@@ -64,19 +67,20 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _idleHomeMs = options.IdleHomeMs;
         _idleTrimMs = options.IdleTrimMs;
         _parallelApplyBlocks = Math.Max(2, options.ParallelApplyBlocks);
+        _skipRemapValidation = options.SkipRemapValidation;
         _map = new long[g.LogicalChunks];
         _committedMap = new long[g.LogicalChunks];
         _overlayInChunk = new int[g.LogicalChunks];
         _maxTxnBytes = Math.Min(g.JournalAreaBytes / 2, 16L << 20);
         _watermark = Math.Min(_maxTxnBytes / 2, 8L << 20);
         _maxPending = _watermark * 4;
-        _lowWater = Geometry.SpareChunks(g.LogicalChunks) / 2;
+        _slots = new SlotAllocator(g.PhysicalSlots) { LowWater = g.SpareSlots / 4 };
     }
 
-    public static long DeviceBytesFor(ulong logicalBlocks, int blockSize, TagAlgorithm alg, long? journalBytes = null)
+    public static long DeviceBytesFor(ulong logicalBlocks, int blockSize, TagAlgorithm alg, long? journalBytes = null, long? spareSlots = null)
     {
         CheckBlockSize(blockSize, "sizing");
-        return Geometry.Compute(blockSize, alg, logicalBlocks, journalBytes).DeviceBytes;
+        return Geometry.Compute(blockSize, alg, logicalBlocks, journalBytes, spareSlots).DeviceBytes;
     }
 
     /// <summary>The journal size format uses when <see cref="FormatOptions.JournalBytes"/> is not given.</summary>
@@ -130,8 +134,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
     /// <summary>Journal area location (offset, bytes), for diagnostics and tests.</summary>
     public (long Offset, long Bytes) JournalArea => (_g.JournalAreaOffset, _g.JournalAreaBytes);
 
-    /// <summary>Chunk-map area location (offset, bytes), for diagnostics and tests.</summary>
-    public (long Offset, long Bytes) MapArea => (_g.MapOffset, _g.MapBytes);
+    /// <summary>The first segment's chunk-map area (offset, bytes), for diagnostics and tests; its slots follow.</summary>
+    public (long Offset, long Bytes) MapArea => (_g.Segments[0].MapOffset, _g.Segments[0].MapBytes);
 
     /// <summary>Commits everything queued, checkpoints, and stops background work.</summary>
     public async ValueTask DisposeAsync()
@@ -143,7 +147,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
             if (_failed == null) await FlushAsync().ConfigureAwait(false);
             _stop.Cancel();
             if (_committer != null) await _committer.ConfigureAwait(false);
-            if (_failed == null && (_head > 0 || _dirtyMapSectors.Count > 0))
+            if (_failed == null && (_ringUsed > 0 || _dirtyMapSectors.Count > 0))
             {
                 try { await CheckpointAsync(CancellationToken.None).ConfigureAwait(false); }
                 catch (IOException e) { _log.Warning(e, "Final checkpoint of {Volume} failed; the journal will be replayed at next open", Name); }

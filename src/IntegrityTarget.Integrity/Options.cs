@@ -13,6 +13,9 @@ public sealed class FormatOptions
     public ReadOnlyMemory<byte> Key { get; init; }
     /// <summary>Journal size in bytes (null = 1/32 of the logical size, clamped to 2..64 MiB).</summary>
     public long? JournalBytes { get; init; }
+    /// <summary>Spare slots beyond one per chunk: the write-back window of whole-chunk writes, which reuse slots
+    /// replaced within the window without flushing (null = about 3 % + 32).</summary>
+    public long? SpareSlots { get; init; }
     /// <summary>null = as many blocks as fit on the device.</summary>
     public ulong? LogicalBlocks { get; init; }
     /// <summary>Format even when the device already holds a volume or other data.</summary>
@@ -38,6 +41,9 @@ public sealed record OpenOptions
     /// <summary>Journaled blocks per home-copy batch from which the batch is split between threads; the
     /// crash suite lowers it so its small volumes take that path too.</summary>
     internal int ParallelApplyBlocks { get; init; } = 512;
+    /// <summary>Deliberately broken recovery for the crash harness's self-test: keep every remap without
+    /// validating its slot. Never set outside tests.</summary>
+    internal bool SkipRemapValidation { get; init; }
 }
 
 public enum DeviceContent { Blank, IntegrityVolume, Unknown }
@@ -54,7 +60,11 @@ public sealed class IntegrityKeyException(string message) : IntegrityVolumeExcep
 /// <summary>What the recovery pass at open did.</summary>
 public sealed record RecoveryReport(
     long TransactionsReplayed, long RecordsReplayed, long TornDiscarded, bool CorruptTransactionFound,
-    TimeSpan Duration, ulong FirstSequence, ulong NextSequence);
+    TimeSpan Duration, ulong FirstSequence, ulong NextSequence)
+{
+    /// <summary>Slots read to validate remaps written after the last marker.</summary>
+    public long SlotsValidated { get; init; }
+}
 
 public sealed class ScrubOptions
 {

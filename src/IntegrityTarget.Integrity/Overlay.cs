@@ -7,7 +7,7 @@ public sealed partial class IntegrityVolume
     private readonly Dictionary<ulong, DataRec> _overlay = new();
     /// <summary>Overlay entries per logical chunk, changed under _q: lets reads of a chunk with nothing
     /// pending skip the lock and the per-block lookups.</summary>
-    private readonly int[] _overlayInChunk;
+    private int[] _overlayInChunk;
     /// <summary>Even when no home copies are being written; bumped under _q before and after each batch of them.</summary>
     private long _homeSeq;
     private TaskCompletionSource _homeCopied = new(TaskCreationOptions.RunContinuationsAsynchronously);

@@ -1,59 +1,132 @@
-
 namespace IntegrityTarget.Integrity;
 
-// Free physical slots for redirect-on-write, and when replaced slots may be reused.
-public sealed partial class IntegrityVolume
+/// <summary>
+/// Free physical slots for redirect-on-write, and when a replaced slot may be written again
+/// (docs/integrity-volume.md, write path 2). A slot replaced by a remap is either
+/// <em>fresh</em> (the remap that named it was written in the same flush epoch as the one replacing it:
+/// reusable as soon as the replacing transaction is written) or in <em>limbo</em> until the replacing
+/// transaction is proven. Thread-safe; writers allocate, the committer returns and releases.
+/// </summary>
+internal sealed class SlotAllocator
 {
-    private readonly object _freeLock = new();
+    private readonly object _lock = new();
     private readonly Stack<long> _free = new();
+    /// <summary>Replaced slots waiting for their replacing transaction to be proven, in commit order.</summary>
+    private readonly Queue<(long Slot, ulong ReplacedIn, bool Discard)> _limbo = new();
+    /// <summary>Per slot: flush epoch of the transaction whose remap named it (-1: named before this open, or never).</summary>
+    private long[] _namedEpoch;
+    /// <summary>Per slot: sequence of the transaction whose remap named it (0: before this open, proven).</summary>
+    private ulong[] _namedSeq;
     private TaskCompletionSource _freed = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly long _lowWater;
-    /// <summary>Slots replaced (or unmapped) by remaps in transactions not yet durable: reused only after the
-    /// next flush (non-empty only while _unsynced).</summary>
-    private readonly List<(long Slot, bool Unmap)> _replaced = new();
-    /// <summary>A writer waits for free slots: the committer flushes instead of leaving commits plain.</summary>
-    private volatile bool _slotsWanted;
 
-    private async ValueTask<List<long>> AllocateAsync(int n, CancellationToken ct)
+    public SlotAllocator(long slots)
     {
-        while (true)
+        _namedEpoch = new long[slots];
+        _namedSeq = new ulong[slots];
+        Array.Fill(_namedEpoch, -1);
+    }
+
+    /// <summary>Below this many free slots the committer makes a durable point to empty limbo.</summary>
+    public long LowWater { get; set; }
+
+    public int FreeCount { get { lock (_lock) return _free.Count; } }
+    public int LimboCount { get { lock (_lock) return _limbo.Count; } }
+
+    /// <summary>At open: every slot no map entry uses is free (low numbers handed out first).</summary>
+    public void Rebuild(IReadOnlyList<long> mapEntries)
+    {
+        lock (_lock)
         {
-            Task wait;
-            lock (_freeLock)
-            {
-                if (_free.Count >= n)
-                {
-                    var list = new List<long>(n);
-                    for (int i = 0; i < n; i++) list.Add(_free.Pop());
-                    // Low water: start a commit now so replaced slots return before writers must wait.
-                    if (_free.Count < _lowWater) RequestCommit();
-                    return list;
-                }
-                wait = _freed.Task;
-            }
-            // Old slots come back once the remaps that replaced them are durable.
-            _slotsWanted = true;
-            RequestCommit();
-            await wait.WaitAsync(ct).ConfigureAwait(false);
+            var used = new bool[_namedEpoch.Length];
+            foreach (long e in mapEntries) if (e != 0) used[e - 1] = true;
+            _free.Clear();
+            _limbo.Clear();
+            for (long p = used.Length - 1; p >= 0; p--) if (!used[p]) _free.Push(p);
         }
     }
 
-    /// <summary>Every written transaction is durable now: slots their remaps replaced return to the pool.</summary>
-    private async ValueTask DurableAsync(CancellationToken ct)
+    /// <summary>Takes <paramref name="n"/> free slots, or returns null and the task to wait on.</summary>
+    public List<long>? TryAllocate(int n, out Task freed, out bool low)
     {
-        _unsynced = false;
-        _slotsWanted = false;
-        if (_replaced.Count == 0) return;
-        foreach (var (p, unmap) in _replaced)
+        lock (_lock)
         {
-            // Unmap releases space; a slot replaced by an overwrite is reused soon, so punching it would only
-            // churn the filesystem's allocation.
-            if (unmap && _dev.CanDeallocate) await _dev.DiscardAsync(_g.SlotOffset(p), _g.SlotBytes, ct).ConfigureAwait(false);
-            lock (_freeLock) _free.Push(p);
+            freed = _freed.Task;
+            low = _free.Count - n < LowWater;
+            if (_free.Count < n) return null;
+            var list = new List<long>(n);
+            for (int i = 0; i < n; i++) list.Add(_free.Pop());
+            return list;
         }
-        _replaced.Clear();
+    }
+
+    /// <summary>Slots allocated but never named by a committed remap (a failed slot write or command).</summary>
+    public void Return(IEnumerable<long> slots)
+    {
+        lock (_lock) foreach (var p in slots) _free.Push(p);
+        Signal();
+    }
+
+    /// <summary>A remap naming <paramref name="slot"/> was written in transaction <paramref name="seq"/> during flush epoch <paramref name="epoch"/>.</summary>
+    public void Named(long slot, ulong seq, long epoch)
+    {
+        _namedEpoch[slot] = epoch;
+        _namedSeq[slot] = seq;
+    }
+
+    /// <summary>Sequence of the transaction whose remap put data in <paramref name="slot"/> (0 = before this open).</summary>
+    public ulong NamedIn(long slot) => _namedSeq[slot];
+
+    /// <summary>
+    /// A remap in transaction <paramref name="seq"/>, written in <paramref name="epoch"/>, replaced
+    /// <paramref name="slot"/>. True when the slot is fresh (named in that same epoch): the caller may
+    /// release it now (after discarding it, for an unmap). Otherwise it waits in limbo.
+    /// </summary>
+    public bool Replaced(long slot, ulong seq, long epoch, bool discard)
+    {
+        if (_namedEpoch[slot] == epoch) return true;
+        lock (_lock) _limbo.Enqueue((slot, seq, discard));
+        return false;
+    }
+
+    /// <summary>Limbo slots whose replacing transaction is now proven (≤ <paramref name="provenThrough"/>), to release.</summary>
+    public List<(long Slot, bool Discard)> TakeProven(ulong provenThrough)
+    {
+        var ready = new List<(long, bool)>();
+        lock (_lock)
+            while (_limbo.Count > 0 && _limbo.Peek().ReplacedIn <= provenThrough)
+            {
+                var (s, _, d) = _limbo.Dequeue();
+                ready.Add((s, d));
+            }
+        return ready;
+    }
+
+    /// <summary>Makes slots allocatable again (a replaced slot that is fresh, or out of limbo).</summary>
+    public void Release(long slot)
+    {
+        _namedEpoch[slot] = -1;
+        _namedSeq[slot] = 0;
+        lock (_lock) _free.Push(slot);
+    }
+
+    /// <summary>Wakes writers waiting for slots (after releases, or with an exception when the volume failed).</summary>
+    public void Signal(Exception? failure = null)
+    {
         TaskCompletionSource f;
-        lock (_freeLock) { f = _freed; _freed = new(TaskCreationOptions.RunContinuationsAsynchronously); }
-        f.TrySetResult();
+        lock (_lock) { f = _freed; _freed = new(TaskCreationOptions.RunContinuationsAsynchronously); }
+        if (failure is null) f.TrySetResult(); else f.TrySetException(failure);
+    }
+
+    /// <summary>A grow added slots [old count, <paramref name="slots"/>): all free.</summary>
+    public void Grow(long slots)
+    {
+        lock (_lock)
+        {
+            long old = _namedEpoch.Length;
+            Array.Resize(ref _namedEpoch, (int)slots);
+            Array.Resize(ref _namedSeq, (int)slots);
+            for (long p = slots - 1; p >= old; p--) { _namedEpoch[p] = -1; _free.Push(p); }
+        }
+        Signal();
     }
 }

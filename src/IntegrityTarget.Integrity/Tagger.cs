@@ -118,6 +118,22 @@ internal sealed class Tagger
         else BinaryPrimitives.WriteUInt32LittleEndian(dest32, Crc32C4(_crcSeed, (ulong)data.Length, data));
     }
 
+    /// <summary>
+    /// Digest of a slot's tag region, carried by the remap record that points at the slot: XXH128 seeded from
+    /// the salt, or (keyed volumes) the first 16 bytes of HMAC-SHA256 under the volume key, so nobody without
+    /// the key can make an older tag region pass for the one a remap names.
+    /// </summary>
+    public UInt128 SlotDigest(ReadOnlySpan<byte> tagRegion)
+    {
+        if (_alg == TagAlgorithm.HmacSha256)
+        {
+            Span<byte> mac = stackalloc byte[32];
+            HMACSHA256.HashData(_key, tagRegion, mac);
+            return BinaryPrimitives.ReadUInt128LittleEndian(mac);
+        }
+        return XxHash128.HashToUInt128(tagRegion, _xxSeed);
+    }
+
     /// <summary>HMAC(key, salt || "check"): lets open detect a wrong key without storing the key.</summary>
     public static byte[] KeyCheck(ReadOnlySpan<byte> key, ReadOnlySpan<byte> salt)
     {

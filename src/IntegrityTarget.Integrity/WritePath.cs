@@ -52,8 +52,8 @@ public sealed partial class IntegrityVolume
                     // Redirect-on-write: the chunk goes to a free slot with its tags; the journal only
                     // records the remap. An unmapped chunk gets its first blocks the same way, zero-filled.
                     long p = allocated![ai++];
-                    await WriteSlotAsync(p, c, (int)(s - cs), piece, ct).ConfigureAwait(false);
-                    (u.Maps ??= new()).Add((c, p + 1));
+                    var digest = await WriteSlotAsync(p, c, (int)(s - cs), piece, ct).ConfigureAwait(false);
+                    (u.Maps ??= new()).Add((c, p + 1, digest));
                     if (_map[c] != 0) (u.FreeAfter ??= new()).Add(_map[c] - 1);
                     u.Bytes += Txn.RecordBytes;
                 }
@@ -75,13 +75,25 @@ public sealed partial class IntegrityVolume
         }
         catch (Exception ex) when (ex is IOException or OperationCanceledException)
         {
-            if (allocated != null) lock (_freeLock) foreach (var p in allocated) _free.Push(p);
+            if (allocated != null) _slots.Return(allocated);
             if (u.Data != null) _recs.Return(u.Data);
             return ex is OperationCanceledException ? new VolumeResult(VolumeStatus.Cancelled, lba) : Classify((IOException)ex, lba);
         }
         finally { _locks.Release(lk); }
         if (u.Durable) return await AwaitUnitAsync(u, lba).ConfigureAwait(false);
         return VolumeResult.Success;
+    }
+
+    private async ValueTask<List<long>> AllocateAsync(int n, CancellationToken ct)
+    {
+        while (true)
+        {
+            var list = _slots.TryAllocate(n, out var freed, out bool low);
+            // Low water: start a durable point now so limbo slots return before writers must wait.
+            if (low) { _slotsLow = true; RequestCommit(); }
+            if (list != null) return list;
+            await freed.WaitAsync(ct).ConfigureAwait(false);
+        }
     }
 
     private string FailedMessage => $"{Name}: volume failed: {_failed?.Message}";
@@ -102,7 +114,11 @@ public sealed partial class IntegrityVolume
         return lba <= cs && end >= cs + (ulong)_g.BlocksInChunk(c);
     }
 
-    private async ValueTask WriteSlotAsync(long p, long c, int firstIndex, ReadOnlyMemory<byte> piece, CancellationToken ct)
+    /// <summary>Writes a chunk's data and tags to slot <paramref name="p"/> in one device write (not durable) and
+    /// returns the digest of the tag region, which the remap record carries so recovery can tell whether this
+    /// write landed whole. Every block of the slot gets its tag, also those past the end of a partial last
+    /// chunk (zeros), so a later grow finds them valid.</summary>
+    private async ValueTask<UInt128> WriteSlotAsync(long p, long c, int firstIndex, ReadOnlyMemory<byte> piece, CancellationToken ct)
     {
         int slot = (int)_g.SlotBytes;
         byte[] buf = _buffers.Rent(slot);
@@ -114,11 +130,14 @@ public sealed partial class IntegrityVolume
             span[..from].Clear();
             piece.Span.CopyTo(span[from..]);
             span[to..].Clear();
-            int cb = _g.BlocksInChunk(c), ts = _g.TagSize;
+            var g = _g;
+            int ts = g.TagSize;
             ulong cs = (ulong)c * (ulong)_bpc;
-            for (int i = 0; i < cb; i++)
-                _tagger.ComputeTag(cs + (ulong)i, span.Slice(i * _bs, _bs), span.Slice(_g.ChunkBytes + i * ts, ts));
-            await _dev.WriteAsync(_g.SlotOffset(p), buf.AsMemory(0, slot), fua: false, ct).ConfigureAwait(false);
+            for (int i = 0; i < _bpc; i++)
+                _tagger.ComputeTag(cs + (ulong)i, span.Slice(i * _bs, _bs), span.Slice(g.ChunkBytes + i * ts, ts));
+            var digest = _tagger.SlotDigest(span.Slice(g.ChunkBytes, g.TagRegionBytes));
+            await _dev.WriteAsync(g.SlotOffset(p), buf.AsMemory(0, slot), fua: false, ct).ConfigureAwait(false);
+            return digest;
         }
         finally { _buffers.Return(buf); }
     }
@@ -156,7 +175,7 @@ public sealed partial class IntegrityVolume
                     if (_map[c] == 0) continue; // already reads as zeros
                     if (IsWholeChunk(c, cur, groupEnd))
                     {
-                        (u.Maps ??= new()).Add((c, 0));
+                        (u.Maps ??= new()).Add((c, 0, UInt128.Zero));
                         (u.FreeAfter ??= new()).Add(_map[c] - 1);
                         u.Bytes += Txn.RecordBytes;
                     }

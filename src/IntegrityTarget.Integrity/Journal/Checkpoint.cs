@@ -8,30 +8,39 @@ public sealed partial class IntegrityVolume
     private readonly SortedSet<long> _dirtyMapSectors = new();
 
     /// <summary>
-    /// Makes the journal's effects permanent so its space can be reused: committed map sectors are
-    /// written, everything is flushed (home copies included), and only then does the journal superblock
-    /// move the start past the applied transactions (one atomic sector write with FUA).
+    /// Makes the journal's effects permanent so its space can be reused (write path 7): a durable point
+    /// that proves everything, every pending block home, the dirty sectors of the committed map (now equal
+    /// to the proven one), a flush (home copies included), and only then the journal superblock moving the
+    /// start past every transaction (one atomic sector write with FUA).
     /// </summary>
     private async ValueTask CheckpointAsync(CancellationToken ct)
     {
-        await SyncAndApplyAsync(ct).ConfigureAwait(false);
+        await EnsureProvenAsync(ct).ConfigureAwait(false);
+        await ApplyPendingAsync(ct).ConfigureAwait(false);
+        if (_pendingHome.Count > 0) throw new InvalidOperationException($"{Name}: {_pendingHome.Count} journaled blocks could not go home at a checkpoint");
+        await WriteMapSectorsAsync(_dirtyMapSectors, _committedMap, ct).ConfigureAwait(false);
+        await FlushDeviceAsync(ct).ConfigureAwait(false);
+        _checkpoints++;
+        await WriteJournalSuperAsync(new JournalSuper(_journalEpoch, _nextSeq, 0, _checkpoints, 0), ct).ConfigureAwait(false);
+        _dirtyMapSectors.Clear();
+        _ringHead = 0;
+        _ringUsed = 0;
+    }
+
+    private ValueTask WriteJournalSuperAsync(JournalSuper js, CancellationToken ct) =>
+        _dev.WriteAsync(_g.JournalOffset, js.Serialize(), fua: true, ct);
+
+    /// <summary>Writes the given map sectors from <paramref name="map"/>, each with its checksum.</summary>
+    private async ValueTask WriteMapSectorsAsync(IEnumerable<long> sectors, long[] map, CancellationToken ct)
+    {
         var sec = new byte[512];
-        foreach (long s in _dirtyMapSectors)
+        foreach (long s in sectors)
         {
             Array.Clear(sec);
-            for (int k = 0; k < Geometry.MapEntriesPerSector; k++)
-            {
-                long c = s * Geometry.MapEntriesPerSector + k;
-                if (c >= _g.LogicalChunks) break;
-                BinaryPrimitives.WriteInt64LittleEndian(sec.AsSpan(k * 8), _committedMap[c]);
-            }
+            var (offset, first, count) = _g.MapSector(s);
+            for (int k = 0; k < count; k++) BinaryPrimitives.WriteInt64LittleEndian(sec.AsSpan(k * 8), map[first + k]);
             BinaryPrimitives.WriteUInt32LittleEndian(sec.AsSpan(504), MapSectorCrc(s, sec));
-            await _dev.WriteAsync(_g.MapOffset + s * 512, sec, fua: false, ct).ConfigureAwait(false);
+            await _dev.WriteAsync(offset, sec, fua: false, ct).ConfigureAwait(false);
         }
-        await _dev.FlushAsync(ct).ConfigureAwait(false);
-        _checkpoints++;
-        await _dev.WriteAsync(_g.JournalOffset, new JournalSuper(_nextSeq, _checkpoints).Serialize(), fua: true, ct).ConfigureAwait(false);
-        _dirtyMapSectors.Clear();
-        _head = 0;
     }
 }

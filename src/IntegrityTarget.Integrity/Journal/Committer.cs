@@ -29,11 +29,29 @@ public sealed partial class IntegrityVolume
     private readonly long _watermark;
     private readonly long _maxPending;
     private readonly long _maxTxnBytes;
-    /// <summary>Transactions were written without being made durable since the last flush.</summary>
-    private bool _unsynced;
-    private long _head;
+
+    // Committer-owned journal state (docs/integrity-volume.md, "Terms the argument uses").
     private ulong _nextSeq;
+    /// <summary>Journal epoch of this open: every transaction carries it (so transactions a recovery discarded
+    /// never read as new ones), and the journal superblock names it.</summary>
+    private uint _journalEpoch;
     private ulong _checkpoints;
+    /// <summary>Ring positions (bytes into the transaction area): where the next transaction goes, and bytes
+    /// in use since the journal start (including any unused tail skipped at the ring's end).</summary>
+    private long _ringHead, _ringUsed;
+    /// <summary>Device flushes started since open: the flush epoch a transaction is written in.</summary>
+    private long _flushEpoch;
+    /// <summary>Every transaction up to this sequence, and every slot they name, is durable (flushed).</summary>
+    private ulong _durableThrough;
+    /// <summary>Every transaction up to this sequence is proven: a durable marker follows it.</summary>
+    private ulong _provenThrough;
+    /// <summary>The last transaction written with <see cref="Txn.FlagPriorDurable"/> (0 = none since open).</summary>
+    private ulong _lastMarker;
+    /// <summary>Writers found the free pool below its low water (or empty): the committer makes a durable
+    /// point with a marker, which empties limbo.</summary>
+    private volatile bool _slotsLow;
+    /// <summary>One 4 KiB journal block stays free for the marker a checkpoint may need to write.</summary>
+    private const int MarkerBytes = 4096;
 
     private async ValueTask BackpressureAsync()
     {
@@ -57,7 +75,7 @@ public sealed partial class IntegrityVolume
             // or refused here, never left to commit after units queued before it were dropped.
             if (_failed != null) return false;
             if (u.Maps != null)
-                foreach (var (c, e) in u.Maps)
+                foreach (var (c, e, _) in u.Maps)
                 {
                     Volatile.Write(ref _map[c], e);
                     // The remap replaces the whole chunk: older queued blocks of it must no longer show.
@@ -74,8 +92,8 @@ public sealed partial class IntegrityVolume
             if (first) _oldestTicks = Environment.TickCount64;
             _queue.Add(u);
             _queuedBytes += u.Bytes;
-            if (u.Durable) _commitRequested = true;
-            wake = first || u.Durable || _queuedBytes >= _watermark;
+            if (u.Durable || u.Exclusive != null) _commitRequested = true;
+            wake = first || u.Durable || u.Exclusive != null || _queuedBytes >= _watermark;
         }
         if (wake) Wake();
         return true;
@@ -97,28 +115,40 @@ public sealed partial class IntegrityVolume
         while (!_abandon)
         {
             List<Unit>? batch = null;
+            Unit? exclusive = null;
             bool stopping = _stop.IsCancellationRequested, pending, syncNow = false;
             lock (_q)
             {
                 pending = _queue.Count > 0;
-                // Writers short of slots while replaced ones wait for their remaps to become durable.
-                if (!pending && (_commitRequested || _slotsWanted) && _unsynced) { syncNow = true; _commitRequested = false; }
-                if (pending && (_commitRequested || stopping || _queuedBytes >= _watermark || Environment.TickCount64 - _oldestTicks >= MaxAgeMs))
+                // Writers short of slots while replaced ones wait in limbo for a marker.
+                if (!pending && (_commitRequested || _slotsLow) && (Unflushed || _slots.LimboCount > 0)) { syncNow = true; _commitRequested = false; }
+                if (pending && _queue[0].Exclusive != null)
+                {
+                    exclusive = _queue[0];
+                    _queue.RemoveAt(0);
+                }
+                else if (pending && (_commitRequested || stopping || _queuedBytes >= _watermark || Environment.TickCount64 - _oldestTicks >= MaxAgeMs))
                 {
                     long bytes = 0; int n = 0;
-                    while (n < _queue.Count)
+                    while (n < _queue.Count && _queue[n].Exclusive == null)
                     {
                         var u = _queue[n];
-                        long ub = u.Bytes + Txn.FixedHeader;
+                        long ub = u.Bytes + Txn.RecordBytes;
                         if (n > 0 && bytes + ub > _maxTxnBytes - 8192) break;
                         bytes += ub; n++;
                     }
                     batch = _queue.GetRange(0, n);
                     _queue.RemoveRange(0, n);
                     foreach (var u in batch) _queuedBytes -= u.Bytes;
-                    _commitRequested = _queue.Exists(x => x.Durable);
+                    _commitRequested = _queue.Exists(x => x.Durable || x.Exclusive != null);
                     _oldestTicks = Environment.TickCount64;
                 }
+            }
+            if (exclusive != null)
+            {
+                try { await exclusive.Exclusive!().ConfigureAwait(false); exclusive.Done.TrySetResult(); }
+                catch (Exception e) { exclusive.Done.TrySetException(e); }
+                continue;
             }
             if (batch != null)
             {
@@ -128,10 +158,10 @@ public sealed partial class IntegrityVolume
             }
             if (syncNow) { await BackgroundSyncAsync().ConfigureAwait(false); continue; }
             if (stopping) break;
-            // Idle with transactions not yet durable or blocks not yet home: make them durable and copy them
-            // home, so reads stop consulting the overlay, replaced slots return to the pool, and a power cut
-            // loses nothing that sat idle (a disk cache's write-back).
-            bool homing = !pending && (_pendingHome.Count > 0 || _unsynced);
+            // Idle with transactions not yet durable, blocks not yet home or slots in limbo: make everything
+            // durable and proven and copy blocks home, so reads stop consulting the overlay, replaced slots
+            // return to the pool, and a power cut loses nothing that sat idle (a disk cache's write-back).
+            bool homing = !pending && (_pendingHome.Count > 0 || Unflushed || _provenThrough + 1 < _nextSeq || _slots.LimboCount > 0);
             // With nothing left to do, a volume that still pools released block records waits that long
             // and then lets them go.
             bool trimming = !pending && !homing && _recs.Count > 0;
@@ -147,10 +177,18 @@ public sealed partial class IntegrityVolume
         }
     }
 
-    /// <summary>A durable point the committer reaches on its own (idle, or writers short of slots).</summary>
+    /// <summary>Transactions were written since the last flush started.</summary>
+    private bool Unflushed => _durableThrough + 1 < _nextSeq;
+
+    /// <summary>A durable point the committer reaches on its own (idle, or writers short of slots): flush,
+    /// marker, limbo emptied, every pending block home.</summary>
     private async ValueTask BackgroundSyncAsync()
     {
-        try { await SyncAndApplyAsync(CancellationToken.None).ConfigureAwait(false); }
+        try
+        {
+            await EnsureProvenAsync(CancellationToken.None).ConfigureAwait(false);
+            await ApplyPendingAsync(CancellationToken.None).ConfigureAwait(false);
+        }
         catch (Exception e) { Fail(e, []); }
     }
 
@@ -162,77 +200,88 @@ public sealed partial class IntegrityVolume
         List<Unit> rest;
         lock (_q) { rest = new(_queue); _queue.Clear(); _queuedBytes = 0; }
         foreach (var u in rest) u.Done.TrySetException(e);
-        TaskCompletionSource d, f;
+        TaskCompletionSource d;
         lock (_q) { d = _drained; _drained = new(TaskCreationOptions.RunContinuationsAsynchronously); }
-        lock (_freeLock) { f = _freed; _freed = new(TaskCreationOptions.RunContinuationsAsynchronously); }
-        d.TrySetResult(); f.TrySetException(e as IOException ?? new IOException(e.Message, e));
+        d.TrySetResult();
+        _slots.Signal(e as IOException ?? new IOException(e.Message, e));
     }
 
     /// <summary>
-    /// One journal transaction for a batch of commands. Slots written by redirect-on-write are flushed first
-    /// (a durable remap must never point at non-durable data). The transaction is made durable only when a
-    /// command in it asks for it (FUA, flush, write-through): with FUA when everything before it is durable,
-    /// else written plainly and flushed. Otherwise it is written plainly; the slots its remaps replaced
-    /// return to the pool, and its journaled blocks go home, at the next durable point.
+    /// One journal transaction for a batch of commands, written plainly: no flush before it, even when it
+    /// holds remaps (their records carry digests recovery checks). It is made durable only when a command
+    /// in it asks for it (FUA, flush, write-through): then the device is flushed after it, or, when it holds
+    /// no remap and everything before it is durable, it is written with FUA. Slots its remaps replaced go
+    /// back to the pool at once when fresh, else to limbo; its journaled blocks go home at a durable point.
     /// </summary>
     private async ValueTask CommitBatchAsync(List<Unit> batch)
     {
         var ct = CancellationToken.None;
-        int nData = 0, nRecs = 0;
-        bool hasMaps = false, durable = false;
-        foreach (var u in batch) { nData += u.Data?.Count ?? 0; nRecs += u.Records; hasMaps |= u.Maps is { Count: > 0 }; durable |= u.Durable; }
+        int nRecs = 0;
+        long nData = 0;
+        bool hasRemaps = false, durable = false;
+        foreach (var u in batch)
+        {
+            nData += u.Data?.Count ?? 0; nRecs += u.Records; durable |= u.Durable;
+            if (u.Maps != null) foreach (var m in u.Maps) hasRemaps |= m.Entry != 0;
+        }
         if (nRecs > 0)
         {
-            int hb = Txn.HeaderBytes(nRecs);
-            long total = Geometry.RoundUp(hb + (long)nData * _bs, 4096);
-            if (_head + total > _g.JournalAreaBytes) await CheckpointAsync(ct).ConfigureAwait(false);
-            if (hasMaps) { await _dev.FlushAsync(ct).ConfigureAwait(false); await DurableAsync(ct).ConfigureAwait(false); }
+            long total = Txn.TotalBytes(nRecs, nData, _bs);
+            long pos = await ReserveJournalAsync(total, ct).ConfigureAwait(false);
+            bool prior = !Unflushed;
+            bool fua = durable && prior && !hasRemaps;
+            ulong seq = _nextSeq;
+            long epoch = _flushEpoch;
             byte[] buf = _buffers.Rent((int)total);
-            bool fua = durable && !_unsynced;
             try
             {
                 var span = buf.AsSpan(0, (int)total);
-                span[..hb].Clear();
-                Txn.Magic.CopyTo(span);
-                BinaryPrimitives.WriteUInt64LittleEndian(span[8..], _nextSeq);
-                BinaryPrimitives.WriteInt32LittleEndian(span[16..], (int)total);
-                BinaryPrimitives.WriteInt32LittleEndian(span[20..], nRecs);
-                BinaryPrimitives.WriteInt32LittleEndian(span[24..], hb);
-                BinaryPrimitives.WriteUInt32LittleEndian(span[28..], _unsynced ? 0 : Txn.FlagPriorDurable);
+                int hb = Txn.HeaderBytes(nRecs);
+                TransactionCodec.WriteHeader(span, new TxnHeader(seq, _journalEpoch, prior ? Txn.FlagPriorDurable : 0, (int)total, nRecs, hb));
+                span[Txn.FixedHeader..hb].Clear();
                 int ri = 0, payload = hb;
                 foreach (var u in batch)
                 {
-                    if (u.Data != null)
-                        foreach (var r in u.Data)
+                    if (u.Data is { Count: > 0 } d)
+                    {
+                        int first = 0;
+                        for (int i = 0; i < d.Count; i++)
                         {
-                            WriteRecord(span, ri++, Txn.TypeData, r.Lba, (ulong)r.Phys);
-                            r.Buf.AsSpan(0, _bs).CopyTo(span[payload..]);
+                            d[i].Buf.AsSpan(0, _bs).CopyTo(span[payload..]);
                             payload += _bs;
+                            if (i + 1 == d.Count || !Unit.Extends(d[i], d[i + 1]))
+                            {
+                                TransactionCodec.WriteRecord(span, ri++, TxnRecord.Data(d[first].Lba, i - first + 1, d[first].Phys));
+                                first = i + 1;
+                            }
                         }
+                    }
                     if (u.Maps != null)
-                        foreach (var (c, e) in u.Maps) WriteRecord(span, ri++, Txn.TypeMap, (ulong)c, (ulong)e);
+                        foreach (var (c, e, digest) in u.Maps) TransactionCodec.WriteRecord(span, ri++, TxnRecord.Remap(c, e, digest));
                 }
                 span[payload..].Clear();
-                _tagger.Checksum(span, span.Slice(32, 32));
-                await _dev.WriteAsync(_g.JournalAreaOffset + _head, buf.AsMemory(0, (int)total), fua, ct).ConfigureAwait(false);
+                TransactionCodec.Seal(span, _tagger);
+                await _dev.WriteAsync(_g.JournalAreaOffset + pos, buf.AsMemory(0, (int)total), fua, ct).ConfigureAwait(false);
             }
             finally { _buffers.Return(buf); }
-            _head += total;
             _nextSeq++;
             Counters.AddJournalCommit();
+            if (prior) _lastMarker = seq;
 
             // Journaled blocks wait for a durable point before going home; remaps fold into the committed
-            // map. Record order matters: a remap supersedes every earlier block of its chunk.
+            // map. Record order matters: a remap supersedes every earlier block of its chunk, and a slot a
+            // unit names may be replaced by a later unit of the same batch (then it is fresh).
             foreach (var u in batch)
             {
                 if (u.Data != null)
                     foreach (var r in u.Data)
                     {
+                        r.Seq = seq;
                         if (_pendingHome.Remove(r.Lba, out var old)) ReleaseRec(old);
                         _pendingHome[r.Lba] = r;
                     }
                 if (u.Maps != null)
-                    foreach (var (c, e) in u.Maps)
+                    foreach (var (c, e, _) in u.Maps)
                     {
                         if (_pendingHome.Count > 0)
                         {
@@ -240,40 +289,119 @@ public sealed partial class IntegrityVolume
                             for (int i = 0; i < _bpc; i++) if (_pendingHome.Remove(cs + (ulong)i, out var old)) ReleaseRec(old);
                         }
                         _committedMap[c] = e;
-                        _dirtyMapSectors.Add(c / Geometry.MapEntriesPerSector);
+                        _dirtyMapSectors.Add(_g.MapSectorOf(c).Sector);
+                        if (e != 0) _slots.Named(e - 1, seq, epoch);
                     }
-            }
-            // Slots replaced by these remaps may be reused once the transaction is durable (until then the
-            // durable map may still point at them).
-            foreach (var u in batch)
                 if (u.FreeAfter != null)
-                    foreach (var p in u.FreeAfter) _replaced.Add((p, u.Unmap));
-            if (!fua) _unsynced = true;
-            // A durable point (no flush needed after a FUA write); also when writers wait for slots, so a
-            // steady stream of plain commits cannot starve them.
-            if (fua || durable || _slotsWanted) await SyncAndApplyAsync(ct).ConfigureAwait(false);
+                    foreach (var p in u.FreeAfter)
+                        if (_slots.Replaced(p, seq, epoch, u.Unmap)) await ReleaseSlotAsync(p, u.Unmap, ct).ConfigureAwait(false);
+            }
+            if (fua)
+            {
+                // Everything before it was flushed and it names no slot: it is durable and proves itself too.
+                _durableThrough = seq;
+                await ProveThroughAsync(seq, ct).ConfigureAwait(false);
+            }
+            else if (durable) await FlushDeviceAsync(ct).ConfigureAwait(false);
         }
-        else if (durable && _unsynced) await SyncAndApplyAsync(ct).ConfigureAwait(false);
+        else if (durable && Unflushed) await FlushDeviceAsync(ct).ConfigureAwait(false);
+        // Writers short of slots: a durable point with a marker empties limbo (a steady stream of plain
+        // commits must not starve them).
+        if (_slotsLow) await EnsureProvenAsync(ct).ConfigureAwait(false);
+        if (durable || _slotsLow) await HomeEverythingDurableAsync(ct).ConfigureAwait(false);
         foreach (var u in batch) u.Done.TrySetResult();
-        TaskCompletionSource d, f;
-        lock (_q) { d = _drained; _drained = new(TaskCreationOptions.RunContinuationsAsynchronously); }
-        lock (_freeLock) { f = _freed; _freed = new(TaskCreationOptions.RunContinuationsAsynchronously); }
-        d.TrySetResult(); f.TrySetResult();
+        TaskCompletionSource dr;
+        lock (_q) { dr = _drained; _drained = new(TaskCreationOptions.RunContinuationsAsynchronously); }
+        dr.TrySetResult();
+        _slots.Signal();
     }
 
-    /// <summary>Makes every written transaction durable, then copies their blocks home.</summary>
-    private async ValueTask SyncAndApplyAsync(CancellationToken ct)
+    /// <summary>Copies home every block whose transaction is durable; when some wait only for the remap of
+    /// their slot to be proven, writes a marker first (a flush or FUA command leaves nothing flushed in the
+    /// overlay).</summary>
+    private async ValueTask HomeEverythingDurableAsync(CancellationToken ct)
     {
-        if (_unsynced) await _dev.FlushAsync(ct).ConfigureAwait(false);
-        await DurableAsync(ct).ConfigureAwait(false);
-        await ApplyPendingAsync(ct).ConfigureAwait(false);
+        if (await ApplyPendingAsync(ct).ConfigureAwait(false) > 0)
+        {
+            await EnsureProvenAsync(ct).ConfigureAwait(false);
+            await ApplyPendingAsync(ct).ConfigureAwait(false);
+        }
     }
 
-    private static void WriteRecord(Span<byte> txn, int i, uint type, ulong a, ulong b)
+    /// <summary>Where a transaction of <paramref name="total"/> bytes goes in the ring; checkpoints first when it
+    /// would not fit (one marker's worth always stays free).</summary>
+    private async ValueTask<long> ReserveJournalAsync(long total, CancellationToken ct)
     {
-        var r = txn.Slice(Txn.FixedHeader + i * Txn.RecordBytes, Txn.RecordBytes);
-        BinaryPrimitives.WriteUInt32LittleEndian(r, type);
-        BinaryPrimitives.WriteUInt64LittleEndian(r[8..], a);
-        BinaryPrimitives.WriteUInt64LittleEndian(r[16..], b);
+        for (int attempt = 0; ; attempt++)
+        {
+            long area = _g.JournalAreaBytes, pos = _ringHead, waste = 0;
+            if (pos + total > area) { waste = area - pos; pos = 0; }
+            if (_ringUsed + waste + total + MarkerBytes <= area)
+            {
+                _ringUsed += waste + total;
+                _ringHead = pos + total;
+                return pos;
+            }
+            if (attempt > 0) throw new InvalidOperationException($"{Name}: a transaction of {total} bytes does not fit an empty journal of {area} bytes");
+            await CheckpointAsync(ct).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Flushes the device: every transaction written so far, and every slot it names, becomes durable;
+    /// a marker written before the flush becomes durable and proves what precedes it.</summary>
+    private async ValueTask FlushDeviceAsync(CancellationToken ct)
+    {
+        ulong covered = _nextSeq - 1;
+        _flushEpoch++;
+        await _dev.FlushAsync(ct).ConfigureAwait(false);
+        if (covered > _durableThrough) _durableThrough = covered;
+        if (_lastMarker != 0 && _lastMarker <= covered) await ProveThroughAsync(_lastMarker - 1, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>A durable point that also proves every written transaction: flush if anything is unflushed, then
+    /// an empty marker transaction with FUA if the last marker does not already follow everything.</summary>
+    private async ValueTask EnsureProvenAsync(CancellationToken ct)
+    {
+        if (Unflushed) await FlushDeviceAsync(ct).ConfigureAwait(false);
+        if (_provenThrough + 1 < _nextSeq) await WriteMarkerAsync(ct).ConfigureAwait(false);
+        else if (_slots.LimboCount > 0) await ProveThroughAsync(_provenThrough, ct).ConfigureAwait(false);
+        _slotsLow = false;
+    }
+
+    /// <summary>An empty transaction with <see cref="Txn.FlagPriorDurable"/>, written with FUA (everything
+    /// before it is flushed): durable at once, it proves every transaction before it.</summary>
+    private async ValueTask WriteMarkerAsync(CancellationToken ct)
+    {
+        long area = _g.JournalAreaBytes, pos = _ringHead, waste = 0;
+        if (pos + MarkerBytes > area) { waste = area - pos; pos = 0; }
+        if (_ringUsed + waste + MarkerBytes > area) throw new InvalidOperationException($"{Name}: no journal space left for a marker");
+        _ringUsed += waste + MarkerBytes;
+        _ringHead = pos + MarkerBytes;
+        ulong seq = _nextSeq;
+        var buf = new byte[MarkerBytes];
+        TransactionCodec.WriteHeader(buf, new TxnHeader(seq, _journalEpoch, Txn.FlagPriorDurable, MarkerBytes, 0, Txn.HeaderBytes(0)));
+        TransactionCodec.Seal(buf, _tagger);
+        await _dev.WriteAsync(_g.JournalAreaOffset + pos, buf, fua: true, ct).ConfigureAwait(false);
+        _nextSeq++;
+        _lastMarker = seq;
+        _durableThrough = seq;
+        await ProveThroughAsync(seq, ct).ConfigureAwait(false); // it holds nothing, so it proves itself too
+    }
+
+    /// <summary>Transactions up to <paramref name="p"/> are proven: limbo slots they replaced go back to the pool.</summary>
+    private async ValueTask ProveThroughAsync(ulong p, CancellationToken ct)
+    {
+        if (p > _provenThrough) _provenThrough = p;
+        var ready = _slots.TakeProven(_provenThrough);
+        foreach (var (slot, discard) in ready) await ReleaseSlotAsync(slot, discard, ct).ConfigureAwait(false);
+        if (ready.Count > 0) _slots.Signal();
+    }
+
+    /// <summary>Returns a replaced slot to the pool. Unmap releases space; a slot replaced by an overwrite is reused
+    /// soon, so punching it would only churn the filesystem's allocation.</summary>
+    private async ValueTask ReleaseSlotAsync(long slot, bool discard, CancellationToken ct)
+    {
+        if (discard && _dev.CanDeallocate) await _dev.DiscardAsync(_g.SlotOffset(slot), _g.SlotBytes, ct).ConfigureAwait(false);
+        _slots.Release(slot);
     }
 }

@@ -18,21 +18,28 @@ public sealed partial class IntegrityVolume
     private readonly Dictionary<ulong, DataRec> _pendingHome = new();
 
     /// <summary>
-    /// Copies every journaled block home (all their transactions are durable: callers ensure it), then
-    /// drops them from the overlay. The journal keeps them until the next checkpoint, so a torn home write
-    /// is repaired by replay.
+    /// Copies journaled blocks home that may go now (write path 3): their transaction is flushed, and the
+    /// remap that put their chunk in its slot is proven (a home copy changes the slot's tag region, which a
+    /// remap still to be validated must find as it was written). Then drops them from the overlay. The
+    /// journal keeps them until the next checkpoint, so a torn home write is repaired by replay. Returns how
+    /// many durable blocks still wait because their slot's remap is not proven yet.
     /// </summary>
-    private async ValueTask ApplyPendingAsync(CancellationToken ct)
+    private async ValueTask<int> ApplyPendingAsync(CancellationToken ct)
     {
-        if (_pendingHome.Count == 0) return;
-        Debug.Assert(!_unsynced);
+        if (_pendingHome.Count == 0) return 0;
         var apply = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(_pendingHome.Count);
+        var going = new List<DataRec>(_pendingHome.Count);
+        int blocked = 0;
         foreach (var r in _pendingHome.Values)
         {
+            if (r.Seq > _durableThrough) continue;
+            if (_slots.NamedIn(r.Phys) > _provenThrough) { blocked++; continue; }
             // Never happens (a committed remap drops its chunk's pending blocks); guards a slot now owned elsewhere.
             if (_committedMap[ChunkOf(r.Lba)] != r.Phys + 1) { Debug.Fail($"pending block {r.Lba} is not in its chunk's slot"); continue; }
             apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
+            going.Add(r);
         }
+        if (going.Count == 0) return blocked;
         SortForHome(apply);
         lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
         bool ok = false;
@@ -44,7 +51,7 @@ public sealed partial class IntegrityVolume
             {
                 // On failure the entries stay: the overlay still holds the truth the home slot may lack.
                 if (ok)
-                    foreach (var r in _pendingHome.Values)
+                    foreach (var r in going)
                         if (_overlay.TryGetValue(r.Lba, out var cur) && ReferenceEquals(cur, r)) OverlayRemove(r.Lba);
                 _homeSeq++;
                 done = _homeCopied;
@@ -52,8 +59,9 @@ public sealed partial class IntegrityVolume
             }
             done.TrySetResult();
         }
-        _recs.Return(_pendingHome.Values);
-        _pendingHome.Clear();
+        foreach (var r in going) _pendingHome.Remove(r.Lba);
+        _recs.Return(going);
+        return blocked;
     }
 
     /// <summary>Returns a block image to the pool once neither the overlay nor the pending set holds it.

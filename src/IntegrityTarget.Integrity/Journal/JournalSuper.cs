@@ -3,30 +3,46 @@ using System.Buffers.Binary;
 namespace IntegrityTarget.Integrity;
 
 /// <summary>
-/// Journal superblock (one 512 B sector at the journal start, rewritten in place with FUA at each
-/// checkpoint: a sector write is atomic, so it is the old or the new one). It says at which sequence
-/// number the transactions starting at the journal area's first byte begin.
+/// Journal superblock (one 512 B sector at the journal start, rewritten in place with FUA: a sector write
+/// is atomic, so it is the old or the new one). Transactions of the current <see cref="Epoch"/> start at
+/// <see cref="StartSequence"/>, at <see cref="StartOffset"/> in the ring. A recovery that has decided which
+/// prefix of the log to keep records its end in <see cref="EndSequence"/> before it changes anything, so a
+/// crash during replay recovers the same prefix again without validating it a second time.
 /// </summary>
-internal readonly record struct JournalSuper(ulong StartSequence, ulong Checkpoints)
+internal readonly record struct JournalSuper(uint Epoch, ulong StartSequence, long StartOffset, ulong Checkpoints, ulong EndSequence)
 {
     public static ReadOnlySpan<byte> Magic => "ITJOURNL"u8;
+    public const uint Version = 2;
+
+    /// <summary>True when a recovery decided to keep only the transactions before <see cref="EndSequence"/>
+    /// (exclusive; 0 = no end recorded: scan to the end of the log).</summary>
+    public bool HasEnd => EndSequence != 0;
 
     public byte[] Serialize()
     {
         var b = new byte[512];
         Magic.CopyTo(b);
-        BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(8), 1);
+        BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(8), Version);
+        BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(12), Epoch);
         BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(16), StartSequence);
-        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(24), Checkpoints);
+        BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(24), StartOffset);
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(32), Checkpoints);
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(40), EndSequence);
         BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(508), Tagger.Crc(b.AsSpan(0, 508)));
         return b;
     }
 
-    public static JournalSuper? Parse(ReadOnlySpan<byte> s, out string? problem)
+    public static JournalSuper? Parse(ReadOnlySpan<byte> s, long areaBytes, out string? problem)
     {
         problem = null;
         if (!s[..8].SequenceEqual(Magic)) { problem = "journal superblock magic missing"; return null; }
         if (BinaryPrimitives.ReadUInt32LittleEndian(s[508..]) != Tagger.Crc(s[..508])) { problem = "journal superblock checksum mismatch"; return null; }
-        return new JournalSuper(BinaryPrimitives.ReadUInt64LittleEndian(s[16..]), BinaryPrimitives.ReadUInt64LittleEndian(s[24..]));
+        uint version = BinaryPrimitives.ReadUInt32LittleEndian(s[8..]);
+        if (version != Version) { problem = $"journal superblock version {version} (expected {Version})"; return null; }
+        var j = new JournalSuper(BinaryPrimitives.ReadUInt32LittleEndian(s[12..]), BinaryPrimitives.ReadUInt64LittleEndian(s[16..]),
+            BinaryPrimitives.ReadInt64LittleEndian(s[24..]), BinaryPrimitives.ReadUInt64LittleEndian(s[32..]), BinaryPrimitives.ReadUInt64LittleEndian(s[40..]));
+        if (j.StartOffset < 0 || j.StartOffset >= areaBytes || j.StartOffset % 4096 != 0) { problem = $"journal superblock start offset {j.StartOffset} outside the ring of {areaBytes} bytes"; return null; }
+        if (j.HasEnd && j.EndSequence < j.StartSequence) { problem = $"journal superblock end {j.EndSequence} before its start {j.StartSequence}"; return null; }
+        return j;
     }
 }

@@ -8,6 +8,8 @@ public sealed partial class IntegrityVolume
     {
         public ulong Lba;
         public long Phys;
+        /// <summary>Sequence of the transaction that holds it (set when committed).</summary>
+        public ulong Seq;
         public readonly byte[] Buf;
         public DataRec(int blockSize) => Buf = new byte[blockSize];
     }
@@ -27,7 +29,7 @@ public sealed partial class IntegrityVolume
             DataRec? r = null;
             lock (_free) _free.TryPop(out r);
             r ??= new DataRec(blockSize);
-            r.Lba = lba; r.Phys = phys;
+            r.Lba = lba; r.Phys = phys; r.Seq = 0;
             return r;
         }
 
@@ -47,16 +49,36 @@ public sealed partial class IntegrityVolume
         public void Trim() { lock (_free) _free.Clear(); }
     }
 
-    /// <summary>One command's worth of journal records: committed together or not at all.</summary>
+    /// <summary>One command's worth of journal records: committed together or not at all. Data records are
+    /// per block in memory and become one extent record per run of consecutive blocks of one chunk.</summary>
     private sealed class Unit
     {
         public List<DataRec>? Data;
-        public List<(long Chunk, long Entry)>? Maps;
+        /// <summary>Remaps: chunk → map entry (slot + 1, or 0 = unmapped), with the new slot's tag-region digest.</summary>
+        public List<(long Chunk, long Entry, UInt128 Digest)>? Maps;
         public List<long>? FreeAfter;
         public long Bytes;
         public bool Durable;
         public bool Unmap;
+        /// <summary>A grow waiting for the committer to switch the geometry (no records).</summary>
+        public Func<ValueTask>? Exclusive;
         public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public int Records => (Data?.Count ?? 0) + (Maps?.Count ?? 0);
+        /// <summary>Journal records this unit needs (extents, not blocks).</summary>
+        public int Records
+        {
+            get
+            {
+                int n = Maps?.Count ?? 0;
+                if (Data is { Count: > 0 } d)
+                {
+                    n++;
+                    for (int i = 1; i < d.Count; i++) if (!Extends(d[i - 1], d[i])) n++;
+                }
+                return n;
+            }
+        }
+
+        /// <summary>Whether <paramref name="next"/> continues <paramref name="prev"/>'s extent record.</summary>
+        public static bool Extends(DataRec prev, DataRec next) => next.Lba == prev.Lba + 1 && next.Phys == prev.Phys;
     }
 }

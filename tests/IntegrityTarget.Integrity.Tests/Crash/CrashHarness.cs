@@ -36,6 +36,9 @@ internal sealed record CrashRunOptions
     public int MaxViolations { get; init; } = 10;
     /// <summary>Issue each batch's commands from pool threads at once instead of one after another from the test thread.</summary>
     public bool ParallelIssue { get; init; }
+    /// <summary>Chance that a write is one or two whole aligned chunks (needs <see cref="ChunkBlocks"/>).</summary>
+    public double WholeChunkWrites { get; init; }
+    public uint ChunkBlocks { get; init; }
 }
 
 internal sealed class CrashReport
@@ -74,7 +77,7 @@ internal sealed class CrashHarness(CrashTarget target, CrashRunOptions options)
     {
         var stamp = new BlockStamp(SplitMix64.Hash(seed, 0xB10C), target.BlockSize);
         uint maxWrite = (uint)Math.Max(1, options.MaxWriteBytes / target.BlockSize);
-        var batches = WorkloadGenerator.Generate(seed, target.Blocks, maxWrite, options.Commands, options.MaxBatch);
+        var batches = WorkloadGenerator.Generate(seed, target.Blocks, maxWrite, options.Commands, options.MaxBatch, options.WholeChunkWrites, options.ChunkBlocks);
 
         // 1. The recorded run.
         var dev = new CrashSimulatingDevice(new MemoryBlockDevice(target.DeviceBytes, target.Name), record: true);

@@ -24,14 +24,14 @@ public class IntegrityVolumeCrashTests
         (512, TagAlgorithm.Crc32c, 1L << 20),
     ];
 
-    internal static CrashTarget Target(int blockSize, TagAlgorithm alg, long? journalBytes, bool writeBack = true, int? parallelApplyBlocks = null)
+    internal static CrashTarget Target(int blockSize, TagAlgorithm alg, long? journalBytes, bool writeBack = true, int? parallelApplyBlocks = null, bool skipRemapValidation = false)
     {
         ulong blocks = (ulong)((2 << 20) / blockSize); // 2 MiB: 16 chunks of 128 KiB, room for 1 MiB writes
         var key = alg == TagAlgorithm.HmacSha256 ? Key : ReadOnlyMemory<byte>.Empty;
         var log = Serilog.Core.Logger.None;
-        var tuning = new OpenOptions { Key = key, WriteBack = writeBack, ParallelApplyBlocks = parallelApplyBlocks ?? new OpenOptions().ParallelApplyBlocks };
+        var tuning = new OpenOptions { Key = key, WriteBack = writeBack, ParallelApplyBlocks = parallelApplyBlocks ?? new OpenOptions().ParallelApplyBlocks, SkipRemapValidation = skipRemapValidation };
         return new CrashTarget(
-            $"integrity-{blockSize}-{alg}{(journalBytes is { } j ? $"-j{j >> 10}k" : "")}{(writeBack ? "" : "-wt")}{(parallelApplyBlocks is { } pa ? $"-pa{pa}" : "")}",
+            $"integrity-{blockSize}-{alg}{(journalBytes is { } j ? $"-j{j >> 10}k" : "")}{(writeBack ? "" : "-wt")}{(parallelApplyBlocks is { } pa ? $"-pa{pa}" : "")}{(skipRemapValidation ? "-novalidate" : "")}",
             blockSize, blocks, IntegrityVolume.DeviceBytesFor(blocks, blockSize, alg, journalBytes),
             async dev => await IntegrityVolume.FormatAsync(dev, new FormatOptions
             {
@@ -95,6 +95,21 @@ public class IntegrityVolumeCrashTests
         var report = await RunSeeds(Target(blockSize, alg, journal), options, Seeds(2000, 4), StatesWanted);
         Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
         Assert.That(report.CrashStates, Is.GreaterThan(100));
+    }
+
+    /// <summary>Whole-chunk overwrites (remaps committed without a flush, slots reused within one flush epoch)
+    /// interleaved with FUA writes and flushes: a crash before and after every flush and FUA point, and at random points.</summary>
+    [TestCaseSource(nameof(ConfigCases))]
+    public async Task Unflushed_remaps_interleaved_with_FUA_writes_and_flushes_keep_the_crash_properties(int blockSize, TagAlgorithm alg, long? journal)
+    {
+        var options = new CrashRunOptions
+        {
+            Commands = 70, MaxBatch = 4, RandomPoints = 20, RecoveryCrashes = 1,
+            WholeChunkWrites = 0.6, ChunkBlocks = (uint)(128 * 1024 / blockSize),
+        };
+        var report = await RunSeeds(Target(blockSize, alg, journal), options, Seeds(8000, 1));
+        Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
+        Assert.That(report.PersistencePoints, Is.GreaterThan(10));
     }
 
     [Test]

@@ -37,7 +37,9 @@ internal sealed class Command(int id, CommandKind kind, ulong lba, uint blocks, 
 internal static class WorkloadGenerator
 {
     /// <param name="maxWriteBlocks">Largest write, in blocks (1 MiB worth for the large-write path).</param>
-    public static List<Command[]> Generate(ulong seed, ulong volumeBlocks, uint maxWriteBlocks, int commands, int maxBatch)
+    /// <param name="wholeChunk">Chance that a write is one or two whole, aligned chunks of <paramref name="chunkBlocks"/>
+    /// (redirect-on-write remaps without a flush, interleaved with the rest).</param>
+    public static List<Command[]> Generate(ulong seed, ulong volumeBlocks, uint maxWriteBlocks, int commands, int maxBatch, double wholeChunk = 0, uint chunkBlocks = 0)
     {
         var rng = new SplitMix64(seed);
         var batches = new List<Command[]>();
@@ -63,6 +65,15 @@ internal static class WorkloadGenerator
                 ulong lba = rng.Chance(0.5) && blocks <= hot
                     ? rng.Next(hot - blocks + 1)
                     : rng.Next(volumeBlocks - blocks + 1);
+                if (kind == CommandKind.Write && wholeChunk > 0 && rng.Chance(wholeChunk))
+                {
+                    uint span = (uint)rng.NextInt(1, 2) * chunkBlocks;
+                    ulong chunks = volumeBlocks / chunkBlocks;
+                    // Most of them land on a few chunks, so slots are replaced again and again within one flush epoch.
+                    ulong first = rng.Chance(0.7) ? rng.Next(Math.Min(3UL, chunks - span / chunkBlocks + 1)) : rng.Next(chunks - span / chunkBlocks + 1);
+                    blocks = span;
+                    lba = first * chunkBlocks;
+                }
                 bool fua = kind == CommandKind.Write && rng.Chance(0.2);
                 batch[i] = new Command(++id, kind, lba, blocks, fua);
             }
