@@ -19,6 +19,7 @@ internal static class VolumeBenchmark
     public static async Task<int> RunAsync(string[] args)
     {
         long sizeMiB = 512; string dir = "/var/tmp"; double seconds = 3; int rounds = 1;
+        long? windowMiB = null; string algs = "crc32c,hmac-sha256"; bool synced = true;
         for (int i = 0; i + 1 < args.Length; i += 2)
             switch (args[i])
             {
@@ -26,10 +27,16 @@ internal static class VolumeBenchmark
                 case "--dir": dir = args[i + 1]; break;
                 case "--seconds": seconds = double.Parse(args[i + 1]); break;
                 case "--rounds": rounds = int.Parse(args[i + 1]); break;
+                case "--window-mib": windowMiB = long.Parse(args[i + 1]); break;
+                case "--algorithms": algs = args[i + 1]; break;
+                case "--raw-synced": synced = bool.Parse(args[i + 1]); break;
             }
         var log = new LoggerConfiguration().MinimumLevel.Warning().WriteTo.Console().CreateLogger();
         ulong blocks = (ulong)(sizeMiB << 20) / 4096;
-        long fileBytes = IntegrityVolume.DeviceBytesFor(blocks, 4096, TagAlgorithm.HmacSha256);
+        // Spare slots for the write-back window of redirect-on-write (null: the format's default).
+        long? spare = windowMiB is long w ? w * (1 << 20) / (128 * 1024) + 32 + (long)(blocks / 32) / 32 : null;
+        long fileBytes = IntegrityVolume.DeviceBytesFor(blocks, 4096, TagAlgorithm.HmacSha256, spareSlots: spare);
+        var algorithms = algs.Split(',').Select(a => a switch { "crc32c" => TagAlgorithm.Crc32c, "xxhash64" => TagAlgorithm.XxHash64, "hmac-sha256" => TagAlgorithm.HmacSha256, _ => throw new ArgumentException($"unknown algorithm {a}") }).ToArray();
         string path = Path.Combine(dir, $"itv-bench-{Environment.ProcessId}.img");
         Console.WriteLine($"backing file {path}: {fileBytes >> 20} MiB; logical {sizeMiB} MiB of 4 KiB blocks; {Environment.ProcessorCount} cores; {seconds} s per job");
         var results = new Dictionary<string, List<Job>>();
@@ -45,7 +52,7 @@ internal static class VolumeBenchmark
             // Raw: the same file through PlainVolume (LBA n at byte n*4096), page cache, no integrity; once
             // never synced, once flushed after every journal's worth of writes (the volume's checkpoint
             // cadence: the least disk work of any design that keeps every block crash-consistent).
-            foreach (long every in new[] { 0L, journalBytes })
+            foreach (long every in synced ? new[] { 0L, journalBytes } : new[] { 0L })
             {
                 using var file = FileBlockDevice.Open(path);
                 var raw = new PlainVolume(new CountingDevice(file, every), 4096, "raw", ownsDevice: false);
@@ -53,12 +60,12 @@ internal static class VolumeBenchmark
                 string name = every == 0 ? "raw" : RawSynced;
                 Keep(results, name, await RunJobs(raw, blocks, seconds, null, notes, name));
             }
-            foreach (var alg in new[] { TagAlgorithm.Crc32c, TagAlgorithm.HmacSha256 })
+            foreach (var alg in algorithms)
             {
                 using var file = FileBlockDevice.Open(path);
                 var dev = new CountingDevice(file);
                 var key = alg == TagAlgorithm.HmacSha256 ? Enumerable.Range(0, 32).Select(i => (byte)i).ToArray() : null;
-                var vol = await IntegrityVolume.FormatAsync(dev, new FormatOptions { Algorithm = alg, Key = key, LogicalBlocks = blocks, Force = true }, log);
+                var vol = await IntegrityVolume.FormatAsync(dev, new FormatOptions { Algorithm = alg, Key = key, LogicalBlocks = blocks, SpareSlots = spare, Force = true }, log);
                 string name = vol.TagAlgorithm;
                 await Fill(vol, blocks);
                 Keep(results, name, await RunJobs(vol, blocks, seconds, dev, notes, name));
@@ -71,17 +78,17 @@ internal static class VolumeBenchmark
 
         Console.WriteLine();
         var raws = results["raw"];
-        var synced = results[RawSynced];
+        var syncedRow = results.GetValueOrDefault(RawSynced) ?? raws;
         var vols = results.Keys.Where(k => k != "raw" && k != RawSynced).ToList();
         Console.WriteLine($"| job | raw MB/s | {RawSynced} MB/s | {string.Join(" | ", vols.Select(k => $"{k} MB/s | ×raw | ×synced"))} |");
         Console.WriteLine($"|---|---:|---:|{string.Concat(vols.Select(_ => "---:|---:|---:|"))}");
         for (int j = 0; j < raws.Count; j++)
         {
-            var row = $"| {raws[j].Name} | {raws[j].MBps:F0} ({raws[j].Iops:F0} IOPS) | {synced[j].MBps:F0} ({synced[j].Iops:F0} IOPS) |";
+            var row = $"| {raws[j].Name} | {raws[j].MBps:F0} ({raws[j].Iops:F0} IOPS) | {syncedRow[j].MBps:F0} ({syncedRow[j].Iops:F0} IOPS) |";
             foreach (var k in vols)
             {
                 var r = results[k][j];
-                row += $" {r.MBps:F0} ({r.Iops:F0} IOPS) | {r.MBps / raws[j].MBps:F2} | {r.MBps / synced[j].MBps:F2} |";
+                row += $" {r.MBps:F0} ({r.Iops:F0} IOPS) | {r.MBps / raws[j].MBps:F2} | {r.MBps / syncedRow[j].MBps:F2} |";
             }
             Console.WriteLine(row);
         }
