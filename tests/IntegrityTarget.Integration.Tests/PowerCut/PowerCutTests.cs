@@ -19,7 +19,7 @@ public class PowerCutTests
     static readonly string[] Modes = ["drop", "keep-random", "keep-all"];
 
     static int CutsPerBlockSize =>
-        int.TryParse(Environment.GetEnvironmentVariable("POWERCUT_CUTS"), out var n) && n > 0 ? Math.Max(1, n / 2) : 3;
+        int.TryParse(Environment.GetEnvironmentVariable("POWERCUT_CUTS"), out var n) && n > 0 ? Math.Max(1, n / 2) : 5;
 
     /// <summary>One write command the load issued.</summary>
     internal sealed record WriteCmd(uint Id, ulong Lba, int Blocks, bool Fua);
