@@ -99,7 +99,7 @@ public sealed partial class TargetHost
                 if (nl.SizeBytes is { } want && want > have)
                 {
                     if (!l.Volume!.CanGrow)
-                        errors.Add($"{nl.KeyPath}:Size: {t.Iqn}/{l.Lun} cannot grow online ({(l.Settings.Integrity ? "integrity LUNs cannot grow online yet" : "its backing device has a fixed size")})");
+                        errors.Add($"{nl.KeyPath}:Size: {t.Iqn}/{l.Lun} cannot grow online ({(l.Settings.Integrity ? "its integrity volume cannot grow in place" : "its backing device has a fixed size")})");
                     else grows.Add(new GrowPlan(t, l, nl));
                 }
                 else if (nl.SizeBytes is { } smaller && smaller < have)

@@ -347,7 +347,7 @@ public sealed partial class TargetHost : IStatusProvider
         if (!v.CanGrow)
         {
             string why = served.Settings.Integrity
-                ? "integrity LUNs cannot grow online yet (the volume format has no room to grow in place)"
+                ? $"its integrity volume cannot grow in place (its backing device {served.Settings.Path} has a fixed size, or the volume has been grown as often as its superblock records)"
                 : $"its backing device {served.Settings.Path} cannot grow (a block device has a fixed size)";
             throw new CliException($"{key}: {why}");
         }
