@@ -20,6 +20,7 @@ internal static class VolumeBenchmark
     {
         long sizeMiB = 512; string dir = "/var/tmp"; double seconds = 3; int rounds = 1;
         long? windowMiB = null; string algs = "crc32c,hmac-sha256"; bool synced = true;
+        var only = new HashSet<string>();
         for (int i = 0; i + 1 < args.Length; i += 2)
             switch (args[i])
             {
@@ -30,6 +31,7 @@ internal static class VolumeBenchmark
                 case "--window-mib": windowMiB = long.Parse(args[i + 1]); break;
                 case "--algorithms": algs = args[i + 1]; break;
                 case "--raw-synced": synced = bool.Parse(args[i + 1]); break;
+                case "--jobs": only.UnionWith(args[i + 1].Split(',')); break;
             }
         var log = new LoggerConfiguration().MinimumLevel.Warning().WriteTo.Console().CreateLogger();
         ulong blocks = (ulong)(sizeMiB << 20) / 4096;
@@ -58,7 +60,7 @@ internal static class VolumeBenchmark
                 var raw = new PlainVolume(new CountingDevice(file, every), 4096, "raw", ownsDevice: false);
                 await Fill(raw, blocks);
                 string name = every == 0 ? "raw" : RawSynced;
-                Keep(results, name, await RunJobs(raw, blocks, seconds, null, notes, name));
+                Keep(results, name, await RunJobs(raw, blocks, seconds, null, notes, name, only));
             }
             foreach (var alg in algorithms)
             {
@@ -68,9 +70,9 @@ internal static class VolumeBenchmark
                 var vol = await IntegrityVolume.FormatAsync(dev, new FormatOptions { Algorithm = alg, Key = key, LogicalBlocks = blocks, SpareSlots = spare, Force = true }, log);
                 string name = vol.TagAlgorithm;
                 await Fill(vol, blocks);
-                Keep(results, name, await RunJobs(vol, blocks, seconds, dev, notes, name));
+                Keep(results, name, await RunJobs(vol, blocks, seconds, dev, notes, name, only));
                 await vol.DisposeAsync();
-                notes.Add($"{name}: recovery of a full journal: {await RecoveryTime(dev, alg, key, log)}");
+                if (only.Count == 0 || only.Contains("recovery")) notes.Add($"{name}: recovery of a full journal: {await RecoveryTime(dev, alg, key, log)}");
             }
           }
         }
@@ -140,25 +142,27 @@ internal static class VolumeBenchmark
         if (!r.IsOk) throw new InvalidOperationException($"{what}: {r}");
     }
 
-    private static async Task<List<Job>> RunJobs(IBlockVolume v, ulong blocks, double seconds, CountingDevice? dev, List<string> notes, string name)
+    /// <param name="only">Job keys to run (randwrite, randread, randread1, seqwrite, seqread, flush); empty = all.</param>
+    private static async Task<List<Job>> RunJobs(IBlockVolume v, ulong blocks, double seconds, CountingDevice? dev, List<string> notes, string name, IReadOnlySet<string> only)
     {
-        var jobs = new List<Job>
+        bool Run(string key) => only.Count == 0 || only.Contains(key);
+        var jobs = new List<Job>();
+        if (Run("randwrite")) jobs.Add(await Random4k(v, blocks, seconds, write: true));
+        if (Run("randread")) jobs.Add(await Random4k(v, blocks, seconds, write: false));
+        if (Run("randread1")) jobs.Add(await Random4k(v, blocks, seconds, write: false, qd: 1));
+        if (Run("seqwrite"))
         {
-            await Random4k(v, blocks, seconds, write: true),
-            await Random4k(v, blocks, seconds, write: false),
-            await Random4k(v, blocks, seconds, write: false, qd: 1),
-        };
-        dev?.Reset();
-        long before = v.Counters.BytesWritten;
-        var seqW = await Sequential(v, blocks, seconds, write: true);
-        jobs.Add(seqW);
-        if (dev != null)
-        {
-            long caller = v.Counters.BytesWritten - before;
-            notes.Add($"{name}: write amplification, 1M sequential (incl. flush): {(double)dev.BytesWritten / caller:F3} ({dev.BytesWritten >> 20} MiB to device for {caller >> 20} MiB written)");
+            dev?.Reset();
+            long before = v.Counters.BytesWritten;
+            jobs.Add(await Sequential(v, blocks, seconds, write: true));
+            if (dev != null)
+            {
+                long caller = v.Counters.BytesWritten - before;
+                notes.Add($"{name}: write amplification, 1M sequential (incl. flush): {(double)dev.BytesWritten / caller:F3} ({dev.BytesWritten >> 20} MiB to device for {caller >> 20} MiB written, {dev.Flushes} flushes)");
+            }
         }
-        jobs.Add(await Sequential(v, blocks, seconds, write: false));
-        jobs.Add(await WriteFlush(v, blocks, seconds));
+        if (Run("seqread")) jobs.Add(await Sequential(v, blocks, seconds, write: false));
+        if (Run("flush")) jobs.Add(await WriteFlush(v, blocks, seconds));
         foreach (var j in jobs) Console.WriteLine($"{name,-12} {j.Name,-24} {j.MBps,8:F1} MB/s {j.Iops,10:F0} IOPS");
         return jobs;
     }
