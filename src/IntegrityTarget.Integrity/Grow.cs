@@ -71,7 +71,7 @@ public sealed partial class IntegrityVolume
                 var inChunk = _overlayInChunk; Array.Resize(ref inChunk, (int)chunks); _overlayInChunk = inChunk;
             }
             _slots.Grow(g2.PhysicalSlots);
-            _slots.LowWater = g2.SpareSlots / 4;
+            _slots.LowWater = SlotAllocator.LowWaterFor(g2.SpareSlots);
         }
         _sb = sb2;
         _g = g2;

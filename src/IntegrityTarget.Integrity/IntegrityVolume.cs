@@ -74,7 +74,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _maxTxnBytes = Math.Min(g.JournalAreaBytes / 2, 16L << 20);
         _watermark = Math.Min(_maxTxnBytes / 2, 8L << 20);
         _maxPending = _watermark * 4;
-        _slots = new SlotAllocator(g.PhysicalSlots) { LowWater = g.SpareSlots / 4 };
+        _slots = new SlotAllocator(g.PhysicalSlots) { LowWater = SlotAllocator.LowWaterFor(g.SpareSlots) };
     }
 
     public static long DeviceBytesFor(ulong logicalBlocks, int blockSize, TagAlgorithm alg, long? journalBytes = null, long? spareSlots = null)

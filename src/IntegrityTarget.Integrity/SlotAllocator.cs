@@ -29,6 +29,15 @@ internal sealed class SlotAllocator
     /// <summary>Below this many free slots the committer makes a durable point to empty limbo.</summary>
     public long LowWater { get; set; }
 
+    /// <summary>
+    /// The low water for <paramref name="spare"/> spare slots: a quarter of them, but never more than 256
+    /// (32 MiB of chunks). It must stay below what one lap of overwrites leaves free when the spare pool
+    /// covers the rewritten chunks (the write-back window): a durable point starts a new flush epoch, in
+    /// which every slot written before it is replaced into limbo rather than reused, so one durable point
+    /// too many turns a window that would have cycled at page-cache speed into one flush per lap.
+    /// </summary>
+    public static long LowWaterFor(long spare) => Math.Min(spare / 4, 256);
+
     public int FreeCount { get { lock (_lock) return _free.Count; } }
     public int LimboCount { get { lock (_lock) return _limbo.Count; } }
 
