@@ -30,14 +30,16 @@ public sealed partial class IntegrityVolume
 
     private async ValueTask<VolumeResult> WriteCommandAsync(ulong lba, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct)
     {
-        await BackpressureAsync().ConfigureAwait(false);
         ulong end = lba + (ulong)(data.Length / _bs);
         long c0 = ChunkOf(lba), c1 = ChunkOf(end - 1);
+        // The range lock first, then back-pressure: overlapping commands keep their arrival order even when
+        // several of them wait for the committer to drain.
         var lk = await _locks.AcquireAsync(c0, c1, shared: false).ConfigureAwait(false);
         var u = new Unit { Durable = fua || !WriteBack };
         List<long>? allocated = null;
         try
         {
+            await BackpressureAsync().ConfigureAwait(false);
             int need = 0;
             for (long c = c0; c <= c1; c++) if (IsWholeChunk(c, lba, end) || _map[c] == 0) need++;
             if (need > 0) allocated = await AllocateAsync(need, ct).ConfigureAwait(false);
@@ -164,12 +166,12 @@ public sealed partial class IntegrityVolume
         {
             // Bounded groups keep one unit's record table small; unmap is not promised atomic as a whole.
             ulong groupEnd = Math.Min(end, ((ulong)ChunkOf(cur) + MaxMapRecordsPerUnit) * (ulong)_bpc);
-            await BackpressureAsync().ConfigureAwait(false);
             long c0 = ChunkOf(cur), c1 = ChunkOf(groupEnd - 1);
             var lk = await _locks.AcquireAsync(c0, c1, shared: false).ConfigureAwait(false);
             var u = new Unit { Durable = !WriteBack, Unmap = true };
             try
             {
+                await BackpressureAsync().ConfigureAwait(false);
                 for (long c = c0; c <= c1; c++)
                 {
                     if (_map[c] == 0) continue; // already reads as zeros
