@@ -19,10 +19,11 @@ public sealed class HaLunSpec
     /// <summary>Block size to report while the geometry cannot be read (the configured one).</summary>
     public int FallbackBlockSize { get; init; } = 512;
     /// <summary>
-    /// Makes the LUN's logical unit over a volume with the given initial ALUA states. <c>owner</c> false:
-    /// a stand-in over <see cref="OfflineVolume"/> that must not touch the reservation store.
+    /// Makes the LUN's logical unit over a volume with the given initial ALUA states; the device is the one the
+    /// owner holds the lock on (where its reservations are kept, e.g. in image metadata). No device: a stand-in
+    /// over <see cref="OfflineVolume"/> that must not touch the reservation store.
     /// </summary>
-    public required Func<IBlockVolume, IReadOnlyDictionary<ushort, AluaState>, bool, ScsiLogicalUnit> CreateUnit { get; init; }
+    public required Func<IBlockVolume, IBlockDevice?, IReadOnlyDictionary<ushort, AluaState>, ScsiLogicalUnit> CreateUnit { get; init; }
 
     public string Name => $"{TargetIqn}/{Lun}";
 }
@@ -182,7 +183,7 @@ public sealed class HaLogicalUnit : ILogicalUnit
     private ScsiLogicalUnit Placeholder(AluaState selfState)
     {
         var (bs, blocks, thin) = _geometry;
-        var unit = Spec.CreateUnit(new OfflineVolume(Name, bs, blocks, thin), _o.StatesWhenOwnedBy(null, selfState), false);
+        var unit = Spec.CreateUnit(new OfflineVolume(Name, bs, blocks, thin), null, _o.StatesWhenOwnedBy(null, selfState));
         if (_target != null) unit.AttachTo(_target);
         return unit;
     }
@@ -241,9 +242,11 @@ public sealed class HaLogicalUnit : ILogicalUnit
                 var claimant = _coordinator.PeerOwning(Spec.TargetIqn, Spec.Lun);
                 if (claimant != null)
                 {
-                    unclaimedSince = Stopwatch.GetTimestamp();
                     if (mode is not FollowerMode f || f.Peer != claimant) lock (_sync) SetMode(new FollowerMode(claimant));
                     await WaitAsync(Timeout.InfiniteTimeSpan, stop).ConfigureAwait(false);
+                    // Woken: the owner's claim may be gone from now on; a stale lock is broken only after a
+                    // whole peer timeout without any claim (the owner's link closing is not proof enough).
+                    unclaimedSince = Stopwatch.GetTimestamp();
                     continue;
                 }
                 if (mode is FollowerMode) SwitchToLocal(AluaState.Unavailable, HaRole.Unowned);
@@ -298,7 +301,7 @@ public sealed class HaLogicalUnit : ILogicalUnit
         }
         Opens++;
         _geometry = (volume.BlockSize, volume.BlockCount, volume.SupportsUnmap);
-        var unit = Spec.CreateUnit(volume, _o.StatesWhenOwnedBy(_o.Self), true);
+        var unit = Spec.CreateUnit(volume, device, _o.StatesWhenOwnedBy(_o.Self));
         if (_target != null) unit.AttachTo(_target);
         unit.AbortTasksRequested += (lun, ports) =>
         {

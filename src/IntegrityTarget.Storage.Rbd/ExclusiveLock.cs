@@ -82,6 +82,33 @@ public sealed unsafe class ExclusiveLock : ILunOwnership
         throw CephError.Fail(CephOperation.LockImage, rc, name, timeoutSeconds);
     }
 
+    /// <summary>
+    /// One attempt by a gateway of a group (failover): the lock when it was free, else null and who holds it.
+    /// A live holder is never asked to let go. With <paramref name="holderIsGone"/> (the holder's gateway is dead
+    /// or cut off), each holder's lock is broken first; librbd blocklists the broken client
+    /// (rbd_blocklist_on_break_lock), so a holder that was only cut off can never write to the image again.
+    /// </summary>
+    public static ExclusiveLock? TryTakeOver(nint image, string name, int timeoutSeconds, bool holderIsGone,
+        Serilog.ILogger? log, out IReadOnlyList<LockHolder> holders)
+    {
+        RequireFeature(image, name, timeoutSeconds);
+        holders = ReadHolders(image);
+        if (holders.Count > 0)
+        {
+            if (!holderIsGone) return null;
+            foreach (var h in holders)
+            {
+                int brk = Librbd.rbd_lock_break(image, Librbd.LockModeExclusive, h.Owner);
+                if (brk < 0 && brk != -CephError.ENOENT) throw CephError.Fail(CephOperation.LockImage, brk, name, timeoutSeconds);
+                log?.Warning("{Image}: broke the exclusive lock of {Holder}, whose gateway is gone; that client is blocklisted and cannot write to the image again", name, h);
+            }
+        }
+        int rc = Librbd.rbd_lock_acquire(image, Librbd.LockModeExclusive);
+        if (rc == 0) { holders = []; return new ExclusiveLock(image, name); }
+        if (rc is -CephError.EROFS or -CephError.EBUSY or -CephError.EAGAIN) { holders = ReadHolders(image); return null; } // another gateway was quicker
+        throw CephError.Fail(CephOperation.LockImage, rc, name, timeoutSeconds);
+    }
+
     public bool IsOwner => !_released && Librbd.rbd_is_exclusive_lock_owner(_image, out int owner) == 0 && owner != 0;
 
     public IReadOnlyList<LockHolder> Holders() => ReadHolders(_image);

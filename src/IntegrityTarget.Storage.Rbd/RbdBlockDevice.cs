@@ -54,6 +54,19 @@ public sealed class RbdBlockDevice : IBlockDevice
     /// <summary>Who may write this image; null for read-only opens (they take no lock).</summary>
     public ILunOwnership? Ownership => _lock;
 
+    /// <summary>
+    /// A record in the image's metadata (<c>rbd image-meta</c>): kept with the image, so every gateway that can
+    /// open the image sees it; each set is one atomic update of the image header, committed by the OSDs.
+    /// </summary>
+    public IDurableRecord Metadata(string key) => new RbdMetadataRecord(this, key);
+
+    /// <summary>Runs <paramref name="call"/> with the open image handle (metadata calls).</summary>
+    internal T WithImage<T>(Func<nint, T> call)
+    {
+        CheckOpen();
+        return call(_image);
+    }
+
     /// <summary>The image's size as the cluster reports it now (differs from <see cref="Length"/> after a resize by someone else).</summary>
     public long ImageSize => Volatile.Read(ref _imageSize);
 
@@ -70,17 +83,37 @@ public sealed class RbdBlockDevice : IBlockDevice
             : FuaMode.WriteThenFlush;
     }
 
-    internal static RbdBlockDevice Open(RbdClient client, RbdImageSpec spec, bool readOnly, ILogger? log, bool ownsClient)
+    internal static RbdBlockDevice Open(RbdClient client, RbdImageSpec spec, bool readOnly, ILogger? log, bool ownsClient) =>
+        Open(client, spec, readOnly, log, ownsClient, takeOver: null, out _)!;
+
+    /// <summary>
+    /// Opens the image for writing only if its lock can be had without asking a live holder (failover between
+    /// gateways, <see cref="ExclusiveLock.TryTakeOver"/>); null, with the holders, when another client holds it.
+    /// </summary>
+    internal static RbdBlockDevice? OpenTakingOver(RbdClient client, RbdImageSpec spec, bool holderIsGone, ILogger? log, bool ownsClient, out IReadOnlyList<LockHolder> holders) =>
+        Open(client, spec, readOnly: false, log, ownsClient, takeOver: holderIsGone, out holders);
+
+    private static RbdBlockDevice? Open(RbdClient client, RbdImageSpec spec, bool readOnly, ILogger? log, bool ownsClient, bool? takeOver, out IReadOnlyList<LockHolder> holders)
     {
         nint image = 0;
         ExclusiveLock? exclusiveLock = null;
         int timeout = client.Options.TimeoutSeconds;
+        holders = [];
         try
         {
             nint io = client.IoCtx(spec);
             int rc = readOnly ? Librbd.rbd_open_read_only(io, spec.Image, out image, null) : Librbd.rbd_open(io, spec.Image, out image, null);
             if (rc < 0) { image = 0; throw CephError.Fail(CephOperation.OpenImage, rc, spec.Display, timeout); }
-            if (!readOnly) exclusiveLock = ExclusiveLock.Acquire(image, spec.Display, timeout, log);
+            if (!readOnly && takeOver is { } gone)
+            {
+                exclusiveLock = ExclusiveLock.TryTakeOver(image, spec.Display, timeout, gone, log, out holders);
+                if (exclusiveLock == null)
+                {
+                    Librbd.rbd_close(image);
+                    return null;
+                }
+            }
+            else if (!readOnly) exclusiveLock = ExclusiveLock.Acquire(image, spec.Display, timeout, log);
             CephError.Check(Librbd.rbd_get_size(image, out ulong size), CephOperation.OpenImage, spec.Display, timeout);
             var device = new RbdBlockDevice(client, ownsClient, spec, image, readOnly, exclusiveLock, (long)size, log ?? Serilog.Core.Logger.None);
             device.Watch();

@@ -115,10 +115,10 @@ internal static class Gateways
             Lock = store.LockFor(self),
             OpenVolume = (device, ct) => { Interlocked.Increment(ref g.VolumeOpens); return ValueTask.FromResult<IBlockVolume>(new PlainVolume(device, BlockSize, "lun0", ownsDevice: false)); },
             ProbeGeometry = d => (BlockSize, (ulong)(d.Length / BlockSize), false),
-            CreateUnit = (volume, states, owner) => new ScsiLogicalUnit(0, volume, new LogicalUnitOptions
+            CreateUnit = (volume, device, states) => new ScsiLogicalUnit(0, volume, new LogicalUnitOptions
             {
                 Serial = "HA0001", IdentitySeed = $"{Gateway.Iqn}/0", PortGroups = options.PortGroups, InitialAccessStates = states,
-                ReservationStore = owner ? reservations : null, ReservationsSurviveFailover = true,
+                ReservationStore = device != null ? reservations : null, ReservationsSurviveFailover = true,
             }, Serilog.Core.Logger.None),
         });
         g.Target = new ScsiTarget(Gateway.Iqn, [g.Lun], Serilog.Core.Logger.None);

@@ -85,13 +85,13 @@ public class RbdConfigTests
     }
 
     [Test]
-    public void Gateways_sharing_an_rbd_image_are_refused_until_failover_uses_its_lock()
+    public void Gateways_may_share_an_rbd_image_and_its_lock_decides_the_owner()
     {
         using var dir = new TempDir();
         var conf = dir.File("ceph.conf", "[global]\nmon_host = 127.0.0.1:1\n");
         var (_, problems) = ConfigTestExtensions.Load(dir.Path, ["--data-dir", dir.Path, "--lun", "rbd:rbd/vm1", "--ceph-conf", conf,
             "--Ha:PeerSecret", "0123456789abcdef", "--ha-self", "a",
             "--Ha:Gateways:0:Name", "a", "--Ha:Gateways:0:Peer", "127.0.0.1:3270", "--Ha:Gateways:1:Name", "b", "--Ha:Gateways:1:Peer", "127.0.0.1:3271"]);
-        Assert.That(problems.Errors(), Has.Some.Contains("Targets:0:Luns:0:Path: rbd:rbd/vm1: several gateways (Ha) cannot share an RBD image yet"));
+        Assert.That(problems.Errors(), Is.Empty);
     }
 }

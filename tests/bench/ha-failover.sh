@@ -10,13 +10,15 @@
 # PeerTimeoutMilliseconds 1000 and fast_io_fail_tmo 2 s, polling_interval 1 s.
 # Not a test: each run is a 1-2 minute VM boot under TCG; run it under the heavy lock:
 #   flock /work/.heavy.lock tests/bench/ha-failover.sh [RUNS_PER_PROFILE=3] [PROFILES="default tuned"]
+# INTEGRITY_TARGET_BIN=DIR uses that build instead of building the working tree.
 set -euo pipefail
 runs=${1:-3}; read -r -a profiles <<<"${2:-default tuned}"
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 tools=${SHARED_TOOLS:-${SHARED_DIR:+$SHARED_DIR/tools}}
 [[ -z "$tools" ]] && for d in "$repo/../shared/tools" "$repo/../../shared/tools"; do [[ -d "$d" ]] && tools=$d && break; done
 work=$(mktemp -d /tmp/ha-failover.XXXXXX)
-dotnet build -c Release "$repo/src/IntegrityTarget.Host" -o "$work/bin" >/dev/null
+if [[ -n "${INTEGRITY_TARGET_BIN:-}" ]]; then mkdir -p "$work/bin"; cp -r "$INTEGRITY_TARGET_BIN"/. "$work/bin/"
+else dotnet build -c Release "$repo/src/IntegrityTarget.Host" -o "$work/bin" >/dev/null; fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }

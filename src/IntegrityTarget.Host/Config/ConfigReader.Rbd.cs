@@ -54,15 +54,6 @@ public sealed partial class ConfigReader
 
     private bool _cephFilesChecked;
 
-    /// <summary>Failover between gateways (Ha) works on shared files today; an image's lock is not wired into it yet.</summary>
-    private void CheckRbdWithHa(HaSettings? ha, IReadOnlyList<TargetSettings> targets)
-    {
-        if (ha == null) return;
-        foreach (var t in targets)
-            foreach (var l in t.Luns.Where(l => l.Rbd != null))
-                Error(l.KeyPath + ":Path", $"{l.Path}: several gateways (Ha) cannot share an RBD image yet; serve it from one gateway, or share a file");
-    }
-
     /// <summary>APTPL reservations: beside a backing file; for an image, under DataDirectory (named after it).</summary>
     private static string ReservationFileFor(string path, RbdImageSpec? rbd, string dataDir) =>
         rbd == null ? path + ".pr.json" : Path.Combine(dataDir, $"rbd.{rbd.Display.Replace('/', '.')}.pr.json");

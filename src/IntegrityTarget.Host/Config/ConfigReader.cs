@@ -55,7 +55,6 @@ public sealed partial class ConfigReader
         string socket = Path.GetFullPath(Str("Status:Socket") ?? "status.sock", dataDir);
         var metrics = ReadMetrics();
         var ha = ReadHa();
-        CheckRbdWithHa(ha, targets);
         if (Encoding.UTF8.GetByteCount(socket) > MaxUnixSocketPath)
             Error("Status:Socket", $"unix socket path '{socket}' is longer than {MaxUnixSocketPath} bytes; choose a shorter Status:Socket or DataDirectory");
         return new HostConfig

@@ -4,6 +4,7 @@ using IntegrityTarget.Host.Config;
 using IntegrityTarget.Host.Serving;
 using IntegrityTarget.Scsi;
 using IntegrityTarget.Storage;
+using IntegrityTarget.Storage.Rbd;
 using Serilog;
 
 namespace IntegrityTarget.Host.Wiring;
@@ -59,7 +60,7 @@ public static class HaWiring
                 {
                     TargetIqn = t.Iqn,
                     Lun = l.Lun,
-                    Lock = new FileStoreLock(l.Path),
+                    Lock = l.Rbd is { } image ? new RbdStoreLock(image, l.Ceph ?? new CephClientOptions(), log) : new FileStoreLock(l.Path),
                     FallbackBlockSize = l.BlockSize,
                     OpenVolume = async (device, ct) => l.Integrity
                         ? await IntegrityWiring.OpenOnDeviceAsync(l, device, created, name, log, ct)
@@ -67,8 +68,8 @@ public static class HaWiring
                     ProbeGeometry = device => l.Integrity
                         ? IntegrityWiring.ReadGeometry(device)
                         : (l.BlockSize, (ulong)(device.Length / l.BlockSize), device.CanDeallocate),
-                    CreateUnit = (volume, states, owner) =>
-                        ScsiWiring.CreateUnit(t.Iqn, l, volume, ScsiWiring.UnitOptions(t.Iqn, l, ha, states, reservations: owner), log),
+                    CreateUnit = (volume, device, states) =>
+                        ScsiWiring.CreateUnit(t.Iqn, l, volume, ScsiWiring.UnitOptions(t.Iqn, l, ha, states, SharedReservations(l, device)), log),
                 };
                 luns.Add(new ServedLun(l, coordinator.AddLun(spec)));
             }
@@ -78,11 +79,36 @@ public static class HaWiring
     }
 
     /// <summary>
-    /// A missing LUN file with a configured size is created (sparse) by whichever gateway starts first; it is
+    /// Where the owner keeps a shared LUN's reservations: beside the file, or in the image's metadata
+    /// (every gateway reaches the image, not one gateway's data directory). None for a stand-in.
+    /// </summary>
+    private static IDurableRecord? SharedReservations(LunSettings l, IBlockDevice? device) => device switch
+    {
+        null => null,
+        RbdBlockDevice rbd => rbd.Metadata(RbdReservationsKey),
+        _ => new DurableFile(l.ReservationFile),
+    };
+
+    /// <summary>The image metadata key of a shared RBD LUN's persistent reservations.</summary>
+    public const string RbdReservationsKey = "integrity-target.reservations";
+
+    /// <summary>
+    /// A missing LUN file or image with a configured size is created by whichever gateway starts first; it is
     /// formatted later by whichever gateway takes its lock first. Returns whether this gateway created it.
     /// </summary>
     private static bool CreateIfMissing(LunSettings l, ILogger log, string name)
     {
+        if (l.Rbd != null)
+        {
+            using var backing = Backing.For(l);
+            if (l.SizeBytes == null || backing.Exists()) return false;
+            try
+            {
+                backing.Create(l.Integrity ? IntegrityWiring.DeviceBytesFor(l) : l.SizeBytes.Value, log).Dispose();
+                return true;
+            }
+            catch (Exception e) when (backing.IsInUse(e) || e is RbdException { Errno: CephError.EEXIST }) { return false; } // another gateway was first
+        }
         if (File.Exists(l.Path) || l.SizeBytes == null) return false;
         try
         {

@@ -26,11 +26,11 @@ public static class ScsiWiring
 
     /// <summary>
     /// The identity and policy of a LUN's logical unit. With gateways (<paramref name="ha"/>): one target port
-    /// group per gateway, the given starting ALUA states, and reservations kept with the LUN for a failover
-    /// (<paramref name="reservations"/> false for the stand-in of a gateway that does not own the LUN).
+    /// group per gateway, the given starting ALUA states, and reservations kept with the LUN for a failover in
+    /// <paramref name="sharedReservations"/> (null for the stand-in of a gateway that does not own the LUN).
     /// </summary>
     public static LogicalUnitOptions UnitOptions(string iqn, LunSettings l, HaSettings? ha,
-        IReadOnlyDictionary<ushort, AluaState>? states = null, bool reservations = true)
+        IReadOnlyDictionary<ushort, AluaState>? states = null, IDurableRecord? sharedReservations = null)
     {
         var options = new LogicalUnitOptions
         {
@@ -40,7 +40,7 @@ public static class ScsiWiring
             IdentitySeed = $"{iqn}/{l.Lun}",
             ReadOnly = l.ReadOnly,
             PersistentReservationFile = ha == null ? l.ReservationFile : null,
-            ReservationStore = ha != null && reservations ? new DurableFile(l.ReservationFile) : null,
+            ReservationStore = ha != null ? sharedReservations : null,
             ReservationsSurviveFailover = ha != null,
             PortGroups = ha?.Gateways.Select(g => new TargetPortGroup(g.PortGroup, [g.PortGroup])).ToList(),
             InitialAccessStates = states,

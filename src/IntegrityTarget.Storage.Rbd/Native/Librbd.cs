@@ -86,6 +86,16 @@ internal static unsafe partial class Librbd
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int rbd_lock_break(nint image, int lockMode, string lockOwner);
 
+    // ---- image metadata (rbd image-meta)
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int rbd_metadata_get(nint image, string key, byte* value, ref nuint valueLength);
+
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int rbd_metadata_set(nint image, string key, string value);
+
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int rbd_metadata_remove(nint image, string key);
+
     [StructLayout(LayoutKind.Sequential)]
     public struct ImageWatcher
     {

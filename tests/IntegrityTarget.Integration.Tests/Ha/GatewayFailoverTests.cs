@@ -127,10 +127,18 @@ public class GatewayFailoverTests
     static TestInitiator Login(ServerProcess gw, ulong isid) =>
         TestInitiator.Connect(gw, new LoginOptions { InitiatorName = Initiator, Isid = isid }, TimeSpan.FromSeconds(20));
 
-    [Test]
-    public void Owner_killed_mid_write_loses_no_durable_write_and_the_survivor_replays_the_journal_once()
+    /// <summary>
+    /// On a file, the kernel frees the dead owner's flock at once. On an RBD image the dead owner's lock stays
+    /// until the cluster times its session out, so the survivor waits one peer timeout after the owner's link
+    /// went quiet, then breaks the lock and blocklists the old owner (tuned timeouts keep the test short).
+    /// </summary>
+    [TestCase("file")]
+    [TestCase("rbd", Category = "Rbd")]
+    public void Owner_killed_mid_write_loses_no_durable_write_and_the_survivor_replays_the_journal_once(string backing)
     {
-        using var pair = new GatewayPair("standby").Start();
+        using var image = backing == "rbd" ? new RbdImage("ha") : null;
+        using var pair = new GatewayPair("standby", image: image, extra: image == null ? null :
+            ["--Ha:LockRetryMilliseconds=100", "--Ha:HeartbeatMilliseconds=250", "--Ha:PeerTimeoutMilliseconds=1000"]).Start();
         using var s1 = Login(pair.Gw1, 0x80_0000_0001);
         using var s2 = Login(pair.Gw2, 0x80_0000_0002);
         AssertBothPathsDescribeOneLogicalUnit(s1, s2);
@@ -214,6 +222,12 @@ public class GatewayFailoverTests
         Assert.That(scrub.ExitCode, Is.EqualTo(0), () => "scrub after failover\n" + scrub.Describe());
         // The journal was replayed exactly once: the survivor opened the volume once, the dead owner never again.
         Assert.That(pair.Gw2.CountLog(@"Opened .*: replayed \d+ journal transactions"), Is.EqualTo(1), () => pair.Gw2.Output());
+        if (image != null)
+        {
+            Assert.That(pair.Gw2.HasLog("broke the exclusive lock of"), Is.True, () => "the survivor broke the dead owner's image lock\n" + pair.Gw2.Output());
+            Assert.That(RbdImage.Rbd("image-meta", "get", image.Spec, "integrity-target.reservations").StdOut, Does.Contain("Registrations"),
+                "the reservations live in the image's metadata");
+        }
         TestContext.Out.WriteLine(pair.Gw2.ServerLines.First(l => l.Contains("journal transactions")));
 
         // The old owner comes back: it must not write on its own. It follows gw2, its port group is standby.

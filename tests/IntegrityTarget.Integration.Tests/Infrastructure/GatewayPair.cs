@@ -17,10 +17,11 @@ public sealed class GatewayPair : IDisposable
 
     /// <param name="nonOwner">standby or active-non-optimized.</param>
     /// <param name="extra">More arguments for both gateways (timings, more ACL entries).</param>
-    public GatewayPair(string nonOwner = "standby", string size = "64MiB", int blockSize = 512, IEnumerable<string>? extra = null)
+    /// <param name="image">Share this RBD image instead of a file (its exclusive lock decides the owner).</param>
+    public GatewayPair(string nonOwner = "standby", string size = "64MiB", int blockSize = 512, IEnumerable<string>? extra = null, RbdImage? image = null)
     {
         _dir = Directory.CreateTempSubdirectory("it-gateways-").FullName;
-        LunPath = Path.Combine(_dir, "shared", "lun0.img");
+        LunPath = image?.LunPath ?? Path.Combine(_dir, "shared", "lun0.img");
         int peer1 = Tools.FreePort(), peer2 = Tools.FreePort();
         var common = new List<string>
         {
@@ -29,6 +30,7 @@ public sealed class GatewayPair : IDisposable
             "--Ha:Gateways:1:Name=gw2", $"--Ha:Gateways:1:Peer=127.0.0.1:{peer2}",
         };
         common.AddRange(extra ?? []);
+        if (image != null) common.AddRange(["--ceph-conf", RbdImage.Conf]);
         ServerProcess Make(string self)
         {
             var o = new ServerOptions { LunPath = LunPath, Size = size, BlockSize = blockSize, Integrity = true };
