@@ -10,7 +10,7 @@
 # PeerTimeoutMilliseconds 1000 and fast_io_fail_tmo 2 s, polling_interval 1 s.
 # Not a test: each run is a 1-2 minute VM boot under TCG; run it under the heavy lock:
 #   flock /work/.heavy.lock tests/bench/ha-failover.sh [RUNS_PER_PROFILE=3] [PROFILES="default tuned"]
-# INTEGRITY_TARGET_BIN=DIR uses that build instead of building the working tree.
+# INTEGRITY_TARGET_BIN=DIR uses that build instead of building the working tree; KEEP=1 keeps the logs.
 set -euo pipefail
 runs=${1:-3}; read -r -a profiles <<<"${2:-default tuned}"
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,7 +21,10 @@ if [[ -n "${INTEGRITY_TARGET_BIN:-}" ]]; then mkdir -p "$work/bin"; cp -r "$INTE
 else dotnet build -c Release "$repo/src/IntegrityTarget.Host" -o "$work/bin" >/dev/null; fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  if [[ ${KEEP:-0} == 1 ]]; then echo "logs kept in $work" >&2; else rm -rf "$work"; fi
+}
 trap cleanup EXIT
 
 # epoch seconds of the first JSON log event whose message template contains $2
@@ -52,7 +55,7 @@ for profile in "${profiles[@]}"; do
     start() { # NAME PORT: sets $started to the gateway's pid
       dotnet "$work/bin/integrity-target.dll" serve --listen "127.0.0.1:$2" --iqn iqn.2026-11.org.example:ha \
         --data-dir "$d/$1" --lun "$d/shared/lun0.img" --size 1GiB --ha-self "$1" "${ha[@]}" >"$d/$1/log.json" 2>&1 </dev/null &
-      started=$!; pids+=("$started")
+      started=$!; pids+=("$started"); disown "$started" # no "Killed" line when it is killed
     }
     start gw1 "$p1"; pid1=$started
     for _ in $(seq 100); do grep -q 'now the owner' "$d/gw1/log.json" 2>/dev/null && break; sleep 0.1; done
@@ -66,16 +69,19 @@ for profile in "${profiles[@]}"; do
     killed=$(date +%s.%N); kill -9 "$pid1"
     wait $vm || true
     owner=$(event_time "$d/gw2/log.json" 'now the owner')
+    locked=$(event_time "$d/gw2/log.json" 'got the lock')
     takeover=$(python3 -c "print(round((float('$owner') - float('$killed')) * 1000))" 2>/dev/null || echo '?')
-    stall=$(grep -o 'failover stall [0-9.]*s' "$log" | grep -o '[0-9.]*' || echo '?')
+    lockwait=$(python3 -c "print(round((float('$locked') - float('$killed')) * 1000))" 2>/dev/null || echo '?')
+    stall=$(grep -o -m1 'failover stall [0-9.]*s' "$log" | grep -o '[0-9.]*' || echo '?')
     verdict=$(tail -n 1 "$log")
-    results+=("| $profile | $run | $takeover | $stall | ${verdict#VM-INITIATOR: } |")
-    echo "$profile run $run: takeover ${takeover} ms, guest stall ${stall} s, ${verdict}" >&2
-    kill "$pid2" 2>/dev/null || true; wait "$pid1" "$pid2" 2>/dev/null || true
+    results+=("| $profile | $run | $lockwait | $takeover | $stall | ${verdict#VM-INITIATOR: } |")
+    echo "$profile run $run: lock after ${lockwait} ms, owner after ${takeover} ms, guest stall ${stall} s, ${verdict}" >&2
+    kill "$pid2" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid2" 2>/dev/null || break; sleep 0.1; done
   done
 done
-echo "| profile | run | kill -> survivor owns the LUN (ms) | guest I/O stall (s) | guest verdict |"
-echo "|---|---|---|---|---|"
+echo "| profile | run | kill -> survivor has the lock (ms) | kill -> survivor owns the LUN (ms) | guest I/O stall (s) | guest verdict |"
+echo "|---|---|---|---|---|---|"
 printf '%s\n' "${results[@]}"
 echo
 echo "$(date +%F), 2 cores, vm-initiator (QEMU TCG, Linux $(uname -r | cut -d- -f1) host), $runs run(s) per profile"

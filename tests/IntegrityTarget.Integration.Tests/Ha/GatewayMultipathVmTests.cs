@@ -12,10 +12,11 @@ namespace IntegrityTarget.Integration.Tests.Ha;
 [TestFixture, Category("Vm"), Category("Ha")]
 public class GatewayMultipathVmTests
 {
-    [Test]
-    public void Dm_multipath_keeps_a_filesystem_through_the_death_of_the_owning_gateway()
+    [TestCaseSource(typeof(GatewayBackings), nameof(GatewayBackings.Each))]
+    public void Dm_multipath_keeps_a_filesystem_through_the_death_of_the_owning_gateway(string backing)
     {
-        using var pair = new GatewayPair("standby", size: "512MiB").Start();
+        using var image = backing == "rbd" ? new RbdImage("ha-vm") : null;
+        using var pair = new GatewayPair("standby", size: "512MiB", image: image).Start();
         var runDir = Path.Combine(pair.Gw2.DataDir, "vm");
         long killedAt = 0;
         var r = VmInitiator.RunMultipath([pair.Gw1, pair.Gw2], pair.Iqn, 0, runDir,
