@@ -10,7 +10,8 @@
 # PeerTimeoutMilliseconds 1000 and fast_io_fail_tmo 2 s, polling_interval 1 s.
 # Not a test: each run is a 1-2 minute VM boot under TCG; run it under the heavy lock:
 #   flock /work/.heavy.lock tests/bench/ha-failover.sh [RUNS_PER_PROFILE=3] [PROFILES="default tuned"]
-# INTEGRITY_TARGET_BIN=DIR uses that build instead of building the working tree; KEEP=1 keeps the logs.
+# INTEGRITY_TARGET_BIN=DIR uses that build instead of building the working tree; KEEP=1 keeps the logs;
+# CEPH_CONF=FILE shares a fresh image of that cluster's pool rbd instead of a file (ceph-mini.sh start DIR).
 set -euo pipefail
 runs=${1:-3}; read -r -a profiles <<<"${2:-default tuned}"
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -52,9 +53,11 @@ for profile in "${profiles[@]}"; do
       ha+=(--Ha:LockRetryMilliseconds=100 --Ha:HeartbeatMilliseconds=250 --Ha:PeerTimeoutMilliseconds=1000)
       guest=(VMX_MP_FAST_IO_FAIL=2 VMX_MP_POLLING_INTERVAL=1)
     fi
+    lun="$d/shared/lun0.img"
+    if [[ -n ${CEPH_CONF:-} ]]; then lun="rbd:rbd/ha-bench-$$-$profile-$run"; ha+=(--ceph-conf "$CEPH_CONF"); fi
     start() { # NAME PORT: sets $started to the gateway's pid
       dotnet "$work/bin/integrity-target.dll" serve --listen "127.0.0.1:$2" --iqn iqn.2026-11.org.example:ha \
-        --data-dir "$d/$1" --lun "$d/shared/lun0.img" --size 1GiB --ha-self "$1" "${ha[@]}" >"$d/$1/log.json" 2>&1 </dev/null &
+        --data-dir "$d/$1" --lun "$lun" --size 1GiB --ha-self "$1" "${ha[@]}" >"$d/$1/log.json" 2>&1 </dev/null &
       started=$!; pids+=("$started"); disown "$started" # no "Killed" line when it is killed
     }
     start gw1 "$p1"; pid1=$started
@@ -78,10 +81,11 @@ for profile in "${profiles[@]}"; do
     echo "$profile run $run: lock after ${lockwait} ms, owner after ${takeover} ms, guest stall ${stall} s, ${verdict}" >&2
     kill "$pid2" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$pid2" 2>/dev/null || break; sleep 0.1; done
+    [[ $lun == rbd:* ]] && rbd -c "$CEPH_CONF" rm --no-progress "${lun#rbd:}" >/dev/null 2>&1 || true
   done
 done
 echo "| profile | run | kill -> survivor has the lock (ms) | kill -> survivor owns the LUN (ms) | guest I/O stall (s) | guest verdict |"
 echo "|---|---|---|---|---|---|"
 printf '%s\n' "${results[@]}"
 echo
-echo "$(date +%F), 2 cores, vm-initiator (QEMU TCG, Linux $(uname -r | cut -d- -f1) host), $runs run(s) per profile"
+echo "$(date +%F), 2 cores, vm-initiator (QEMU TCG, Linux $(uname -r | cut -d- -f1) host), $runs run(s) per profile, LUN on ${CEPH_CONF:+an RBD image (ceph-mini)}${CEPH_CONF:-a shared file}"
