@@ -92,7 +92,12 @@ public sealed class HaLogicalUnit : ILogicalUnit
     public void AttachTo(ScsiTarget target)
     {
         _target = target;
-        if (_mode is LocalMode l) l.Unit.AttachTo(target);
+        // The unit answering here now (an owner may have opened the volume before the target existed).
+        switch (_mode)
+        {
+            case LocalMode l: l.Unit.AttachTo(target); break;
+            case OwnerMode o: o.Unit.AttachTo(target); break;
+        }
     }
 
     // ---- the ILogicalUnit surface: route by mode ---------------------------------------------------

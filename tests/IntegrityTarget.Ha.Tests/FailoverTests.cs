@@ -47,6 +47,38 @@ public class FailoverTests
         Assert.That(a.VolumeOpens + b.VolumeOpens, Is.EqualTo(1), "only the owner opened the volume");
     }
 
+    /// <summary>The (association, type, value) designators of VPD page 83h.</summary>
+    static List<(int Assoc, int Type, string Value)> Designators(Gateway g, ItNexus n)
+    {
+        using var r = g.ExecPastUnitAttentions(n, [0x12, 1, 0x83, 0x01, 0, 0]);
+        Assert.That(r.Status, Is.EqualTo(ScsiStatus.Good));
+        var d = r.DataIn.Span;
+        var list = new List<(int, int, string)>();
+        for (int pos = 4; pos + 4 <= d.Length; pos += 4 + d[pos + 3])
+            list.Add(((d[pos + 1] >> 4) & 3, d[pos + 1] & 0xF, Convert.ToHexString(d.Slice(pos + 4, d[pos + 3]))));
+        return list;
+    }
+
+    [Test]
+    public async Task AnOwnerThatTookTheLunBeforeItsTargetExistedNamesTheTargetDeviceLikeEveryOtherGateway()
+    {
+        // As the host does: the first gateway owns the LUN before its SCSI target is built.
+        var store = new SharedStore(4 << 20);
+        var gws = Layout(2);
+        await using var a = await StartAsync(store, gws, "gw1", targetAfterStart: true);
+        await using var b = await StartAsync(store, gws, "gw2");
+        await b.WaitForRoleAsync(HaRole.Follower);
+        var viaA = a.Nexus(InitA);
+        var viaB = b.Nexus(InitA, isid: 2);
+        a.Lun.NexusCreated(viaA);
+        b.Lun.NexusCreated(viaB);
+        var throughA = Designators(a, viaA);
+        var throughB = Designators(b, viaB);
+        Assert.That(throughA.Where(x => x.Assoc == 2), Has.Exactly(1).Matches<(int Assoc, int Type, string Value)>(x => x.Type == 8), "the target device name (SCSI name string)");
+        // Only the target port's own designators (relative port, port group, port name) differ by path.
+        Assert.That(throughA.Where(x => x.Assoc != 1), Is.EqualTo(throughB.Where(x => x.Assoc != 1)), "the logical unit and target device are named alike on both gateways");
+    }
+
     [Test]
     public async Task AStandbyGatewayRefusesDataWithNotReadyStandbyButAnswersInquiryReadCapacityAndRtpg()
     {

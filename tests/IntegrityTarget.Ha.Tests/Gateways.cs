@@ -103,7 +103,8 @@ internal static class Gateways
     };
 
     public static async Task<Gateway> StartAsync(SharedStore store, IReadOnlyList<GatewayInfo> gws, string self,
-        AluaState nonOwner = AluaState.Standby, byte[]? secret = null, byte[]? fingerprint = null, IDurableRecord? reservations = null)
+        AluaState nonOwner = AluaState.Standby, byte[]? secret = null, byte[]? fingerprint = null, IDurableRecord? reservations = null,
+        bool targetAfterStart = false)
     {
         var g = new Gateway { Name = self, Group = gws.First(x => x.Name == self).PortGroup };
         var options = Options(gws, self, nonOwner, secret);
@@ -121,8 +122,14 @@ internal static class Gateways
                 ReservationStore = device != null ? reservations : null, ReservationsSurviveFailover = true,
             }, Serilog.Core.Logger.None),
         });
-        g.Target = new ScsiTarget(Gateway.Iqn, [g.Lun], Serilog.Core.Logger.None);
+        // The host starts the coordinator (which may take the LUN at once) before it builds the targets.
+        if (!targetAfterStart) g.Target = new ScsiTarget(Gateway.Iqn, [g.Lun], Serilog.Core.Logger.None);
         await g.Coordinator.StartAsync(CancellationToken.None);
+        if (targetAfterStart)
+        {
+            await g.WaitForRoleAsync(HaRole.Owner);
+            g.Target = new ScsiTarget(Gateway.Iqn, [g.Lun], Serilog.Core.Logger.None);
+        }
         return g;
     }
 
