@@ -126,6 +126,9 @@ public sealed class HaCoordinator : IAsyncDisposable
         foreach (var lu in _luns) lu.Wake();
     }
 
+    /// <summary>Every other gateway's host refuses connections: no gateway of the group but this one is alive.</summary>
+    internal bool EveryPeerRefuses => _outgoing.Count > 0 && _outgoing.All(p => p.Refusing);
+
     /// <summary>The connected peer that owns the LUN, if any.</summary>
     internal OutgoingPeer? PeerOwning(string target, ulong lun) => _outgoing.FirstOrDefault(p => p.Owns(target, lun));
 

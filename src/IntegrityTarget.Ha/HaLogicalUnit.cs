@@ -256,8 +256,9 @@ public sealed class HaLogicalUnit : ILogicalUnit
                 }
                 if (mode is FollowerMode) SwitchToLocal(AluaState.Unavailable, HaRole.Unowned);
                 // Nobody we can reach owns it. Break a stale lock only after the owner has been silent for a whole
-                // peer timeout (RBD; a file lock is never broken).
-                bool holderIsGone = Stopwatch.GetElapsedTime(unclaimedSince) >= _o.PeerTimeout;
+                // peer timeout, or at once when every other gateway's host refuses connections (their processes are
+                // gone, so the holder is no live gateway). RBD only; a file lock is never broken.
+                bool holderIsGone = Stopwatch.GetElapsedTime(unclaimedSince) >= _o.PeerTimeout || _coordinator.EveryPeerRefuses;
                 var attempt = await Spec.Lock.TryAcquireAsync(holderIsGone, stop).ConfigureAwait(false);
                 if (attempt.Device != null)
                 {

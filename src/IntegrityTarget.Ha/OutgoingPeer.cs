@@ -26,6 +26,14 @@ internal sealed class OutgoingPeer
     public GatewayInfo Gateway { get; }
     public bool Connected => _link != null;
 
+    /// <summary>
+    /// The other gateway's host refused the last connection (nothing listens on its peer port, so its gateway
+    /// process is gone), and no link has come up since. A gateway listens before it takes any lock, so a
+    /// refusing gateway holds none: proof that it died, where a silent link is only a timeout.
+    /// </summary>
+    public bool Refusing => _refusing;
+    private volatile bool _refusing;
+
     /// <summary>Whether the other gateway, connected now, says it owns this LUN.</summary>
     public bool Owns(string target, ulong lun) => _link != null && _owned.Contains((target, lun));
 
@@ -43,6 +51,12 @@ internal sealed class OutgoingPeer
             catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or PeerProtocolException)
             {
                 if (stop.IsCancellationRequested) break;
+                bool refused = (e as SocketException ?? e.InnerException as SocketException)?.SocketErrorCode == SocketError.ConnectionRefused;
+                if (refused != _refusing)
+                {
+                    _refusing = refused;
+                    _coordinator.PeersChanged();
+                }
                 // A refused handshake is a configuration error worth saying every time it changes; a peer that is down is not.
                 string msg = e is PeerProtocolException ? e.Message : $"{Gateway.Name} at {Gateway.Peer} is not reachable ({e.Message})";
                 if (msg != lastError)
@@ -55,6 +69,7 @@ internal sealed class OutgoingPeer
                 continue;
             }
             lastError = null;
+            _refusing = false;
             _log.Information("Peer link to {Gateway} at {Address} is up", Gateway.Name, Gateway.Peer);
             // Every nexus of ours first, so the owner knows it before any of its commands (frames leave in the
             // order they were posted, and the registry lock keeps new nexuses from slipping in between).
@@ -64,6 +79,7 @@ internal sealed class OutgoingPeer
                 foreach (var (target, id, nexus) in nexuses)
                     link.Post(new FrameWriter(PeerFrame.NexusUp).Str(target).U32(id).Nexus(nexus).Build());
             });
+            long upSince = System.Diagnostics.Stopwatch.GetTimestamp();
             using (stop.Register(() => link.Close("this gateway is stopping")))
                 await link.RunAsync(OnFrameAsync).ConfigureAwait(false);
             string reason = await link.Closed.ConfigureAwait(false);
@@ -73,7 +89,9 @@ internal sealed class OutgoingPeer
                 if (_pending.TryRemove(key, out var tcs)) tcs.TrySetResult(null);
             _log.Warning("Peer link to {Gateway} is down: {Reason}", Gateway.Name, reason);
             _coordinator.PeersChanged();
-            if (!stop.IsCancellationRequested)
+            // The first reconnect at once after a link that had been up a while: a gateway that died is then known
+            // dead (refused) in a round trip, not an interval. A link that keeps closing at once is retried calmly.
+            if (!stop.IsCancellationRequested && System.Diagnostics.Stopwatch.GetElapsedTime(upSince) < _coordinator.Options.ReconnectInterval)
                 try { await Task.Delay(_coordinator.Options.ReconnectInterval, stop).ConfigureAwait(false); } catch (OperationCanceledException) { }
         }
     }

@@ -144,6 +144,45 @@ public class FailoverTests
     }
 
     [Test]
+    public async Task OnAnImageTheLockOfAnOwnerWhoseGatewayRefusesConnectionsIsBrokenWithoutWaitingForThePeerTimeout()
+    {
+        // An RBD-like store: a dead owner keeps its lock. Its gateway's port refuses connections, which proves the
+        // process is gone, so the survivor breaks the lock at once instead of after the (here long) peer timeout.
+        var store = new SharedStore(4 << 20) { LikeRbd = true };
+        var gws = Layout(2);
+        var longTimeout = TimeSpan.FromSeconds(60);
+        var a = await StartAsync(store, gws, "gw1", peerTimeout: longTimeout);
+        await a.WaitForRoleAsync(HaRole.Owner);
+        await using var b = await StartAsync(store, gws, "gw2", peerTimeout: longTimeout);
+        await b.WaitForRoleAsync(HaRole.Follower);
+        store.NextHolderDiesHoldingTheLock();
+        var died = System.Diagnostics.Stopwatch.StartNew();
+        await a.DisposeAsync(); // its listener and links close, the lock stays
+        Assert.That(store.Held, Is.True, "the dead owner's lock is still there");
+        await b.WaitForRoleAsync(HaRole.Owner, TimeSpan.FromSeconds(10));
+        Assert.That(died.Elapsed, Is.LessThan(longTimeout / 2), "taken over long before the peer timeout");
+        Assert.That((store.Breaks, b.VolumeOpens), Is.EqualTo((1, 1)), "one lock broken, the volume opened once");
+    }
+
+    [Test]
+    public async Task OnAnImageASilentOwnerIsNotBrokenBeforeThePeerTimeout()
+    {
+        // The owner's gateway is alive but unreachable: the other gateway cannot tell it from a partition, so it
+        // waits a whole peer timeout (here: its link to the owner is never up, and the owner's port accepts).
+        var store = new SharedStore(4 << 20) { LikeRbd = true };
+        var gws = Layout(2);
+        using var silent = new System.Net.Sockets.TcpListener(gws[0].Peer); // gw1's port: accepts, never answers
+        silent.Start();
+        var outsider = await store.LockFor("gw1").TryAcquireAsync(false, CancellationToken.None);
+        await using var b = await StartAsync(store, gws, "gw2", peerTimeout: TimeSpan.FromSeconds(3));
+        await Task.Delay(1000);
+        Assert.That((b.Lun.Role, store.Breaks), Is.EqualTo((HaRole.Unowned, 0)), "not broken within the peer timeout");
+        await b.WaitForRoleAsync(HaRole.Owner, TimeSpan.FromSeconds(10));
+        Assert.That(store.Breaks, Is.EqualTo(1));
+        GC.KeepAlive(outsider);
+    }
+
+    [Test]
     public async Task WithoutAReachableOwnerAGatewayReportsItsGroupUnavailableAndStillAnswersInquiry()
     {
         var store = new SharedStore(4 << 20);

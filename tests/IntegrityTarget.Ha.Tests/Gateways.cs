@@ -95,19 +95,19 @@ internal static class Gateways
     public static List<GatewayInfo> Layout(int count) =>
         Enumerable.Range(1, count).Select(i => new GatewayInfo($"gw{i}", (ushort)i, new IPEndPoint(IPAddress.Loopback, FreePort()))).ToList();
 
-    public static HaOptions Options(IReadOnlyList<GatewayInfo> gws, string self, AluaState nonOwner, byte[]? secret = null) => new()
+    public static HaOptions Options(IReadOnlyList<GatewayInfo> gws, string self, AluaState nonOwner, byte[]? secret = null, TimeSpan? peerTimeout = null) => new()
     {
         Self = self, Gateways = gws, NonOwnerState = nonOwner, Secret = secret ?? Secret,
         LockRetryInterval = TimeSpan.FromMilliseconds(50), HeartbeatInterval = TimeSpan.FromMilliseconds(100),
-        PeerTimeout = TimeSpan.FromSeconds(1), ReconnectInterval = TimeSpan.FromMilliseconds(100),
+        PeerTimeout = peerTimeout ?? TimeSpan.FromSeconds(1), ReconnectInterval = TimeSpan.FromMilliseconds(100),
     };
 
     public static async Task<Gateway> StartAsync(SharedStore store, IReadOnlyList<GatewayInfo> gws, string self,
         AluaState nonOwner = AluaState.Standby, byte[]? secret = null, byte[]? fingerprint = null, IDurableRecord? reservations = null,
-        bool targetAfterStart = false)
+        bool targetAfterStart = false, TimeSpan? peerTimeout = null)
     {
         var g = new Gateway { Name = self, Group = gws.First(x => x.Name == self).PortGroup };
-        var options = Options(gws, self, nonOwner, secret);
+        var options = Options(gws, self, nonOwner, secret, peerTimeout);
         g.Coordinator = new HaCoordinator(options, fingerprint ?? HaCoordinator.FingerprintOf("same config"), Log);
         g.Lun = g.Coordinator.AddLun(new HaLunSpec
         {

@@ -15,6 +15,18 @@ internal sealed class SharedStore(long bytes)
     public bool Held { get { lock (_gate) return _holder != null; } }
 
     /// <summary>
+    /// The lock semantics of an RBD image instead: a holder that goes away without releasing (its process
+    /// died) keeps the lock, and only a gateway that knows the holder is gone breaks it (fencing the old holder).
+    /// </summary>
+    public bool LikeRbd { get; init; }
+
+    /// <summary>With <see cref="LikeRbd"/>: the holder's next dispose does not release the lock (its process dies).</summary>
+    public void NextHolderDiesHoldingTheLock() { lock (_gate) if (_holder != null) _holder.DiesHolding = true; }
+
+    /// <summary>Times a gateway broke the lock of a holder it was told is gone.</summary>
+    public int Breaks { get; private set; }
+
+    /// <summary>
     /// Someone outside the test's gateways breaks the lock and takes it (as a gateway fencing a dead-looking
     /// owner does with RBD): the old holder's device refuses writes from now on. Disposing the result frees the lock.
     /// </summary>
@@ -39,6 +51,12 @@ internal sealed class SharedStore(long bytes)
         {
             lock (store._gate)
             {
+                if (store._holder != null && store.LikeRbd && holderIsGone)
+                {
+                    store._holder.Fenced = true; // broken and blocklisted
+                    store._holder = null;
+                    store.Breaks++;
+                }
                 if (store._holder != null) return new(new LockAttempt(null, store._holder.Gateway));
                 var d = new HeldDevice(store, gateway, readOnly: false);
                 store._holder = d;
@@ -53,6 +71,7 @@ internal sealed class SharedStore(long bytes)
     {
         public string Gateway => gateway;
         public volatile bool Fenced;
+        public volatile bool DiesHolding;
         public string Name => "shared";
         public long Length => store.Memory.Length;
         public int SectorSize => 512;
@@ -72,7 +91,7 @@ internal sealed class SharedStore(long bytes)
 
         public void Dispose()
         {
-            if (readOnly) return;
+            if (readOnly || DiesHolding) return;
             lock (store._gate) if (store._holder == this) store._holder = null;
         }
     }
