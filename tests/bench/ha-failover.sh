@@ -7,7 +7,8 @@
 #             "failover stall": owner's death -> first write done through the survivor, plus one fsync)
 # Profiles: "default" = gateway defaults and the guest's multipath defaults (fast_io_fail_tmo 5 s,
 # polling_interval 2 s); "tuned" = Ha:LockRetryMilliseconds 100, HeartbeatMilliseconds 250,
-# PeerTimeoutMilliseconds 1000 and fast_io_fail_tmo 2 s, polling_interval 1 s.
+# PeerTimeoutMilliseconds 1000 and fast_io_fail_tmo 2 s, polling_interval 1 s; "tuned1" = "tuned" with
+# fast_io_fail_tmo 1 s (the guest's own recovery timeout is most of a tuned failover).
 # Not a test: each run is a 1-2 minute VM boot under TCG; run it under the heavy lock:
 #   flock /work/.heavy.lock tests/bench/ha-failover.sh [RUNS_PER_PROFILE=3] [PROFILES="default tuned"]
 # INTEGRITY_TARGET_BIN=DIR uses that build instead of building the working tree; KEEP=1 keeps the logs;
@@ -49,9 +50,10 @@ for profile in "${profiles[@]}"; do
     ha=(--Ha:PeerSecret=bench-peer-secret-0123 --Ha:Gateways:0:Name=gw1 "--Ha:Gateways:0:Peer=127.0.0.1:$q1"
         --Ha:Gateways:1:Name=gw2 "--Ha:Gateways:1:Peer=127.0.0.1:$q2" --Logging:Json=true)
     guest=()
-    if [[ $profile == tuned ]]; then
+    if [[ $profile == tuned* ]]; then
       ha+=(--Ha:LockRetryMilliseconds=100 --Ha:HeartbeatMilliseconds=250 --Ha:PeerTimeoutMilliseconds=1000)
       guest=(VMX_MP_FAST_IO_FAIL=2 VMX_MP_POLLING_INTERVAL=1)
+      [[ $profile == tuned1 ]] && guest[0]=VMX_MP_FAST_IO_FAIL=1
     fi
     lun="$d/shared/lun0.img"
     if [[ -n ${CEPH_CONF:-} ]]; then lun="rbd:rbd/ha-bench-$$-$profile-$run"; ha+=(--ceph-conf "$CEPH_CONF"); fi

@@ -129,8 +129,9 @@ public class GatewayFailoverTests
 
     /// <summary>
     /// On a file, the kernel frees the dead owner's flock at once. On an RBD image the dead owner's lock stays
-    /// until the cluster times its session out, so the survivor waits one peer timeout after the owner's link
-    /// went quiet, then breaks the lock and blocklists the old owner (tuned timeouts keep the test short).
+    /// until the cluster times its session out, so the survivor breaks the lock and blocklists the old owner once
+    /// the owner's peer port refuses connections (its process is gone; a silent owner would get a whole peer
+    /// timeout, tuned here).
     /// </summary>
     [TestCase("file")]
     [TestCase("rbd", Category = "Rbd")]
