@@ -5,8 +5,9 @@
 # test: machines here are noisy, only the ratios within one run mean much.
 #   tests/bench/fio-compare-rbd.sh [RUNTIME_SECONDS=10] [SIZE=1G] [ROUNDS=2]
 # Uses the cluster CEPH_DIR names (a running `ceph-mini.sh start DIR`), else starts a throwaway one.
-# tgt-rbd reads librbd's defaults from ceph.conf (rbd cache on, writethrough until the first flush);
-# integrity-target turns librbd's cache off (its own journal is the write-back cache).
+# tgt-rbd reads librbd's defaults from ceph.conf (rbd cache on, writethrough until the first flush, write-back
+# after it); integrity-target forces librbd's write-around cache (a plain
+# write completes once sent, durable at the next flush; FUA passed through).
 set -euo pipefail
 runtime=${1:-10}; size=${2:-1G}; rounds=${3:-2}
 repo=$(cd "$(dirname "$0")/../.." && pwd)

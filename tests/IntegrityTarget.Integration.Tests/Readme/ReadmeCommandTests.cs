@@ -30,6 +30,13 @@ namespace IntegrityTarget.Integration.Tests.Readme;
 //   <!-- readme-test: instead="CMD" because="WHY" --> the block cannot run on a test host (no Docker
 //                                                     engine, no kernel initiator, it is the CI itself):
 //                                                     CMD runs instead and must succeed, and WHY says why
+//   <!-- readme-test: ceph -->                        the block talks to a Ceph cluster: the ceph blocks run
+//                                                     one after another, in README order, in one private
+//                                                     network and mount namespace holding a throwaway
+//                                                     ceph-mini cluster, with /etc/ceph (a tmpfs there) set up
+//                                                     as on an admin node (ceph.conf naming the monitors,
+//                                                     client.admin's keyring); a later block uses what an
+//                                                     earlier one created (pools, keyrings, images)
 //
 // Keys combine (server + log, daemon + log, ...). Anything else in a readme-test comment is an error, and
 // so is a block that fails: an example that does not work is a README bug. New README sections follow
@@ -44,7 +51,7 @@ public partial class ReadmeCommandTests
         public override string ToString() => $"README.md:{Line}";
     }
 
-    static readonly string[] Keys = ["server", "daemon", "runs-for", "log", "instead", "because", "install"];
+    static readonly string[] Keys = ["server", "daemon", "runs-for", "log", "instead", "because", "install", "ceph"];
 
     [GeneratedRegex(@"^<!--\s*readme-test:(.*?)-->\s*$")]
     private static partial Regex MarkerLine();
@@ -75,7 +82,7 @@ public partial class ReadmeCommandTests
     static string ReadmePath => Path.Combine(Paths.RepoRoot, "README.md");
 
     public static IEnumerable<TestCaseData> Blocks() =>
-        Parse(File.ReadAllText(ReadmePath)).Select(b => new TestCaseData(b).SetName($"README.md line {b.Line}: {FirstCommand(b.Code)}"));
+        Parse(File.ReadAllText(ReadmePath)).Where(b => !b.Marker.ContainsKey("ceph")).Select(b => new TestCaseData(b).SetName($"README.md line {b.Line}: {FirstCommand(b.Code)}"));
 
     /// <summary>The block's commands: lines without comments and blank lines, continuation lines joined.</summary>
     public static List<string> Commands(string code)
@@ -162,6 +169,29 @@ public partial class ReadmeCommandTests
     [TestCaseSource(nameof(Blocks))]
     public void Readme_block_runs_as_written(Block block)
     {
+        var r = Tools.Run(Tools.RequireTool("unshare"), ["--net", "--mount", "--", "bash", Driver(block)], TimeSpan.FromMinutes(5));
+        TestContext.Out.WriteLine(r.Describe(20000));
+        Assert.That(r.ExitCode, Is.EqualTo(0), () => $"{block} failed:\n{block.Code}\n{r.Describe(8000)}");
+    }
+
+    [Test]
+    public void Readme_ceph_blocks_run_in_order_against_a_throwaway_cluster()
+    {
+        var blocks = Parse(File.ReadAllText(ReadmePath)).Where(b => b.Marker.ContainsKey("ceph")).ToList();
+        Assert.That(blocks, Is.Not.Empty, "README.md's Ceph section has blocks marked ceph");
+        using var cluster = new NamespacedCephCluster(Path.Combine(_work, "ceph"));
+        foreach (var block in blocks)
+        {
+            TestContext.Progress.WriteLine($"{block}: {FirstCommand(block.Code)}");
+            var r = cluster.Run(Driver(block), TimeSpan.FromMinutes(5));
+            TestContext.Out.WriteLine(r.Describe(20000));
+            Assert.That(r.ExitCode, Is.EqualTo(0), () => $"{block} failed:\n{block.Code}\n{r.Describe(8000)}");
+        }
+    }
+
+    /// <summary>The script that runs one block as its marker says (in a namespace the caller enters); returns its path.</summary>
+    string Driver(Block block)
+    {
         var m = block.Marker;
         var script = new StringBuilder();
         script.AppendLine("set -u");
@@ -178,6 +208,9 @@ public partial class ReadmeCommandTests
         }
         else script.AppendLine($"export PATH='{_bin}':\"$PATH\"");
         script.AppendLine("export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1");
+        // The test run's own cluster (CEPH_CONF from .ci/run) is outside this network namespace: a block uses
+        // the Ceph defaults (/etc/ceph) as a reader's shell would.
+        script.AppendLine("unset CEPH_CONF CEPH_ARGS");
         script.AppendLine(Functions);
         var blockFile = Path.Combine(_work, $"block-{block.Line}.sh");
         File.WriteAllText(blockFile, block.Code);
@@ -212,10 +245,7 @@ public partial class ReadmeCommandTests
         script.AppendLine("exit $rc");
         var driver = Path.Combine(_work, $"driver-{block.Line}.sh");
         File.WriteAllText(driver, script.ToString());
-
-        var r = Tools.Run(Tools.RequireTool("unshare"), ["--net", "--mount", "--", "bash", driver], TimeSpan.FromMinutes(5));
-        TestContext.Out.WriteLine(r.Describe(20000));
-        Assert.That(r.ExitCode, Is.EqualTo(0), () => $"{block} failed:\n{block.Code}\n{r.Describe(8000)}");
+        return driver;
     }
 
     static string Q(string s) => "'" + s.Replace("'", "'\\''") + "'";
