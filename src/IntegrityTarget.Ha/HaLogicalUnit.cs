@@ -83,6 +83,8 @@ public sealed class HaLogicalUnit : ILogicalUnit
     /// <summary>The open volume while this gateway owns the LUN.</summary>
     public IBlockVolume? Volume => (_mode as OwnerMode)?.Volume;
     public ScsiLogicalUnit? Local => (_mode as OwnerMode)?.Unit;
+    /// <summary>The LUN's block size and block count as last read from the store (also where another gateway owns it).</summary>
+    public (int BlockSize, ulong Blocks) Geometry => (_geometry.BlockSize, _geometry.Blocks);
     /// <summary>Times this gateway opened the volume (each open replays the journal).</summary>
     public int Opens { get; private set; }
     /// <summary>Raised (on a pool thread) whenever <see cref="Role"/> changes.</summary>

@@ -56,6 +56,9 @@ mapfile -t said < <(grep -oE '"[^"]+"' <<<"${status#*#}" | tr -d '"')
 grep -qF "${said[0]}" <<<"$s1" || fail "host 1's status does not say '${said[0]}': $s1"
 grep -qF "${said[1]}" <<<"$s2" || fail "host 2's status does not say '${said[1]}': $s2"
 grep -qF 'gateways: this one is owner' <<<"$s1" || fail "host 1 does not own the LUN: $s1"
+# the follower reports the LUN's size too (it has no volume open, but read the geometry from the store)
+size1=$(grep -oE 'LUN 0: [^ ]+ +[0-9.]+ [KMGT]?i?B \([0-9]+ x [0-9]+\)' <<<"$s1" | sed -E 's/^LUN 0: [^ ]+ +//') || fail "no LUN size in host 1's status: $s1"
+grep -qF "$size1" <<<"$s2" || fail "host 2's status does not give the LUN's size ($size1): $s2"
 
 # what dm-multipath and ESXi match on
 vendor=$(sed -nE 's/^ *vendor +"([^"]+)".*/\1/p' <<<"$device"); product=$(sed -nE 's/^ *product +"([^"]+)".*/\1/p' <<<"$device")

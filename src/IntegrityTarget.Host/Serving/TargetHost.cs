@@ -253,9 +253,11 @@ public sealed partial class TargetHost : IStatusProvider
             Ha.HaRole.Transitioning => "transitioning",
             _ => "unowned",
         };
+        // A gateway that does not own a shared LUN has no volume open; it still knows the LUN's geometry.
+        var (blockSize, blocks) = l.Ha?.Geometry ?? (l.Settings.BlockSize, 0UL);
         return v == null
-            ? new LunStatus(l.Lun, l.Settings.Path, l.Settings.Integrity, l.Settings.Integrity ? l.Settings.TagAlgorithm : "none", l.Settings.BlockSize,
-                0, l.Settings.WriteBack, l.Settings.ReadOnly, new Dictionary<string, long>(), role, l.Ha?.OwnerGateway, l.Ha?.Opens)
+            ? new LunStatus(l.Lun, l.Settings.Path, l.Settings.Integrity, l.Settings.Integrity ? l.Settings.TagAlgorithm : "none", blockSize,
+                blocks, l.Settings.WriteBack, l.Settings.ReadOnly, new Dictionary<string, long>(), role, l.Ha?.OwnerGateway, l.Ha?.Opens)
             : new LunStatus(l.Lun, l.Settings.Path, l.Settings.Integrity, v.TagAlgorithm, v.BlockSize,
                 v.BlockCount, v.WriteBack, l.Settings.ReadOnly, v.Counters.Snapshot(), role, l.Ha?.OwnerGateway, l.Ha?.Opens);
     }
