@@ -90,4 +90,4 @@ echo "| profile | run | kill -> survivor has the lock (ms) | kill -> survivor ow
 echo "|---|---|---|---|---|---|"
 printf '%s\n' "${results[@]}"
 echo
-echo "$(date +%F), 2 cores, vm-initiator (QEMU TCG, Linux $(uname -r | cut -d- -f1) host), $runs run(s) per profile, LUN on ${CEPH_CONF:+an RBD image (ceph-mini)}${CEPH_CONF:-a shared file}"
+echo "$(date +%F), 2 cores, vm-initiator (QEMU TCG, Linux $(uname -r | cut -d- -f1) host), $runs run(s) per profile, LUN on $([[ -n ${CEPH_CONF:-} ]] && echo "an RBD image (ceph-mini)" || echo "a shared file")"
