@@ -230,6 +230,7 @@ public sealed class HaLogicalUnit : ILogicalUnit
     internal async Task RunAsync(CancellationToken stop)
     {
         var unclaimedSince = Stopwatch.GetTimestamp();
+        string? heldBy = null, toldOf = null; // who held the lock at the last attempt that did not get it; who was logged
         while (!stop.IsCancellationRequested)
         {
             try
@@ -260,8 +261,16 @@ public sealed class HaLogicalUnit : ILogicalUnit
                 // Nobody we can reach owns it. Break a stale lock only after the owner has been silent for a whole
                 // peer timeout, or at once when every other gateway's host refuses connections (their processes are
                 // gone, so the holder is no live gateway). RBD only; a file lock is never broken.
-                bool holderIsGone = Stopwatch.GetElapsedTime(unclaimedSince) >= _o.PeerTimeout || _coordinator.EveryPeerRefuses;
+                bool refused = _coordinator.EveryPeerRefuses;
+                bool holderIsGone = refused || Stopwatch.GetElapsedTime(unclaimedSince) >= _o.PeerTimeout;
+                if (holderIsGone && heldBy != null && heldBy != toldOf)
+                {
+                    toldOf = heldBy; // once per holder
+                    _log.Warning("{Lun}: {Holder} held the lock and no gateway that could be it is alive ({Why})", Name, heldBy,
+                        refused ? "every other gateway's peer port refuses connections" : $"no owner heard from for {_o.PeerTimeout.TotalMilliseconds:0} ms");
+                }
                 var attempt = await Spec.Lock.TryAcquireAsync(holderIsGone, stop).ConfigureAwait(false);
+                heldBy = attempt.Holder;
                 if (attempt.Device != null)
                 {
                     await TakeOverAsync(attempt, stop).ConfigureAwait(false);

@@ -130,16 +130,15 @@ public class GatewayFailoverTests
     /// <summary>
     /// On a file, the kernel frees the dead owner's flock at once. On an RBD image the dead owner's lock stays
     /// until the cluster times its session out, so the survivor breaks the lock and blocklists the old owner once
-    /// the owner's peer port refuses connections (its process is gone; a silent owner would get a whole peer
-    /// timeout, tuned here).
+    /// the owner's peer port refuses connections (its process is gone), without waiting for the peer timeout
+    /// (default timeouts on both backings).
     /// </summary>
     [TestCase("file")]
     [TestCase("rbd", Category = "Rbd")]
     public void Owner_killed_mid_write_loses_no_durable_write_and_the_survivor_replays_the_journal_once(string backing)
     {
         using var image = backing == "rbd" ? new RbdImage("ha") : null;
-        using var pair = new GatewayPair("standby", image: image, extra: image == null ? null :
-            ["--Ha:LockRetryMilliseconds=100", "--Ha:HeartbeatMilliseconds=250", "--Ha:PeerTimeoutMilliseconds=1000"]).Start();
+        using var pair = new GatewayPair("standby", image: image).Start();
         using var s1 = Login(pair.Gw1, 0x80_0000_0001);
         using var s2 = Login(pair.Gw2, 0x80_0000_0002);
         AssertBothPathsDescribeOneLogicalUnit(s1, s2);
@@ -226,6 +225,8 @@ public class GatewayFailoverTests
         if (image != null)
         {
             Assert.That(pair.Gw2.HasLog("broke the exclusive lock of"), Is.True, () => "the survivor broke the dead owner's image lock\n" + pair.Gw2.Output());
+            Assert.That(pair.Gw2.HasLog(@"no gateway that could be it is alive \(every other gateway.s peer port refuses connections\)"), Is.True,
+                () => "the lock was broken because the killed owner's port refused, not after a peer timeout\n" + pair.Gw2.Output());
             Assert.That(RbdImage.Rbd("image-meta", "get", image.Spec, "integrity-target.reservations").StdOut, Does.Contain("Registrations"),
                 "the reservations live in the image's metadata");
         }
