@@ -95,7 +95,9 @@ public sealed partial class IntegrityVolume
         progress?.Report(1);
         log.Information("Formatted {Device} as integrity volume {Volume}: {Blocks} blocks of {BlockSize} B, {Algorithm}, journal {JournalBytes} B, chunk {ChunkBytes} B, uuid {Uuid}",
             name, options.Name ?? name, blocks, g.BlockSize, Tagger.NameOf(g.Algorithm), g.JournalBytes, g.ChunkBytes, sb.Uuid);
-        return await OpenAsync(device, (options.Tuning ?? new OpenOptions()) with { Key = options.Key, Name = options.Name }, log, ct);
+        var tuning = (options.Tuning ?? new OpenOptions()) with { Key = options.Key, Name = options.Name };
+        if (options.TagCacheBytes is { } tc) tuning = tuning with { TagCacheBytes = tc };
+        return await OpenAsync(device, tuning, log, ct);
     }
 
     /// <summary>Reads both superblock copies and picks the one to use (<see cref="Superblock.ReadBest"/>).</summary>

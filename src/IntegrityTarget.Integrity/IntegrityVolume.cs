@@ -35,6 +35,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
 
     private readonly ChunkRangeLock _locks = new();
     private readonly bool _skipRemapValidation;
+    private readonly TagCache _tagCache;
+    private readonly BadBlockLog _badBlocks;
     private bool _disposed;
 
     public string Name { get; }
@@ -53,6 +55,9 @@ public sealed partial class IntegrityVolume : IBlockVolume
     /// <summary>When true, disposing the volume disposes the device.</summary>
     public bool OwnsDevice { get; set; }
     public IBlockDevice Device => _dev;
+    /// <summary>Reads (and home copies) that found their slot's tags in the tag cache, those that did not, and the
+    /// slots cached; null when the cache is off (<see cref="OpenOptions.TagCacheBytes"/> = 0).</summary>
+    public (long Hits, long Misses, int Slots)? TagCacheStats => _tagCache.Enabled ? (_tagCache.Hits, _tagCache.Misses, _tagCache.Count) : null;
     /// <summary>Released journal block records kept for reuse (tests).</summary>
     internal int PooledRecords => _recs.Count;
 
@@ -68,6 +73,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _idleTrimMs = options.IdleTrimMs;
         _parallelApplyBlocks = Math.Max(2, options.ParallelApplyBlocks);
         _skipRemapValidation = options.SkipRemapValidation;
+        _tagCache = new TagCache(g.BlocksPerChunk * g.TagSize, options.TagCacheBytes);
+        _badBlocks = new BadBlockLog(_log, Name, Tagger.NameOf(g.Algorithm), options.FailureLogWindow);
         _map = new long[g.LogicalChunks];
         _committedMap = new long[g.LogicalChunks];
         _overlayInChunk = new int[g.LogicalChunks];
@@ -104,7 +111,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         if (bs is not (512 or 4096)) throw new IntegrityVolumeException($"{what}: block size {bs} is not supported (must be 512 or 4096)");
     }
     private long ChunkOf(ulong lba) => (long)(lba / (ulong)_bpc);
-    private bool InRange(ulong lba, ulong blocks) => blocks <= BlockCount && lba <= BlockCount - blocks;
+    private bool InRange(ulong lba, ulong blocks) => BlockRange.Contains(lba, blocks, BlockCount);
 
     public ValueTask<LbaExtent> GetLbaStatusAsync(ulong lba, CancellationToken ct = default)
     {
@@ -153,6 +160,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
                 catch (IOException e) { _log.Warning(e, "Final checkpoint of {Volume} failed; the journal will be replayed at next open", Name); }
             }
         }
+        _badBlocks.Summarise();
         if (OwnsDevice) _dev.Dispose();
         _buffers.Dispose();
     }

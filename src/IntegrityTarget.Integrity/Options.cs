@@ -22,6 +22,8 @@ public sealed class FormatOptions
     public bool Force { get; init; }
     /// <summary>Name used in log events (defaults to the device name).</summary>
     public string? Name { get; init; }
+    /// <summary>Tag cache of the volume that formatting opens (<see cref="OpenOptions.TagCacheBytes"/>); null = the default.</summary>
+    public long? TagCacheBytes { get; init; }
     /// <summary>Internal knobs (idle time, parallel home copies) for the volume that formatting opens; Key
     /// and Name always come from these format options.</summary>
     internal OpenOptions? Tuning { get; init; }
@@ -41,6 +43,13 @@ public sealed record OpenOptions
     /// <summary>Journaled blocks per home-copy batch from which the batch is split between threads; the
     /// crash suite lowers it so its small volumes take that path too.</summary>
     internal int ParallelApplyBlocks { get; init; } = 512;
+    /// <summary>Memory for cached tags (docs/integrity-volume.md, "Reads"): a small read whose slot's tags are
+    /// cached costs one device read instead of two, and a home copy need not read the tags it rewrites. Taken
+    /// as slots are used, up to this. 0 = no cache: every read also reads its tags from the device. Default
+    /// 64 MiB: the tags of 8 TiB of 4 KiB blocks, or 8 GiB of 512-byte blocks, with crc32c.</summary>
+    public long TagCacheBytes { get; init; } = 64L << 20;
+    /// <summary>Repeated failures of an LBA already reported are summarised at most this often.</summary>
+    internal TimeSpan FailureLogWindow { get; init; } = TimeSpan.FromMinutes(1);
     /// <summary>Deliberately broken recovery for the crash harness's self-test: keep every remap without
     /// validating its slot. Never set outside tests.</summary>
     internal bool SkipRemapValidation { get; init; }

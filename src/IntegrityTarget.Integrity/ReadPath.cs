@@ -1,4 +1,3 @@
-using System.Buffers;
 using IntegrityTarget.Storage;
 
 namespace IntegrityTarget.Integrity;
@@ -26,7 +25,18 @@ public sealed partial class IntegrityVolume
                 int n = (int)(pieceEnd - cur);
                 // The rest of the caller's buffer (from this piece on) lets a piece that ends at its chunk's end
                 // read its tags in the same device read: they follow the data in the slot.
-                int bad = await ReadPieceAsync(c, cur, n, buffer[off..], ct).ConfigureAwait(false);
+                int bad;
+                try { bad = await ReadPieceAsync(c, cur, n, buffer[off..], fromDevice: false, ct).ConfigureAwait(false); }
+                catch (IOException)
+                {
+                    // Which block fails? Read the piece again block by block: the ones before the failing one are
+                    // read and verified into the buffer, as for a tag mismatch, and the sense names the first
+                    // block that really fails (not the command's first LBA).
+                    var (at, ioError) = await NarrowFailureAsync(c, cur, n, buffer[off..], ct).ConfigureAwait(false);
+                    if (at < 0) bad = -1; // transient: every block read fine the second time
+                    else if (ioError is not null) return VolumeResult.Io(cur + (ulong)at, cur + (ulong)at - lba, ioError.Message);
+                    else bad = at;
+                }
                 if (bad >= 0)
                 {
                     ulong fail = cur + (ulong)bad;
@@ -36,25 +46,41 @@ public sealed partial class IntegrityVolume
                 cur = pieceEnd; off += n * _bs;
             }
         }
-        catch (IOException e) { return VolumeResult.Io(lba, 0, e.Message); }
         finally { _locks.Release(lk); }
         Counters.AddRead(buffer.Length);
         return VolumeResult.Success;
     }
 
+    /// <summary>After a device error in a piece: reads it again one block at a time. Returns the index of the
+    /// first block that fails (with the I/O error, or null for a tag mismatch), or -1 when all read fine.</summary>
+    private async ValueTask<(int At, IOException? Error)> NarrowFailureAsync(long c, ulong start, int n, Memory<byte> rest, CancellationToken ct)
+    {
+        for (int i = 0; i < n; i++)
+        {
+            try
+            {
+                if (await ReadPieceAsync(c, start + (ulong)i, 1, rest[(i * _bs)..], fromDevice: false, ct).ConfigureAwait(false) >= 0) return (i, null);
+            }
+            catch (IOException e) { return (i, e); }
+        }
+        return (-1, null);
+    }
+
     /// <summary>Reads and verifies blocks of one chunk into the start of <paramref name="rest"/> (n blocks; bytes
     /// after them may be used as scratch and are overwritten by later pieces); on a mismatch re-reads from the
-    /// failing block once (a racing home write or a transient read must not fail a good block). Returns the
-    /// index of the first block that failed twice, or -1.</summary>
-    private async ValueTask<int> ReadPieceAsync(long c, ulong start, int n, Memory<byte> rest, CancellationToken ct)
+    /// failing block once, with the tags read from the device (a racing home write or a transient read must not
+    /// fail a good block, nor a cached tag outlive what the device holds). Returns the index of the first block
+    /// that failed twice, or -1. <paramref name="fromDevice"/>: never use cached tags (scrub).</summary>
+    private async ValueTask<int> ReadPieceAsync(long c, ulong start, int n, Memory<byte> rest, bool fromDevice, CancellationToken ct)
     {
-        int bad = await ReadAndVerifyAsync(c, start, n, rest, ct).ConfigureAwait(false);
+        int bad = await ReadAndVerifyAsync(c, start, n, rest, fromDevice, ct).ConfigureAwait(false);
         if (bad < 0) return -1;
-        int again = await ReadAndVerifyAsync(c, start + (ulong)bad, n - bad, rest.Slice(bad * _bs, (n - bad) * _bs), ct).ConfigureAwait(false);
+        if (Volatile.Read(ref _map[c]) is long e and > 0) _tagCache.Invalidate(e - 1);
+        int again = await ReadAndVerifyAsync(c, start + (ulong)bad, n - bad, rest.Slice(bad * _bs, (n - bad) * _bs), fromDevice: true, ct).ConfigureAwait(false);
         return again < 0 ? -1 : bad + again;
     }
 
-    private async ValueTask<int> ReadAndVerifyAsync(long c, ulong start, int n, Memory<byte> rest, CancellationToken ct)
+    private async ValueTask<int> ReadAndVerifyAsync(long c, ulong start, int n, Memory<byte> rest, bool fromDevice, CancellationToken ct)
     {
         while (true)
         {
@@ -64,14 +90,14 @@ public sealed partial class IntegrityVolume
             // tells whether that can have happened; then the read is simply done again.
             long seq = Volatile.Read(ref _homeSeq);
             if ((seq & 1) != 0) { await HomeCopyDoneAsync().ConfigureAwait(false); continue; }
-            int r = await ReadOnceAsync(c, start, n, rest, seq, ct).ConfigureAwait(false);
+            int r = await ReadOnceAsync(c, start, n, rest, seq, fromDevice, ct).ConfigureAwait(false);
             if (r != Stale) return r;
         }
     }
 
     private const int Stale = -2;
 
-    private async ValueTask<int> ReadOnceAsync(long c, ulong start, int n, Memory<byte> rest, long seq, CancellationToken ct)
+    private async ValueTask<int> ReadOnceAsync(long c, ulong start, int n, Memory<byte> rest, long seq, bool fromDevice, CancellationToken ct)
     {
         var mem = rest[..(n * _bs)];
         long e = Volatile.Read(ref _map[c]);
@@ -86,8 +112,11 @@ public sealed partial class IntegrityVolume
         if (idx0 + n == _bpc && rest.Length >= joined)
         {
             await _dev.ReadAsync(dOff, rest[..joined], ct).ConfigureAwait(false);
-            return VerifyRead(start, n, mem, rest.Span.Slice(n * _bs + idx0 * ts, n * ts), seq);
+            int r = VerifyRead(start, n, mem, rest.Span.Slice(n * _bs + idx0 * ts, n * ts), seq);
+            if (r != Stale && _tagCache.Enabled) _tagCache.AddFromDevice(p, rest.Span.Slice(n * _bs, _bpc * ts), () => Volatile.Read(ref _homeSeq) == seq);
+            return r;
         }
+        if (!fromDevice && _tagCache.Enabled) return await ReadWithCachedTagsAsync(p, start, n, idx0, mem, seq, ct).ConfigureAwait(false);
         await _dev.ReadAsync(dOff, mem, ct).ConfigureAwait(false);
         long tOff = _g.TagOffset(p, idx0);
         long tStart = tOff & ~511L, tEnd = Geometry.RoundUp(tOff + (long)n * ts, 512);
@@ -100,6 +129,38 @@ public sealed partial class IntegrityVolume
         finally { _buffers.Return(tags); }
     }
 
+    /// <summary>
+    /// A read verified against the tag cache: when the slot's tags are cached only the data comes from the
+    /// device; otherwise the data and all of the slot's tags are read at once (one round trip on a device where
+    /// each read is one) and the tags are cached, unless a home copy may have changed them meanwhile.
+    /// </summary>
+    private async ValueTask<int> ReadWithCachedTagsAsync(long p, ulong start, int n, int idx0, Memory<byte> mem, long seq, CancellationToken ct)
+    {
+        int ts = _g.TagSize, all = _tagCache.EntryBytes, regionRead = (int)Geometry.RoundUp(all, 512);
+        long dOff = _g.SlotOffset(p) + (long)idx0 * _bs;
+        byte[] tags = _buffers.Rent(regionRead);
+        try
+        {
+            if (_tagCache.TryCopy(p, idx0 * ts, tags.AsSpan(0, n * ts)))
+            {
+                await _dev.ReadAsync(dOff, mem, ct).ConfigureAwait(false);
+                return VerifyRead(start, n, mem, tags.AsSpan(0, n * ts), seq);
+            }
+            await BothAsync(_dev.ReadAsync(dOff, mem, ct), _dev.ReadAsync(_g.TagOffset(p, 0), tags.AsMemory(0, regionRead), ct)).ConfigureAwait(false);
+            int r = VerifyRead(start, n, mem, tags.AsSpan(idx0 * ts, n * ts), seq);
+            if (r != Stale) _tagCache.AddFromDevice(p, tags.AsSpan(0, all), () => Volatile.Read(ref _homeSeq) == seq);
+            return r;
+        }
+        finally { _buffers.Return(tags); }
+    }
+
+    /// <summary>Awaits two device operations started together; the second is awaited even when the first fails.</summary>
+    private static async ValueTask BothAsync(ValueTask a, ValueTask b)
+    {
+        try { await a.ConfigureAwait(false); }
+        finally { await b.ConfigureAwait(false); }
+    }
+
     /// <summary>Lays not-yet-applied journaled blocks over what was read, then verifies every other block.
     /// Returns <see cref="Stale"/> when home copies were written since <paramref name="seq"/>.</summary>
     private int VerifyRead(ulong start, int n, Memory<byte> mem, ReadOnlySpan<byte> tags, long seq)
@@ -108,11 +169,10 @@ public sealed partial class IntegrityVolume
         return _tagger.VerifyBlocks(start, mem.Span, _bs, tags, fromOverlay);
     }
 
-    /// <summary>The one log event (and counter) of a verification failure.</summary>
+    /// <summary>Counts a verification failure, and logs it: once at Error per distinct LBA, repeats summarised.</summary>
     private void ReportFailure(ulong lba, IoContext? ctx)
     {
         Counters.AddMismatch();
-        _log.Error("Integrity verification failed on {Volume} at LBA {Lba} ({TagAlgorithm}); unit {Unit}, initiator {Initiator}, command {Command}",
-            Name, lba, TagAlgorithm, ctx?.Unit, ctx?.Initiator, ctx?.Command);
+        _badBlocks.Report(lba, ctx);
     }
 }

@@ -38,7 +38,8 @@ public sealed partial class IntegrityVolume
                         int pos = 0;
                         while (pos < cb)
                         {
-                            int b = await ReadPieceAsync(c, cs + (ulong)pos, cb - pos, buf.AsMemory(pos * _bs, (cb - pos) * _bs), ct).ConfigureAwait(false);
+                            // Always with the tags on the device (never cached ones), so damage there is found.
+                            int b = await ReadPieceAsync(c, cs + (ulong)pos, cb - pos, buf.AsMemory(pos * _bs, (cb - pos) * _bs), fromDevice: true, ct).ConfigureAwait(false);
                             if (b < 0) break;
                             ulong fail = cs + (ulong)(pos + b);
                             ReportFailure(fail, options.Context);

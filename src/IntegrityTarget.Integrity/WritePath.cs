@@ -74,6 +74,7 @@ public sealed partial class IntegrityVolume
             }
             if (!Enqueue(u)) throw new IOException(FailedMessage);
             allocated = null;
+            _badBlocks.Forget(lba, end - lba);
         }
         catch (Exception ex) when (ex is IOException or OperationCanceledException)
         {
@@ -139,6 +140,8 @@ public sealed partial class IntegrityVolume
                 _tagger.ComputeTag(cs + (ulong)i, span.Slice(i * _bs, _bs), span.Slice(g.ChunkBytes + i * ts, ts));
             var digest = _tagger.SlotDigest(span.Slice(g.ChunkBytes, g.TagRegionBytes));
             await _dev.WriteAsync(g.SlotOffset(p), buf.AsMemory(0, slot), fua: false, ct).ConfigureAwait(false);
+            // No read sees slot p before the remap to it is queued, after this; a stale entry of a freed p is replaced.
+            _tagCache.Put(p, buf.AsSpan(g.ChunkBytes, _bpc * ts));
             return digest;
         }
         finally { _buffers.Return(buf); }
@@ -200,6 +203,7 @@ public sealed partial class IntegrityVolume
                     if (u.Data != null) _recs.Return(u.Data);
                     return FailedResult(cur);
                 }
+                _badBlocks.Forget(cur, groupEnd - cur);
             }
             finally { _locks.Release(lk); }
             if (u.Durable)

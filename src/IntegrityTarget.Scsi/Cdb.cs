@@ -46,7 +46,7 @@ public static class Cdb
     };
 
     /// <summary>True when [lba, lba+blocks) lies inside a volume of <paramref name="capacity"/> blocks (no overflow).</summary>
-    public static bool InRange(ulong lba, ulong blocks, ulong capacity) => lba <= capacity && blocks <= capacity - lba;
+    public static bool InRange(ulong lba, ulong blocks, ulong capacity) => IntegrityTarget.Storage.BlockRange.Contains(lba, blocks, capacity);
 
     /// <summary>
     /// Checks that no bit outside the command's CDB usage mask is set (reserved bits, unsupported flags such

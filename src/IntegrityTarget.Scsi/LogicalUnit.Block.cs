@@ -75,7 +75,7 @@ public sealed partial class ScsiLogicalUnit
         {
             // The good blocks before the failing one go to the initiator; TransferLength says how many, so the
             // transport reports the residual for the rest.
-            ulong good = res.Lba >= f.Lba ? Math.Min(res.Lba - f.Lba, f.Blocks) : 0;
+            ulong good = Math.Min(res.GoodBlocks, f.Blocks); // the volume counted them once; no re-deriving from the LBA
             int goodBytes = (int)good * BlockSize;
             return new Outcome(FromVolume(res, write: false), owner, goodBytes, goodBytes);
         }

@@ -71,6 +71,13 @@ public interface IBlockVolume : IAsyncDisposable
     ValueTask<LbaExtent> GetLbaStatusAsync(ulong lba, CancellationToken ct = default);
 }
 
+/// <summary>The one definition of "blocks [lba, lba+blocks) lie inside a volume of <c>capacity</c> blocks", overflow-safe;
+/// the SCSI layer (for its sense) and the volumes (for their own contract) both ask it.</summary>
+public static class BlockRange
+{
+    public static bool Contains(ulong lba, ulong blocks, ulong capacity) => lba <= capacity && blocks <= capacity - lba;
+}
+
 /// <summary>Who asked for an I/O, so the single log event of a failure can name it (e.g. LUN 0, initiator IQN, "READ(16)").</summary>
 public sealed record IoContext(string Unit, string Initiator, string Command);
 

@@ -59,7 +59,7 @@ public sealed class PlainVolume : IBlockVolume
     public string TagAlgorithm => "none";
     public VolumeCounters Counters { get; } = new();
 
-    private bool InRange(ulong lba, ulong blocks) => blocks <= BlockCount && lba <= BlockCount - blocks;
+    private bool InRange(ulong lba, ulong blocks) => BlockRange.Contains(lba, blocks, BlockCount);
 
     public async ValueTask<VolumeResult> ReadAsync(ulong lba, Memory<byte> buffer, IoContext? context = null, CancellationToken ct = default)
     {

@@ -152,6 +152,23 @@ public class ConfigLoadingTests
     }
 
     [Test]
+    public void A_luns_tag_cache_is_64MiB_by_default_a_size_or_0_for_off_and_anything_else_is_refused_naming_the_key()
+    {
+        using var dir = new TempDir();
+        var (config, problems) = ConfigTestExtensions.Load(dir.Path, []);
+        Assert.That(problems.Errors(), Is.Empty);
+        Assert.That(config!.Targets[0].Luns[0].TagCacheBytes, Is.EqualTo(64L << 20));
+        foreach (var (text, bytes) in new[] { ("0", 0L), ("8MiB", 8L << 20), ("1G", 1L << 30) })
+        {
+            (config, problems) = ConfigTestExtensions.Load(dir.Path, ["--Targets:0:Luns:0:TagCache", text]);
+            Assert.That(problems.Errors(), Is.Empty, text);
+            Assert.That(config!.Targets[0].Luns[0].TagCacheBytes, Is.EqualTo(bytes), text);
+        }
+        (_, problems) = ConfigTestExtensions.Load(dir.Path, ["--Targets:0:Luns:0:TagCache", "lots"]);
+        Assert.That(problems.Errors(), Has.Some.Contains("Targets:0:Luns:0:TagCache").And.Some.Contains("'lots' is not a size"));
+    }
+
+    [Test]
     public void Default_serial_is_stable_and_differs_per_lun_and_target()
     {
         var a0 = ConfigReader.DefaultSerial("iqn.2026-11.org.example:a", 0);

@@ -9,11 +9,11 @@ public class CorruptionTests
     private const ulong Blocks = 1024;
     private static readonly IoContext Ctx = new("lun0", "iqn.2026-11.test:init", "READ(16)");
 
-    private static async Task<(MemoryBlockDevice Dev, IntegrityVolume Vol, CapturingSink Sink)> Filled(TagAlgorithm alg)
+    private static async Task<(MemoryBlockDevice Dev, IntegrityVolume Vol, CapturingSink Sink)> Filled(TagAlgorithm alg, long? tagCacheBytes = null)
     {
         var sink = new CapturingSink();
         var dev = T.Memory(Blocks, Bs, alg);
-        var v = await IntegrityVolume.FormatAsync(dev, T.Format(Bs, alg), sink.Logger());
+        var v = await IntegrityVolume.FormatAsync(dev, T.Format(Bs, alg, tagCacheBytes: tagCacheBytes), sink.Logger());
         // Whole chunks (redirect path) and a partial-chunk write (journal path, copied home by flush).
         await T.WriteOk(v, 0, T.Pattern(0, 512, Bs, 1));
         await T.WriteOk(v, 40, T.Pattern(40, 3, Bs, 2));
@@ -69,11 +69,13 @@ public class CorruptionTests
         await AssertOnlyBad(v, sink, 7, 41, 300);
     }
 
+    /// <summary>Without the tag cache every read reads its tags from the device (with it, the tags this volume
+    /// wrote are used and scrub finds such damage: ReadPathTests).</summary>
     [TestCase(TagAlgorithm.Crc32c)]
     [TestCase(TagAlgorithm.HmacSha256)]
     public async Task FlippedTagBitsAreFoundAtTheirLba(TagAlgorithm alg)
     {
-        var (dev, v, sink) = await Filled(alg);
+        var (dev, v, sink) = await Filled(alg, tagCacheBytes: 0);
         await using var _ = v;
         foreach (ulong l in new ulong[] { 0, 42, 511 })
         {
@@ -103,8 +105,39 @@ public class CorruptionTests
             Assert.That((r.Status, r.Lba, r.GoodBlocks), Is.EqualTo((VolumeStatus.IntegrityError, bad, bad - start)), $"read from {start}");
             Assert.That(buf.AsSpan(0, (int)(bad - start) * Bs).SequenceEqual(Expected(start, (int)(bad - start))), Is.True, $"good blocks before {bad}");
         }
-        Assert.That(sink.Failures.Select(CapturingSink.LbaOf), Is.EqualTo(new[] { bad, bad, bad }), "one event per failed read");
+        Assert.That(sink.Failures.Select(CapturingSink.LbaOf), Is.EqualTo(new[] { bad }), "one Error event for the bad LBA; its repeats are counted");
+        Assert.That(v.Counters.Mismatches, Is.EqualTo(3), "every failed read is a mismatch event");
         Assert.That(await T.ReadOk(v, bad + 1, 511 - (int)bad), Is.EqualTo(Expected(bad + 1, 511 - (int)bad)), "blocks after it read fine");
+    }
+
+    /// <summary>A VM retrying a bad block: one Error event per distinct LBA, repeats counted and summarised in one
+    /// Warning per window; once the block is rewritten, a new failure there is news again.</summary>
+    [Test]
+    public async Task Repeated_failures_of_one_lba_log_once_and_are_summarised()
+    {
+        var sink = new CapturingSink();
+        var dev = T.Memory(Blocks, Bs);
+        var v = await IntegrityVolume.FormatAsync(dev, new FormatOptions { BlockSize = Bs, Tuning = new OpenOptions { FailureLogWindow = TimeSpan.Zero } }, sink.Logger());
+        await using var _ = v;
+        await T.WriteOk(v, 0, T.Pattern(0, 64, Bs, 1));
+        T.Flip(dev, v.LocateBlock(5)!.Value.DataOffset + 9);
+        T.Flip(dev, v.LocateBlock(40)!.Value.DataOffset + 9);
+        for (int i = 0; i < 10; i++)
+        {
+            Assert.That((await v.ReadAsync(5, new byte[Bs], Ctx)).Status, Is.EqualTo(VolumeStatus.IntegrityError));
+            Assert.That((await v.ReadAsync(40, new byte[Bs], Ctx)).Status, Is.EqualTo(VolumeStatus.IntegrityError));
+        }
+        Assert.That(v.Counters.Mismatches, Is.EqualTo(20));
+        Assert.That(sink.Failures.Where(e => e.Level == Serilog.Events.LogEventLevel.Error).Select(CapturingSink.LbaOf), Is.EqualTo(new ulong[] { 5, 40 }));
+        var summaries = sink.Events.Where(e => e.MessageTemplate.Text.Contains("repeated")).ToList();
+        Assert.That(summaries, Is.Not.Empty);
+        Assert.That(summaries.Sum(e => (long)((Serilog.Events.ScalarValue)e.Properties["Repeats"]).Value!), Is.LessThanOrEqualTo(18));
+        await T.WriteOk(v, 5, T.Pattern(5, 1, Bs, 2)); // heals it (journaled, home at the flush)
+        Assert.That((await v.FlushAsync()).IsOk);
+        Assert.That(await T.ReadOk(v, 5, 1), Is.EqualTo(T.Pattern(5, 1, Bs, 2)));
+        T.Flip(dev, v.LocateBlock(5)!.Value.DataOffset + 11);
+        Assert.That((await v.ReadAsync(5, new byte[Bs], Ctx)).Status, Is.EqualTo(VolumeStatus.IntegrityError));
+        Assert.That(sink.Failures.Where(e => e.Level == Serilog.Events.LogEventLevel.Error).Select(CapturingSink.LbaOf), Is.EqualTo(new ulong[] { 5, 40, 5 }), "a rewritten block that fails again is reported again");
     }
 
     /// <summary>The hmac-sha256 tag is HMAC-SHA256(key, data || le64(LBA)) as documented, so volumes written

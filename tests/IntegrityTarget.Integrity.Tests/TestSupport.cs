@@ -30,8 +30,8 @@ internal static class T
     public static MemoryBlockDevice Memory(ulong blocks, int blockSize = 4096, TagAlgorithm alg = TagAlgorithm.Crc32c, string name = "mem") =>
         new(IntegrityVolume.DeviceBytesFor(blocks, blockSize, alg), name);
 
-    public static FormatOptions Format(int blockSize = 4096, TagAlgorithm alg = TagAlgorithm.Crc32c, bool force = false) =>
-        new() { BlockSize = blockSize, Algorithm = alg, Key = alg == TagAlgorithm.HmacSha256 ? Key : default, Force = force };
+    public static FormatOptions Format(int blockSize = 4096, TagAlgorithm alg = TagAlgorithm.Crc32c, bool force = false, long? tagCacheBytes = null) =>
+        new() { BlockSize = blockSize, Algorithm = alg, Key = alg == TagAlgorithm.HmacSha256 ? Key : default, Force = force, TagCacheBytes = tagCacheBytes };
 
     public static OpenOptions Open(TagAlgorithm alg = TagAlgorithm.Crc32c, bool writeBack = true) =>
         new() { Key = alg == TagAlgorithm.HmacSha256 ? Key : default, WriteBack = writeBack };

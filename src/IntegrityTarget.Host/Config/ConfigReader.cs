@@ -138,7 +138,7 @@ public sealed partial class ConfigReader
         "Targets:#:Chap:User", "Targets:#:Chap:Secret", "Targets:#:MutualChap:User", "Targets:#:MutualChap:Secret",
         "Targets:#:Luns:#:Lun", "Targets:#:Luns:#:Path", "Targets:#:Luns:#:Size", "Targets:#:Luns:#:BlockSize",
         "Targets:#:Luns:#:Serial", "Targets:#:Luns:#:Integrity", "Targets:#:Luns:#:TagAlgorithm", "Targets:#:Luns:#:KeyFile",
-        "Targets:#:Luns:#:WriteBack", "Targets:#:Luns:#:FormatIfBlank", "Targets:#:Luns:#:ReadOnly",
+        "Targets:#:Luns:#:WriteBack", "Targets:#:Luns:#:FormatIfBlank", "Targets:#:Luns:#:ReadOnly", "Targets:#:Luns:#:TagCache",
         "Logging:Level", "Logging:File", "Logging:Json", "Status:Socket", "Metrics:Listen",
         "Ha:Self", "Ha:NonOwnerState", "Ha:PeerSecret", "Ha:LockRetryMilliseconds", "Ha:HeartbeatMilliseconds",
         "Ha:PeerTimeoutMilliseconds", "Ha:ReconnectMilliseconds", "Ha:Gateways:#:Name", "Ha:Gateways:#:PortGroup", "Ha:Gateways:#:Peer",
@@ -295,6 +295,14 @@ public sealed partial class ConfigReader
             Error("Iscsi:DiscoveryMutualChap", "mutual CHAP needs Iscsi:DiscoveryChap as well (the initiator authenticates first)");
         CheckDistinctSecrets("Iscsi:DiscoveryMutualChap", s.DiscoveryChap, s.DiscoveryMutualChap);
         return s;
+    }
+
+    /// <summary>A LUN's TagCache: memory for its integrity volume's cached tags, a size (0 = off).</summary>
+    private long TagCache(string key)
+    {
+        if (Str(key) is not { } text) return LunSettings.DefaultTagCacheBytes;
+        if (!SizeParser.TryParse(text, out long bytes, out var why)) { Error(key, why); return 0; }
+        return bytes;
     }
 
     private long InFlightBudget()
@@ -464,6 +472,7 @@ public sealed partial class ConfigReader
                 WriteBack = Bool(k + ":WriteBack", true), FormatIfBlank = Bool(k + ":FormatIfBlank", true),
                 ReadOnly = Bool(k + ":ReadOnly", false), KeyPath = k,
                 Rbd = rbd, Ceph = rbd != null ? ceph : null, ReservationFile = ReservationFileFor(path, rbd, dataDir),
+                TagCacheBytes = TagCache(k + ":TagCache"),
             });
         }
         return luns;

@@ -88,6 +88,10 @@ public sealed class LunSettings
     public string TagAlgorithm { get; init; } = TagAlgorithms.Crc32c;
     public string? KeyFile { get; init; }
     public bool WriteBack { get; init; } = true;
+    public const long DefaultTagCacheBytes = 64L << 20;
+    /// <summary>Memory for the integrity volume's tag cache (0 = off: every read also reads its tags from the
+    /// device). Grows with the blocks read, up to this.</summary>
+    public long TagCacheBytes { get; init; } = DefaultTagCacheBytes;
     public bool FormatIfBlank { get; init; } = true;
     public bool ReadOnly { get; init; }
     /// <summary>Config key path of this LUN (e.g. Targets:0:Luns:1), for messages at open time.</summary>

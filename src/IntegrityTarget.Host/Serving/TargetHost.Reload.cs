@@ -283,5 +283,6 @@ public sealed partial class TargetHost
         a.KeyFile != b.KeyFile ? "KeyFile" :
         a.Serial != b.Serial ? "Serial" :
         a.WriteBack != b.WriteBack ? "WriteBack" :
+        a.TagCacheBytes != b.TagCacheBytes ? "TagCache" :
         a.ReadOnly != b.ReadOnly ? "ReadOnly" : null;
 }

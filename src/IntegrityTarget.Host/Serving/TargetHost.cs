@@ -259,8 +259,13 @@ public sealed partial class TargetHost : IStatusProvider
             ? new LunStatus(l.Lun, l.Settings.Path, l.Settings.Integrity, l.Settings.Integrity ? l.Settings.TagAlgorithm : "none", blockSize,
                 blocks, l.Settings.WriteBack, l.Settings.ReadOnly, new Dictionary<string, long>(), role, l.Ha?.OwnerGateway, l.Ha?.Opens)
             : new LunStatus(l.Lun, l.Settings.Path, l.Settings.Integrity, v.TagAlgorithm, v.BlockSize,
-                v.BlockCount, v.WriteBack, l.Settings.ReadOnly, v.Counters.Snapshot(), role, l.Ha?.OwnerGateway, l.Ha?.Opens);
+                v.BlockCount, v.WriteBack, l.Settings.ReadOnly, LunCounters(v, l), role, l.Ha?.OwnerGateway, l.Ha?.Opens);
     }
+
+    /// <summary>The volume's counters, and the distinct LBAs known to fail verification beside the mismatch
+    /// events (a VM retrying one bad block makes many events of one LBA).</summary>
+    private static IReadOnlyDictionary<string, long> LunCounters(Storage.IBlockVolume v, ServedLun l) =>
+        new Dictionary<string, long>(v.Counters.Snapshot()) { ["distinctBadLbas"] = l.Unit?.Health.DistinctBadLbas ?? 0 };
 
     /// <summary>Sessions are the iSCSI layer's records; serialise their public properties, or their text if that fails.</summary>
     private static JsonNode? DescribeSession(object session)

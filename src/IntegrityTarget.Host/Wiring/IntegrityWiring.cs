@@ -84,7 +84,7 @@ public static class IntegrityWiring
         {
             case DeviceContent.IntegrityVolume:
             {
-                var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = lun.WriteBack, Name = name }, log, ct);
+                var volume = await IntegrityVolume.OpenAsync(device, new OpenOptions { Key = key, WriteBack = lun.WriteBack, Name = name, TagCacheBytes = lun.TagCacheBytes }, log, ct);
                 if (lun.BlockSizeConfigured && volume.BlockSize != lun.BlockSize)
                     log.Warning("{Lun}: the volume in {Path} was formatted with {Actual}-byte blocks; the configured BlockSize {Configured} does not apply",
                         name, lun.Path, volume.BlockSize, lun.BlockSize);
@@ -94,7 +94,7 @@ public static class IntegrityWiring
             {
                 var options = new FormatOptions
                 {
-                    BlockSize = lun.BlockSize, Algorithm = alg, Key = key, Name = name,
+                    BlockSize = lun.BlockSize, Algorithm = alg, Key = key, Name = name, TagCacheBytes = lun.TagCacheBytes,
                     LogicalBlocks = created && lun.SizeBytes is { } size ? (ulong)(size / lun.BlockSize) : null,
                 };
                 // FormatAsync opens the new volume under the LUN's name; write-back is a property of the

@@ -402,6 +402,7 @@ public sealed partial class IntegrityVolume
     private async ValueTask ReleaseSlotAsync(long slot, bool discard, CancellationToken ct)
     {
         if (discard && _dev.CanDeallocate) await _dev.DiscardAsync(_g.SlotOffset(slot), _g.SlotBytes, ct).ConfigureAwait(false);
+        _tagCache.Invalidate(slot);
         _slots.Release(slot);
     }
 }

@@ -105,7 +105,7 @@ public sealed partial class IntegrityVolume
 
     private async ValueTask ApplyRangeAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int from, int to, CancellationToken ct)
     {
-        int ts = _g.TagSize, tr = _g.TagRegionBytes;
+        int ts = _g.TagSize, tr = _g.TagRegionBytes, meaningful = _bpc * ts;
         byte[] region = _buffers.Rent(tr);
         byte[] run = _buffers.Rent(_g.ChunkBytes);
         try
@@ -116,7 +116,10 @@ public sealed partial class IntegrityVolume
                 long p = recs[i].Phys;
                 int slotEnd = i + 1;
                 while (slotEnd < to && recs[slotEnd].Phys == p) slotEnd++;
-                await _dev.ReadAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), ct).ConfigureAwait(false);
+                // The slot's tags from the tag cache when it holds them (what the device holds there, or what the
+                // volume last wrote there; the rest of the region is zeros), else from the device.
+                if (_tagCache.TryCopy(p, 0, region.AsSpan(0, meaningful))) region.AsSpan(meaningful, tr - meaningful).Clear();
+                else await _dev.ReadAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), ct).ConfigureAwait(false);
                 // Runs of consecutive blocks go home in one write each.
                 for (int k = i; k < slotEnd;)
                 {
@@ -136,6 +139,7 @@ public sealed partial class IntegrityVolume
                     k = j;
                 }
                 await _dev.WriteAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), fua: false, ct).ConfigureAwait(false);
+                _tagCache.Put(p, region.AsSpan(0, meaningful));
                 i = slotEnd;
             }
         }

@@ -24,14 +24,18 @@ public class IntegrityVolumeCrashTests
         (512, TagAlgorithm.Crc32c, 1L << 20),
     ];
 
-    internal static CrashTarget Target(int blockSize, TagAlgorithm alg, long? journalBytes, bool writeBack = true, int? parallelApplyBlocks = null, bool skipRemapValidation = false)
+    internal static CrashTarget Target(int blockSize, TagAlgorithm alg, long? journalBytes, bool writeBack = true, int? parallelApplyBlocks = null, bool skipRemapValidation = false, long? tagCacheBytes = null)
     {
         ulong blocks = (ulong)((2 << 20) / blockSize); // 2 MiB: 16 chunks of 128 KiB, room for 1 MiB writes
         var key = alg == TagAlgorithm.HmacSha256 ? Key : ReadOnlyMemory<byte>.Empty;
         var log = Serilog.Core.Logger.None;
-        var tuning = new OpenOptions { Key = key, WriteBack = writeBack, ParallelApplyBlocks = parallelApplyBlocks ?? new OpenOptions().ParallelApplyBlocks, SkipRemapValidation = skipRemapValidation };
+        var tuning = new OpenOptions
+        {
+            Key = key, WriteBack = writeBack, ParallelApplyBlocks = parallelApplyBlocks ?? new OpenOptions().ParallelApplyBlocks,
+            SkipRemapValidation = skipRemapValidation, TagCacheBytes = tagCacheBytes ?? new OpenOptions().TagCacheBytes,
+        };
         return new CrashTarget(
-            $"integrity-{blockSize}-{alg}{(journalBytes is { } j ? $"-j{j >> 10}k" : "")}{(writeBack ? "" : "-wt")}{(parallelApplyBlocks is { } pa ? $"-pa{pa}" : "")}{(skipRemapValidation ? "-novalidate" : "")}",
+            $"integrity-{blockSize}-{alg}{(journalBytes is { } j ? $"-j{j >> 10}k" : "")}{(writeBack ? "" : "-wt")}{(parallelApplyBlocks is { } pa ? $"-pa{pa}" : "")}{(skipRemapValidation ? "-novalidate" : "")}{(tagCacheBytes is { } tc ? $"-tc{tc}" : "")}",
             blockSize, blocks, IntegrityVolume.DeviceBytesFor(blocks, blockSize, alg, journalBytes),
             async dev => await IntegrityVolume.FormatAsync(dev, new FormatOptions
             {
@@ -145,6 +149,18 @@ public class IntegrityVolumeCrashTests
         // the exact same crash states; each run is still checked against what it recorded.
         var options = new CrashRunOptions { Commands = 300, MaxBatch = 6, MaxWriteBytes = 96 * 1024, EveryPersistencePoint = false, RandomPoints = 40, RecoveryCrashes = 1 };
         var report = await RunSeeds(Target(512, TagAlgorithm.Crc32c, 1L << 20, parallelApplyBlocks: 4), options, Seeds(7000, 3));
+        Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
+        Assert.That(report.CrashStates, Is.GreaterThan(100));
+    }
+
+    /// <summary>Home copies take the tags they rewrite from the tag cache (on by default, so every other case runs
+    /// with it): here a cache with room for 3 of the 16 slots, so entries are evicted, missed and re-read all the
+    /// time, and no cache at all. Every reopen starts with an empty cache, so the check reads the device's tags.</summary>
+    [TestCase(3 * 1024L), TestCase(0L)]
+    public async Task Small_writes_with_a_tiny_tag_cache_or_none_keep_the_crash_properties(long tagCacheBytes)
+    {
+        var options = new CrashRunOptions { Commands = 300, MaxBatch = 6, MaxWriteBytes = 96 * 1024, EveryPersistencePoint = false, RandomPoints = 40, RecoveryCrashes = 1 };
+        var report = await RunSeeds(Target(512, TagAlgorithm.Crc32c, 1L << 20, tagCacheBytes: tagCacheBytes), options, Seeds(9000, 2));
         Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
         Assert.That(report.CrashStates, Is.GreaterThan(100));
     }
