@@ -58,7 +58,7 @@ public sealed partial class ScsiLogicalUnit
         _ => ScsiError.Of(SenseReason.InternalTargetFailure),
     };
 
-    private IoContext Context(in Request r) => r.Nexus.Context(UnitName, r.Info);
+    private IoContext Context(in Request r) => r.Nexus.Context(this, r.Info);
 
     internal async ValueTask<Outcome> Read(Request r)
     {

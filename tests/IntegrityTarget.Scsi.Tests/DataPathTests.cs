@@ -32,4 +32,29 @@ public class DataPathTests
         // response object (plus async state machines in Debug builds, which are classes there).
         Assert.That(perCommand, Is.LessThan(2048), $"{perCommand} bytes allocated per command");
     }
+
+    [Test]
+    public void A_4k_read_allocates_only_its_response()
+    {
+        var volume = new PlainVolume(new MemoryBlockDevice(1 << 22), 512);
+        var unit = new ScsiLogicalUnit(0, volume, new LogicalUnitOptions { Serial = "S", IdentitySeed = "x" }, Serilog.Core.Logger.None);
+        var target = new ScsiTarget("iqn.2026-11.test:alloc", [unit], Serilog.Core.Logger.None);
+        var nexus = Harness.MakeNexus("iqn.2026-11.test:a", 1);
+        var read = new ScsiCommand { Nexus = nexus, Lun = 0, Cdb = Harness.Read16(8, 8), Direction = DataDirection.Read, ExpectedTransferLength = 4096 };
+        int bad = 0;
+        void Run(int n)
+        {
+            for (int i = 0; i < n; i++)
+                using (var r = target.ExecuteAsync(read, default).GetAwaiter().GetResult()) if (r.Status != ScsiStatus.Good || r.DataIn.Length != 4096) bad++;
+        }
+        Run(200);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        Run(1000);
+        long perCommand = (GC.GetAllocatedBytesForCurrentThread() - before) / 1000;
+        Assert.That(bad, Is.Zero);
+        // The response object (about 100 bytes) and nothing per command besides: the unit's name, composed on
+        // each use, used to be built for every read's I/O context (another ~100 bytes).
+        TestContext.Out.WriteLine($"{perCommand} bytes allocated per 4 KiB read");
+        Assert.That(perCommand, Is.LessThanOrEqualTo(128), $"{perCommand} bytes allocated per 4 KiB read");
+    }
 }
