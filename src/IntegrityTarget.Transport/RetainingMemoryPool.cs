@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Collections.Concurrent;
 
 namespace IntegrityTarget.Transport;
 
@@ -8,11 +7,13 @@ namespace IntegrityTarget.Transport;
 /// (MemoryPool&lt;byte&gt;.Shared collapses under 1 MiB-deep queues, see docs/limits.md). One pool per
 /// transport; it retains at most <c>maxRetained</c> blocks, and every <c>trimInterval</c> drops the blocks
 /// that stayed unused through the whole previous interval, so a flood of connections or a burst of large
-/// reads does not pin its peak of blocks for good.
+/// reads does not pin its peak of blocks for good. The free blocks are an array stack under a lock: a
+/// ConcurrentStack made a node per returned block (garbage on every received PDU) and counted itself by
+/// walking all of them on every rent and return.
 /// </summary>
 internal sealed class RetainingMemoryPool : MemoryPool<byte>
 {
-    private readonly ConcurrentStack<Block> _free = new();
+    private readonly Stack<Block> _free = new(); // guarded by itself
     private readonly int _blockSize;
     private readonly int _maxRetained;
     private readonly Timer? _timer;
@@ -32,37 +33,46 @@ internal sealed class RetainingMemoryPool : MemoryPool<byte>
     public override int MaxBufferSize => _blockSize;
 
     /// <summary>Blocks kept for reuse right now.</summary>
-    public int Retained => _free.Count;
+    public int Retained { get { lock (_free) return _free.Count; } }
 
     public override IMemoryOwner<byte> Rent(int minBufferSize = -1)
     {
         if (minBufferSize > _blockSize) return new Block(null, new byte[minBufferSize]); // oversized: not retained
-        if (_free.TryPop(out var b))
+        lock (_free)
         {
-            int left = _free.Count;
-            if (left < Volatile.Read(ref _lowWater)) Volatile.Write(ref _lowWater, left);
-            return b.Reuse();
+            if (_free.TryPop(out var b))
+            {
+                if (_free.Count < _lowWater) _lowWater = _free.Count;
+                return b.Reuse();
+            }
+            _lowWater = 0;
         }
-        Volatile.Write(ref _lowWater, 0);
         return new Block(this, GC.AllocateUninitializedArray<byte>(_blockSize, pinned: true));
     }
 
     private void Return(Block b)
     {
-        if (_free.Count < _maxRetained) _free.Push(b);
+        lock (_free)
+        {
+            if (_free.Count < _maxRetained) _free.Push(b);
+        }
     }
 
     /// <summary>Drops the blocks that were not needed since the last trim (an approximate low-water mark).</summary>
     public void Trim()
     {
-        for (int n = Interlocked.Exchange(ref _lowWater, 0); n > 0 && _free.TryPop(out _); n--) { }
-        Volatile.Write(ref _lowWater, _free.Count);
+        lock (_free)
+        {
+            for (int n = _lowWater; n > 0 && _free.TryPop(out _); n--) { }
+            if (_free.Count == 0) _free.TrimExcess();
+            _lowWater = _free.Count;
+        }
     }
 
     protected override void Dispose(bool disposing)
     {
         _timer?.Dispose();
-        _free.Clear();
+        lock (_free) _free.Clear();
     }
 
     private sealed class Block(RetainingMemoryPool? pool, byte[] array) : IMemoryOwner<byte>
