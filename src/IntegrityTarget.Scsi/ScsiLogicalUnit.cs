@@ -152,7 +152,8 @@ public sealed partial class ScsiLogicalUnit : ILogicalUnit
     {
         var key = (nexus.InitiatorPortName, nexus.TargetPortName);
         if (_nexuses.TryGetValue(key, out var s)) return s;
-        return _nexuses.GetOrAdd(key, _ => new NexusState(nexus));
+        // A static factory: a lambda capturing the parameter made its closure on every call, found or not.
+        return _nexuses.GetOrAdd(key, static (_, n) => new NexusState(n), nexus);
     }
 
     public void NexusCreated(ItNexus nexus) => NexusCreated(nexus, SenseReason.PowerOnReset);
