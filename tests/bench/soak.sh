@@ -73,6 +73,7 @@ print("%.0f" % (j["read"]["iops"] + j["write"]["iops"]))' "$work/fio-$name.json"
        "($(python3 -c "print('%.2f' % ($after / $start))")x start)"
   echo "   during load (every 5 s): ${samples[*]}"
   echo "   idle after load: ${idle_samples[*]}"
+  echo "   at the end: $(awk '/^(RssAnon|RssFile|Threads)/ {printf "%s %s ", $1, ($1 == "Threads:" ? $2 : int($2/1024) " MiB")}' "/proc/$p/status")"
   [[ -n "$counters_pid" ]] && gc_summary "$work/fio-$name.json"
   return 0
 }
