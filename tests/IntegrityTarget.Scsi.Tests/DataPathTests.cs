@@ -5,13 +5,17 @@ namespace IntegrityTarget.Scsi.Tests;
 
 public class DataPathTests
 {
-    [Test]
-    public void SteadyStateReadAndWriteAllocateNoDataBuffers()
+    private static (ScsiTarget, ItNexus) MemoryTarget()
     {
         var volume = new PlainVolume(new MemoryBlockDevice(1 << 22), 512);
         var unit = new ScsiLogicalUnit(0, volume, new LogicalUnitOptions { Serial = "S", IdentitySeed = "x" }, Serilog.Core.Logger.None);
-        var target = new ScsiTarget("iqn.2026-11.test:alloc", [unit], Serilog.Core.Logger.None);
-        var nexus = Harness.MakeNexus("iqn.2026-11.test:a", 1);
+        return (new ScsiTarget("iqn.2026-11.test:alloc", [unit], Serilog.Core.Logger.None), Harness.MakeNexus("iqn.2026-11.test:a", 1));
+    }
+
+    [Test]
+    public void SteadyStateReadAndWriteAllocateNoDataBuffers()
+    {
+        var (target, nexus) = MemoryTarget();
         var read = new ScsiCommand { Nexus = nexus, Lun = 0, Cdb = Harness.Read16(8, 64), Direction = DataDirection.Read, ExpectedTransferLength = 64 * 512 };
         var write = new ScsiCommand { Nexus = nexus, Lun = 0, Cdb = Harness.Write16(8, 64), DataOut = new byte[64 * 512], Direction = DataDirection.Write, ExpectedTransferLength = 64 * 512 };
         int bad = 0;
@@ -36,10 +40,7 @@ public class DataPathTests
     [Test]
     public void A_4k_read_allocates_only_its_response()
     {
-        var volume = new PlainVolume(new MemoryBlockDevice(1 << 22), 512);
-        var unit = new ScsiLogicalUnit(0, volume, new LogicalUnitOptions { Serial = "S", IdentitySeed = "x" }, Serilog.Core.Logger.None);
-        var target = new ScsiTarget("iqn.2026-11.test:alloc", [unit], Serilog.Core.Logger.None);
-        var nexus = Harness.MakeNexus("iqn.2026-11.test:a", 1);
+        var (target, nexus) = MemoryTarget();
         var read = new ScsiCommand { Nexus = nexus, Lun = 0, Cdb = Harness.Read16(8, 8), Direction = DataDirection.Read, ExpectedTransferLength = 4096 };
         int bad = 0;
         void Run(int n)

@@ -15,16 +15,13 @@ public class IdleMemoryAfterLoadTests
     const int BlockSize = 512;
     static readonly TimeSpan Load = TimeSpan.FromSeconds(12);
 
-    static long RssBytes(int pid) =>
-        long.Parse(File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith("VmRSS:")).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-
     [Test]
     public void Memory_grown_by_mixed_io_from_several_sessions_is_given_back_once_the_server_is_idle()
     {
         using var srv = new ServerProcess(new ServerOptions { Size = "256MiB", LogLevel = "Warning" }).Start();
         using (var warm = TestInitiator.Connect(srv)) { warm.ClearUnitAttention(0); warm.Read16(0, 0, 8, BlockSize); warm.Logout(); }
         Thread.Sleep(2000);
-        long start = RssBytes(srv.Pid), peak = start;
+        long start = srv.RssBytes, peak = start;
         ulong blocks = (256UL << 20) / BlockSize;
 
         long ios = 0, bad = 0;
@@ -48,16 +45,16 @@ public class IdleMemoryAfterLoadTests
             ini.Logout();
         })).ToList();
         workers.ForEach(t => t.Start());
-        while (workers.Any(t => t.IsAlive)) { peak = Math.Max(peak, RssBytes(srv.Pid)); Thread.Sleep(200); }
+        while (workers.Any(t => t.IsAlive)) { peak = Math.Max(peak, srv.RssBytes); Thread.Sleep(200); }
         Assert.That(bad, Is.Zero, () => srv.Output(30));
         TestContext.Progress.WriteLine($"{Sessions} sessions x {Load.TotalSeconds} s: {ios} commands; RSS start {start >> 20} MiB, peak {peak >> 20} MiB");
         // Without enough growth the rest would prove nothing.
         Assert.That(peak - start, Is.GreaterThanOrEqualTo(32L << 20), $"the load grew RSS by {(peak - start) >> 20} MiB only");
 
         // The reclaim runs 25 s after the last activity (checked every 5 s); allow for a slow machine.
-        long now = RssBytes(srv.Pid);
+        long now = srv.RssBytes;
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(90);
-        while (DateTime.UtcNow < deadline && (now = RssBytes(srv.Pid)) > Math.Min(2 * start, start + (peak - start) / 2)) Thread.Sleep(1000);
+        while (DateTime.UtcNow < deadline && (now = srv.RssBytes) > Math.Min(2 * start, start + (peak - start) / 2)) Thread.Sleep(1000);
         TestContext.Progress.WriteLine($"RSS idle after load {now >> 20} MiB");
         Assert.That(now, Is.LessThanOrEqualTo(2 * start), $"RSS {now >> 20} MiB idle after load, {start >> 20} MiB at the idle start");
         Assert.That(peak - now, Is.GreaterThanOrEqualTo((peak - start) / 2),

@@ -14,9 +14,6 @@ public class UnreadReadsTests
     const long Budget = 128L << 20;
     const uint ReadBytes = 16u << 20;
 
-    static long RssBytes(int pid) =>
-        long.Parse(File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith("VmRSS:")).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-
     /// <summary>A READ(16) of <see cref="ReadBytes"/> from LUN 0 whose answer the test never reads.</summary>
     static void SendRead(TestInitiator ini, ulong lba, bool immediate)
     {
@@ -39,7 +36,7 @@ public class UnreadReadsTests
         using var srv = new ServerProcess(o).Start();
         using (var warm = TestInitiator.Connect(srv)) { warm.ClearUnitAttention(0); warm.Read16(0, 0, 8, 512); warm.Logout(); }
         Thread.Sleep(2000);
-        long start = RssBytes(srv.Pid);
+        long start = srv.RssBytes;
 
         var sessions = new List<TestInitiator>();
         long peak = start;
@@ -61,7 +58,7 @@ public class UnreadReadsTests
                 TestContext.Progress.WriteLine($"session {s}: {sent} READs of {ReadBytes >> 20} MiB sent");
             }
             var until = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-            while (DateTime.UtcNow < until) { peak = Math.Max(peak, RssBytes(srv.Pid)); Thread.Sleep(100); }
+            while (DateTime.UtcNow < until) { peak = Math.Max(peak, srv.RssBytes); Thread.Sleep(100); }
             Assert.That(srv.IsRunning, Is.True, () => srv.Output(30));
             var iscsi = srv.IscsiCounters();
             TestContext.Progress.WriteLine($"RSS start {start >> 20} MiB, peak {peak >> 20} MiB; {iscsi.ToJsonString()}");
@@ -76,9 +73,9 @@ public class UnreadReadsTests
         }
 
         // Everything those sessions held goes back: connections, tasks, buffers, and (once idle) the memory itself.
-        long now = RssBytes(srv.Pid);
+        long now = srv.RssBytes;
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(120);
-        while (DateTime.UtcNow < deadline && (now = RssBytes(srv.Pid)) > start + (48L << 20)) Thread.Sleep(1000);
+        while (DateTime.UtcNow < deadline && (now = srv.RssBytes) > start + (48L << 20)) Thread.Sleep(1000);
         var after = srv.IscsiCounters();
         TestContext.Progress.WriteLine($"RSS after disconnect {now >> 20} MiB (start {start >> 20} MiB)");
         Assert.That((long)after["inFlightBytes"]!, Is.Zero, after.ToJsonString());

@@ -243,6 +243,10 @@ public sealed class ServerProcess : IDisposable
                + string.Join('\n', tail);
     }
 
+    /// <summary>Resident set size of the running server (VmRSS), for the memory tests.</summary>
+    public long RssBytes =>
+        long.Parse(File.ReadLines($"/proc/{Pid}/status").First(l => l.StartsWith("VmRSS:")).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
+
     /// <summary>Runs another integrity-target sub-command (status, scrub, dump, format).</summary>
     public static ToolResult Cli(TimeSpan timeout, params string[] args) =>
         Tools.Run("dotnet", new[] { Paths.ServerDll }.Concat(args), timeout);
