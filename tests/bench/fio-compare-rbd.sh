@@ -4,6 +4,8 @@
 # as the reference, each on its own image of the same size. Prints a markdown table with ratios. Not a
 # test: machines here are noisy, only the ratios within one run mean much.
 #   tests/bench/fio-compare-rbd.sh [RUNTIME_SECONDS=10] [SIZE=1G] [ROUNDS=2]
+# EXTRA_BUILDS="NAME:DIR ..." adds, in the same run, an integrity-on target served by each other build of
+# integrity-target (a directory holding integrity-target.dll), as column "on-NAME".
 # Uses the cluster CEPH_DIR names (a running `ceph-mini.sh start DIR`), else starts a throwaway one.
 # tgt-rbd reads librbd's defaults from ceph.conf (rbd cache on, writethrough until the first flush, write-back
 # after it); integrity-target forces librbd's write-around cache (a plain
@@ -23,11 +25,12 @@ else ceph_dir=$work/ceph; own_cluster=1; "$tools/ceph-mini/ceph-mini.sh" start "
 conf=$ceph_dir/ceph.conf
 tag=$$
 pids=()
+extra=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   "$tools/ceph-mini/tgt-rbd.sh" stop "$ceph_dir" >/dev/null 2>&1 || true
-  for i in tgt on off; do rbd -c "$conf" rm --no-progress "rbd/bench-$i-$tag" >/dev/null 2>&1 || true; done
+  for i in tgt on off "${extra[@]}"; do rbd -c "$conf" rm --no-progress "rbd/bench-$i-$tag" >/dev/null 2>&1 || true; done
   [[ -n "$own_cluster" ]] && "$tools/ceph-mini/ceph-mini.sh" stop "$ceph_dir" --wipe >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -38,10 +41,10 @@ tgt_port=${TGT_PORT:-3331}
 u=$("$tools/ceph-mini/tgt-rbd.sh" start "$ceph_dir" "$tgt_port" "rbd/bench-tgt-$tag" "$size" 2>/dev/null)
 url[tgt]=$(sed 's/:/\\:/g' <<<"$u")
 
-start_ours() { # name port integrity
-  local name=$1 port=$2 integ=$3
+start_ours() { # name port integrity [bin]
+  local name=$1 port=$2 integ=$3 bin=${4:-$work/bin}
   mkdir -p "$work/$name"
-  CEPH_CONF=$conf dotnet "$work/bin/integrity-target.dll" serve --no-config --listen 127.0.0.1:"$port" --iqn iqn.2026-11.org.example:"$name" \
+  CEPH_CONF=$conf dotnet "$bin/integrity-target.dll" serve --no-config --listen 127.0.0.1:"$port" --iqn iqn.2026-11.org.example:"$name" \
     --data-dir "$work/$name" --lun "rbd:rbd/bench-$name-$tag" --size "${size}iB" --block-size 512 --integrity "$integ" \
     --log-level Warning >"$work/$name.log" 2>&1 &
   pids+=($!)
@@ -51,6 +54,12 @@ start_ours() { # name port integrity
 start_ours on $((tgt_port + 1)) true
 start_ours off $((tgt_port + 2)) false
 targets=(tgt on off)
+k=3
+for e in ${EXTRA_BUILDS:-}; do
+  name=on-${e%%:*}; mkdir -p "$work/bin-$name"; cp -r "${e#*:}"/. "$work/bin-$name/"
+  start_ours "$name" $((tgt_port + k)) true "$work/bin-$name"
+  targets+=("$name"); extra+=("$name"); k=$((k + 1))
+done
 
 jobs=("seqwrite-1M-QD8 write 1M 8" "seqread-1M-QD8 read 1M 8" "randwrite-4k-QD32 randwrite 4k 32"
       "randread-4k-QD32 randread 4k 32" "randwrite-4k-QD1 randwrite 4k 1" "randread-4k-QD1 randread 4k 1")
@@ -81,24 +90,27 @@ for ((r = 0; r < rounds; r++)); do
   done
 done
 
-python3 - "$cells" "${jobs[@]}" <<'PY'
+python3 - "$cells" "${#extra[@]}" "${extra[@]}" "${jobs[@]}" <<'PY'
 import sys
 cells = {}
 for line in open(sys.argv[1]):
     job, target, rnd, iops, mbs = line.split()
     cells.setdefault((job, target), {})[int(rnd)] = (float(iops), mbs)
-print("| job | tgt-rbd IOPS (MB/s) | integrity on | integrity off | on/tgt-rbd | off/tgt-rbd | on/tgt-rbd per round: mean (min–max) | on/off |")
-print("|---|---|---|---|---|---|---|---|")
-for spec in sys.argv[2:]:
+n = int(sys.argv[2]); extra = sys.argv[3:3 + n]; specs = sys.argv[3 + n:]
+print("| job | tgt-rbd IOPS (MB/s) | integrity on | integrity off | on/tgt-rbd | off/tgt-rbd | on/tgt-rbd per round: mean (min–max) | on/off |"
+      + "".join(" %s | %s/tgt-rbd |" % (e, e) for e in extra))
+print("|---|---|---|---|---|---|---|---|" + "---|---|" * n)
+for spec in specs:
     job = spec.split()[0]
-    best = {t: max(cells[(job, t)].values(), key=lambda c: c[0]) for t in ("tgt", "on", "off")}
+    best = {t: max(cells[(job, t)].values(), key=lambda c: c[0]) for t in ["tgt", "on", "off"] + extra}
     show = lambda t: "%.0f (%s)" % best[t]
     on, tgt = cells[(job, "on")], cells[(job, "tgt")]
     rr = [on[r][0] / max(tgt[r][0], 1) for r in sorted(on)]
     iops = {t: best[t][0] for t in best}
     print("| %s | %s | %s | %s | %.2f | %.2f | %.2f (%.2f–%.2f) | %.2f |" % (
         job, show("tgt"), show("on"), show("off"), iops["on"] / max(iops["tgt"], 1), iops["off"] / max(iops["tgt"], 1),
-        sum(rr) / len(rr), min(rr), max(rr), iops["on"] / max(iops["off"], 1)))
+        sum(rr) / len(rr), min(rr), max(rr), iops["on"] / max(iops["off"], 1))
+        + "".join(" %s | %.2f |" % (show(e), iops[e] / max(iops["tgt"], 1)) for e in extra))
 PY
 echo
 echo "fio $("$FIO" --version), runtime ${runtime}s per cell, best of $rounds rounds (targets take turns going first), size $size, one ceph-mini cluster (1 OSD, bluestore on a sparse file), $(nproc) cores, $(date -u +%F)"
