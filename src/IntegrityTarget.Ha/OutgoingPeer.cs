@@ -158,8 +158,10 @@ internal sealed class OutgoingPeer
                 .U8((byte)cmd.Direction).U8((byte)cmd.Attribute).U32(cmd.ExpectedTransferLength).U64(cmd.TaskTag)
                 .Blob(cmd.Cdb.Span).Blob(cmd.DataOut.Span).Build()).ConfigureAwait(false);
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException)
         {
+            // The link closed before the frame was sent (a close cancels a send waiting for the link's lock):
+            // the owner never saw the command, and the caller answers "transitioning" so the initiator retries.
             _pending.TryRemove(id, out _);
             return null;
         }
