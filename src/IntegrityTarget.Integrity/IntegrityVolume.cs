@@ -79,8 +79,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _committedMap = new long[g.LogicalChunks];
         _overlayInChunk = new int[g.LogicalChunks];
         _maxTxnBytes = Math.Min(g.JournalAreaBytes / 2, 16L << 20);
-        _watermark = Math.Min(_maxTxnBytes / 2, 8L << 20);
-        _maxPending = _watermark * 4;
+        _maxPending = Math.Min(_maxTxnBytes / 2, 8L << 20) * 4;
         _slots = new SlotAllocator(g.PhysicalSlots) { LowWater = SlotAllocator.LowWaterFor(g.SpareSlots) };
     }
 

@@ -83,8 +83,11 @@ public sealed partial class IntegrityVolume
             return ex is OperationCanceledException ? new VolumeResult(VolumeStatus.Cancelled, lba) : Classify((IOException)ex, lba);
         }
         finally { _locks.Release(lk); }
-        if (u.Durable) return await AwaitUnitAsync(u, lba).ConfigureAwait(false);
-        return VolumeResult.Success;
+        // Acknowledged only once its transaction is on the device (written; flushed through it when durable):
+        // an acknowledged write lives in the backing store, never only in this process's memory, so the death
+        // of this process (SIGKILL, OOM, a gateway failover) loses none, and a SYNCHRONIZE CACHE that another
+        // gateway or a restarted one answers covers it.
+        return await AwaitUnitAsync(u, lba).ConfigureAwait(false);
     }
 
     private async ValueTask<List<long>> AllocateAsync(int n, CancellationToken ct)
@@ -206,11 +209,9 @@ public sealed partial class IntegrityVolume
                 _badBlocks.Forget(cur, groupEnd - cur);
             }
             finally { _locks.Release(lk); }
-            if (u.Durable)
-            {
-                var r = await AwaitUnitAsync(u, cur).ConfigureAwait(false);
-                if (!r.IsOk) return r;
-            }
+            // As for writes: acknowledged once written to the device, not from memory.
+            var r = await AwaitUnitAsync(u, cur).ConfigureAwait(false);
+            if (!r.IsOk) return r;
             cur = groupEnd;
         }
         Counters.AddUnmap();

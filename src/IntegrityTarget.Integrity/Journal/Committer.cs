@@ -7,7 +7,6 @@ namespace IntegrityTarget.Integrity;
 // The committer: queued commands become journal transactions (group commit), and durable points.
 public sealed partial class IntegrityVolume
 {
-    private const int MaxAgeMs = 20;
     /// <summary>Idle time after which journaled blocks are made durable and copied home.</summary>
     private readonly int _idleHomeMs;
     /// <summary>Idle time after which the pool of released block records is dropped.</summary>
@@ -19,14 +18,12 @@ public sealed partial class IntegrityVolume
     private readonly List<Unit> _queue = new();
     private long _queuedBytes;
     private bool _commitRequested;
-    private long _oldestTicks;
     private TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly SemaphoreSlim _wake = new(0);
     private readonly CancellationTokenSource _stop = new();
     private volatile bool _abandon;
     private Task? _committer;
     private volatile Exception? _failed;
-    private readonly long _watermark;
     private readonly long _maxPending;
     private readonly long _maxTxnBytes;
 
@@ -68,7 +65,6 @@ public sealed partial class IntegrityVolume
     /// queued, nothing shown) once the volume has failed, whose committer commits nothing more.</summary>
     private bool Enqueue(Unit u)
     {
-        bool wake;
         lock (_q)
         {
             // Fail() drains the queue under _q after setting _failed: a unit is either drained (and failed)
@@ -86,16 +82,13 @@ public sealed partial class IntegrityVolume
                     }
                 }
             if (u.Data != null) foreach (var r in u.Data) OverlayPut(r);
-            // The first unit of an empty queue wakes the committer too, so it starts the 20 ms age clock
-            // (otherwise an idle volume would hold write-back writes in memory until some later command).
-            bool first = _queue.Count == 0;
-            if (first) _oldestTicks = Environment.TickCount64;
             _queue.Add(u);
             _queuedBytes += u.Bytes;
             if (u.Durable || u.Exclusive != null) _commitRequested = true;
-            wake = first || u.Durable || u.Exclusive != null || _queuedBytes >= _watermark;
         }
-        if (wake) Wake();
+        // Every command waits until its transaction is written, so the committer starts as soon as it is free:
+        // commands that arrive while it writes one transaction go into the next (group commit).
+        Wake();
         return true;
     }
 
@@ -127,7 +120,7 @@ public sealed partial class IntegrityVolume
                     exclusive = _queue[0];
                     _queue.RemoveAt(0);
                 }
-                else if (pending && (_commitRequested || stopping || _queuedBytes >= _watermark || Environment.TickCount64 - _oldestTicks >= MaxAgeMs))
+                else if (pending)
                 {
                     long bytes = 0; int n = 0;
                     while (n < _queue.Count && _queue[n].Exclusive == null)
@@ -141,7 +134,6 @@ public sealed partial class IntegrityVolume
                     _queue.RemoveRange(0, n);
                     foreach (var u in batch) _queuedBytes -= u.Bytes;
                     _commitRequested = _queue.Exists(x => x.Durable || x.Exclusive != null);
-                    _oldestTicks = Environment.TickCount64;
                 }
             }
             if (exclusive != null)
@@ -166,7 +158,7 @@ public sealed partial class IntegrityVolume
             // and then lets them go.
             bool trimming = !pending && !homing && _recs.Count > 0;
             bool woken = true;
-            try { woken = await _wake.WaitAsync(pending ? MaxAgeMs : homing ? _idleHomeMs : trimming ? _idleTrimMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
+            try { woken = await _wake.WaitAsync(homing ? _idleHomeMs : trimming ? _idleTrimMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
             catch (OperationCanceledException) { }
             if (!woken && homing && !_abandon)
             {

@@ -248,6 +248,65 @@ public class GatewayFailoverTests
     }
 }
 
+/// <summary>
+/// Plain (write-back) writes the owner acknowledged must be in the backing store, not only in the owner's memory:
+/// a multipath host whose SYNCHRONIZE CACHE fails with the dead owner's connection retries it on the other path,
+/// and the survivor's GOOD then stands for every write the dead owner acknowledged. (Found by the dm-multipath VM
+/// test: ext4's fsync wrote data through the owner, the owner died before its journal commit, the FLUSH went to the
+/// survivor and succeeded, and one file of 173 read back old data.)
+/// </summary>
+[TestFixture, Category("Ha")]
+public class GatewayWriteBackFailoverTests
+{
+    const int BlockSize = 512, BlocksPerWrite = 8, Writes = 600;
+
+    [TestCase("file")]
+    [TestCase("rbd", Category = "Rbd")]
+    public void Writes_the_killed_owner_acknowledged_are_covered_by_a_cache_flush_through_the_survivor(string backing)
+    {
+        using var image = backing == "rbd" ? new RbdImage("ha-wb") : null;
+        using var pair = new GatewayPair("standby", image: image).Start();
+        using var s1 = TestInitiator.Connect(pair.Gw1, new LoginOptions { InitiatorName = "iqn.2026-11.org.example:wb-host", Isid = 0x80_0000_0011 }, TimeSpan.FromSeconds(20));
+        using var s2 = TestInitiator.Connect(pair.Gw2, new LoginOptions { InitiatorName = "iqn.2026-11.org.example:wb-host", Isid = 0x80_0000_0012 }, TimeSpan.FromSeconds(20));
+        s1.ClearUnitAttention(0);
+        var rnd = new Random(29);
+        var acknowledged = new List<(ulong Lba, byte[] Data)>();
+        for (int i = 0; i < Writes; i++)
+        {
+            ulong lba = (ulong)i * BlocksPerWrite;
+            var data = new byte[BlocksPerWrite * BlockSize];
+            rnd.NextBytes(data);
+            var w = s1.Write16(0, lba, data, BlockSize); // no FUA: acknowledged in write-back mode
+            Assert.That(w.Good, Is.True, () => $"write at {lba} through the owner: {w}");
+            acknowledged.Add((lba, data));
+        }
+        // The owner dies right after its last acknowledgement, with no flush through it.
+        pair.Gw1.Kill();
+
+        // The host's flush, retried on the survivor until it owns the LUN.
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        ScsiResult sync;
+        while (true)
+        {
+            sync = s2.SynchronizeCache(0);
+            if (sync.Good) break;
+            bool retry = sync.Sense is { Key: 6 } or { Key: 2, Asc: 4, Ascq: 0x0A or 0x0B or 0x0C };
+            Assert.That(retry && DateTime.UtcNow < deadline, Is.True, () => $"SYNCHRONIZE CACHE through the survivor: {sync}\n" + pair.Gw2.Output());
+            Thread.Sleep(20);
+        }
+        var lost = new List<ulong>();
+        foreach (var (lba, data) in acknowledged)
+        {
+            ScsiResult r;
+            do r = s2.Read16(0, lba, BlocksPerWrite, BlockSize); while (r.Sense is { Key: 6 });
+            Assert.That(r.Good, Is.True, () => $"read at {lba} through the survivor: {r}");
+            if (!r.Data.AsSpan(0, data.Length).SequenceEqual(data)) lost.Add(lba);
+        }
+        Assert.That(lost, Is.Empty, () => $"{lost.Count} of {Writes} acknowledged writes lost after the survivor's flush, the first at LBA {lost[0]}");
+        pair.Gw2.Stop();
+    }
+}
+
 /// <summary>libiscsi's conformance suite with one URL per gateway: its multipath tests write through one gateway and read through the other.</summary>
 [TestFixture, Category("Ha")]
 public class GatewayConformanceTests
