@@ -119,6 +119,28 @@ public sealed class FileBlockDevice : IBlockDevice
         return ValueTask.CompletedTask;
     }
 
+    /// <summary>One preadv; a short read (the end of a short file) continues part by part, zeros past the end.</summary>
+    public ValueTask ReadScatterAsync(long offset, IReadOnlyList<Memory<byte>> parts, CancellationToken ct = default)
+    {
+        long total = 0;
+        for (int i = 0; i < parts.Count; i++) total += parts[i].Length;
+        CheckRange(offset, total);
+        long got = RandomAccess.Read(_handle, parts, offset);
+        if (got == total) return ValueTask.CompletedTask;
+        long at = 0;
+        for (int i = 0; i < parts.Count; i++)
+        {
+            var part = parts[i];
+            if (at + part.Length > got)
+            {
+                int skip = (int)Math.Max(0, got - at);
+                ReadAsync(offset + at + skip, part[skip..], ct);
+            }
+            at += part.Length;
+        }
+        return ValueTask.CompletedTask;
+    }
+
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
     {
         CheckRange(offset, data.Length);
@@ -128,6 +150,17 @@ public sealed class FileBlockDevice : IBlockDevice
             _dsyncUnsupported = true;
         }
         RandomAccess.Write(_handle, data.Span, offset);
+        if (fua) Native.FdataSync(_handle, Name);
+        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>One pwritev (no copy of the parts into one buffer); with FUA followed by fdatasync.</summary>
+    public ValueTask WriteGatherAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> parts, bool fua, CancellationToken ct = default)
+    {
+        long total = 0;
+        for (int i = 0; i < parts.Count; i++) total += parts[i].Length;
+        CheckRange(offset, total);
+        RandomAccess.Write(_handle, parts, offset);
         if (fua) Native.FdataSync(_handle, Name);
         return ValueTask.CompletedTask;
     }

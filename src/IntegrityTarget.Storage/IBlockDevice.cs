@@ -33,8 +33,52 @@ public interface IBlockDevice : IDisposable
 
     ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default);
 
+    /// <summary>
+    /// Reads back-to-back bytes from <paramref name="offset"/> into <paramref name="parts"/> in order, as one read (a
+    /// scatter read: e.g. a chunk's data into the caller's buffer and the tags behind it into a buffer of the
+    /// volume's). The default reads into one pooled buffer with one <see cref="ReadAsync"/> call and copies the parts
+    /// out, so a device that does not override it sees the single read it saw before; a device that can scatter
+    /// natively (preadv, rbd_aio_readv) overrides it.
+    /// </summary>
+    async ValueTask ReadScatterAsync(long offset, IReadOnlyList<Memory<byte>> parts, CancellationToken ct = default)
+    {
+        if (parts.Count == 1) { await ReadAsync(offset, parts[0], ct).ConfigureAwait(false); return; }
+        int total = 0;
+        for (int i = 0; i < parts.Count; i++) total = checked(total + parts[i].Length);
+        byte[] buf = System.Buffers.ArrayPool<byte>.Shared.Rent(total);
+        try
+        {
+            await ReadAsync(offset, buf.AsMemory(0, total), ct).ConfigureAwait(false);
+            int at = 0;
+            for (int i = 0; i < parts.Count; i++) { buf.AsSpan(at, parts[i].Length).CopyTo(parts[i].Span); at += parts[i].Length; }
+        }
+        finally { System.Buffers.ArrayPool<byte>.Shared.Return(buf); }
+    }
+
     /// <param name="fua">Force unit access: the bytes are durable when the call returns.</param>
     ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default);
+
+    /// <summary>
+    /// Writes <paramref name="parts"/> back to back from <paramref name="offset"/> as one write (a gather write:
+    /// the caller's data and a buffer of its own without copying them together first). Same durability and tearing
+    /// as <see cref="WriteAsync"/>. The default copies the parts into one pooled buffer and makes one
+    /// <see cref="WriteAsync"/> call, so a device that does not override it sees exactly the single write it saw
+    /// before; a device that can gather natively (pwritev, rbd_aio_writev) overrides it.
+    /// </summary>
+    async ValueTask WriteGatherAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> parts, bool fua, CancellationToken ct = default)
+    {
+        if (parts.Count == 1) { await WriteAsync(offset, parts[0], fua, ct).ConfigureAwait(false); return; }
+        int total = 0;
+        for (int i = 0; i < parts.Count; i++) total = checked(total + parts[i].Length);
+        byte[] buf = System.Buffers.ArrayPool<byte>.Shared.Rent(total);
+        try
+        {
+            int at = 0;
+            for (int i = 0; i < parts.Count; i++) { parts[i].Span.CopyTo(buf.AsSpan(at)); at += parts[i].Length; }
+            await WriteAsync(offset, buf.AsMemory(0, total), fua, ct).ConfigureAwait(false);
+        }
+        finally { System.Buffers.ArrayPool<byte>.Shared.Return(buf); }
+    }
 
     /// <summary>Makes every completed write durable.</summary>
     ValueTask FlushAsync(CancellationToken ct = default);
