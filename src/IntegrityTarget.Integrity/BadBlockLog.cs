@@ -18,6 +18,10 @@ internal sealed class BadBlockLog(ILogger log, string volume, string algorithm, 
     private readonly Lock _gate = new();
     private long _windowStart = Environment.TickCount64;
     private long _pending;
+    // LBAs forgotten (rewritten) with repeats not yet summarised: how many, and the most frequent of them.
+    private long _forgottenTopCount;
+    private int _forgottenLbas;
+    private ulong _forgottenTop;
     private volatile int _count;
 
     public TimeSpan Window { get; } = window;
@@ -50,11 +54,19 @@ internal sealed class BadBlockLog(ILogger log, string volume, string algorithm, 
         lock (_gate)
         {
             if (blocks < (ulong)_repeats.Count)
-                for (ulong b = lba; b < lba + blocks; b++) _repeats.Remove(b);
+                for (ulong b = lba; b < lba + blocks; b++) Drop(b);
             else
-                foreach (var k in _repeats.Keys.Where(k => k >= lba && k - lba < blocks).ToList()) _repeats.Remove(k);
+                foreach (var k in _repeats.Keys.Where(k => k >= lba && k - lba < blocks).ToList()) Drop(k);
             _count = _repeats.Count;
         }
+    }
+
+    /// <summary>Stops remembering an LBA (under the gate); the repeats it had since the last summary stay counted there.</summary>
+    private void Drop(ulong lba)
+    {
+        if (!_repeats.Remove(lba, out long c) || c == 0) return;
+        _forgottenLbas++;
+        if (c > _forgottenTopCount) { _forgottenTop = lba; _forgottenTopCount = c; }
     }
 
     /// <summary>Logs the repeats counted since the last summary, if any.</summary>
@@ -71,7 +83,10 @@ internal sealed class BadBlockLog(ILogger log, string volume, string algorithm, 
             _windowStart = Environment.TickCount64;
             _pending = 0;
             if (n == 0) return;
-            lbas = 0;
+            // The repeats of LBAs rewritten since (no longer in the table) are part of the count, so the LBAs
+            // and the most frequent one include them: the numbers of one line always agree.
+            lbas = _forgottenLbas;
+            (top, topCount) = (_forgottenTop, _forgottenTopCount);
             foreach (var (lba, c) in _repeats)
             {
                 if (c == 0) continue;
@@ -79,6 +94,9 @@ internal sealed class BadBlockLog(ILogger log, string volume, string algorithm, 
                 if (c > topCount) { top = lba; topCount = c; }
             }
             foreach (var k in _repeats.Keys.ToList()) _repeats[k] = 0;
+            _forgottenTopCount = 0;
+            _forgottenLbas = 0;
+            _forgottenTop = 0;
         }
         log.Warning("Integrity verification failures repeated on {Volume}: {Repeats} more on {Lbas} LBA(s) already reported, most often LBA {TopLba} ({TopCount} times), in the last {Seconds} s",
             volume, n, lbas, top, topCount, seconds);

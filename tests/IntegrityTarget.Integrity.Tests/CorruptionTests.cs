@@ -110,6 +110,27 @@ public class CorruptionTests
         Assert.That(await T.ReadOk(v, bad + 1, 511 - (int)bad), Is.EqualTo(Expected(bad + 1, 511 - (int)bad)), "blocks after it read fine");
     }
 
+    /// <summary>The summary's numbers agree with each other when repeated LBAs were rewritten before it (it printed
+    /// "2 more on 0 LBA(s) already reported, most often LBA 0 (0 times)").</summary>
+    [Test]
+    public void A_summary_after_the_repeated_blocks_were_rewritten_still_names_them()
+    {
+        var sink = new CapturingSink();
+        var log = new BadBlockLog(sink.Logger(), "lun0", "crc32c", TimeSpan.FromHours(1));
+        foreach (ulong lba in new ulong[] { 7, 7, 7, 9, 9, 30, 30 }) log.Report(lba, Ctx);
+        log.Forget(7, 1);          // block 7 rewritten (twice repeated), and 9 with a range larger than the table
+        log.Forget(0, 20);
+        log.Summarise();
+        var w = sink.Events.Single(e => e.MessageTemplate.Text.Contains("repeated"));
+        long P(string name) => Convert.ToInt64(((Serilog.Events.ScalarValue)w.Properties[name]).Value);
+        Assert.That((P("Repeats"), P("Lbas"), P("TopLba"), P("TopCount")), Is.EqualTo((4L, 3L, 7L, 2L)), w.RenderMessage());
+        log.Report(30, Ctx);
+        log.Summarise();
+        var second = sink.Events.Where(e => e.MessageTemplate.Text.Contains("repeated")).Last();
+        Assert.That(second.RenderMessage(), Does.Contain("1 more on 1 LBA(s)").And.Contain("LBA 30 (1 times)"), "forgotten counts do not carry over into the next summary");
+        Assert.That(sink.Failures.Where(e => e.Level == Serilog.Events.LogEventLevel.Error).Select(CapturingSink.LbaOf), Is.EqualTo(new ulong[] { 7, 9, 30 }));
+    }
+
     /// <summary>A VM retrying a bad block: one Error event per distinct LBA, repeats counted and summarised in one
     /// Warning per window; once the block is rewritten, a new failure there is news again.</summary>
     [Test]
