@@ -37,6 +37,7 @@ public sealed partial class IntegrityVolume
         var lk = await _locks.AcquireAsync(c0, c1, shared: false).ConfigureAwait(false);
         var u = new Unit { Durable = fua || !WriteBack };
         List<long>? allocated = null;
+        ValueTask<(UInt128, Exception?)>[]? slotWrites = null;
         try
         {
             await BackpressureAsync().ConfigureAwait(false);
@@ -44,6 +45,10 @@ public sealed partial class IntegrityVolume
             for (long c = c0; c <= c1; c++) if (IsWholeChunk(c, lba, end) || _map[c] == 0) need++;
             if (need > 0) allocated = await AllocateAsync(need, ct).ConfigureAwait(false);
             int ai = 0;
+            // The slot writes of all the command's chunks are in flight together (one round trip on a network
+            // store, not one per chunk); the unit is queued, and so its remaps committed, only once all of them
+            // have completed. Their order among themselves does not matter: each remap validates its own slot.
+            slotWrites = need > 0 ? new ValueTask<(UInt128, Exception?)>[need] : null;
             for (long c = c0; c <= c1; c++)
             {
                 ulong cs = (ulong)c * (ulong)_bpc;
@@ -53,9 +58,9 @@ public sealed partial class IntegrityVolume
                 {
                     // Redirect-on-write: the chunk goes to a free slot with its tags; the journal only
                     // records the remap. An unmapped chunk gets its first blocks the same way, zero-filled.
-                    long p = allocated![ai++];
-                    var digest = await WriteSlotAsync(p, c, (int)(s - cs), piece, ct).ConfigureAwait(false);
-                    (u.Maps ??= new()).Add((c, p + 1, digest));
+                    long p = allocated![ai];
+                    slotWrites![ai++] = WriteSlotCatchingAsync(p, c, (int)(s - cs), piece, ct);
+                    (u.Maps ??= new()).Add((c, p + 1, UInt128.Zero)); // the digest comes with the write below
                     if (_map[c] != 0) (u.FreeAfter ??= new()).Add(_map[c] - 1);
                     u.Bytes += Txn.RecordBytes;
                 }
@@ -72,12 +77,27 @@ public sealed partial class IntegrityVolume
                     }
                 }
             }
+            if (slotWrites != null)
+            {
+                Exception? first = null;
+                for (int i = 0; i < slotWrites.Length; i++)
+                {
+                    // Every write is awaited, also after one failed: a slot goes back to the pool only when
+                    // nothing is writing to it any more.
+                    var (digest, error) = await slotWrites[i].ConfigureAwait(false);
+                    first ??= error;
+                    if (error == null) u.Maps![i] = u.Maps[i] with { Digest = digest };
+                }
+                slotWrites = null;
+                if (first != null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
+            }
             if (!Enqueue(u)) throw new IOException(FailedMessage);
             allocated = null;
             _badBlocks.Forget(lba, end - lba);
         }
         catch (Exception ex) when (ex is IOException or OperationCanceledException)
         {
+            if (slotWrites != null) foreach (var w in slotWrites) await w.ConfigureAwait(false); // (never throws)
             if (allocated != null) _slots.Return(allocated);
             if (u.Data != null) _recs.Return(u.Data);
             return ex is OperationCanceledException ? new VolumeResult(VolumeStatus.Cancelled, lba) : Classify((IOException)ex, lba);
@@ -120,12 +140,19 @@ public sealed partial class IntegrityVolume
         return lba <= cs && end >= cs + (ulong)_g.BlocksInChunk(c);
     }
 
+    private async ValueTask<(UInt128, Exception?)> WriteSlotCatchingAsync(long p, long c, int firstIndex, ReadOnlyMemory<byte> piece, CancellationToken ct)
+    {
+        try { return (await WriteSlotAsync(p, c, firstIndex, piece, ct).ConfigureAwait(false), null); }
+        catch (Exception e) { return (UInt128.Zero, e); }
+    }
+
     /// <summary>Writes a chunk's data and tags to slot <paramref name="p"/> in one device write (not durable) and
     /// returns the digest of the tag region, which the remap record carries so recovery can tell whether this
     /// write landed whole. Every block of the slot gets its tag, also those past the end of a partial last
     /// chunk (zeros), so a later grow finds them valid.</summary>
     private async ValueTask<UInt128> WriteSlotAsync(long p, long c, int firstIndex, ReadOnlyMemory<byte> piece, CancellationToken ct)
     {
+        if (piece.Length == _g.ChunkBytes) return await WriteWholeSlotAsync(p, c, piece, ct).ConfigureAwait(false);
         int slot = (int)_g.SlotBytes;
         byte[] buf = _buffers.Rent(slot);
         try
@@ -148,6 +175,31 @@ public sealed partial class IntegrityVolume
             return digest;
         }
         finally { _buffers.Return(buf); }
+    }
+
+    /// <summary><see cref="WriteSlotAsync"/> for a piece that fills the chunk: the tags are computed straight from the
+    /// caller's data and the slot is written with one gather write of that data and the tag region, with no copy
+    /// of the data into a slot buffer (the caller's buffer stays untouched until the command completes).</summary>
+    private async ValueTask<UInt128> WriteWholeSlotAsync(long p, long c, ReadOnlyMemory<byte> piece, CancellationToken ct)
+    {
+        var g = _g;
+        int ts = g.TagSize, region = g.TagRegionBytes;
+        byte[] tags = _buffers.Rent(region);
+        try
+        {
+            var span = piece.Span;
+            var t = tags.AsSpan(0, region);
+            ulong cs = (ulong)c * (ulong)_bpc;
+            for (int i = 0; i < _bpc; i++)
+                _tagger.ComputeTag(cs + (ulong)i, span.Slice(i * _bs, _bs), t.Slice(i * ts, ts));
+            t[(_bpc * ts)..].Clear();
+            var digest = _tagger.SlotDigest(t);
+            await _dev.WriteGatherAsync(g.SlotOffset(p), [piece, tags.AsMemory(0, region)], fua: false, ct).ConfigureAwait(false);
+            // No read sees slot p before the remap to it is queued, after this; a stale entry of a freed p is replaced.
+            _tagCache.Put(p, tags.AsSpan(0, _bpc * ts));
+            return digest;
+        }
+        finally { _buffers.Return(tags); }
     }
 
     public async ValueTask<VolumeResult> FlushAsync(CancellationToken ct = default)
