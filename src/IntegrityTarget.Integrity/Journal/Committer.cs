@@ -92,6 +92,8 @@ public sealed partial class IntegrityVolume
         return true;
     }
 
+    private readonly List<Unit> _batch = new();
+
     private void RequestCommit()
     {
         lock (_q) _commitRequested = true;
@@ -130,7 +132,10 @@ public sealed partial class IntegrityVolume
                         if (n > 0 && bytes + ub > _maxTxnBytes - 8192) break;
                         bytes += ub; n++;
                     }
-                    batch = _queue.GetRange(0, n);
+                    // One list for every batch: a batch of thousands of 512-byte writes made a large-object-heap
+                    // array per commit. Only this loop uses it, and it is cleared once the batch is committed.
+                    batch = _batch;
+                    for (int i = 0; i < n; i++) batch.Add(_queue[i]);
                     _queue.RemoveRange(0, n);
                     foreach (var u in batch) _queuedBytes -= u.Bytes;
                     _commitRequested = _queue.Exists(x => x.Durable || x.Exclusive != null);
@@ -146,6 +151,7 @@ public sealed partial class IntegrityVolume
             {
                 try { await CommitBatchAsync(batch).ConfigureAwait(false); }
                 catch (Exception e) { Fail(e, batch); }
+                finally { batch.Clear(); }
                 continue;
             }
             if (syncNow) { await BackgroundSyncAsync().ConfigureAwait(false); continue; }
@@ -156,7 +162,7 @@ public sealed partial class IntegrityVolume
             bool homing = !pending && (_pendingHome.Count > 0 || Unflushed || _provenThrough + 1 < _nextSeq || _slots.LimboCount > 0);
             // With nothing left to do, a volume that still pools released block records waits that long
             // and then lets them go.
-            bool trimming = !pending && !homing && _recs.Count > 0;
+            bool trimming = !pending && !homing && (_recs.Count > 0 || _applyScratch != null);
             bool woken = true;
             try { woken = await _wake.WaitAsync(homing ? _idleHomeMs : trimming ? _idleTrimMs : Timeout.Infinite, _stop.Token).ConfigureAwait(false); }
             catch (OperationCanceledException) { }
@@ -165,7 +171,7 @@ public sealed partial class IntegrityVolume
                 lock (_q) pending = _queue.Count > 0;
                 if (!pending) await BackgroundSyncAsync().ConfigureAwait(false);
             }
-            else if (!woken && trimming) _recs.Trim();
+            else if (!woken && trimming) { _recs.Trim(); TrimScratch(); }
         }
     }
 

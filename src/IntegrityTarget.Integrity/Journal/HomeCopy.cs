@@ -27,8 +27,23 @@ public sealed partial class IntegrityVolume
     private async ValueTask<int> ApplyPendingAsync(CancellationToken ct)
     {
         if (_pendingHome.Count == 0) return 0;
-        var apply = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(_pendingHome.Count);
-        var going = new List<DataRec>(_pendingHome.Count);
+        // Reused from one apply to the next (a lap of small writes makes lists of many thousand entries, which
+        // were a large-object-heap allocation per apply); only the committer applies, one apply at a time.
+        var apply = _applyScratch ??= new(_pendingHome.Count);
+        var going = _goingScratch ??= new(_pendingHome.Count);
+        try { return await ApplyPendingCoreAsync(apply, going, ct).ConfigureAwait(false); }
+        finally { apply.Clear(); going.Clear(); }
+    }
+
+    /// <summary>Home-copy scratch lists, kept while the volume is busy and dropped when it idles
+    /// (<see cref="TrimScratch"/>).</summary>
+    private List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>? _applyScratch;
+    private List<DataRec>? _goingScratch;
+
+    private void TrimScratch() { _applyScratch = null; _goingScratch = null; }
+
+    private async ValueTask<int> ApplyPendingCoreAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> apply, List<DataRec> going, CancellationToken ct)
+    {
         int blocked = 0;
         foreach (var r in _pendingHome.Values)
         {
@@ -97,17 +112,18 @@ public sealed partial class IntegrityVolume
     private void SortForHome(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs)
     {
         var items = CollectionsMarshal.AsSpan(recs);
-        long[] keys = ArrayPool<long>.Shared.Rent(items.Length);
+        byte[] raw = _buffers.Rent(items.Length * sizeof(long));
+        var keys = MemoryMarshal.Cast<byte, long>(raw.AsSpan(0, items.Length * sizeof(long)));
         for (int i = 0; i < items.Length; i++) keys[i] = items[i].Phys * _bpc + (long)(items[i].Lba % (ulong)_bpc);
-        keys.AsSpan(0, items.Length).Sort(items);
-        ArrayPool<long>.Shared.Return(keys);
+        keys.Sort(items);
+        _buffers.Return(raw);
     }
 
     private async ValueTask ApplyRangeAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int from, int to, CancellationToken ct)
     {
         int ts = _g.TagSize, tr = _g.TagRegionBytes, meaningful = _bpc * ts;
         byte[] region = _buffers.Rent(tr);
-        byte[] run = _buffers.Rent(_g.ChunkBytes);
+        var run = new List<ReadOnlyMemory<byte>>(_bpc);
         try
         {
             int i = from;
@@ -127,13 +143,14 @@ public sealed partial class IntegrityVolume
                     while (j < slotEnd && recs[j].Lba == recs[j - 1].Lba + 1) j++;
                     Debug.Assert(j == slotEnd || recs[j].Lba > recs[j - 1].Lba, "home copies must be unique and sorted");
                     int idx = (int)(recs[k].Lba % (ulong)_bpc);
-                    ReadOnlyMemory<byte> data = recs[k].Data;
-                    if (j - k > 1)
+                    if (j - k == 1) await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, recs[k].Data, fua: false, ct).ConfigureAwait(false);
+                    else
                     {
-                        for (int m = k; m < j; m++) recs[m].Data.Span.CopyTo(run.AsSpan((m - k) * _bs));
-                        data = run.AsMemory(0, (j - k) * _bs);
+                        // A run of consecutive blocks: one gather write of the journaled buffers, no copy.
+                        run.Clear();
+                        for (int m = k; m < j; m++) run.Add(recs[m].Data);
+                        await _dev.WriteGatherAsync(_g.SlotOffset(p) + (long)idx * _bs, run, fua: false, ct).ConfigureAwait(false);
                     }
-                    await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, data, fua: false, ct).ConfigureAwait(false);
                     for (int m = k; m < j; m++)
                         _tagger.ComputeTag(recs[m].Lba, recs[m].Data.Span, region.AsSpan((idx + m - k) * ts, ts));
                     k = j;
@@ -146,7 +163,6 @@ public sealed partial class IntegrityVolume
         finally
         {
             _buffers.Return(region);
-            _buffers.Return(run);
         }
     }
 }
