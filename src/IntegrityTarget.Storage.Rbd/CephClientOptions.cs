@@ -39,19 +39,19 @@ public sealed record CephClientOptions
 
     /// <summary>
     /// The librados/librbd options the gateway always sets, after ceph.conf is read (so they win over it):
-    /// timeouts, so nothing hangs forever; and librbd's write-around cache from the first write on. With
-    /// write-around a plain write completes once librbd has sent it to the OSDs (at most rbd_cache_max_dirty
-    /// bytes in flight) and is durable when a later flush completes, like a disk's volatile write cache, which
-    /// is the contract the integrity volume's journal is built on (it flushes at its durable points). Writes
-    /// with FUA bypass it and complete only when the OSDs have them. Reads are never served from a cache.
+    /// timeouts, so nothing hangs forever; and no librbd cache, so a write completes only once the OSDs have
+    /// it. A gateway must never acknowledge a write that lives only in its own memory: after its death (a
+    /// SIGKILL, a failover to another gateway) the initiator's next flush is answered by a process that never
+    /// saw that write. librbd's write-around cache completes a plain write once it is queued to be sent, and a
+    /// write behind an overlapping one waits in librbd's memory, so it is not used. The integrity volume's
+    /// journal turns small writes into appends and commits many commands per device write, so the round trip
+    /// per write is paid once per group, not per command. Reads are never served from a cache.
     /// </summary>
     public IReadOnlyList<(string Option, string Value)> ForcedSettings() =>
     [
         ("client_mount_timeout", TimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)),
         ("rados_mon_op_timeout", TimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)),
         ("rados_osd_op_timeout", TimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)),
-        ("rbd_cache", "true"),
-        ("rbd_cache_policy", "writearound"),
-        ("rbd_cache_writethrough_until_flush", "false"),
+        ("rbd_cache", "false"),
     ];
 }

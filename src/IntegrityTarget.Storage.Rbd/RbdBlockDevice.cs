@@ -7,12 +7,11 @@ namespace IntegrityTarget.Storage.Rbd;
 
 /// <summary>
 /// A Ceph RBD image as an <see cref="IBlockDevice"/>, through librbd's asynchronous C API.
-/// <para>Durability (<see cref="CephClientOptions.ForcedSettings"/>): librbd's write-around cache completes a
-/// plain write once it is on its way to the OSDs; <see cref="FlushAsync"/> (rbd_aio_flush) returns when every
-/// write completed before it is on the OSDs of its placement group, and reports the error of any that failed.
-/// FUA writes carry LIBRADOS_OP_FLAG_FADVISE_FUA, which write-around passes straight through: they complete
-/// only once the OSDs have them. Should librbd run another cache policy (writeback), FUA is write + flush; with
-/// no cache at all every completed write is already on the OSDs.</para>
+/// <para>Durability (<see cref="CephClientOptions.ForcedSettings"/>): librbd runs without a cache, so a completed
+/// write is on the OSDs of its placement group (an acknowledged write survives this process); <see cref="FlushAsync"/>
+/// (rbd_aio_flush) reports the error of any write that failed. Should librbd run a cache anyway (a build that
+/// ignores the setting), FUA writes carry LIBRADOS_OP_FLAG_FADVISE_FUA under write-around and are write + flush
+/// under write-back.</para>
 /// <para>Errors become <see cref="RbdException"/> (an <see cref="IOException"/> whose HResult is the errno), with
 /// a message from <see cref="CephError"/>; each distinct error is logged once per 10 s per device.</para>
 /// <para>Writable opens hold the image's exclusive lock (<see cref="ExclusiveLock"/>) until disposed.</para>

@@ -49,7 +49,7 @@ public static partial class RbdDeviceBenchmark
                     Row("4k random read", qd, await Run(dev, qd, seconds, reads: 1, write: false));
                     Row("4k random read, then a 512 B read of the same object (as the integrity volume's tag read)", qd, await Run(dev, qd, seconds, reads: 2, write: false));
                     Row("4k random read and that 512 B read issued together", qd, await Run(dev, qd, seconds, reads: 3, write: false));
-                    Row("4k random write (write-around)", qd, await Run(dev, qd, seconds, reads: 0, write: true));
+                    Row("4k random write (no librbd cache)", qd, await Run(dev, qd, seconds, reads: 0, write: true));
                 }
             }
             Console.WriteLine();
@@ -57,7 +57,7 @@ public static partial class RbdDeviceBenchmark
             foreach (int qd in new[] { 1, 32 })
             {
                 Console.WriteLine($"  4k random read, {qd} threads, rbd cache off: {RbdBench(usedConf, spec, "read", qd, seconds, "--rbd-cache=false")}");
-                Console.WriteLine($"  4k random write, {qd} threads, write-around: {RbdBench(usedConf, spec, "write", qd, seconds, "--rbd-cache=true --rbd-cache-policy=writearound")}");
+                Console.WriteLine($"  4k random write, {qd} threads, rbd cache off: {RbdBench(usedConf, spec, "write", qd, seconds, "--rbd-cache=false")}");
             }
         }
         finally

@@ -43,7 +43,7 @@ public class SpecAndOptionsTests
         Assert.That(forced["rados_osd_op_timeout"], Is.EqualTo("12"));
         Assert.That(forced["rados_mon_op_timeout"], Is.EqualTo("12"));
         Assert.That(forced["client_mount_timeout"], Is.EqualTo("12"));
-        Assert.That((forced["rbd_cache"], forced["rbd_cache_policy"], forced["rbd_cache_writethrough_until_flush"]), Is.EqualTo(("true", "writearound", "false")));
+        Assert.That(forced["rbd_cache"], Is.EqualTo("false"), "no write may complete from librbd's memory only");
         Assert.That(CephClientOptions.NormaliseClientId("client.iscsi"), Is.EqualTo("iscsi"));
         Assert.That(CephClientOptions.NormaliseClientId("iscsi"), Is.EqualTo("iscsi"));
     }

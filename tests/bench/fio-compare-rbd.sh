@@ -8,8 +8,8 @@
 # integrity-target (a directory holding integrity-target.dll), as column "on-NAME".
 # Uses the cluster CEPH_DIR names (a running `ceph-mini.sh start DIR`), else starts a throwaway one.
 # tgt-rbd reads librbd's defaults from ceph.conf (rbd cache on, writethrough until the first flush, write-back
-# after it); integrity-target forces librbd's write-around cache (a plain
-# write completes once sent, durable at the next flush; FUA passed through).
+# after it); integrity-target runs librbd without a cache (a write completes once the OSDs have it, so
+# nothing acknowledged lives only in the gateway's memory).
 set -euo pipefail
 runtime=${1:-10}; size=${2:-1G}; rounds=${3:-2}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
