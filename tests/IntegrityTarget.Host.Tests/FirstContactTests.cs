@@ -151,7 +151,7 @@ public class FirstContactTests
     public async Task Serve_logs_listening_once_per_portal_no_empty_drain_and_no_block_size_warning_when_none_was_configured()
     {
         using var dir = new TempDir();
-        var format = await CliRun.RunAsync(dir.Path, ["format", "v.img", "--size", "2MiB"]); // format's default: 4096-byte blocks
+        var format = await CliRun.RunAsync(dir.Path, ["format", "v.img", "--size", "2MiB", "--block-size", "4096"]); // not the default BlockSize
         Assert.That(format.ExitCode, Is.EqualTo(0), format.AllOutput);
 
         string Serve(params string[] extra)

@@ -31,6 +31,18 @@ public class IntegrityVerbTests
     }
 
     [Test]
+    public async Task Format_without_a_block_size_makes_the_blocks_a_LUN_gets_when_serve_creates_it()
+    {
+        using var dir = new TempDir();
+        var format = await CliRun.RunAsync(dir.Path, ["format", "v.img", "--size", "4MiB"]);
+        Assert.That(format.ExitCode, Is.EqualTo(0), format.AllOutput);
+        Assert.That(format.Out.ToString(), Does.Contain("formatted: 8192 blocks of 512 bytes (4 MiB)"));
+        var (config, problems) = ConfigTestExtensions.Load(dir.Path, ["--data-dir", dir.Path, "--lun", "new.img", "--size", "4MiB"]);
+        Assert.That(problems.Errors(), Is.Empty);
+        Assert.That(config!.Targets[0].Luns[0].BlockSize, Is.EqualTo(512));
+    }
+
+    [Test]
     public async Task Format_refuses_a_file_holding_other_data_unless_forced()
     {
         using var dir = new TempDir();

@@ -36,6 +36,42 @@ public class RbdConfigTests
     }
 
     [Test]
+    public void Ceph_files_on_the_command_line_are_relative_to_the_working_directory_and_in_the_config_file_to_the_data_directory()
+    {
+        using var dir = new TempDir();
+        var inCwd = dir.File("etc/ceph.conf", "[global]\nmon_host = 127.0.0.1:1\n");
+        var inCwdKeyring = dir.File("etc/k.keyring", "");
+        var inData = dir.File("data/etc/ceph.conf", "[global]\nmon_host = 127.0.0.1:1\n");
+        var inDataKeyring = dir.File("data/etc/k.keyring", "");
+
+        // As `rbd -c etc/ceph.conf` would read it: the same flags as format, scrub and dump take.
+        var (cli, cliProblems) = ConfigTestExtensions.Load(dir.Path,
+            ["--data-dir", "data", "--lun", "rbd:rbd/vm1", "--ceph-conf", "etc/ceph.conf", "--ceph-keyring", "etc/k.keyring"]);
+        Assert.That(cliProblems.Errors(), Is.Empty);
+        Assert.That((cli!.Targets[0].Luns[0].Ceph!.ConfFile, cli.Targets[0].Luns[0].Ceph!.Keyring), Is.EqualTo((inCwd, inCwdKeyring)));
+
+        var (env, envProblems) = ConfigTestExtensions.Load(dir.Path, ["--data-dir", "data", "--lun", "rbd:rbd/vm1"],
+            new Dictionary<string, string?> { ["INTEGRITYTARGET_Ceph__ConfFile"] = "etc/ceph.conf" });
+        Assert.That(envProblems.Errors(), Is.Empty);
+        Assert.That(env!.Targets[0].Luns[0].Ceph!.ConfFile, Is.EqualTo(inCwd));
+
+        // In the JSON file every relative path is relative to DataDirectory.
+        dir.File("x.json", """
+            { "DataDirectory": "data", "Portals": ["127.0.0.1:3260"],
+              "Ceph": { "ConfFile": "etc/ceph.conf", "Keyring": "etc/k.keyring" },
+              "Targets": [ { "Iqn": "iqn.2026-11.org.example:a", "Luns": [ { "Lun": 0, "Path": "rbd:rbd/vm1" } ] } ] }
+            """);
+        var (file, fileProblems) = ConfigTestExtensions.Load(dir.Path, ["--config", "x.json"]);
+        Assert.That(fileProblems.Errors(), Is.Empty);
+        Assert.That((file!.Targets[0].Luns[0].Ceph!.ConfFile, file.Targets[0].Luns[0].Ceph!.Keyring), Is.EqualTo((inData, inDataKeyring)));
+
+        // The command line overrides the file's key, and is read as typed.
+        var (both, bothProblems) = ConfigTestExtensions.Load(dir.Path, ["--config", "x.json", "--ceph-conf", "etc/ceph.conf"]);
+        Assert.That(bothProblems.Errors(), Is.Empty);
+        Assert.That((both!.Targets[0].Luns[0].Ceph!.ConfFile, both.Targets[0].Luns[0].Ceph!.Keyring), Is.EqualTo((inCwd, inDataKeyring)));
+    }
+
+    [Test]
     public void Bad_rbd_paths_missing_ceph_files_and_bad_ceph_keys_are_all_reported()
     {
         using var dir = new TempDir();

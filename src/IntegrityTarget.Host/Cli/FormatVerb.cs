@@ -12,7 +12,8 @@ public static class FormatVerb
 
         Formats PATH (file, block device, or Ceph RBD image rbd:POOL/IMAGE) as an integrity volume. A
         missing file or image is created (sparse / thin) with room for SIZE of logical capacity (e.g.
-        10GiB); an existing one is used whole. Refuses one that already holds a volume or any other data
+        10GiB); an existing one is used whole. Blocks are 512 bytes unless --block-size 4096 (the
+        default of a LUN's BlockSize too). Refuses one that already holds a volume or any other data
         unless --force (which destroys it). hmac-sha256 needs --key-file (at least 16 bytes); the key is
         never stored on the volume.
 
@@ -29,7 +30,9 @@ public static class FormatVerb
         if (va.Positionals.Count != 1) throw new CliException("give exactly one PATH to format (see: integrity-target help format)", ExitCodes.Usage);
         using var backing = Backing.For(va.Positionals[0], CephArgs.Options(va, ctx), ctx.WorkingDirectory);
 
-        int blockSize = 4096;
+        // The same default as a LUN's BlockSize when serve creates it, so `format X` then `serve --lun X` gives the
+        // LUN that `serve --lun X --size ...` would (512-byte blocks, which every initiator takes; ESXi needs them).
+        int blockSize = ConfigReader.DefaultBlockSize;
         if (va.Get("block-size") is { } bs && (!int.TryParse(bs, out blockSize) || blockSize is not (512 or 4096)))
             throw new CliException($"--block-size must be 512 or 4096, got {bs}", ExitCodes.Usage);
         long? size = null;

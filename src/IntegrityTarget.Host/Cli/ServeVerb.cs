@@ -37,6 +37,8 @@ public static class ServeVerb
         address alone on port 3260, 0.0.0.0 (or *) on every IPv4 interface, port 0 on any free port.
 
         A LUN path rbd:POOL/IMAGE serves a Ceph RBD image (e.g. --lun rbd:rbd/vm1 --size 10GiB creates it).
+        Paths are relative to DataDirectory, except --ceph-conf and --ceph-keyring on the command line,
+        which are relative to the working directory (as rbd -c FILE reads them).
 
         example (one existing file, no config file):
           integrity-target serve --listen 127.0.0.1:3261 --data-dir . --lun disk.img --integrity false

@@ -19,15 +19,23 @@ public sealed partial class ConfigReader
         if (!CephName().IsMatch(id)) { Error("Ceph:ClientId", $"'{id}' is not a client id (e.g. admin or iscsi, for client.admin / client.iscsi)"); id = CephClientOptions.DefaultClientId; }
         // Without Ceph:ConfFile, $CEPH_CONF as the Ceph CLI would (taken from the environment the configuration
         // was read with, so what is validated is what is used); with neither, librados' search (/etc/ceph/...).
-        string? conf = Str("Ceph:ConfFile") is { } c ? Path.GetFullPath(c, dataDir)
+        string? conf = Str("Ceph:ConfFile") is { } c ? CephPath("Ceph:ConfFile", c, dataDir)
             : _loaded.Environment.TryGetValue("CEPH_CONF", out var env) && !string.IsNullOrWhiteSpace(env) ? Path.GetFullPath(env, _loaded.WorkingDirectory) : null;
-        string? keyring = Str("Ceph:Keyring") is { } k ? Path.GetFullPath(k, dataDir) : null;
+        string? keyring = Str("Ceph:Keyring") is { } k ? CephPath("Ceph:Keyring", k, dataDir) : null;
         return new CephClientOptions
         {
             Cluster = cluster, ClientId = id, ConfFile = conf, Keyring = keyring,
             TimeoutSeconds = Int("Ceph:TimeoutSeconds", CephClientOptions.DefaultTimeoutSeconds, 1, 3600),
         };
     }
+
+    /// <summary>
+    /// A Ceph file as the user meant it: written in the JSON file, relative to DataDirectory like every path there;
+    /// typed on the command line (--ceph-conf, --ceph-keyring) or set in the environment, relative to the working
+    /// directory, as `rbd -c FILE` and $CEPH_CONF read it (and as format, scrub and dump read the same flags).
+    /// </summary>
+    private string CephPath(string key, string path, string dataDir) =>
+        Path.GetFullPath(path, _loaded.FileDisplayName != null && _loaded.SourceOf(key) == _loaded.FileDisplayName ? dataDir : _loaded.WorkingDirectory);
 
     /// <summary>Validates one rbd: LUN path and, once per configuration, the files the Ceph client will need.</summary>
     private RbdImageSpec? ReadRbdPath(string key, string text, Dictionary<string, string> paths, CephClientOptions ceph)

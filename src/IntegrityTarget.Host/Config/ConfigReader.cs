@@ -17,6 +17,8 @@ public sealed partial class ConfigReader
     public const int MinChapSecretLength = 12;   // RFC 7143 §12.1.3: at least 96 bits
     public const int MaxMsChapSecretLength = 16; // the Microsoft initiator refuses longer ones
     public const long MinLunBytes = 1L << 20;
+    /// <summary>A LUN's BlockSize when none is configured, and what `format` makes without --block-size.</summary>
+    public const int DefaultBlockSize = 512;
     public const ulong MaxLunNumber = 16383;     // flat space addressing (SAM-5)
     public const int MaxUnixSocketPath = 107;    // sun_path is 108 bytes with the NUL
 
@@ -405,14 +407,14 @@ public sealed partial class ConfigReader
             if (numbers.TryGetValue(lun, out var firstLun)) Error(k + ":Lun", $"LUN {lun} is already used by {firstLun}");
             else numbers[lun] = k;
 
-            int blockSize = 512;
+            int blockSize = DefaultBlockSize;
             bool blockSizeConfigured = Str(k + ":BlockSize") != null;
             if (Str(k + ":BlockSize") is { } bsText)
             {
                 if (!int.TryParse(bsText, NumberStyles.None, CultureInfo.InvariantCulture, out blockSize) || blockSize is not (512 or 4096))
                 {
                     Error(k + ":BlockSize", $"must be 512 or 4096, got {bsText}");
-                    blockSize = 512;
+                    blockSize = DefaultBlockSize;
                 }
             }
 
