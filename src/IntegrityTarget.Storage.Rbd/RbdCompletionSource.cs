@@ -18,6 +18,11 @@ internal sealed unsafe class RbdCompletionSource : IValueTaskSource
     private readonly RbdBlockDevice _device;
     private readonly GCHandle _self;
     private MemoryHandle _pin;
+    /// <summary>Vectored requests: one pin per part and the native iovec array (kept with the source, grown on demand).</summary>
+    private MemoryHandle[] _pins = [];
+    private int _pinCount;
+    private Librbd.IoVec* _iov;
+    private int _iovCapacity;
     private CephOperation _op;
     private long _offset, _length;
 
@@ -34,13 +39,48 @@ internal sealed unsafe class RbdCompletionSource : IValueTaskSource
         int rc = Librbd.rbd_aio_create_completion(GCHandle.ToIntPtr(_self), &OnComplete, out nint completion);
         if (rc < 0)
         {
-            _pin.Dispose();
-            _pin = default;
+            Unpin();
             _device.Completed();
             _device.Return(this);
             throw new RbdException(op, -rc, $"{_device.Name}: librbd could not create a completion: {CephError.Symbol(rc)}");
         }
         return completion;
+    }
+
+    /// <summary>
+    /// <see cref="Begin"/> for a vectored request: pins every part for the request's life and fills the iovec array
+    /// (valid until the completion, which rbd_aio_readv needs) with them back to back.
+    /// </summary>
+    public nint BeginVector<T>(CephOperation op, long offset, IReadOnlyList<T> parts, Func<T, MemoryHandle> pin, Func<T, int> length, out Librbd.IoVec* iov)
+    {
+        int n = parts.Count;
+        if (n > _iovCapacity)
+        {
+            int capacity = Math.Max(n, 2 * _iovCapacity);
+            _iov = (Librbd.IoVec*)NativeMemory.Realloc(_iov, (nuint)(capacity * sizeof(Librbd.IoVec)));
+            _iovCapacity = capacity;
+        }
+        if (n > _pins.Length) _pins = new MemoryHandle[Math.Max(n, 2 * _pins.Length)];
+        long total = 0;
+        for (int i = 0; i < n; i++)
+        {
+            var h = pin(parts[i]);
+            _pins[i] = h;
+            _pinCount = i + 1;
+            _iov[i].Base = (byte*)h.Pointer;
+            _iov[i].Length = (nuint)length(parts[i]);
+            total += length(parts[i]);
+        }
+        iov = _iov;
+        return Begin(op, offset, total, default);
+    }
+
+    private void Unpin()
+    {
+        _pin.Dispose();
+        _pin = default;
+        for (int i = 0; i < _pinCount; i++) { _pins[i].Dispose(); _pins[i] = default; }
+        _pinCount = 0;
     }
 
     /// <summary>The submit call itself failed (the request was never queued, so no callback will come).</summary>
@@ -71,8 +111,7 @@ internal sealed unsafe class RbdCompletionSource : IValueTaskSource
 
     private void Complete(long rc)
     {
-        _pin.Dispose();
-        _pin = default;
+        Unpin();
         _device.Completed();
         _core.SetResult(rc);
     }
@@ -97,5 +136,11 @@ internal sealed unsafe class RbdCompletionSource : IValueTaskSource
     }
 
     /// <summary>Only for sources that are not in flight (the device drained them first).</summary>
-    public void Free() { if (_self.IsAllocated) _self.Free(); }
+    public void Free()
+    {
+        if (_self.IsAllocated) _self.Free();
+        NativeMemory.Free(_iov);
+        _iov = null;
+        _iovCapacity = 0;
+    }
 }

@@ -57,6 +57,57 @@ public class RbdBlockDeviceTests
     }
 
     [Test]
+    public async Task Gather_writes_and_scatter_reads_put_their_parts_back_to_back_across_an_object_boundary()
+    {
+        using var dev = Open(_spec);
+        // Data and a small trailer (as a slot's piece and its tags), spanning the first two 4 MiB objects.
+        var piece = Random(128 << 10, 3);
+        var tags = Random(1024, 4);
+        var third = Random(512, 5);
+        long at = (4L << 20) - (64 << 10);
+        await dev.WriteGatherAsync(at, [piece, tags, third], fua: false);
+        await dev.FlushAsync();
+        var whole = new byte[piece.Length + tags.Length + third.Length];
+        await dev.ReadAsync(at, whole);
+        Assert.That(whole, Is.EqualTo(piece.Concat(tags).Concat(third).ToArray()), "the parts are written back to back");
+
+        var p1 = new byte[piece.Length];
+        var p2 = new byte[tags.Length + third.Length];
+        await dev.ReadScatterAsync(at, [p1, p2.AsMemory(0, 700), p2.AsMemory(700)]);
+        Assert.That((p1, p2), Is.EqualTo((piece, tags.Concat(third).ToArray())), "a scatter read fills the parts in order");
+
+        // FUA (passed through as a flag, which rbd_aio_writev cannot carry) and a single part take the other paths.
+        var fua = Random(8192, 6);
+        await dev.WriteGatherAsync(4096, [fua.AsMemory(0, 4096), fua.AsMemory(4096)], fua: true);
+        await dev.WriteGatherAsync(0, [fua.AsMemory(0, 4096)], fua: false);
+        var back = new byte[12288];
+        await dev.ReadScatterAsync(0, [back]);
+        Assert.That(back, Is.EqualTo(fua.AsSpan(0, 4096).ToArray().Concat(fua).ToArray()));
+    }
+
+    [Test]
+    public async Task Concurrent_vectored_requests_and_ones_of_more_parts_than_librbd_takes_at_once_complete_with_their_own_data()
+    {
+        using var dev = Open(_spec);
+        const int N = 64, Bs = 4096;
+        var blocks = Enumerable.Range(0, N).Select(i => Random(2 * Bs, 200 + i)).ToArray();
+        await Task.WhenAll(Enumerable.Range(0, N).Select(i =>
+            dev.WriteGatherAsync((long)i * 4 * Bs, [blocks[i].AsMemory(0, Bs), blocks[i].AsMemory(Bs, 512), blocks[i].AsMemory(Bs + 512)], fua: false).AsTask()));
+        var reads = Enumerable.Range(0, N).Select(_ => new byte[2 * Bs]).ToArray();
+        await Task.WhenAll(Enumerable.Range(0, N).Select(i =>
+            dev.ReadScatterAsync((long)i * 4 * Bs, [reads[i].AsMemory(0, 512), reads[i].AsMemory(512)]).AsTask()));
+        for (int i = 0; i < N; i++) Assert.That(reads[i], Is.EqualTo(blocks[i]), $"request {i}");
+
+        // 3000 sectors as 3000 parts: more than IOV_MAX (1024), so sent in groups, still back to back.
+        var many = Random(3000 * 512, 7);
+        long at = 8L << 20;
+        await dev.WriteGatherAsync(at, Enumerable.Range(0, 3000).Select(i => (ReadOnlyMemory<byte>)many.AsMemory(i * 512, 512)).ToArray(), fua: false);
+        var scattered = new byte[many.Length];
+        await dev.ReadScatterAsync(at, Enumerable.Range(0, 3000).Select(i => scattered.AsMemory(i * 512, 512)).ToList());
+        Assert.That(scattered, Is.EqualTo(many));
+    }
+
+    [Test]
     public async Task Discard_makes_partial_and_whole_object_ranges_read_as_zeros()
     {
         using var dev = Open(_spec);

@@ -134,6 +134,22 @@ internal static unsafe partial class Librbd
     [LibraryImport(Library)]
     public static partial int rbd_aio_write2(nint image, ulong off, nuint len, byte* buf, nint completion, int opFlags);
 
+    /// <summary>struct iovec.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct IoVec
+    {
+        public byte* Base;
+        public nuint Length;
+    }
+
+    /// <summary>One write of the buffers back to back (librbd references them, no copy; no op flags, so no FUA).</summary>
+    [LibraryImport(Library)]
+    public static partial int rbd_aio_writev(nint image, IoVec* iov, int iovcnt, ulong off, nint completion);
+
+    /// <summary>One read scattered into the buffers; librbd keeps the iovec array until the completion.</summary>
+    [LibraryImport(Library)]
+    public static partial int rbd_aio_readv(nint image, IoVec* iov, int iovcnt, ulong off, nint completion);
+
     [LibraryImport(Library)]
     public static partial int rbd_aio_flush(nint image, nint completion);
 
