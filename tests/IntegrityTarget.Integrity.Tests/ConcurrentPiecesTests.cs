@@ -73,15 +73,8 @@ public class ConcurrentPiecesTests
     }
 
     /// <summary>A volume holding pattern 1 everywhere, closed, and opened again through a <see cref="SlowDevice"/>.</summary>
-    private static async Task<(SlowDevice Dev, MemoryBlockDevice Mem, IntegrityVolume V, CapturingSink Sink)> Filled(long tagCacheBytes = 1 << 20)
-    {
-        var sink = new CapturingSink();
-        var mem = T.Memory(Blocks, Bs);
-        await using (var f = await IntegrityVolume.FormatAsync(mem, T.Format(Bs), sink.Logger()))
-            await T.WriteOk(f, 0, T.Pattern(0, (int)Blocks, Bs, 1), fua: true);
-        var dev = new SlowDevice(mem);
-        return (dev, mem, await IntegrityVolume.OpenAsync(dev, new OpenOptions { TagCacheBytes = tagCacheBytes }, sink.Logger()), sink);
-    }
+    private static Task<(SlowDevice Dev, MemoryBlockDevice Mem, IntegrityVolume V, CapturingSink Sink)> Filled(long tagCacheBytes = 1 << 20) =>
+        T.FilledThrough(Blocks, Bs, tagCacheBytes, m => new SlowDevice(m));
 
     [TestCase(1 << 20)]
     [TestCase(0)]

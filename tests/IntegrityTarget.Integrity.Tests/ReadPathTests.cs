@@ -30,15 +30,8 @@ public class ReadPathTests
 
     /// <summary>A volume filled with pattern 1 and closed (its journal applied), then opened again through a
     /// <see cref="ProbeDevice"/> with an empty cache of <paramref name="tagCacheBytes"/>.</summary>
-    private static async Task<(ProbeDevice Dev, MemoryBlockDevice Mem, IntegrityVolume V, CapturingSink Sink)> Filled(long tagCacheBytes = 1 << 20)
-    {
-        var sink = new CapturingSink();
-        var mem = T.Memory(Blocks, Bs);
-        await using (var f = await IntegrityVolume.FormatAsync(mem, T.Format(Bs), sink.Logger()))
-            await T.WriteOk(f, 0, T.Pattern(0, (int)Blocks, Bs, 1), fua: true);
-        var dev = new ProbeDevice(mem);
-        return (dev, mem, await IntegrityVolume.OpenAsync(dev, new OpenOptions { TagCacheBytes = tagCacheBytes }, sink.Logger()), sink);
-    }
+    private static Task<(ProbeDevice Dev, MemoryBlockDevice Mem, IntegrityVolume V, CapturingSink Sink)> Filled(long tagCacheBytes = 1 << 20) =>
+        T.FilledThrough(Blocks, Bs, tagCacheBytes, m => new ProbeDevice(m));
 
     [Test]
     public async Task A_small_read_costs_one_device_read_once_its_slots_tags_are_cached()

@@ -65,6 +65,19 @@ internal static class T
         Assert.That(r.Status, Is.EqualTo(VolumeStatus.Ok), $"write at LBA {lba}: {r}");
     }
 
+    /// <summary>A volume filled with pattern 1 and closed (its journal applied), then opened again through the device
+    /// <paramref name="wrap"/> makes of its memory, with an empty tag cache of <paramref name="tagCacheBytes"/>.</summary>
+    public static async Task<(D Dev, MemoryBlockDevice Mem, IntegrityVolume V, CapturingSink Sink)> FilledThrough<D>(ulong blocks, int bs, long tagCacheBytes, Func<MemoryBlockDevice, D> wrap)
+        where D : IBlockDevice
+    {
+        var sink = new CapturingSink();
+        var mem = Memory(blocks, bs);
+        await using (var f = await IntegrityVolume.FormatAsync(mem, Format(bs), sink.Logger()))
+            await WriteOk(f, 0, Pattern(0, (int)blocks, bs, 1), fua: true);
+        var dev = wrap(mem);
+        return (dev, mem, await IntegrityVolume.OpenAsync(dev, new OpenOptions { TagCacheBytes = tagCacheBytes }, sink.Logger()), sink);
+    }
+
     public static void Flip(MemoryBlockDevice d, long offset, int bit = 0)
     {
         var b = new byte[1];
