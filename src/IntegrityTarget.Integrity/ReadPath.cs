@@ -17,10 +17,16 @@ public sealed partial class IntegrityVolume
         var lk = await _locks.AcquireAsync(c0, c1, shared: true).ConfigureAwait(false);
         try
         {
-            var failed = c0 == c1
-                ? await ReadOnePieceAsync(lba, end, buffer, context, ct).ConfigureAwait(false)
-                : await ReadPiecesConcurrentlyAsync(lba, end, c0, c1, buffer, context, ct).ConfigureAwait(false);
-            if (failed is { } f) return f;
+            if (c0 == c1)
+            {
+                // Within one chunk (every small read): the piece is awaited directly, no bookkeeping for concurrency.
+                int n = (int)blocks;
+                PieceOutcome o;
+                try { o = new(await ReadPieceAsync(c0, lba, n, buffer, fromDevice: false, ct).ConfigureAwait(false), null); }
+                catch (IOException e) { o = new(-1, e); }
+                if ((o.Bad >= 0 || o.Error != null) && await PieceFailureAsync(o, lba, lba, n, buffer, context, ct).ConfigureAwait(false) is { } f) return f;
+            }
+            else if (await ReadPiecesConcurrentlyAsync(lba, end, c0, c1, buffer, context, ct).ConfigureAwait(false) is { } f) return f;
         }
         finally { _locks.Release(lk); }
         Counters.AddRead(buffer.Length);
@@ -34,16 +40,6 @@ public sealed partial class IntegrityVolume
     /// <summary>What became of one piece: the index of its first block that failed verification (-1: none), or
     /// the exception its device read threw.</summary>
     private readonly record struct PieceOutcome(int Bad, Exception? Error);
-
-    /// <summary>A read within one chunk (every small read): no bookkeeping for concurrency.</summary>
-    private async ValueTask<VolumeResult?> ReadOnePieceAsync(ulong lba, ulong end, Memory<byte> buffer, IoContext? context, CancellationToken ct)
-    {
-        int n = (int)(end - lba);
-        PieceOutcome o;
-        try { o = new(await ReadPieceAsync(ChunkOf(lba), lba, n, buffer, fromDevice: false, ct).ConfigureAwait(false), null); }
-        catch (IOException e) { o = new(-1, e); }
-        return await PieceFailureAsync(o, lba, lba, n, buffer, context, ct).ConfigureAwait(false);
-    }
 
     /// <summary>
     /// A read over several chunks: its pieces are read and verified concurrently (up to <see cref="PiecesInFlight"/>
