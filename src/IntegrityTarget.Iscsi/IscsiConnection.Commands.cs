@@ -91,25 +91,53 @@ public sealed partial class IscsiConnection
         TryCdbFromAhs(pdu, out var cdb);
         task.Cdb = cdb;
 
+        // Everything the command holds (its share of the process-wide in-flight budget, this connection's write
+        // buffer bytes, the buffer) is taken before it enters the task set: from then on a task management
+        // function of any connection may abort and finish it, and finishing gives back only what it holds.
+        string? full = null;
+        if (reserve > 0 && !_server.Budget.TryReserve(reserve)) full = "In-flight data budget spent";
+        else task.Reserved = reserve;
+        if (full is null && write && task.Edtl > 0)
+        {
+            lock (_sync)
+            {
+                if (_writeBufferBytes + task.Edtl > Options.MaxWriteBufferBytesPerConnection) full = "Write buffer budget exhausted";
+                else
+                {
+                    _writeBufferBytes += task.Edtl;
+                    task.Buffer = _server.BufferPool.Rent(task.Edtl);
+                }
+            }
+            if (task.Buffer is not null && immediate > 0) pdu.Data.CopyTo(task.Buffer);
+        }
+
         bool immediateLimit = false;
         lock (_sync)
         {
             if (Bhs.Immediate(h) && _immediateCommands >= Options.MaxImmediateCommands)
             {
-                _window.ReleaseSlot();
+                ReleaseSlotLocked(task);
                 immediateLimit = true;
             }
-            else if (!_tasks.TryAdd(itt, task))
+            else if (_tasks.ContainsKey(itt))
             {
-                _window.ReleaseSlot();
+                ReleaseSlotLocked(task);
                 invalid = "ITT already in use";
             }
-            else if (Bhs.Immediate(h))
+            else if (full is null)
             {
-                task.Immediate = true;
-                _immediateCommands++;
+                _tasks.Add(itt, task);
+                if (Bhs.Immediate(h))
+                {
+                    task.Immediate = true;
+                    _immediateCommands++;
+                }
+                if (read) { task.Backlog = task.Reserved; _readBacklog += task.Reserved; }
             }
+            else ReleaseSlotLocked(task);
         }
+        if (immediateLimit || invalid is not null || full is not null)
+            FinishTask(task); // never entered the task set: gives back what it holds, nobody else can
         if (immediateLimit)
         {
             // Immediate commands bypass the CmdSN window, so their number is bounded here (RFC 7143 §11.17.1).
@@ -122,40 +150,16 @@ public sealed partial class IscsiConnection
             await SendRejectAsync(h, RejectReason.TaskInProgress).ConfigureAwait(false);
             return;
         }
-
-        // The process-wide budget for data in flight: a command that does not fit waits at the initiator.
-        if (reserve > 0 && !_server.Budget.TryReserve(reserve))
+        if (full is not null)
         {
-            _log.Debug("In-flight data budget spent: ITT 0x{Itt:x8} answered TASK SET FULL", itt);
-            lock (_sync) ReleaseSlotLocked(task);
+            // A command that does not fit waits at the initiator.
+            _log.Debug("{Why}: ITT 0x{Itt:x8} answered TASK SET FULL", full, itt);
             await SendScsiResponseAsync(task, ScsiStatus.TaskSetFull, 0, default, 0).ConfigureAwait(false);
-            FinishTask(task);
             return;
-        }
-        lock (_sync)
-        {
-            task.Reserved = reserve;
-            if (read) { task.Backlog = reserve; _readBacklog += reserve; }
         }
 
         if (write && task.Edtl > 0)
         {
-            bool full;
-            lock (_sync)
-            {
-                full = _writeBufferBytes + task.Edtl > Options.MaxWriteBufferBytesPerConnection;
-                if (!full) _writeBufferBytes += task.Edtl;
-            }
-            if (full)
-            {
-                _log.Debug("Write buffer budget exhausted: ITT 0x{Itt:x8} answered TASK SET FULL", itt);
-                lock (_sync) ReleaseSlotLocked(task);
-                await SendScsiResponseAsync(task, ScsiStatus.TaskSetFull, 0, default, 0).ConfigureAwait(false);
-                FinishTask(task);
-                return;
-            }
-            task.Buffer = _server.BufferPool.Rent(task.Edtl);
-            if (immediate > 0) pdu.Data.CopyTo(task.Buffer);
             task.Received = immediate;
             task.UnsolicitedNext = immediate;
             if (!final)
