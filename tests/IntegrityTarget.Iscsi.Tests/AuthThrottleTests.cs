@@ -46,6 +46,22 @@ public class AuthThrottleTests
     }
 
     [Test]
+    public void Guesses_under_a_victims_name_from_elsewhere_do_not_lock_the_victim_out()
+    {
+        var t = new AuthThrottle(TimeSpan.FromMilliseconds(100), TimeSpan.FromSeconds(10));
+        const string victim = "iqn.2026-11.test:victim";
+        // Four guesses under the victim's (public) name wait, from four attacker addresses.
+        var leases = Enumerable.Range(1, AuthThrottle.MaxWaitingPerKey)
+            .Select(i => t.Failed(victim, IPAddress.Parse($"198.51.100.{i}"), out _, out _)).ToList();
+        Assert.That(t.IsSaturated(victim, B), Is.False, "the real initiator's address never failed: its response is checked");
+        Assert.That(t.IsSaturated(victim, IPAddress.Parse("198.51.100.1")), Is.True, "an address that failed waits for the name's guesses");
+        using (t.Failed(victim, B, out _, out _)) { }
+        Assert.That(t.IsSaturated(victim, B), Is.True, "once that address failed too, the name's saturation applies to it");
+        foreach (var l in leases) l.Dispose();
+        Assert.That(t.IsSaturated(victim, B), Is.False);
+    }
+
+    [Test]
     public void Zero_turns_the_delay_off()
     {
         var t = new AuthThrottle(TimeSpan.Zero, TimeSpan.Zero);

@@ -8,8 +8,9 @@ namespace IntegrityTarget.Iscsi.Login;
 /// source address; the answer to a failure waits base × 2^(n−1), capped, where n is the larger of the
 /// two counts. A successful CHAP login resets both; counts are forgotten after a quiet while. Since many
 /// connections could wait in parallel, at most <see cref="MaxWaitingPerKey"/> failures of one name or
-/// address wait at a time: further attempts from it fail without their response being checked, so the
-/// rate of checked guesses per name or address is bounded by MaxWaitingPerKey per delay. One per server;
+/// address wait at a time: further attempts from it (for a name: from an address that failed too) fail
+/// without their response being checked, so the rate of checked guesses per address, and per name from
+/// any address that has failed, is bounded by MaxWaitingPerKey per delay. One per server;
 /// thread-safe; the keys it remembers are bounded.
 /// </summary>
 internal sealed class AuthThrottle(TimeSpan baseDelay, TimeSpan maxDelay, int maxEntries = 10_000)
@@ -31,13 +32,31 @@ internal sealed class AuthThrottle(TimeSpan baseDelay, TimeSpan maxDelay, int ma
         if (address is not null) yield return "addr:" + (address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address);
     }
 
-    /// <summary>Whether so many failures of this name or address are already waiting that another attempt is not checked.</summary>
+    /// <summary>
+    /// Whether so many failures are already waiting that another attempt is not checked: those of this address,
+    /// or those of this initiator name when this address has failed too. Initiator names are not secret, so a
+    /// name saturated by guesses from elsewhere never locks out an address without failures (the real
+    /// initiator); a guesser then needs a fresh address for every checked guess.
+    /// </summary>
     public bool IsSaturated(string? initiator, IPAddress? address)
     {
         if (!Enabled) return false;
+        var keys = Keys(initiator, address).ToArray();
+        long now = Stopwatch.GetTimestamp();
         lock (_lock)
-            foreach (var k in Keys(initiator, address))
-                if (_entries.TryGetValue(k, out var e) && e.Waiting >= MaxWaitingPerKey) return true;
+        {
+            Entry? addr = null;
+            foreach (var k in keys)
+                if (k.StartsWith("addr:", StringComparison.Ordinal) && _entries.TryGetValue(k, out var e))
+                {
+                    if (e.Waiting >= MaxWaitingPerKey) return true;
+                    addr = e;
+                }
+            bool addressFailed = addr is not null && addr.Failures > 0 && Stopwatch.GetElapsedTime(addr.LastFailure, now) <= _forgetAfter;
+            if (!addressFailed && address is not null) return false;
+            foreach (var k in keys)
+                if (k.StartsWith("name:", StringComparison.Ordinal) && _entries.TryGetValue(k, out var e) && e.Waiting >= MaxWaitingPerKey) return true;
+        }
         return false;
     }
 
