@@ -9,10 +9,14 @@ public sealed partial class IntegrityVolume
 {
     public static DeviceContent Probe(IBlockDevice device)
     {
-        if (device.Length >= 512)
+        // Either superblock copy names an integrity volume: with copy A's sector lost, open still works from
+        // copy B, so this must not call the device foreign (whose advice is a format that destroys it).
+        for (int copy = 0; copy < 2; copy++)
         {
+            long at = Superblock.CopyOffset(copy);
+            if (device.Length < at + 512) break;
             var s = new byte[512];
-            ReadSync(device, 0, s);
+            ReadSync(device, at, s);
             if (Superblock.HasMagic(s)) return DeviceContent.IntegrityVolume;
         }
         var buf = new byte[1 << 20];
@@ -122,11 +126,12 @@ public sealed partial class IntegrityVolume
     /// </summary>
     public static (int BlockSize, ulong LogicalBlocks)? ReadGeometry(IBlockDevice device)
     {
-        if (device.Length < 4096) return null;
-        var s = new byte[4096];
-        ReadSync(device, 0, s);
-        var g = Superblock.Parse(s, out _)?.Validate(out _);
-        return g == null ? null : (g.BlockSize, g.LogicalBlocks);
+        if (device.Length < 2 * Superblock.Bytes) return null;
+        var both = new byte[2 * Superblock.Bytes];
+        ReadSync(device, 0, both);
+        // The copy open would use (after a grow interrupted between the two copies, the newer one).
+        try { var g = Superblock.ReadBest(both.AsSpan(0, Superblock.Bytes), both.AsSpan(Superblock.Bytes), device.Name).Geometry; return (g.BlockSize, g.LogicalBlocks); }
+        catch (IntegrityVolumeException) { return null; }
     }
 
     public static async ValueTask<IntegrityVolume> OpenAsync(IBlockDevice device, OpenOptions options, ILogger log, CancellationToken ct = default)

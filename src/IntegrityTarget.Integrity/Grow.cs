@@ -31,11 +31,13 @@ public sealed partial class IntegrityVolume
         var lk = await _locks.AcquireAsync(0, long.MaxValue, shared: false).ConfigureAwait(false);
         try
         {
-            var u = new Unit { Exclusive = () => SwitchGeometryAsync(newBlockCount, ct) };
+            // Not cancellable once queued: a switch stopped between the two superblock copies would leave the copy
+            // on disk ahead of the size served.
+            var u = new Unit { Exclusive = () => SwitchGeometryAsync(newBlockCount, CancellationToken.None) };
             if (!Enqueue(u)) return FailedResult(now);
             try { await u.Done.Task.ConfigureAwait(false); }
-            catch (IOException e) { return VolumeResult.Io(now, 0, $"{Name}: grow to {newBlockCount} blocks failed: {e.Message}"); }
             catch (NotSupportedException e) { return VolumeResult.Unsupported($"{Name}: grow to {newBlockCount} blocks failed: {e.Message}"); }
+            catch (Exception e) { return VolumeResult.Io(now, 0, $"{Name}: grow to {newBlockCount} blocks failed: {e.Message}"); }
         }
         finally { _locks.Release(lk); }
         _log.Information("Grew {Volume} from {Old} to {New} blocks ({Segments} segments, {Slots} slots)", Name, now, newBlockCount, _g.Segments.Count, _g.PhysicalSlots);

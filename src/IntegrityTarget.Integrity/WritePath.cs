@@ -118,6 +118,8 @@ public sealed partial class IntegrityVolume
             // Low water: start a durable point now so limbo slots return before writers must wait.
             if (low) { _slotsLow = true; RequestCommit(); }
             if (list != null) return list;
+            // A failed volume frees no slot any more: nothing would end this wait.
+            if (_failed != null) throw new IOException(FailedMessage);
             await freed.WaitAsync(ct).ConfigureAwait(false);
         }
     }

@@ -65,14 +65,14 @@ public sealed class IdleMemoryReclaimer : IAsyncDisposable
             _idleAfter.TotalSeconds, before >> 20, Environment.WorkingSet >> 20);
     }
 
-    private static bool _noMallocTrim;
+    private bool _noMallocTrim;
 
     /// <summary>
     /// glibc keeps what the runtime and the sockets freed in its arenas (one per thread that allocated, up to
     /// 8 per core) and gives the pages back only when the top of an arena is free; malloc_trim(0) returns the
     /// free pages of every arena. Not there on other C libraries (musl): then nothing is done.
     /// </summary>
-    private static void TrimNativeHeap()
+    private void TrimNativeHeap()
     {
         if (_noMallocTrim || !OperatingSystem.IsLinux()) return;
         try { malloc_trim(0); }

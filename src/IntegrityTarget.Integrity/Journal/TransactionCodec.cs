@@ -1,3 +1,4 @@
+using IntegrityTarget.Storage;
 using System.Buffers.Binary;
 
 namespace IntegrityTarget.Integrity;
@@ -121,7 +122,7 @@ internal static class TransactionCodec
             if (r.IsData)
             {
                 ulong bpc = (ulong)g.BlocksPerChunk;
-                if (r.Count == 0 || r.A + r.Count > g.LogicalBlocks || r.A / bpc != (r.A + r.Count - 1) / bpc || r.B >= (ulong)g.PhysicalSlots)
+                if (r.Count == 0 || !BlockRange.Contains(r.A, r.Count, g.LogicalBlocks) || r.A / bpc != (r.A + r.Count - 1) / bpc || r.B >= (ulong)g.PhysicalSlots)
                     return $"transaction {h.Seq} record {i} out of range";
                 dataBlocks += r.Count;
             }

@@ -165,6 +165,12 @@ internal sealed class Geometry
                 problem = $"bad geometry: segment {i} (chunks {s.FirstChunk}+{s.Chunks}, slots {s.FirstSlot}+{s.Slots}, map at {s.MapOffset}) does not follow segment {i - 1}";
                 return null;
             }
+            // Damaged or crafted values must not wrap a 64-bit offset into a small one (1 EiB is far beyond any device).
+            if ((decimal)s.MapOffset + (decimal)s.MapSectors * 512 + (decimal)s.Slots * slotBytes > (1L << 60))
+            {
+                problem = $"bad geometry: segment {i} ({s.Slots} slots of {slotBytes} bytes at {s.MapOffset}) ends beyond 1 EiB";
+                return null;
+            }
             chunk += s.Chunks; slot += s.Slots; sector += s.MapSectors; at = s.End(slotBytes);
         }
         if (chunk != ChunksFor(logicalBlocks, blockSize, chunkBytes)) { problem = $"bad geometry: segments hold {chunk} chunks, {logicalBlocks} blocks need {ChunksFor(logicalBlocks, blockSize, chunkBytes)}"; return null; }
