@@ -16,13 +16,30 @@ public sealed partial class IntegrityVolume
         if (blocks == 0) return VolumeResult.Success;
         if (ct.IsCancellationRequested) return new VolumeResult(VolumeStatus.Cancelled);
         if (_failed != null) return FailedResult(lba);
-        ulong done = 0;
-        while (done < blocks)
+        if (blocks <= MaxAtomicWriteBlocks)
         {
-            ulong n = Math.Min(blocks - done, MaxAtomicWriteBlocks);
-            var r = await WriteCommandAsync(lba + done, data.Slice((int)done * _bs, (int)n * _bs), fua, ct).ConfigureAwait(false);
-            if (!r.IsOk) return r with { GoodBlocks = done };
-            done += n;
+            var one = await WriteCommandAsync(lba, data, fua, ct).ConfigureAwait(false);
+            if (!one.IsOk) return one with { GoodBlocks = 0 };
+        }
+        else
+        {
+            // Larger than one atomic unit (SBC promises no atomicity beyond it): the parts are started in order
+            // (each takes its range lock before the next starts, so overlapping commands keep their order) and
+            // are in flight together, instead of each waiting for its journal commit before the next begins.
+            var parts = new List<(ulong Done, ValueTask<VolumeResult> Result)>();
+            for (ulong done = 0; done < blocks;)
+            {
+                ulong n = Math.Min(blocks - done, MaxAtomicWriteBlocks);
+                parts.Add((done, WriteCommandAsync(lba + done, data.Slice((int)done * _bs, (int)n * _bs), fua, ct)));
+                done += n;
+            }
+            VolumeResult? failed = null;
+            foreach (var (done, result) in parts)
+            {
+                var r = await result.ConfigureAwait(false); // every part is awaited, also after one failed
+                if (!r.IsOk && failed == null) failed = r with { GoodBlocks = done };
+            }
+            if (failed is { } f) return f;
         }
         Counters.AddWrite(data.Length);
         return VolumeResult.Success;

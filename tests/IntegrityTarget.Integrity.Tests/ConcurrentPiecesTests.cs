@@ -25,6 +25,11 @@ public class ConcurrentPiecesTests
         public int InFlight => Volatile.Read(ref _inFlight);
         public readonly List<(long From, long To)> BadReads = new();
         public int FailBigWrite = -1; // index of the slot write (> 64 KiB) that fails, counted from 0
+        /// <summary>Added to every slot write's delay: long enough that a loaded machine starts all of a command's
+        /// writes before the first ends, for the tests that count how many were in flight at once.</summary>
+        public int BigWriteExtraMs;
+        /// <summary>The same for reads.</summary>
+        public int ReadExtraMs;
         private int _bigWrites;
         public string Name => inner.Name;
         public long Length => inner.Length;
@@ -37,7 +42,7 @@ public class ConcurrentPiecesTests
             InterlockedMax(ref MaxReadsInFlight, now);
             try
             {
-                await Task.Delay(TimeSpan.FromMilliseconds(1 + (Length - offset) * 20 / Length), ct);
+                await Task.Delay(TimeSpan.FromMilliseconds(1 + (Length - offset) * 20 / Length + ReadExtraMs), ct);
                 if (BadReads.Any(b => offset < b.To && b.From < offset + buffer.Length))
                     throw new IOException($"{Name}: read at {offset}+{buffer.Length}: Input/output error");
                 await inner.ReadAsync(offset, buffer, ct);
@@ -53,7 +58,7 @@ public class ConcurrentPiecesTests
             {
                 bool big = data.Length > 64 * 1024;
                 int n = big ? Interlocked.Increment(ref _bigWrites) - 1 : -1;
-                await Task.Delay(big ? 5 + 3 * (n % 4) : 0, ct);
+                await Task.Delay(big ? 5 + 3 * (n % 4) + BigWriteExtraMs : 0, ct);
                 if (big && n == FailBigWrite) throw new IOException($"{Name}: write at {offset}: Input/output error");
                 await inner.WriteAsync(offset, data, fua, ct);
             }
@@ -84,6 +89,7 @@ public class ConcurrentPiecesTests
         await using var _v = v;
         using var _m = mem;
         ulong lba = 3 * Bpc + 7; // unaligned: 9 pieces, the first and last partial
+        dev.ReadExtraMs = 200;
         Assert.That(await T.ReadOk(v, lba, 256), Is.EqualTo(T.Pattern(lba, 256, Bs, 1)));
         Assert.That(dev.MaxReadsInFlight, Is.GreaterThanOrEqualTo(8), "the pieces of one command are read at the same time");
         Assert.That(dev.InFlight, Is.EqualTo(0));
@@ -104,6 +110,7 @@ public class ConcurrentPiecesTests
             else T.Flip(mem, at.DataOffset + 100);
         }
         var buf = new byte[256 * Bs];
+        dev.ReadExtraMs = 200;
         var r = await v.ReadAsync(start, buf, Ctx);
         var want = ioError ? VolumeStatus.IoError : VolumeStatus.IntegrityError;
         Assert.That((r.Status, r.Lba, r.GoodBlocks), Is.EqualTo((want, bad, bad - start)), r.ToString());
@@ -135,9 +142,34 @@ public class ConcurrentPiecesTests
         await using var _v = v;
         using var _m = mem;
         ulong lba = 16 * Bpc;
+        dev.BigWriteExtraMs = 300;
         await T.WriteOk(v, lba, T.Pattern(lba, 256, Bs, 2), fua: true);
         Assert.That(dev.MaxWritesInFlight, Is.GreaterThanOrEqualTo(8), "eight slot writes at once");
         Assert.That(await T.ReadOk(v, lba - 1, 258), Is.EqualTo([.. T.Pattern(lba - 1, 1, Bs, 1), .. T.Pattern(lba, 256, Bs, 2), .. T.Pattern(lba + 256, 1, Bs, 1)]));
+    }
+
+    [Test]
+    public async Task A_write_larger_than_one_atomic_unit_has_its_parts_in_flight_together_and_a_failed_part_names_its_offset()
+    {
+        var (dev, mem, v, _) = await Filled();
+        await using var _v = v;
+        using var _m = mem;
+        ulong lba = 32 * Bpc;
+        // A failed slot write (the first one the device sees) fails its part: the command names that part's first
+        // LBA and the blocks before it as done; the other parts complete before the command answers.
+        dev.FailBigWrite = 0;
+        var r = await v.WriteAsync(lba, T.Pattern(lba, 3 * 256, Bs, 3), fua: false);
+        Assert.That(r.Status, Is.EqualTo(VolumeStatus.IoError), r.ToString());
+        Assert.That(r.GoodBlocks % 256, Is.Zero, "a whole number of parts before the failing one");
+        Assert.That(r.Lba, Is.EqualTo(lba + r.GoodBlocks), r.ToString());
+        Assert.That(dev.InFlight, Is.EqualTo(0), "no part is still writing once the command has answered");
+        Assert.That(await T.ReadOk(v, lba + r.GoodBlocks, 256), Is.EqualTo(T.Pattern(lba + r.GoodBlocks, 256, Bs, 1)), "the failed part is not visible");
+        dev.FailBigWrite = -1;
+        dev.MaxWritesInFlight = 0;
+        dev.BigWriteExtraMs = 300;
+        await T.WriteOk(v, lba, T.Pattern(lba, 3 * 256, Bs, 2)); // 3 MiB: three 1 MiB atomic parts
+        Assert.That(dev.MaxWritesInFlight, Is.GreaterThanOrEqualTo(16), "the parts' slot writes were in flight together, not part after part");
+        Assert.That(await T.ReadOk(v, lba, 3 * 256), Is.EqualTo(T.Pattern(lba, 3 * 256, Bs, 2)));
     }
 
     [TestCase(0)]
