@@ -25,6 +25,11 @@ public interface IBlockDevice : IDisposable
     ValueTask GrowAsync(long newLength, CancellationToken ct = default) =>
         throw new NotSupportedException($"{Name}: this device cannot grow");
 
+    /// <summary>How many independent requests are worth having in flight at once for bulk work (home copies): a
+    /// device whose calls are synchronous system calls gains little beyond the cores; a network store whose calls
+    /// wait for a round trip gains up to its queue depth.</summary>
+    int BulkConcurrency => Math.Min(Environment.ProcessorCount, 4);
+
     /// <summary>Unit a power cut can tear at (512 for every implementation here).</summary>
     int SectorSize { get; }
 

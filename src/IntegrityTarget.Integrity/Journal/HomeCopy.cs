@@ -91,7 +91,7 @@ public sealed partial class IntegrityVolume
     /// system calls, and two parts share no bytes.</summary>
     private async ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct)
     {
-        int parts = Math.Min(Environment.ProcessorCount, 4);
+        int parts = Math.Max(1, _dev.BulkConcurrency);
         if (parts < 2 || recs.Count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, 0, recs.Count, ct).ConfigureAwait(false); return; }
         var tasks = new List<Task>(parts);
         int from = 0;
