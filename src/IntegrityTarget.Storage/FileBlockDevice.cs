@@ -109,14 +109,20 @@ public sealed class FileBlockDevice : IBlockDevice
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default)
     {
         CheckRange(offset, buffer.Length);
+        ReadFully(offset, buffer.Span);
+        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>pread until the span is full; past the end of a short file reads as zeros.</summary>
+    private void ReadFully(long offset, Span<byte> buffer)
+    {
         int done = 0;
         while (done < buffer.Length)
         {
-            int n = RandomAccess.Read(_handle, buffer.Span[done..], offset + done);
-            if (n == 0) { buffer.Span[done..].Clear(); break; } // past EOF of a short file reads as zeros
+            int n = RandomAccess.Read(_handle, buffer[done..], offset + done);
+            if (n == 0) { buffer[done..].Clear(); break; }
             done += n;
         }
-        return ValueTask.CompletedTask;
     }
 
     /// <summary>One preadv; a short read (the end of a short file) continues part by part, zeros past the end.</summary>
@@ -134,7 +140,7 @@ public sealed class FileBlockDevice : IBlockDevice
             if (at + part.Length > got)
             {
                 int skip = (int)Math.Max(0, got - at);
-                ReadAsync(offset + at + skip, part[skip..], ct);
+                ReadFully(offset + at + skip, part.Span[skip..]);
             }
             at += part.Length;
         }
