@@ -33,39 +33,67 @@ public sealed partial class IntegrityVolume
         return VolumeResult.Success;
     }
 
-    /// <summary>Pieces of one command in flight at once (a 1 MiB read of 128 KiB chunks: all eight, one round trip on
-    /// a network store instead of eight in series).</summary>
-    private const int PiecesInFlight = 16;
+    /// <summary>Pieces of one command looked at together (a batch): their device reads are all in flight at once,
+    /// 4 MiB of 128 KiB chunks.</summary>
+    private const int PiecesPerBatch = 32;
 
     /// <summary>What became of one piece: the index of its first block that failed verification (-1: none), or
     /// the exception its device read threw.</summary>
     private readonly record struct PieceOutcome(int Bad, Exception? Error);
 
+    private static readonly PieceOutcome Fine = new(-1, null);
+
+    /// <summary>Reads of a span before its pieces that raced home copies are read one by one.</summary>
+    private const int SpanAttempts = 3;
+
     /// <summary>
-    /// A read over several chunks: its pieces are read and verified concurrently (up to <see cref="PiecesInFlight"/>
-    /// at once), each into its own part of the caller's buffer, and looked at in LBA order, so the result is the same
-    /// as reading them one after another: the first piece that fails names its first bad block, and the good blocks
-    /// before it are in the buffer. Every piece started is awaited before this returns, failure or not: none may
-    /// write into the caller's buffer after the command has completed.
+    /// A read over several chunks, a batch of pieces at a time. Whole-chunk pieces whose slots lie back to back on
+    /// the device (<c>map[c+1] == map[c] + 1</c> after a large write, in whatever order) form a <em>span</em>,
+    /// read with one scatter read (data into the caller's buffer, the tag regions between them into one buffer
+    /// of ours) and then verified piece by piece; every other piece (partial, unmapped, alone in its slot run) is
+    /// read on its own. All of a batch's reads are in flight together, each into its own part of the caller's
+    /// buffer, and the outcomes are taken in LBA order, so the result is the same as reading the pieces one after
+    /// another: the first piece that fails names its first bad block, and the good blocks before it are in the
+    /// buffer. Every read started is awaited before this returns, failure or not: none may write into the
+    /// caller's buffer after the command has completed.
     /// </summary>
     private async ValueTask<VolumeResult?> ReadPiecesConcurrentlyAsync(ulong lba, ulong end, long c0, long c1, Memory<byte> buffer, IoContext? context, CancellationToken ct)
     {
-        int pieces = (int)(c1 - c0 + 1), window = Math.Min(pieces, PiecesInFlight);
-        var inFlight = new ValueTask<PieceOutcome>[window];
-        int started = 0;
-        while (started < window) inFlight[started] = StartPiece(started++);
-        for (int i = 0; i < pieces; i++)
+        int pieces = (int)(c1 - c0 + 1);
+        for (int b0 = 0; b0 < pieces; b0 += PiecesPerBatch)
         {
-            var o = await inFlight[i % window].ConfigureAwait(false);
-            if (o.Bad >= 0 || o.Error != null)
+            int m = Math.Min(PiecesPerBatch, pieces - b0);
+            var outcomes = new PieceOutcome[m];
+            var reads = new List<ValueTask>(m);
+            // Whole mapped chunks, in slot order; runs of consecutive slots within one segment are spans.
+            var whole = new List<(long Slot, int K)>(m);
+            for (int k = 0; k < m; k++)
             {
-                // Drain what is still in flight (its results do not matter: an earlier piece failed).
-                for (int j = i + 1; j < started; j++) await inFlight[j % window].ConfigureAwait(false);
+                var (s, n) = Piece(b0 + k);
+                long e = Volatile.Read(ref _map[c0 + b0 + k]);
+                if (n == _bpc && e > 0) whole.Add((e - 1, k));
+                else reads.Add(ReadAloneAsync(k, s, n));
+            }
+            whole.Sort();
+            for (int i = 0, j; i < whole.Count; i = j)
+            {
+                for (j = i + 1; j < whole.Count && whole[j].Slot == whole[j - 1].Slot + 1
+                     && _g.SlotOffset(whole[j].Slot) == _g.SlotOffset(whole[j - 1].Slot) + _g.SlotBytes; j++) { }
+                if (j - i == 1) { var (s, n) = Piece(b0 + whole[i].K); reads.Add(ReadAloneAsync(whole[i].K, s, n)); }
+                else reads.Add(ReadSpanAsync(whole.GetRange(i, j - i), c0 + b0, lba, buffer, outcomes, ct));
+            }
+            foreach (var r in reads) await r.ConfigureAwait(false); // none throws: failures are outcomes
+            for (int k = 0; k < m; k++)
+            {
+                var o = outcomes[k];
+                if (o.Bad < 0 && o.Error == null) continue;
                 if (o.Error is { } err and not IOException) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(err);
-                var (s, n) = Piece(i);
+                var (s, n) = Piece(b0 + k);
                 return await PieceFailureAsync(o, lba, s, n, buffer.Slice((int)(s - lba) * _bs, n * _bs), context, ct).ConfigureAwait(false);
             }
-            if (started < pieces) inFlight[started % window] = StartPiece(started++);
+
+            async ValueTask ReadAloneAsync(int k, ulong s, int n) =>
+                outcomes[k] = await ReadPieceCatchingAsync(c0 + b0 + k, s, n, buffer.Slice((int)(s - lba) * _bs, n * _bs), ct).ConfigureAwait(false);
         }
         return null;
 
@@ -75,17 +103,82 @@ public sealed partial class IntegrityVolume
             ulong s = Math.Max(lba, cs), e = Math.Min(end, cs + (ulong)_bpc);
             return (s, (int)(e - s));
         }
-
-        ValueTask<PieceOutcome> StartPiece(int k)
-        {
-            var (s, n) = Piece(k);
-            return ReadPieceCatchingAsync(c0 + k, s, n, buffer.Slice((int)(s - lba) * _bs, n * _bs), ct);
-        }
     }
 
-    private async ValueTask<PieceOutcome> ReadPieceCatchingAsync(long c, ulong start, int n, Memory<byte> mem, CancellationToken ct)
+    /// <summary>
+    /// Reads whole chunks whose slots are back to back on the device (<paramref name="span"/>: slot and piece index,
+    /// in slot order; piece k is chunk <paramref name="cFirst"/> + k) with one scatter read: data, tags, data,
+    /// tags... The data goes straight into the command's <paramref name="buffer"/> (which starts at LBA
+    /// <paramref name="lba"/>), the tag regions into one buffer of ours. Then each piece is checked as a piece read
+    /// on its own would be: overlay laid over, every other block verified against the tags just read (never cached
+    /// ones); a mismatch is read again from the failing block with the device's tags. When home copies ran during
+    /// the read (or a chunk was remapped) the whole span is read again, as a piece would be. A device error fails
+    /// the span read as a whole, so each piece is then read on its own: only the piece that really fails is
+    /// narrowed to its block. Outcomes go into <paramref name="outcomes"/> by piece index; this never throws.
+    /// </summary>
+    private async ValueTask ReadSpanAsync(List<(long Slot, int K)> span, long cFirst, ulong lba, Memory<byte> buffer, PieceOutcome[] outcomes, CancellationToken ct)
     {
-        try { return new(await ReadPieceAsync(c, start, n, mem, fromDevice: false, ct).ConfigureAwait(false), null); }
+        int m = span.Count, ts = _g.TagSize, region = _g.TagRegionBytes, chunk = _bpc * _bs;
+        byte[] tags = _buffers.Rent(m * region);
+        try
+        {
+            var parts = new Memory<byte>[2 * m];
+            for (int j = 0; j < m; j++)
+            {
+                parts[2 * j] = buffer.Slice((int)(Start(j) - lba) * _bs, chunk);
+                // The last tag region is read only as far as the tags go (rounded to whole sectors).
+                parts[2 * j + 1] = tags.AsMemory(j * region, j < m - 1 ? region : (int)Geometry.RoundUp((long)_bpc * ts, 512));
+            }
+            var bad = new int[m];
+            for (int attempt = 1; ; attempt++)
+            {
+                long seq = Volatile.Read(ref _homeSeq);
+                if ((seq & 1) != 0) { await HomeCopyDoneAsync().ConfigureAwait(false); continue; }
+                try { await _dev.ReadScatterAsync(_g.SlotOffset(span[0].Slot), parts, ct).ConfigureAwait(false); }
+                catch (Exception e)
+                {
+                    if (e is IOException)
+                    {
+                        var alone = new ValueTask<PieceOutcome>[m];
+                        for (int j = 0; j < m; j++) alone[j] = ReadPieceCatchingAsync(cFirst + span[j].K, Start(j), _bpc, parts[2 * j], ct);
+                        for (int j = 0; j < m; j++) outcomes[span[j].K] = await alone[j].ConfigureAwait(false);
+                    }
+                    else for (int j = 0; j < m; j++) outcomes[span[j].K] = new(-1, e);
+                    return;
+                }
+                // After a few laps that raced home copies (a steady stream of small writes), the pieces still
+                // stale are read on their own, each in a shorter window.
+                bool stale = false, last = attempt == SpanAttempts;
+                for (int j = 0; j < m && (last || !stale); j++)
+                {
+                    bad[j] = Volatile.Read(ref _map[cFirst + span[j].K]) == span[j].Slot + 1
+                        ? VerifyRead(Start(j), _bpc, parts[2 * j], tags.AsSpan(j * region, _bpc * ts), seq) : Stale;
+                    stale |= bad[j] == Stale;
+                }
+                if (!stale || last) break;
+            }
+            for (int j = 0; j < m; j++)
+            {
+                long c = cFirst + span[j].K;
+                outcomes[span[j].K] = bad[j] switch
+                {
+                    -1 => Fine,
+                    Stale => await ReadPieceCatchingAsync(c, Start(j), _bpc, parts[2 * j], ct).ConfigureAwait(false),
+                    _ => await CatchingAsync(RetryFromAsync(c, Start(j), _bpc, parts[2 * j], bad[j], ct)).ConfigureAwait(false),
+                };
+            }
+        }
+        finally { _buffers.Return(tags); }
+
+        ulong Start(int j) => (ulong)(cFirst + span[j].K) * (ulong)_bpc;
+    }
+
+    private async ValueTask<PieceOutcome> ReadPieceCatchingAsync(long c, ulong start, int n, Memory<byte> mem, CancellationToken ct) =>
+        await CatchingAsync(ReadPieceAsync(c, start, n, mem, fromDevice: false, ct)).ConfigureAwait(false);
+
+    private static async ValueTask<PieceOutcome> CatchingAsync(ValueTask<int> read)
+    {
+        try { return new(await read.ConfigureAwait(false), null); }
         catch (Exception e) { return new(-1, e); }
     }
 
@@ -125,15 +218,20 @@ public sealed partial class IntegrityVolume
         return (-1, null);
     }
 
-    /// <summary>Reads and verifies blocks of one chunk into the start of <paramref name="rest"/> (n blocks; bytes
-    /// after them may be used as scratch and are overwritten by later pieces); on a mismatch re-reads from the
-    /// failing block once, with the tags read from the device (a racing home write or a transient read must not
-    /// fail a good block, nor a cached tag outlive what the device holds). Returns the index of the first block
-    /// that failed twice, or -1. <paramref name="fromDevice"/>: never use cached tags (scrub).</summary>
+    /// <summary>Reads and verifies blocks of one chunk into the start of <paramref name="rest"/> (n blocks; nothing
+    /// after them is touched); on a mismatch re-reads from the failing block once, with the tags read from the
+    /// device (a racing home write or a transient read must not fail a good block, nor a cached tag outlive what
+    /// the device holds). Returns the index of the first block that failed twice, or -1. <paramref name="fromDevice"/>: never use cached tags (scrub).</summary>
     private async ValueTask<int> ReadPieceAsync(long c, ulong start, int n, Memory<byte> rest, bool fromDevice, CancellationToken ct)
     {
         int bad = await ReadAndVerifyAsync(c, start, n, rest, fromDevice, ct).ConfigureAwait(false);
-        if (bad < 0) return -1;
+        return bad < 0 ? -1 : await RetryFromAsync(c, start, n, rest, bad, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Block <paramref name="bad"/> of a piece failed verification: drops the slot's cached tags and reads
+    /// the piece again from that block with the tags on the device. Returns the first block that failed twice, or -1.</summary>
+    private async ValueTask<int> RetryFromAsync(long c, ulong start, int n, Memory<byte> rest, int bad, CancellationToken ct)
+    {
         if (Volatile.Read(ref _map[c]) is long e and > 0) _tagCache.Invalidate(e - 1);
         int again = await ReadAndVerifyAsync(c, start + (ulong)bad, n - bad, rest.Slice(bad * _bs, (n - bad) * _bs), fromDevice: true, ct).ConfigureAwait(false);
         return again < 0 ? -1 : bad + again;
@@ -165,27 +263,19 @@ public sealed partial class IntegrityVolume
         int idx0 = (int)(start % (ulong)_bpc);
         int ts = _g.TagSize;
         long dOff = _g.SlotOffset(p) + (long)idx0 * _bs;
-        // A piece that runs to the end of a full chunk is followed on the device by the tag region. Scrub (whose
-        // buffer has room behind the piece) reads both in one device read; a piece of a read that covers its whole
-        // chunk (every whole chunk of a large read) reads the data into the caller's buffer and the tags into one of
-        // ours in one scatter read. Either way the tags are the current ones on the device, never a cached copy.
-        int tagBytes = (int)Geometry.RoundUp((long)_bpc * ts, 512), joined = n * _bs + tagBytes;
-        if (idx0 + n == _bpc && rest.Length >= joined)
-        {
-            await _dev.ReadAsync(dOff, rest[..joined], ct).ConfigureAwait(false);
-            int r = VerifyRead(start, n, mem, rest.Span.Slice(n * _bs + idx0 * ts, n * ts), seq);
-            if (r != Stale && _tagCache.Enabled) _tagCache.AddFromDevice(p, rest.Span.Slice(n * _bs, _bpc * ts), () => Volatile.Read(ref _homeSeq) == seq);
-            return r;
-        }
         if (idx0 == 0 && n == _bpc)
         {
+            // A whole chunk (a large read's piece that is not part of a span, or scrub's): the data and the tag region
+            // behind it in one scatter read, the data into the caller's buffer. The tags are the ones on the device,
+            // never a cached copy, and they do not go into the tag cache: that cache is for small reads, whose working
+            // set a sequential read (or scrub, which visits every slot) would otherwise evict to hold tags that a
+            // large read, reading them with its data at no extra cost, does not need.
+            int tagBytes = (int)Geometry.RoundUp((long)_bpc * ts, 512);
             byte[] region = _buffers.Rent(tagBytes);
             try
             {
                 await _dev.ReadScatterAsync(dOff, [mem, region.AsMemory(0, tagBytes)], ct).ConfigureAwait(false);
-                int r = VerifyRead(start, n, mem, region.AsSpan(0, n * ts), seq);
-                if (r != Stale && _tagCache.Enabled) _tagCache.AddFromDevice(p, region.AsSpan(0, _bpc * ts), () => Volatile.Read(ref _homeSeq) == seq);
-                return r;
+                return VerifyRead(start, n, mem, region.AsSpan(0, n * ts), seq);
             }
             finally { _buffers.Return(region); }
         }
