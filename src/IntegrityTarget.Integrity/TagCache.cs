@@ -6,8 +6,10 @@ namespace IntegrityTarget.Integrity;
 /// (docs/integrity-volume.md, "Reads"). For an RBD image each saved read is a network round trip.
 /// <para>An entry always equals what the volume last wrote to the slot's tags or read from them: it is put by
 /// a redirect-on-write of the whole slot (before the remap that lets any read see the slot), by a home copy
-/// that just wrote the region, or by a read that fetched the whole region while no home copy ran (the
-/// caller's <c>stillCurrent</c>, checked under this cache's lock). A freed slot's entry is dropped, and so is
+/// that just wrote the region, or by a small read that fetched the whole region while no home copy ran (the
+/// caller's <c>stillCurrent</c>, checked under this cache's lock). Whole-chunk reads and scrub never add:
+/// they read the tags with the data anyway, and their sweep over slot after slot would evict the small
+/// reads' working set. A freed slot's entry is dropped, and so is
 /// one whose read failed verification (the retry reads the device). Data is still read from the device and
 /// checked against these tags on every read; what an entry hides is damage to the tags on the device after
 /// they were cached, which scrub (always from the device) finds, and a restart empties the cache.</para>
