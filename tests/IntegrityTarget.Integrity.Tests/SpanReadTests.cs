@@ -77,6 +77,14 @@ public class SpanReadTests
 
     private static int Bpc(IntegrityVolume v) => v.ChunkBytes / v.BlockSize;
 
+    /// <summary>A read of 512-byte blocks of pattern 1 from <paramref name="start"/> failed at <paramref name="at"/>,
+    /// with the good blocks before it in <paramref name="buf"/>.</summary>
+    private static void FailedAt(VolumeResult r, byte[] buf, VolumeStatus status, ulong start, ulong at)
+    {
+        Assert.That((r.Status, r.Lba, r.GoodBlocks), Is.EqualTo((status, at, at - start)), r.ToString());
+        Assert.That(buf.AsSpan(0, (int)(at - start) * 512).ToArray(), Is.EqualTo(T.Pattern(start, (int)(at - start), 512, 1)), "the good blocks before it are in the buffer");
+    }
+
     [TestCase(512, 1 << 20)]
     [TestCase(512, 0)]
     [TestCase(4096, 1 << 20)]
@@ -118,8 +126,7 @@ public class SpanReadTests
         if (chunk < 7) T.Flip(mem, v.LocateBlock(start + (ulong)(7 * bpc + 3))!.Value.DataOffset + 9); // a later one too
         var buf = new byte[n * 512];
         var r = await v.ReadAsync(start, buf, Ctx);
-        Assert.That((r.Status, r.Lba, r.GoodBlocks), Is.EqualTo((VolumeStatus.IntegrityError, bad, bad - start)), r.ToString());
-        Assert.That(buf.AsSpan(0, (int)(bad - start) * 512).ToArray(), Is.EqualTo(T.Pattern(start, (int)(bad - start), 512, 1)), "the good blocks before it are in the buffer");
+        FailedAt(r, buf, VolumeStatus.IntegrityError, start, bad);
         Assert.That(dev.Scatters, Has.Count.EqualTo(1), "one span read; the failing piece was then re-read from its bad block with plain reads");
         Assert.That(dev.Reads, Is.GreaterThan(0));
         Assert.That(sink.Failures.Select(CapturingSink.LbaOf), Is.EqualTo(new[] { bad }), "one event, for the failure the command reports");
@@ -167,8 +174,7 @@ public class SpanReadTests
         var r = await v.ReadAsync(start, buf, Ctx);
         // A bad tag sector fails every block whose tag is in it (128 crc32c tags per 512-byte sector): the first of them fails first.
         ulong first = inTags ? badLba / 128 * 128 : badLba;
-        Assert.That((r.Status, r.Lba, r.GoodBlocks), Is.EqualTo((VolumeStatus.IoError, first, first - start)), r.ToString());
-        Assert.That(buf.AsSpan(0, (int)(first - start) * 512).ToArray(), Is.EqualTo(T.Pattern(start, (int)(first - start), 512, 1)), "the good blocks before it are there");
+        FailedAt(r, buf, VolumeStatus.IoError, start, first);
         Assert.That(r.Detail, Does.Contain("Input/output error"));
         Assert.That(dev.InFlight, Is.Zero);
     }
