@@ -272,4 +272,40 @@ public class SpanReadTests
         Assert.That((after.Hits - before.Hits, after.Misses - before.Misses), Is.EqualTo((3L, 0L)), "still cached");
         Assert.That(dev.Reads, Is.EqualTo(3), "one device read each: the data");
     }
+    /// <summary>What makes spans the normal case: 1 MiB writes at QD8, lap after lap (as fio's sequential write job
+    /// before its read job), leave nearly every aligned 1 MiB in slots that lie back to back, so reading it is one
+    /// device request. (A change to how free slots are handed out that scatters them shows up here first.)</summary>
+    [Test]
+    public async Task Sequential_1M_overwrites_keep_nearly_every_1M_read_one_request()
+    {
+        const int bs = 512, bpc = 256;
+        ulong blocks = 128UL * bpc; // 16 MiB
+        using var mem = T.Memory(blocks, bs);
+        await using var v = await IntegrityVolume.FormatAsync(mem, T.Format(bs), new CapturingSink().Logger());
+        long slotBytes = v.ChunkBytes + 4096;
+        for (int lap = 1; lap <= 3; lap++)
+        {
+            using var gate = new SemaphoreSlim(8);
+            var writes = new List<Task>();
+            for (ulong l = 0; l < blocks; l += 8 * bpc)
+            {
+                await gate.WaitAsync();
+                ulong at = l;
+                writes.Add(Task.Run(async () =>
+                {
+                    try { Assert.That((await v.WriteAsync(at, T.Pattern(at, 8 * bpc, bs, lap), fua: false)).IsOk); }
+                    finally { gate.Release(); }
+                }));
+            }
+            await Task.WhenAll(writes);
+            int one = 0, all = 0;
+            for (ulong c0 = 0; c0 < blocks / bpc; c0 += 8, all++)
+            {
+                var slots = Enumerable.Range(0, 8).Select(k => v.LocateBlock((c0 + (ulong)k) * bpc)!.Value.DataOffset / slotBytes).Order().ToArray();
+                if (slots[^1] - slots[0] == 7) one++;
+            }
+            Assert.That(one, Is.GreaterThanOrEqualTo(all * 9 / 10), $"lap {lap}: {one} of {all} aligned 1 MiB ranges in back-to-back slots");
+        }
+        Assert.That(await T.ReadOk(v, 40 * (ulong)bpc, 8 * bpc), Is.EqualTo(T.Pattern(40 * (ulong)bpc, 8 * bpc, bs, 3)));
+    }
 }
