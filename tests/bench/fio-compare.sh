@@ -10,7 +10,8 @@
 #   INTEGRITY_TARGET_BIN=DIR       use this build instead of building the working tree
 #   INTEGRITY_TARGET_BIN_B=DIR     also run target "onB": integrity on from this second build (A/B experiments)
 #   STRESS_CPU=N                   run `stress-ng --cpu N` for the whole run (a CPU-bound neighbour)
-#   JOBS="name rw bs depth;..."    replace the six default jobs
+#   JOBS="name rw bs depth [fio options...];..."  replace the six default jobs; anything after the depth goes
+#                                  to fio as is (e.g. --fsync=32: SYNCHRONIZE CACHE after every 32 writes)
 set -euo pipefail
 runtime=${1:-10}; size=${2:-1G}; rounds=${3:-2}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -71,11 +72,11 @@ cpu_ticks() { # utime+stime of a process and its threads, in clock ticks
   awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
-run_fio() { # target rw bs depth -> "iops MB/s p99_us cpu_us_per_io"
-  local out c0 c1
+run_fio() { # target rw bs depth [fio options...] -> "iops MB/s p99_us cpu_us_per_io"
+  local out c0 c1 extra=("${@:5}")
   c0=$(cpu_ticks "${pid[$1]}")
   out=$("$FIO" --name=j --ioengine=libiscsi --filename="${url[$1]}" --rw="$2" --bs="$3" --iodepth="$4" \
-        --size="$size" --time_based --runtime="$runtime" --ramp_time=1 --output-format=json 2>/dev/null)
+        --size="$size" --time_based --runtime="$runtime" --ramp_time=1 --output-format=json "${extra[@]}" 2>/dev/null)
   c1=$(cpu_ticks "${pid[$1]}")
   python3 -c '
 import sys, json, os
@@ -95,14 +96,15 @@ for t in "${targets[@]}"; do "$FIO" --name=fill --ioengine=libiscsi --filename="
 cells=$work/cells.txt
 for ((r = 0; r < rounds; r++)); do
   for j in "${jobs[@]}"; do
-    read -r name rw bs depth <<<"$j"
+    read -r name rw bs depth extra <<<"$j"
     # The targets take turns going first, and every cell starts with no dirty page cache: otherwise the
     # kernel writes back one target's unsynced writes (integrity off and tgt never sync during a job)
     # while the next target's cell is being timed, and that cell pays for them.
     for ((k = 0; k < ${#targets[@]}; k++)); do
       t=${targets[$(( (k + r) % ${#targets[@]} ))]}
       sync
-      echo "$name $t $r $(run_fio "$t" "$rw" "$bs" "$depth")" >>"$cells"
+      # shellcheck disable=SC2086 # the extra fio options are split on purpose
+      echo "$name $t $r $(run_fio "$t" "$rw" "$bs" "$depth" $extra)" >>"$cells"
     done
   done
 done
