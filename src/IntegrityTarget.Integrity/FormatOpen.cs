@@ -50,6 +50,8 @@ public sealed partial class IntegrityVolume
             throw new IntegrityVolumeException($"{name}: hmac-sha256 needs a key of at least 16 bytes (got {options.Key.Length})");
         if (options.JournalBytes is long jb && jb < Geometry.MinJournalBytes)
             throw new IntegrityVolumeException($"{name}: journal of {jb} bytes is too small (minimum {Geometry.MinJournalBytes})");
+        if (options.SpareSlots is long sp && (sp < Geometry.MinSpareSlots && !options.AllowTinySparePool || sp < 1))
+            throw new IntegrityVolumeException($"{name}: {sp} spare slots is too few: redirect-on-write needs at least {Geometry.MinSpareSlots} (a 1 MiB write of whole {Geometry.ChunkBytesDefault / 1024} KiB chunks takes {Geometry.MinSpareSlots} free slots at once); the default is 32 + 1/32 of the chunks");
         var content = Probe(device);
         if (!options.Force && content == DeviceContent.IntegrityVolume)
             throw new IntegrityVolumeException($"{name}: already holds an integrity volume; refusing to format it without Force");
@@ -57,7 +59,7 @@ public sealed partial class IntegrityVolume
             throw new IntegrityVolumeException($"{name}: holds data that is not an integrity volume (not all zeros); refusing to format it without Force");
 
         int bpc = Geometry.ChunkBytesDefault / options.BlockSize;
-        ulong blocks = options.LogicalBlocks ?? LogicalBlocksFor(device.Length, options.BlockSize, options.Algorithm, options.JournalBytes);
+        ulong blocks = options.LogicalBlocks ?? LogicalBlocksFor(device.Length, options.BlockSize, options.Algorithm, options.JournalBytes, options.SpareSlots);
         if (blocks == 0)
         {
             long need = DeviceBytesFor((ulong)bpc, options.BlockSize, options.Algorithm, options.JournalBytes);

@@ -74,6 +74,7 @@ public sealed partial class IntegrityVolume
             }
             _slots.Grow(g2.PhysicalSlots);
             _slots.LowWater = SlotAllocator.LowWaterFor(g2.SpareSlots);
+            _slots.BackgroundWater = Math.Max(_slots.BackgroundWater, SlotAllocator.BackgroundWaterFor(g2.SpareSlots));
         }
         _sb = sb2;
         _g = g2;

@@ -73,6 +73,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _idleTrimMs = options.IdleTrimMs;
         _parallelApplyBlocks = Math.Max(2, options.ParallelApplyBlocks);
         _skipRemapValidation = options.SkipRemapValidation;
+        _releaseLimboAtFlushStart = options.ReleaseLimboAtFlushStart;
         _tagCache = new TagCache(g.BlocksPerChunk * g.TagSize, options.TagCacheBytes);
         _badBlocks = new BadBlockLog(_log, Name, Tagger.NameOf(g.Algorithm), options.FailureLogWindow);
         _map = new long[g.LogicalChunks];
@@ -80,7 +81,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _overlayInChunk = new int[g.LogicalChunks];
         _maxTxnBytes = Math.Min(g.JournalAreaBytes / 2, 16L << 20);
         _maxPending = Math.Min(_maxTxnBytes / 2, 8L << 20) * 4;
-        _slots = new SlotAllocator(g.PhysicalSlots) { LowWater = SlotAllocator.LowWaterFor(g.SpareSlots) };
+        _slots = new SlotAllocator(g.PhysicalSlots) { LowWater = SlotAllocator.LowWaterFor(g.SpareSlots), BackgroundWater = options.BackgroundFlushBelow ?? SlotAllocator.BackgroundWaterFor(g.SpareSlots) };
     }
 
     public static long DeviceBytesFor(ulong logicalBlocks, int blockSize, TagAlgorithm alg, long? journalBytes = null, long? spareSlots = null)
@@ -89,10 +90,13 @@ public sealed partial class IntegrityVolume : IBlockVolume
         return Geometry.Compute(blockSize, alg, logicalBlocks, journalBytes, spareSlots).DeviceBytes;
     }
 
+    /// <summary>Fewest spare slots <see cref="FormatOptions.SpareSlots"/> may ask for (what a 1 MiB write of whole chunks takes).</summary>
+    public const long MinSpareSlots = Geometry.MinSpareSlots;
+
     /// <summary>The journal size format uses when <see cref="FormatOptions.JournalBytes"/> is not given.</summary>
     public static long DefaultJournalBytes(ulong logicalBlocks, int blockSize) => Geometry.DefaultJournalBytes(logicalBlocks, blockSize);
 
-    public static ulong LogicalBlocksFor(long deviceBytes, int blockSize, TagAlgorithm alg, long? journalBytes = null)
+    public static ulong LogicalBlocksFor(long deviceBytes, int blockSize, TagAlgorithm alg, long? journalBytes = null, long? spareSlots = null)
     {
         CheckBlockSize(blockSize, "sizing");
         ulong bpc = (ulong)(Geometry.ChunkBytesDefault / blockSize);
@@ -100,7 +104,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         while (lo < hi)
         {
             ulong mid = (lo + hi + 1) / 2;
-            if (Geometry.Compute(blockSize, alg, mid * bpc, journalBytes).DeviceBytes <= deviceBytes) lo = mid; else hi = mid - 1;
+            if (Geometry.Compute(blockSize, alg, mid * bpc, journalBytes, spareSlots).DeviceBytes <= deviceBytes) lo = mid; else hi = mid - 1;
         }
         return lo * bpc;
     }

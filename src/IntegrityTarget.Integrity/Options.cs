@@ -16,6 +16,9 @@ public sealed class FormatOptions
     /// <summary>Spare slots beyond one per chunk: the write-back window of whole-chunk writes, which reuse slots
     /// replaced within the window without flushing (null = about 3 % + 32).</summary>
     public long? SpareSlots { get; init; }
+    /// <summary>Tests only: accept a spare pool smaller than one 1 MiB command needs (down to 1 slot), for exact crash
+    /// states built from single-chunk writes.</summary>
+    internal bool AllowTinySparePool { get; init; }
     /// <summary>null = as many blocks as fit on the device.</summary>
     public ulong? LogicalBlocks { get; init; }
     /// <summary>Format even when the device already holds a volume or other data.</summary>
@@ -53,6 +56,12 @@ public sealed record OpenOptions
     /// <summary>Deliberately broken recovery for the crash harness's self-test: keep every remap without
     /// validating its slot. Never set outside tests.</summary>
     internal bool SkipRemapValidation { get; init; }
+    /// <summary>Free slots below which the committer starts a background flush (null = half the spare, at most 512);
+    /// the crash suite raises it so its small volumes flush in the background at nearly every commit.</summary>
+    internal long? BackgroundFlushBelow { get; init; }
+    /// <summary>Deliberately broken spare pool for the crash harness's self-test: limbo slots return to the pool when a
+    /// background flush starts instead of when it completes. Never set outside tests.</summary>
+    internal bool ReleaseLimboAtFlushStart { get; init; }
 }
 
 public enum DeviceContent { Blank, IntegrityVolume, Unknown }

@@ -5,13 +5,13 @@ namespace IntegrityTarget.Integrity;
 /// (docs/integrity-volume.md, write path 2). A slot replaced by a remap is either
 /// <em>fresh</em> (the remap that named it was written in the same flush epoch as the one replacing it:
 /// reusable as soon as the replacing transaction is written) or in <em>limbo</em> until the replacing
-/// transaction is proven. Thread-safe; writers allocate, the committer returns and releases.
+/// transaction is flushed. Thread-safe; writers allocate, the committer returns and releases.
 /// </summary>
 internal sealed class SlotAllocator
 {
     private readonly object _lock = new();
     private readonly Stack<long> _free = new();
-    /// <summary>Replaced slots waiting for their replacing transaction to be proven, in commit order.</summary>
+    /// <summary>Replaced slots waiting for their replacing transaction to be flushed, in commit order.</summary>
     private readonly Queue<(long Slot, ulong ReplacedIn, bool Discard)> _limbo = new();
     /// <summary>Per slot: flush epoch of the transaction whose remap named it (-1: named before this open, or never).</summary>
     private long[] _namedEpoch;
@@ -38,6 +38,18 @@ internal sealed class SlotAllocator
     /// </summary>
     public static long LowWaterFor(long spare) => Math.Min(spare / 4, 256);
 
+    /// <summary>Below this many free slots the committer starts a flush in the background (without waiting for
+    /// it), so limbo slots come back while writers go on using the rest of the pool.</summary>
+    public long BackgroundWater { get; set; }
+
+    /// <summary>The background water for <paramref name="spare"/> spare slots: half of them, at most 512 (64 MiB
+    /// of chunks), never below the low water.</summary>
+    public static long BackgroundWaterFor(long spare) => Math.Max(Math.Min(spare / 2, 512), LowWaterFor(spare));
+
+    /// <summary>Sequence of the newest transaction that sent a slot to limbo (0: limbo is empty).</summary>
+    public ulong NewestLimbo { get { lock (_lock) return _limboNewest; } }
+    private ulong _limboNewest;
+
     public int FreeCount { get { lock (_lock) return _free.Count; } }
     public int LimboCount { get { lock (_lock) return _limbo.Count; } }
 
@@ -50,6 +62,7 @@ internal sealed class SlotAllocator
             foreach (long e in mapEntries) if (e != 0) used[e - 1] = true;
             _free.Clear();
             _limbo.Clear();
+            _limboNewest = 0;
             for (long p = used.Length - 1; p >= 0; p--) if (!used[p]) _free.Push(p);
         }
     }
@@ -93,20 +106,23 @@ internal sealed class SlotAllocator
     public bool Replaced(long slot, ulong seq, long epoch, bool discard)
     {
         if (_namedEpoch[slot] == epoch) return true;
-        lock (_lock) _limbo.Enqueue((slot, seq, discard));
+        lock (_lock) { _limbo.Enqueue((slot, seq, discard)); _limboNewest = seq; }
         return false;
     }
 
-    /// <summary>Limbo slots whose replacing transaction is now proven (≤ <paramref name="provenThrough"/>), to release.</summary>
-    public List<(long Slot, bool Discard)> TakeProven(ulong provenThrough)
+    /// <summary>Limbo slots whose replacing transaction is now flushed (≤ <paramref name="flushedThrough"/>), to release.</summary>
+    public List<(long Slot, bool Discard)> TakeFlushed(ulong flushedThrough)
     {
         var ready = new List<(long, bool)>();
         lock (_lock)
-            while (_limbo.Count > 0 && _limbo.Peek().ReplacedIn <= provenThrough)
+        {
+            while (_limbo.Count > 0 && _limbo.Peek().ReplacedIn <= flushedThrough)
             {
                 var (s, _, d) = _limbo.Dequeue();
                 ready.Add((s, d));
             }
+            if (_limbo.Count == 0) _limboNewest = 0;
+        }
         return ready;
     }
 

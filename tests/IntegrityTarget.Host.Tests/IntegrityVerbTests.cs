@@ -31,6 +31,30 @@ public class IntegrityVerbTests
     }
 
     [Test]
+    public async Task Format_takes_a_spare_pool_size_and_refuses_one_too_small_for_a_1MiB_write()
+    {
+        using var dir = new TempDir();
+        var format = await CliRun.RunAsync(dir.Path, ["format", "v.img", "--size", "4MiB", "--spare-slots", "100"]);
+        Assert.That(format.ExitCode, Is.EqualTo(0), format.AllOutput);
+        Assert.That(format.Out.ToString(), Does.Contain("formatted: 8192 blocks of 512 bytes (4 MiB), crc32c tags, 100 spare slots"));
+        var dump = await CliRun.RunAsync(dir.Path, ["dump", "v.img"]);
+        Assert.That(dump.Out.ToString(), Does.Contain("physical slots 132 of").And.Contain("100 spare"));
+        // An existing file without --size: the logical size is what fits beside that spare pool.
+        var again = await CliRun.RunAsync(dir.Path, ["format", "v.img", "--force", "--spare-slots", "100"]);
+        Assert.That(again.Out.ToString(), Does.Contain("formatted: 8192 blocks of 512 bytes (4 MiB), crc32c tags, 100 spare slots"), again.AllOutput);
+        var defaults = await CliRun.RunAsync(dir.Path, ["format", "w.img", "--size", "4MiB"]);
+        Assert.That(defaults.Out.ToString(), Does.Contain("crc32c tags, 33 spare slots"), "32 + 1/32 of the 32 chunks");
+
+        foreach (var bad in new[] { "7", "0", "-3", "many", "1e3", "99999999999" })
+        {
+            var run = await CliRun.RunAsync(dir.Path, ["format", "x.img", "--size", "4MiB", "--spare-slots", bad]);
+            Assert.That(run.ExitCode, Is.EqualTo(2), run.AllOutput);
+            Assert.That(run.Err.ToString(), Does.Contain($"--spare-slots must be a whole number from 8 to 1073741824 (slots of 128 KiB; a 1 MiB write needs 8), got {bad}"));
+            Assert.That(File.Exists(dir.File("x.img")), Is.False, "nothing created");
+        }
+    }
+
+    [Test]
     public async Task Format_without_a_block_size_makes_the_blocks_a_LUN_gets_when_serve_creates_it()
     {
         using var dir = new TempDir();

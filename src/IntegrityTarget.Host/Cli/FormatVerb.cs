@@ -8,6 +8,7 @@ public static class FormatVerb
     public const string Usage = """
         usage: integrity-target format PATH [--block-size 512|4096] [--size SIZE]
                                             [--tag-algorithm crc32c|xxhash64|hmac-sha256] [--key-file FILE] [--force]
+                                            [--spare-slots N]
                                             [--ceph-conf FILE] [--ceph-id ID] [--ceph-keyring FILE] [--ceph-cluster NAME]
 
         Formats PATH (file, block device, or Ceph RBD image rbd:POOL/IMAGE) as an integrity volume. A
@@ -15,14 +16,20 @@ public static class FormatVerb
         10GiB); an existing one is used whole. Blocks are 512 bytes unless --block-size 4096 (the
         default of a LUN's BlockSize too). Refuses one that already holds a volume or any other data
         unless --force (which destroys it). hmac-sha256 needs --key-file (at least 16 bytes); the key is
-        never stored on the volume.
+        never stored on the volume. --spare-slots N: slots of 128 KiB beyond one per chunk (default 32 +
+        1/32 of the chunks, at least 8): the write-back window of whole-chunk overwrites, which reuse
+        replaced slots only once the overwrite is flushed; a larger pool means fewer flushes between the
+        initiator's own. The file or image is made larger by N slots, not the LUN.
 
         """ + CephArgs.Usage;
 
     private static readonly Dictionary<string, bool> Known = CephArgs.With(new(StringComparer.OrdinalIgnoreCase)
     {
-        ["block-size"] = true, ["size"] = true, ["tag-algorithm"] = true, ["key-file"] = true, ["force"] = false,
+        ["block-size"] = true, ["size"] = true, ["tag-algorithm"] = true, ["key-file"] = true, ["force"] = false, ["spare-slots"] = true,
     });
+
+    /// <summary>A spare pool of 128 TiB of slots: beyond that the number is a typo, not a write-back window.</summary>
+    private const long MaxSpareSlots = 1L << 30;
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CliContext ctx)
     {
@@ -50,8 +57,15 @@ public static class FormatVerb
         if (TagAlgorithms.NeedsKey(alg) && key.Length < ConfigReader.MinKeyBytes)
             throw new CliException($"{alg} needs --key-file with at least {ConfigReader.MinKeyBytes} bytes (e.g. head -c 32 /dev/urandom > lun.key)", ExitCodes.Usage);
 
+        long? spare = null;
+        if (va.Get("spare-slots") is { } ss)
+        {
+            if (!long.TryParse(ss, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long n) || n < Integrity.IntegrityVolume.MinSpareSlots || n > MaxSpareSlots)
+                throw new CliException($"--spare-slots must be a whole number from {Integrity.IntegrityVolume.MinSpareSlots} to {MaxSpareSlots} (slots of 128 KiB; a 1 MiB write needs 8), got {ss}", ExitCodes.Usage);
+            spare = n;
+        }
         using var log = CliHelpers.QuietLogger(ctx);
-        var request = new IntegrityWiring.FormatRequest(blockSize, alg, key, size, va.Has("force"));
+        var request = new IntegrityWiring.FormatRequest(blockSize, alg, key, size, va.Has("force"), spare);
         string summary;
         try
         {

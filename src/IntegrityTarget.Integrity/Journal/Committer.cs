@@ -109,6 +109,11 @@ public sealed partial class IntegrityVolume
     {
         while (!_abandon)
         {
+            if (_bgFlush is { IsCompleted: true })
+            {
+                try { await HarvestBackgroundFlushAsync(CancellationToken.None).ConfigureAwait(false); }
+                catch (Exception e) { Fail(e, []); }
+            }
             List<Unit>? batch = null;
             Unit? exclusive = null;
             bool stopping = _stop.IsCancellationRequested, pending, syncNow = false;
@@ -173,6 +178,7 @@ public sealed partial class IntegrityVolume
             }
             else if (!woken && trimming) { _recs.Trim(); TrimScratch(); }
         }
+        await DrainBackgroundFlushAsync().ConfigureAwait(false);
     }
 
     /// <summary>Transactions were written since the last flush started.</summary>
@@ -303,8 +309,10 @@ public sealed partial class IntegrityVolume
             else if (durable) await FlushDeviceAsync(ct).ConfigureAwait(false);
         }
         else if (durable && Unflushed) await FlushDeviceAsync(ct).ConfigureAwait(false);
-        // Writers short of slots: a durable point with a marker empties limbo (a steady stream of plain
-        // commits must not starve them).
+        // Limbo slots come back through a flush started in the background (SpareFlush.cs); writers short of
+        // slots even so: a durable point with a marker empties limbo (a steady stream of plain commits must
+        // not starve them).
+        await SpareFlushAsync(ct).ConfigureAwait(false);
         if (_slotsLow) await EnsureProvenAsync(ct).ConfigureAwait(false);
         if (durable || _slotsLow) await HomeEverythingDurableAsync(ct).ConfigureAwait(false);
         foreach (var u in batch) u.Done.TrySetResult();
@@ -352,8 +360,7 @@ public sealed partial class IntegrityVolume
         ulong covered = _nextSeq - 1;
         _flushEpoch++;
         await _dev.FlushAsync(ct).ConfigureAwait(false);
-        if (covered > _durableThrough) _durableThrough = covered;
-        if (_lastMarker != 0 && _lastMarker <= covered) await ProveThroughAsync(_lastMarker - 1, ct).ConfigureAwait(false);
+        await FlushedThroughAsync(covered, ct).ConfigureAwait(false);
     }
 
     /// <summary>A durable point that also proves every written transaction: flush if anything is unflushed, then
@@ -386,13 +393,11 @@ public sealed partial class IntegrityVolume
         await ProveThroughAsync(seq, ct).ConfigureAwait(false); // it holds nothing, so it proves itself too
     }
 
-    /// <summary>Transactions up to <paramref name="p"/> are proven: limbo slots they replaced go back to the pool.</summary>
+    /// <summary>Transactions up to <paramref name="p"/> are proven (so flushed: limbo slots they replaced go back to the pool).</summary>
     private async ValueTask ProveThroughAsync(ulong p, CancellationToken ct)
     {
         if (p > _provenThrough) _provenThrough = p;
-        var ready = _slots.TakeProven(_provenThrough);
-        foreach (var (slot, discard) in ready) await ReleaseSlotAsync(slot, discard, ct).ConfigureAwait(false);
-        if (ready.Count > 0) _slots.Signal();
+        await ReleaseFlushedLimboAsync(ct).ConfigureAwait(false);
     }
 
     /// <summary>Returns a replaced slot to the pool. Unmap releases space; a slot replaced by an overwrite is reused

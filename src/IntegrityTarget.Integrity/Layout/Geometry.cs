@@ -98,6 +98,10 @@ internal sealed class Geometry
     /// 3 % so the pool of slots replaced within one write-back window covers bursts of large writes.</summary>
     public static long DefaultSpareSlots(long logicalChunks) => 32 + logicalChunks / 32;
 
+    /// <summary>Fewest spare slots format accepts: a 1 MiB write of whole chunks takes this many free slots at once, and
+    /// with every chunk mapped the spare pool is all there is (fewer, and such a write would wait forever).</summary>
+    public const long MinSpareSlots = (1 << 20) / ChunkBytesDefault;
+
     public static long DefaultJournalBytes(ulong logicalBlocks, int blockSize)
     {
         long logicalBytes = (long)logicalBlocks * blockSize;

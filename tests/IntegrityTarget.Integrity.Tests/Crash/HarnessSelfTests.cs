@@ -82,6 +82,27 @@ public class HarnessSelfTests
         Assert.That(ok.Violations, Is.Empty, string.Join("\n", ok.Violations));
     }
 
+    /// <summary>The real volume with one bug in its spare pool: limbo slots go back to the pool when a background flush
+    /// starts rather than when it completes, so a slot whose old contents are still a chunk's durable version can
+    /// be overwritten before the remap that replaced it is durable. Flushes are delayed so that window is real.</summary>
+    [Test]
+    public async Task An_integrity_volume_that_reuses_limbo_slots_before_the_flush_completes_is_caught()
+    {
+        var options = new CrashRunOptions
+        {
+            Commands = 70, MaxBatch = 4, RandomPoints = 30, RecoveryCrashes = 0, CheckReopenIdempotent = false,
+            WholeChunkWrites = 0.8, ChunkBlocks = 32, Modes = [CrashMode.Drop, CrashMode.TearWrites],
+        };
+        var broken = IntegrityVolumeCrashTests.Target(4096, TagAlgorithm.Crc32c, null, spareSlots: 8, slowFlushMs: 20, backgroundFlushBelow: 1000, releaseLimboAtFlushStart: true);
+        var found = new List<string>();
+        for (ulong seed = 1; seed <= 6 && found.Count == 0; seed++) found.AddRange((await new CrashHarness(broken, options).RunAsync(seed)).Violations);
+        TestContext.Out.WriteLine(found.Count > 0 ? found[0] : "nothing found");
+        Assert.That(found, Has.Some.Match(@"\((a|b|e)\) LBA"), "a chunk whose durable slot was overwritten early reads back wrong or lost");
+        var real = IntegrityVolumeCrashTests.Target(4096, TagAlgorithm.Crc32c, null, spareSlots: 8, slowFlushMs: 20, backgroundFlushBelow: 1000);
+        var ok = await new CrashHarness(real, options).RunAsync(1);
+        Assert.That(ok.Violations, Is.Empty, string.Join("\n", ok.Violations));
+    }
+
     [Test]
     public async Task The_same_seed_gives_the_same_crash_states_and_findings()
     {

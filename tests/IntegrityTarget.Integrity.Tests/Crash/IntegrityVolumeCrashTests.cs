@@ -24,7 +24,12 @@ public class IntegrityVolumeCrashTests
         (512, TagAlgorithm.Crc32c, 1L << 20),
     ];
 
-    internal static CrashTarget Target(int blockSize, TagAlgorithm alg, long? journalBytes, bool writeBack = true, int? parallelApplyBlocks = null, bool skipRemapValidation = false, long? tagCacheBytes = null)
+    /// <param name="spareSlots">Spare pool at format (null = the default).</param>
+    /// <param name="slowFlushMs">&gt; 0: every device flush waits up to this long first (<see cref="SlowFlushDevice"/>), so
+    /// background flushes overlap the writes after them.</param>
+    /// <param name="opened">Sees every volume the harness formats or opens (to read its counters).</param>
+    internal static CrashTarget Target(int blockSize, TagAlgorithm alg, long? journalBytes, bool writeBack = true, int? parallelApplyBlocks = null, bool skipRemapValidation = false, long? tagCacheBytes = null,
+        long? spareSlots = null, int slowFlushMs = 0, Action<IntegrityVolume>? opened = null, bool releaseLimboAtFlushStart = false, long? backgroundFlushBelow = null)
     {
         ulong blocks = (ulong)((2 << 20) / blockSize); // 2 MiB: 16 chunks of 128 KiB, room for 1 MiB writes
         var key = alg == TagAlgorithm.HmacSha256 ? Key : ReadOnlyMemory<byte>.Empty;
@@ -33,15 +38,20 @@ public class IntegrityVolumeCrashTests
         {
             Key = key, WriteBack = writeBack, ParallelApplyBlocks = parallelApplyBlocks ?? new OpenOptions().ParallelApplyBlocks,
             SkipRemapValidation = skipRemapValidation, TagCacheBytes = tagCacheBytes ?? new OpenOptions().TagCacheBytes,
+            ReleaseLimboAtFlushStart = releaseLimboAtFlushStart, BackgroundFlushBelow = backgroundFlushBelow,
         };
+        ulong flushSeed = 0;
+        IBlockDevice Wrap(IBlockDevice dev) => slowFlushMs > 0 ? new SlowFlushDevice(dev, slowFlushMs, ++flushSeed) : dev;
+        IntegrityVolume Seen(IntegrityVolume v) { opened?.Invoke(v); return v; }
         return new CrashTarget(
-            $"integrity-{blockSize}-{alg}{(journalBytes is { } j ? $"-j{j >> 10}k" : "")}{(writeBack ? "" : "-wt")}{(parallelApplyBlocks is { } pa ? $"-pa{pa}" : "")}{(skipRemapValidation ? "-novalidate" : "")}{(tagCacheBytes is { } tc ? $"-tc{tc}" : "")}",
-            blockSize, blocks, IntegrityVolume.DeviceBytesFor(blocks, blockSize, alg, journalBytes),
-            async dev => await IntegrityVolume.FormatAsync(dev, new FormatOptions
+            $"integrity-{blockSize}-{alg}{(journalBytes is { } j ? $"-j{j >> 10}k" : "")}{(writeBack ? "" : "-wt")}{(parallelApplyBlocks is { } pa ? $"-pa{pa}" : "")}{(skipRemapValidation ? "-novalidate" : "")}{(tagCacheBytes is { } tc ? $"-tc{tc}" : "")}"
+                + $"{(spareSlots is { } sp ? $"-spare{sp}" : "")}{(slowFlushMs > 0 ? $"-slowflush{slowFlushMs}" : "")}{(releaseLimboAtFlushStart ? "-earlyrelease" : "")}{(backgroundFlushBelow is { } bf ? $"-bg{bf}" : "")}",
+            blockSize, blocks, IntegrityVolume.DeviceBytesFor(blocks, blockSize, alg, journalBytes, spareSlots),
+            async dev => Seen(await IntegrityVolume.FormatAsync(Wrap(dev), new FormatOptions
             {
-                BlockSize = blockSize, Algorithm = alg, Key = key, JournalBytes = journalBytes, LogicalBlocks = blocks, Tuning = tuning,
-            }, log),
-            async dev => await IntegrityVolume.OpenAsync(dev, tuning, log))
+                BlockSize = blockSize, Algorithm = alg, Key = key, JournalBytes = journalBytes, LogicalBlocks = blocks, SpareSlots = spareSlots, Tuning = tuning,
+            }, log)),
+            async dev => Seen(await IntegrityVolume.OpenAsync(Wrap(dev), tuning, log)))
         {
             WriteBack = writeBack,
         };
@@ -113,6 +123,28 @@ public class IntegrityVolumeCrashTests
         };
         var report = await RunSeeds(Target(blockSize, alg, journal), options, Seeds(8000, 1));
         Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
+        Assert.That(report.PersistencePoints, Is.GreaterThan(10));
+    }
+
+    /// <summary>Whole-chunk overwrites through the smallest spare pool format accepts (8 slots), with a background flush
+    /// started whenever limbo holds unflushed replacements: limbo slots are reused right after a background flush completes, flushes are
+    /// still running (delayed) while later transactions and slot writes go out, and SYNCHRONIZE CACHE and FUA
+    /// writes come in between. A crash before and after every flush and FUA point and at random points.</summary>
+    [TestCaseSource(nameof(ConfigCases))]
+    public async Task Background_flushes_of_a_small_spare_pool_keep_the_crash_properties(int blockSize, TagAlgorithm alg, long? journal)
+    {
+        var volumes = new List<IntegrityVolume>();
+        var target = Target(blockSize, alg, journal, spareSlots: 8, slowFlushMs: 3, backgroundFlushBelow: 1000, opened: v => { lock (volumes) volumes.Add(v); });
+        var options = new CrashRunOptions
+        {
+            Commands = 70, MaxBatch = 4, RandomPoints = 20, RecoveryCrashes = 1,
+            WholeChunkWrites = 0.7, ChunkBlocks = (uint)(128 * 1024 / blockSize),
+        };
+        var report = await RunSeeds(target, options, Seeds(9000, 1));
+        Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
+        long background;
+        lock (volumes) background = volumes.Sum(v => v.BackgroundFlushes);
+        Assert.That(background, Is.GreaterThan(0), "the workload must make background flushes");
         Assert.That(report.PersistencePoints, Is.GreaterThan(10));
     }
 
