@@ -132,8 +132,8 @@ public sealed partial class IntegrityVolume
             var bad = new int[m];
             for (int attempt = 1; ; attempt++)
             {
-                long seq = Volatile.Read(ref _homeSeq);
-                if ((seq & 1) != 0) { await HomeCopyDoneAsync().ConfigureAwait(false); continue; }
+                long seq;
+                while (((seq = Volatile.Read(ref _homeSeq)) & 1) != 0) await HomeCopyDoneAsync().ConfigureAwait(false);
                 try { await _dev.ReadScatterAsync(_g.SlotOffset(span[0].Slot), parts, ct).ConfigureAwait(false); }
                 catch (Exception e)
                 {
@@ -221,7 +221,8 @@ public sealed partial class IntegrityVolume
     /// <summary>Reads and verifies blocks of one chunk into the start of <paramref name="rest"/> (n blocks; nothing
     /// after them is touched); on a mismatch re-reads from the failing block once, with the tags read from the
     /// device (a racing home write or a transient read must not fail a good block, nor a cached tag outlive what
-    /// the device holds). Returns the index of the first block that failed twice, or -1. <paramref name="fromDevice"/>: never use cached tags (scrub).</summary>
+    /// the device holds). Returns the index of the first block that failed twice, or -1.
+    /// <paramref name="fromDevice"/>: never use cached tags (scrub).</summary>
     private async ValueTask<int> ReadPieceAsync(long c, ulong start, int n, Memory<byte> rest, bool fromDevice, CancellationToken ct)
     {
         int bad = await ReadAndVerifyAsync(c, start, n, rest, fromDevice, ct).ConfigureAwait(false);
