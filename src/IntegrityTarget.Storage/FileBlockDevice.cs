@@ -152,11 +152,15 @@ public sealed class FileBlockDevice : IBlockDevice
         CheckRange(offset, data.Length);
         if (fua && !_dsyncUnsupported)
         {
-            if (Native.WriteDsync(_handle, offset, data.Span, Name)) return ValueTask.CompletedTask;
+            ThrowIfSyncFailed();
+            bool done;
+            try { done = Native.WriteDsync(_handle, offset, data.Span, Name); }
+            catch (IOException e) { RememberSyncFailure(e); throw; }
+            if (done) return ValueTask.CompletedTask;
             _dsyncUnsupported = true;
         }
         RandomAccess.Write(_handle, data.Span, offset);
-        if (fua) Native.FdataSync(_handle, Name);
+        if (fua) Sync();
         return ValueTask.CompletedTask;
     }
 
@@ -167,15 +171,35 @@ public sealed class FileBlockDevice : IBlockDevice
         for (int i = 0; i < parts.Count; i++) total += parts[i].Length;
         CheckRange(offset, total);
         RandomAccess.Write(_handle, parts, offset);
-        if (fua) Native.FdataSync(_handle, Name);
+        if (fua) Sync();
         return ValueTask.CompletedTask;
     }
 
     public ValueTask FlushAsync(CancellationToken ct = default)
     {
-        Native.FdataSync(_handle, Name);
+        Sync();
         return ValueTask.CompletedTask;
     }
+
+    // Linux reports a writeback error to fdatasync once per open file: after one failed, a later (or a concurrent)
+    // one can return 0 although pages written before it never reached the disk. So a failed flush is sticky: every
+    // later flush or FUA write on this device fails too, and nothing written since is ever called durable.
+    private IOException? _syncFailure;
+
+    private void Sync()
+    {
+        ThrowIfSyncFailed();
+        try { Native.FdataSync(_handle, Name); }
+        catch (IOException e) { RememberSyncFailure(e); throw; }
+    }
+
+    private void ThrowIfSyncFailed()
+    {
+        if (Volatile.Read(ref _syncFailure) is { } f)
+            throw new IOException($"{Name}: an earlier flush failed ({f.Message}); data written since may not be on the disk, so no later flush is trusted: check the disk and restart", f);
+    }
+
+    private void RememberSyncFailure(IOException e) => Interlocked.CompareExchange(ref _syncFailure, e, null);
 
     /// <summary>
     /// Extends the file with ftruncate (the new bytes are a hole and read as zeros), then fsyncs so the
