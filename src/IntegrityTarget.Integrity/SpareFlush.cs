@@ -62,11 +62,16 @@ public sealed partial class IntegrityVolume
         if (ready.Count > 0) _slots.Signal();
     }
 
-    /// <summary>At the committer's end: nothing may still be flushing when the device is closed.</summary>
+    /// <summary>At the committer's end: nothing may still be flushing when the device is closed. A flush that failed
+    /// fails the volume (logged once), so a clean close does not checkpoint and call the volume clean after a device
+    /// error; only an abandoned volume (its device already gone) ignores it.</summary>
     private async ValueTask DrainBackgroundFlushAsync()
     {
         var t = _bgFlush;
         _bgFlush = null;
-        if (t != null) try { await t.ConfigureAwait(false); } catch { /* the volume is closing or abandoned */ }
+        if (t == null) return;
+        try { await t.ConfigureAwait(false); }
+        catch (Exception e) when (!_abandon) { Fail(e, []); }
+        catch { /* abandoned: nobody is told, the device is not ours any more */ }
     }
 }
