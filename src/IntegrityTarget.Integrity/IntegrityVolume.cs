@@ -176,5 +176,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _disposed = true;
         _stop.Cancel();
         if (_committer != null) { try { await _committer.ConfigureAwait(false); } catch { /* the simulated crash may fail I/O */ } }
+        // A background checkpoint stops at its next step; nothing of it may reach the device after this returns.
+        if (_ckpt?.Task is { } ck) { try { await ck.ConfigureAwait(false); } catch { /* abandoned or failed: the journal start did not move */ } }
     }
 }

@@ -137,7 +137,9 @@ public sealed partial class IntegrityVolume
             if (list != null) return list;
             // A failed volume frees no slot any more: nothing would end this wait.
             if (_failed != null) throw new IOException(FailedMessage);
-            await freed.WaitAsync(ct).ConfigureAwait(false);
+            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+            try { await freed.WaitAsync(ct).ConfigureAwait(false); }
+            finally { Interlocked.Add(ref _stSlotWaitTicks, System.Diagnostics.Stopwatch.GetTimestamp() - t0); }
         }
     }
 

@@ -1,20 +1,50 @@
 using System.Buffers.Binary;
+using System.Diagnostics;
 
 namespace IntegrityTarget.Integrity;
 
-// Checkpoints: the journal's effects made permanent so its space can be reused.
+// Checkpoints: the journal's effects made permanent so its space can be reused. Blocking (write path 7: close,
+// recovery, grow, a full ring) or in the background for the older part of the ring while commits go on (7a).
 public sealed partial class IntegrityVolume
 {
-    private readonly SortedSet<long> _dirtyMapSectors = new();
+    private SortedSet<long> _dirtyMapSectors = new();
+
+    /// <summary>A background checkpoint in flight (committer-owned; null when none).</summary>
+    private sealed class BackgroundCheckpoint
+    {
+        /// <summary>Sorted home copies of the blocks taken at the cut, and their images (kept until done).</summary>
+        public required List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> Home;
+        public required List<DataRec> Recs;
+        /// <summary>The map sectors dirty at the cut, serialized from the proven map then.</summary>
+        public required List<(long Offset, byte[] Sector)> Map;
+        /// <summary>Slots the home copies write: their release is deferred until the checkpoint is done.</summary>
+        public required HashSet<long> Slots;
+        public readonly List<(long Slot, bool Discard)> Deferred = new();
+        /// <summary>The journal superblock that ends it: start = the first transaction after the cut's marker.</summary>
+        public required JournalSuper Super;
+        /// <summary>Ring bytes (from the old start through the marker) that return to the ring when it is done.</summary>
+        public required long RingBytes;
+        public Task Task = Task.CompletedTask;
+    }
+
+    private BackgroundCheckpoint? _ckpt;
+
+    /// <summary>A background checkpoint of the older part of the ring is in flight (tests, diagnostics).</summary>
+    internal bool BackgroundCheckpointRunning => Volatile.Read(ref _ckpt) != null;
+
+    /// <summary>Fraction of the ring in use at which the committer cuts it and checkpoints the older part in the background.</summary>
+    private const double BackgroundCheckpointFill = 0.5;
 
     /// <summary>
     /// Makes the journal's effects permanent so its space can be reused (write path 7): a durable point
     /// that proves everything, every pending block home, the dirty sectors of the committed map (now equal
     /// to the proven one), a flush (home copies included), and only then the journal superblock moving the
-    /// start past every transaction (one atomic sector write with FUA).
+    /// start past every transaction (one atomic sector write with FUA). Every writer waits for it.
     /// </summary>
     private async ValueTask CheckpointAsync(CancellationToken ct)
     {
+        await FinishBackgroundCheckpointAsync(wait: true).ConfigureAwait(false);
+        long t0 = Stopwatch.GetTimestamp();
         await EnsureProvenAsync(ct).ConfigureAwait(false);
         await ApplyPendingAsync(ct).ConfigureAwait(false);
         if (_pendingHome.Count > 0) throw new InvalidOperationException($"{Name}: {_pendingHome.Count} journaled blocks could not go home at a checkpoint");
@@ -25,6 +55,81 @@ public sealed partial class IntegrityVolume
         _dirtyMapSectors.Clear();
         _ringHead = 0;
         _ringUsed = 0;
+        Interlocked.Add(ref _stCkptTicks, Stopwatch.GetTimestamp() - t0);
+        Interlocked.Increment(ref _stSyncCkpts);
+        LogCheckpointStats("Blocking");
+    }
+
+    /// <summary>
+    /// Cuts the ring (write path 7a): a durable point with a marker proves every transaction so far; the pending
+    /// blocks, the dirty map sectors (serialized now) and the ring space up to here go to a background task that
+    /// copies the blocks home, writes the map, flushes and moves the journal start past the marker, while the
+    /// committer goes on writing after it. Committer only; none may be in flight.
+    /// </summary>
+    private async ValueTask StartBackgroundCheckpointAsync(CancellationToken ct)
+    {
+        Debug.Assert(_ckpt == null);
+        await EnsureProvenAsync(ct).ConfigureAwait(false);
+        var recs = new List<DataRec>(_pendingHome.Values);
+        var home = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(recs.Count);
+        var slots = new HashSet<long>();
+        foreach (var r in recs)
+        {
+            home.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
+            slots.Add(r.Phys);
+        }
+        SortForHome(home);
+        _pendingHome = new();
+        var map = new List<(long, byte[])>(_dirtyMapSectors.Count);
+        foreach (long s in _dirtyMapSectors) map.Add((_g.MapSector(s).Offset, SerializeMapSector(s, _committedMap)));
+        _dirtyMapSectors = new();
+        long start = _ringHead >= _g.JournalAreaBytes ? 0 : _ringHead;
+        var k = new BackgroundCheckpoint
+        {
+            Home = home, Recs = recs, Map = map, Slots = slots, RingBytes = _ringUsed,
+            Super = new JournalSuper(_journalEpoch, _nextSeq, start, _checkpoints + 1, 0),
+        };
+        _ckpt = k;
+        k.Task = Task.Run(() => RunBackgroundCheckpointAsync(k));
+        _ = k.Task.ContinueWith(_ => Wake(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+    }
+
+    private async Task RunBackgroundCheckpointAsync(BackgroundCheckpoint k)
+    {
+        long t0 = Stopwatch.GetTimestamp();
+        var ct = CancellationToken.None;
+        await HomeInBatchesAsync(k.Home, ct).ConfigureAwait(false);
+        foreach (var (offset, sector) in k.Map)
+        {
+            if (_abandon) throw new OperationCanceledException("volume abandoned");
+            await _dev.WriteAsync(offset, sector, fua: false, ct).ConfigureAwait(false);
+        }
+        if (_abandon) throw new OperationCanceledException("volume abandoned");
+        Interlocked.Increment(ref _stFlushes);
+        await _dev.FlushAsync(ct).ConfigureAwait(false);
+        if (_abandon) throw new OperationCanceledException("volume abandoned");
+        await WriteJournalSuperAsync(k.Super, ct).ConfigureAwait(false);
+        Interlocked.Add(ref _stCkptTicks, Stopwatch.GetTimestamp() - t0);
+    }
+
+    /// <summary>When the background checkpoint is done (or, with <paramref name="wait"/>, once it is): its ring space
+    /// returns, its block images go back to the pool, the slots whose release it deferred are released. Its failure
+    /// is thrown (the volume fails: the journal start did not move, so reopening replays from the old start).</summary>
+    private async ValueTask FinishBackgroundCheckpointAsync(bool wait)
+    {
+        var k = _ckpt;
+        if (k == null || (!wait && !k.Task.IsCompleted)) return;
+        try { await k.Task.ConfigureAwait(false); }
+        catch { _ckpt = null; throw; }
+        _ckpt = null;
+        _checkpoints = k.Super.Checkpoints;
+        _ringUsed -= k.RingBytes;
+        Debug.Assert(_ringUsed >= 0);
+        _recs.Return(k.Recs);
+        foreach (var (slot, discard) in k.Deferred) await ReleaseSlotAsync(slot, discard, CancellationToken.None).ConfigureAwait(false);
+        if (k.Deferred.Count > 0) _slots.Signal();
+        Interlocked.Increment(ref _stBgCkpts);
+        LogCheckpointStats("Background");
     }
 
     private ValueTask WriteJournalSuperAsync(JournalSuper js, CancellationToken ct) =>
@@ -33,14 +138,16 @@ public sealed partial class IntegrityVolume
     /// <summary>Writes the given map sectors from <paramref name="map"/>, each with its checksum.</summary>
     private async ValueTask WriteMapSectorsAsync(IEnumerable<long> sectors, long[] map, CancellationToken ct)
     {
-        var sec = new byte[512];
         foreach (long s in sectors)
-        {
-            Array.Clear(sec);
-            var (offset, first, count) = _g.MapSector(s);
-            for (int k = 0; k < count; k++) BinaryPrimitives.WriteInt64LittleEndian(sec.AsSpan(k * 8), map[first + k]);
-            BinaryPrimitives.WriteUInt32LittleEndian(sec.AsSpan(504), MapSectorCrc(s, sec));
-            await _dev.WriteAsync(offset, sec, fua: false, ct).ConfigureAwait(false);
-        }
+            await _dev.WriteAsync(_g.MapSector(s).Offset, SerializeMapSector(s, map), fua: false, ct).ConfigureAwait(false);
+    }
+
+    private byte[] SerializeMapSector(long s, long[] map)
+    {
+        var sec = new byte[512];
+        var (_, first, count) = _g.MapSector(s);
+        for (int k = 0; k < count; k++) BinaryPrimitives.WriteInt64LittleEndian(sec.AsSpan(k * 8), map[first + k]);
+        BinaryPrimitives.WriteUInt32LittleEndian(sec.AsSpan(504), MapSectorCrc(s, sec));
+        return sec;
     }
 }

@@ -52,6 +52,8 @@ public sealed partial class IntegrityVolume
 
     private async ValueTask BackpressureAsync()
     {
+        if (Volatile.Read(ref _queuedBytes) <= _maxPending) return;
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         while (Volatile.Read(ref _queuedBytes) > _maxPending && _failed == null)
         {
             Task t;
@@ -59,6 +61,7 @@ public sealed partial class IntegrityVolume
             RequestCommit();
             await t.ConfigureAwait(false);
         }
+        Interlocked.Add(ref _stBackpressureTicks, System.Diagnostics.Stopwatch.GetTimestamp() - t0);
     }
 
     /// <summary>Queues a command's records for the committer and shows them to reads; false (nothing
@@ -114,6 +117,11 @@ public sealed partial class IntegrityVolume
                 try { await HarvestBackgroundFlushAsync(CancellationToken.None).ConfigureAwait(false); }
                 catch (Exception e) { Fail(e, []); }
             }
+            if (_ckpt is { Task.IsCompleted: true })
+            {
+                try { await FinishBackgroundCheckpointAsync(wait: false).ConfigureAwait(false); }
+                catch (Exception e) { Fail(e, []); }
+            }
             List<Unit>? batch = null;
             Unit? exclusive = null;
             bool stopping = _stop.IsCancellationRequested, pending, syncNow = false;
@@ -148,7 +156,8 @@ public sealed partial class IntegrityVolume
             }
             if (exclusive != null)
             {
-                try { await exclusive.Exclusive!().ConfigureAwait(false); exclusive.Done.TrySetResult(); }
+                // A grow changes the geometry: no background checkpoint may be writing the map or slots meanwhile.
+                try { await FinishBackgroundCheckpointAsync(wait: true).ConfigureAwait(false); await exclusive.Exclusive!().ConfigureAwait(false); exclusive.Done.TrySetResult(); }
                 catch (Exception e) { exclusive.Done.TrySetException(e); }
                 continue;
             }
@@ -177,6 +186,11 @@ public sealed partial class IntegrityVolume
                 if (!pending) await BackgroundSyncAsync().ConfigureAwait(false);
             }
             else if (!woken && trimming) { _recs.Trim(); TrimScratch(); }
+        }
+        if (!_abandon && _ckpt != null)
+        {
+            try { await FinishBackgroundCheckpointAsync(wait: true).ConfigureAwait(false); }
+            catch (Exception e) { Fail(e, []); }
         }
         await DrainBackgroundFlushAsync().ConfigureAwait(false);
     }
@@ -269,6 +283,7 @@ public sealed partial class IntegrityVolume
             }
             finally { _buffers.Return(buf); }
             _nextSeq++;
+            _stTxns++;
             Counters.AddJournalCommit();
             if (prior) _lastMarker = seq;
 
@@ -320,6 +335,9 @@ public sealed partial class IntegrityVolume
         lock (_q) { dr = _drained; _drained = new(TaskCreationOptions.RunContinuationsAsynchronously); }
         dr.TrySetResult();
         _slots.Signal();
+        // The ring is half full: the older part goes to a background checkpoint while commits go on (write path 7a).
+        if (_ckpt == null && _ringUsed > _g.JournalAreaBytes * BackgroundCheckpointFill && _failed == null)
+            await StartBackgroundCheckpointAsync(ct).ConfigureAwait(false);
     }
 
     /// <summary>Copies home every block whose transaction is durable; when some wait only for the remap of
@@ -348,8 +366,13 @@ public sealed partial class IntegrityVolume
                 _ringHead = pos + total;
                 return pos;
             }
-            if (attempt > 0) throw new InvalidOperationException($"{Name}: a transaction of {total} bytes does not fit an empty journal of {area} bytes");
-            await CheckpointAsync(ct).ConfigureAwait(false);
+            if (attempt > 1) throw new InvalidOperationException($"{Name}: a transaction of {total} bytes does not fit an empty journal of {area} bytes");
+            // The ring is full: every queued writer waits from here (JournalStats.CommitterWaitMs). First for the
+            // background checkpoint of the older part, if one runs; then, if that freed too little, a blocking one.
+            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+            if (_ckpt != null) await FinishBackgroundCheckpointAsync(wait: true).ConfigureAwait(false);
+            else await CheckpointAsync(ct).ConfigureAwait(false);
+            Interlocked.Add(ref _stCommitterWaitTicks, System.Diagnostics.Stopwatch.GetTimestamp() - t0);
         }
     }
 
@@ -359,6 +382,7 @@ public sealed partial class IntegrityVolume
     {
         ulong covered = _nextSeq - 1;
         _flushEpoch++;
+        Interlocked.Increment(ref _stFlushes);
         await _dev.FlushAsync(ct).ConfigureAwait(false);
         await FlushedThroughAsync(covered, ct).ConfigureAwait(false);
     }
@@ -388,6 +412,7 @@ public sealed partial class IntegrityVolume
         TransactionCodec.Seal(buf, _tagger);
         await _dev.WriteAsync(_g.JournalAreaOffset + pos, buf, fua: true, ct).ConfigureAwait(false);
         _nextSeq++;
+        _stTxns++;
         _lastMarker = seq;
         _durableThrough = seq;
         await ProveThroughAsync(seq, ct).ConfigureAwait(false); // it holds nothing, so it proves itself too
@@ -404,6 +429,8 @@ public sealed partial class IntegrityVolume
     /// soon, so punching it would only churn the filesystem's allocation.</summary>
     private async ValueTask ReleaseSlotAsync(long slot, bool discard, CancellationToken ct)
     {
+        // A background checkpoint may still write this slot's home copies (write path 7a): released when it is done.
+        if (_ckpt is { } k && k.Slots.Contains(slot)) { k.Deferred.Add((slot, discard)); return; }
         if (discard && _dev.CanDeallocate) await _dev.DiscardAsync(_g.SlotOffset(slot), _g.SlotBytes, ct).ConfigureAwait(false);
         _tagCache.Invalidate(slot);
         _slots.Release(slot);

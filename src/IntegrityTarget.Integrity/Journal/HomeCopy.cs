@@ -15,7 +15,12 @@ public sealed partial class IntegrityVolume
     /// <summary>Latest journaled-but-not-yet-homed block per LBA. Home copies are written only once the
     /// transactions holding them are durable, at the next durable point (a commit that flushes or uses FUA,
     /// an idle moment, a checkpoint), so write-back commits need neither FUA nor a home write each.</summary>
-    private readonly Dictionary<ulong, DataRec> _pendingHome = new();
+    /// <summary>(Swapped for an empty one when a background checkpoint takes the older part's blocks.)</summary>
+    private Dictionary<ulong, DataRec> _pendingHome = new();
+
+    /// <summary>Slots whose home copies are bracketed by one pair of home-sequence bumps: reads wait at most
+    /// for one such batch, not for a whole checkpoint's home copies. Sixteen slots for each home copy in flight.</summary>
+    private int HomeBatchSlots => Math.Max(64, 16 * Math.Max(1, _dev.BulkConcurrency));
 
     /// <summary>
     /// Copies journaled blocks home that may go now (write path 3): their transaction is flushed, and the
@@ -27,6 +32,10 @@ public sealed partial class IntegrityVolume
     private async ValueTask<int> ApplyPendingAsync(CancellationToken ct)
     {
         if (_pendingHome.Count == 0) return 0;
+        // While a background checkpoint homes the older part of the ring, the newer part's blocks wait (reads get
+        // them from the overlay): an older version must never land after a newer one, nor two tasks rewrite one
+        // slot's tag region (docs: write path 7a).
+        if (_ckpt != null) return 0;
         // Reused from one apply to the next (a lap of small writes makes lists of many thousand entries, which
         // were a large-object-heap allocation per apply); only the committer applies, one apply at a time.
         var apply = _applyScratch ??= new(_pendingHome.Count);
@@ -56,27 +65,48 @@ public sealed partial class IntegrityVolume
         }
         if (going.Count == 0) return blocked;
         SortForHome(apply);
-        lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
-        bool ok = false;
-        try { await ApplyAsync(apply, ct).ConfigureAwait(false); ok = true; }
-        finally
-        {
-            TaskCompletionSource done;
-            lock (_q)
-            {
-                // On failure the entries stay: the overlay still holds the truth the home slot may lack.
-                if (ok)
-                    foreach (var r in going)
-                        if (_overlay.TryGetValue(r.Lba, out var cur) && ReferenceEquals(cur, r)) OverlayRemove(r.Lba);
-                _homeSeq++;
-                done = _homeCopied;
-                _homeCopied = new(TaskCreationOptions.RunContinuationsAsynchronously);
-            }
-            done.TrySetResult();
-        }
+        await HomeInBatchesAsync(apply, ct).ConfigureAwait(false);
         foreach (var r in going) _pendingHome.Remove(r.Lba);
         _recs.Return(going);
         return blocked;
+    }
+
+    /// <summary>Writes sorted home copies of overlay blocks (their images are the overlay's own buffers) in batches
+    /// of slots; each batch is bracketed by home-sequence bumps (odd while it is written: reads racing it retry) and
+    /// drops the overlay entries it made redundant, so reads wait for one batch at most, never for a whole lap.</summary>
+    private async ValueTask HomeInBatchesAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> apply, CancellationToken ct)
+    {
+        int from = 0;
+        while (from < apply.Count)
+        {
+            if (_abandon) throw new OperationCanceledException("volume abandoned");
+            int to = from, slots = 0, batch = HomeBatchSlots;
+            while (to < apply.Count && (slots < batch || apply[to].Phys == apply[to - 1].Phys))
+            {
+                if (to == from || apply[to].Phys != apply[to - 1].Phys) slots++;
+                to++;
+            }
+            lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
+            bool ok = false;
+            try { await ApplyAsync(apply, from, to, ct).ConfigureAwait(false); ok = true; }
+            finally
+            {
+                TaskCompletionSource done;
+                lock (_q)
+                {
+                    // On failure the entries stay: the overlay still holds the truth the home slot may lack.
+                    if (ok)
+                        for (int i = from; i < to; i++)
+                            if (_overlay.TryGetValue(apply[i].Lba, out var cur) && MemoryMarshal.TryGetArray(apply[i].Data, out var seg) && ReferenceEquals(cur.Buf, seg.Array))
+                                OverlayRemove(apply[i].Lba);
+                    _homeSeq++;
+                    done = _homeCopied;
+                    _homeCopied = new(TaskCreationOptions.RunContinuationsAsynchronously);
+                }
+                done.TrySetResult();
+            }
+            from = to;
+        }
     }
 
     /// <summary>Returns a block image to the pool once neither the overlay nor the pending set holds it.
@@ -89,16 +119,18 @@ public sealed partial class IntegrityVolume
     /// region is read and written once. A large batch (a checkpoint after a lap of small random writes) is
     /// split at slot boundaries and written by several threads: the file device's writes are synchronous
     /// system calls, and two parts share no bytes.</summary>
-    private async ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct)
+    private ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct) => ApplyAsync(recs, 0, recs.Count, ct);
+
+    private async ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int start, int end, CancellationToken ct)
     {
-        int parts = Math.Max(1, _dev.BulkConcurrency);
-        if (parts < 2 || recs.Count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, 0, recs.Count, ct).ConfigureAwait(false); return; }
+        int parts = Math.Max(1, _dev.BulkConcurrency), count = end - start;
+        if (parts < 2 || count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, start, end, ct).ConfigureAwait(false); return; }
         var tasks = new List<Task>(parts);
-        int from = 0;
-        for (int k = 1; k <= parts && from < recs.Count; k++)
+        int from = start;
+        for (int k = 1; k <= parts && from < end; k++)
         {
-            int to = k == parts ? recs.Count : Math.Max(from, (int)((long)recs.Count * k / parts));
-            while (to < recs.Count && to > from && recs[to].Phys == recs[to - 1].Phys) to++; // never split a slot
+            int to = k == parts ? end : Math.Max(from, start + (int)((long)count * k / parts));
+            while (to < end && to > from && recs[to].Phys == recs[to - 1].Phys) to++; // never split a slot
             if (to == from) continue;
             int f = from, t = to;
             tasks.Add(Task.Run(() => ApplyRangeAsync(recs, f, t, ct).AsTask(), CancellationToken.None));
@@ -135,7 +167,13 @@ public sealed partial class IntegrityVolume
                 // The slot's tags from the tag cache when it holds them (what the device holds there, or what the
                 // volume last wrote there; the rest of the region is zeros), else from the device.
                 if (_tagCache.TryCopy(p, 0, region.AsSpan(0, meaningful))) region.AsSpan(meaningful, tr - meaningful).Clear();
-                else await _dev.ReadAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), ct).ConfigureAwait(false);
+                else
+                {
+                    await _dev.ReadAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), ct).ConfigureAwait(false);
+                    Interlocked.Increment(ref _stHomeTagReads);
+                }
+                Interlocked.Increment(ref _stHomeSlots);
+                Interlocked.Add(ref _stHomeBlocks, slotEnd - i);
                 // Runs of consecutive blocks go home in one write each.
                 for (int k = i; k < slotEnd;)
                 {
@@ -153,9 +191,11 @@ public sealed partial class IntegrityVolume
                     }
                     for (int m = k; m < j; m++)
                         _tagger.ComputeTag(recs[m].Lba, recs[m].Data.Span, region.AsSpan((idx + m - k) * ts, ts));
+                    Interlocked.Increment(ref _stHomeDataWrites);
                     k = j;
                 }
                 await _dev.WriteAsync(_g.SlotOffset(p) + _g.ChunkBytes, region.AsMemory(0, tr), fua: false, ct).ConfigureAwait(false);
+                Interlocked.Increment(ref _stHomeTagWrites);
                 _tagCache.Put(p, region.AsSpan(0, meaningful));
                 i = slotEnd;
             }

@@ -197,6 +197,51 @@ public class IntegrityVolumeCrashTests
         Assert.That(report.CrashStates, Is.GreaterThan(100));
     }
 
+    /// <summary>Slows the writes a checkpoint makes outside the journal (home copies, tag regions, map sectors:
+    /// smaller than a chunk, past the journal) so background checkpoints of the older part of the ring overlap
+    /// the commits of the newer part in the recorded run; crash states then fall while one runs (write path 7a).</summary>
+    private sealed class SlowHomeDevice(IBlockDevice inner, long journalEnd) : IBlockDevice
+    {
+        public string Name => inner.Name;
+        public long Length => inner.Length;
+        public int SectorSize => inner.SectorSize;
+        public bool CanDeallocate => inner.CanDeallocate;
+        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
+        public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+        {
+            if (offset >= journalEnd && data.Length < 128 * 1024) await Task.Delay(1, ct);
+            await inner.WriteAsync(offset, data, fua, ct);
+        }
+        public ValueTask FlushAsync(CancellationToken ct = default) => inner.FlushAsync(ct);
+        public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default) => inner.DiscardAsync(offset, length, ct);
+        public (bool Allocated, long Length) GetAllocation(long offset) => inner.GetAllocation(offset);
+        public void Dispose() => inner.Dispose();
+    }
+
+    [TestCase(512), TestCase(4096)]
+    public async Task Background_checkpoints_overlapping_commits_keep_the_crash_properties_also_when_recovery_crashes(int blockSize)
+    {
+        var plain = Target(blockSize, TagAlgorithm.Crc32c, 1L << 20);
+        var recorded = new System.Collections.Concurrent.ConcurrentBag<IntegrityVolume>();
+        var target = plain with
+        {
+            Name = plain.Name + "-slowhome",
+            Format = async dev =>
+            {
+                // The journal ends at 8 KiB (two superblock copies) + the journal bytes.
+                var v = (IntegrityVolume)await plain.Format(new SlowHomeDevice(dev, 8192 + (1L << 20)));
+                recorded.Add(v);
+                return v;
+            },
+        };
+        // Small writes only (all journaled: the ring fills and is cut again and again), some FUA and flushes.
+        var options = new CrashRunOptions { Commands = 300, MaxBatch = 6, MaxWriteBytes = 64 * 1024, EveryPersistencePoint = true, RandomPoints = 40, RecoveryCrashes = 2, MaxStates = 300 };
+        var report = await RunSeeds(target, options, Seeds(9500, 2));
+        Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
+        Assert.That(recorded.Sum(v => v.JournalStats.BackgroundCheckpoints), Is.GreaterThan(0), "the recorded runs must checkpoint in the background");
+        Assert.That(report.RecoveryCrashStates, Is.GreaterThan(20));
+    }
+
     [Test]
     public async Task Several_crashes_in_a_row_during_recovery_still_recover()
     {

@@ -1,0 +1,186 @@
+using IntegrityTarget.Integrity;
+using IntegrityTarget.Storage;
+using NUnit.Framework;
+
+namespace IntegrityTarget.Integrity.Tests;
+
+/// <summary>
+/// Write path 7a: once the ring is half full the older part is checkpointed by a background task while commits
+/// go on into the newer part. A gate device holds the background checkpoint's home copies (every small write
+/// outside the journal) so the tests can write, read, lose power and recover while it is in flight.
+/// </summary>
+public class BackgroundCheckpointTests
+{
+    private const int Bs = 4096;
+    private const ulong Blocks = 2048; // 64 chunks of 32 blocks
+    private const long Journal = 1L << 20;
+
+    /// <summary>Holds writes outside the journal that are smaller than a chunk (home copies, tag regions, map
+    /// sectors) once <see cref="Closed"/>; after <see cref="PowerCut"/> such held writes and every later call are lost.</summary>
+    private sealed class GateDevice(MemoryBlockDevice inner) : ForwardingDevice(inner)
+    {
+        private readonly TaskCompletionSource _open = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public long GateFrom = long.MaxValue;
+        public volatile bool Closed;
+        public volatile bool PowerCut;
+        /// <summary>Held writes let through before the gate holds the rest.</summary>
+        public int Pass;
+        public int Held;
+
+        public override async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+        {
+            if (Closed && offset >= GateFrom && data.Length < 128 * 1024)
+            {
+                if (Interlocked.Decrement(ref Pass) < 0)
+                {
+                    Interlocked.Increment(ref Held);
+                    await _open.Task.ConfigureAwait(false);
+                }
+            }
+            if (PowerCut) throw new IOException("power cut (test)");
+            await Inner.WriteAsync(offset, data, fua, ct).ConfigureAwait(false);
+        }
+
+        public override ValueTask FlushAsync(CancellationToken ct = default) =>
+            PowerCut ? ValueTask.FromException(new IOException("power cut (test)")) : Inner.FlushAsync(ct);
+
+        public void Open() => _open.TrySetResult();
+    }
+
+    /// <summary>Fails every write after the first <paramref name="writes"/> (a crash in the middle of recovery; the memory keeps what was written).</summary>
+    private sealed class CrashAfterDevice(MemoryBlockDevice inner, int writes) : ForwardingDevice(inner)
+    {
+        private int _left = writes;
+        public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default) =>
+            Interlocked.Decrement(ref _left) < 0 ? ValueTask.FromException(new IOException("crash during recovery (test)")) : Inner.WriteAsync(offset, data, fua, ct);
+        public override ValueTask FlushAsync(CancellationToken ct = default) =>
+            Volatile.Read(ref _left) < 0 ? ValueTask.FromException(new IOException("crash during recovery (test)")) : Inner.FlushAsync(ct);
+    }
+
+    /// <summary>Every chunk mapped with version 1 and the volume closed (empty journal), then opened through a gate.</summary>
+    private static async Task<(MemoryBlockDevice Mem, GateDevice Gate, IntegrityVolume V)> Filled()
+    {
+        var mem = new MemoryBlockDevice(IntegrityVolume.DeviceBytesFor(Blocks, Bs, TagAlgorithm.Crc32c, Journal), "mem");
+        var log = Serilog.Core.Logger.None;
+        await using (var f = await IntegrityVolume.FormatAsync(mem, new FormatOptions { BlockSize = Bs, Algorithm = TagAlgorithm.Crc32c, JournalBytes = Journal, LogicalBlocks = Blocks }, log))
+            await T.WriteOk(f, 0, T.Pattern(0, (int)Blocks, Bs, 1), fua: true);
+        var gate = new GateDevice(mem);
+        var v = await IntegrityVolume.OpenAsync(gate, new OpenOptions { WriteBack = true, IdleHomeMs = Timeout.Infinite }, log);
+        gate.GateFrom = v.JournalArea.Offset + v.JournalArea.Bytes;
+        return (mem, gate, v);
+    }
+
+    /// <summary>One 4 KiB block in every chunk in turn (all journaled), version <paramref name="version"/>, until a
+    /// background checkpoint has started and <paramref name="after"/> more writes were acknowledged while its home
+    /// copies are held. Returns the version each touched LBA holds now.</summary>
+    private static async Task<Dictionary<ulong, int>> WriteThroughACut(IntegrityVolume v, GateDevice gate, int after)
+    {
+        var expect = new Dictionary<ulong, int>();
+        gate.Closed = true;
+        int i = 0;
+        for (; !v.BackgroundCheckpointRunning; i++)
+        {
+            Assert.That(i, Is.LessThan(400), "the ring never got half full");
+            ulong lba = (ulong)(i % 64) * 32 + (ulong)(i / 64) + 1;
+            await T.WriteOk(v, lba, T.Pattern(lba, 1, Bs, 2));
+            expect[lba] = 2;
+        }
+        for (int k = 0; k < 1000 && gate.Held == 0; k++) await Task.Delay(10);
+        Assert.That(gate.Held, Is.GreaterThan(0), "the background checkpoint's home copies reach the device");
+        // The older part's home copies are held: these writes must not wait for them. Half of them rewrite
+        // blocks of the older part (a newer version of a block the checkpoint is taking home).
+        for (int k = 0; k < after; k++, i++)
+        {
+            ulong lba = k % 2 == 0 ? (ulong)(k / 2 % 64) * 32 + 1 : (ulong)(i % 64) * 32 + (ulong)(i / 64) + 1;
+            var w = v.WriteAsync(lba, T.Pattern(lba, 1, Bs, 3 + k), fua: false).AsTask();
+            Assert.That(await Task.WhenAny(w, Task.Delay(10_000)), Is.SameAs(w), $"write {k} (LBA {lba}) after the cut waited for the background checkpoint; held {gate.Held}; {v.JournalStats}");
+            Assert.That((await w).IsOk);
+            expect[lba] = 3 + k;
+        }
+        Assert.That(v.JournalStats.BackgroundCheckpoints, Is.Zero, "the background checkpoint is still held");
+        return expect;
+    }
+
+    private static MemoryBlockDevice Copy(MemoryBlockDevice mem)
+    {
+        var copy = new MemoryBlockDevice(mem.Length, "copy");
+        var buf = new byte[1 << 20];
+        for (long o = 0; o < mem.Length; o += buf.Length)
+        {
+            int n = (int)Math.Min(buf.Length, mem.Length - o);
+            mem.Read(o, buf.AsSpan(0, n));
+            copy.Write(o, buf.AsSpan(0, n));
+        }
+        return copy;
+    }
+
+    private static async Task CheckAll(IntegrityVolume v, Dictionary<ulong, int> expect, string when)
+    {
+        var all = await T.ReadOk(v, 0, (int)Blocks);
+        for (ulong lba = 0; lba < Blocks; lba++)
+        {
+            int version = expect.TryGetValue(lba, out int e) ? e : 1;
+            Assert.That(all.AsSpan((int)lba * Bs, Bs).SequenceEqual(T.Pattern(lba, 1, Bs, version)), $"{when}: LBA {lba} should hold version {version}");
+        }
+    }
+
+    [Test]
+    public async Task Writes_and_reads_go_on_while_the_older_part_of_the_ring_is_checkpointed()
+    {
+        var (mem, gate, v) = await Filled();
+        using var _m = mem;
+        Dictionary<ulong, int> expect;
+        await using (v)
+        {
+            expect = await WriteThroughACut(v, gate, after: 40);
+            // Reads wait for the batch of home copies in flight (held here), no longer: they run once it lands.
+            gate.Open();
+            await CheckAll(v, expect, "during or after the background checkpoint");
+            for (int i = 0; i < 500 && v.JournalStats.BackgroundCheckpoints == 0; i++) await Task.Delay(10);
+            Assert.That(v.JournalStats.BackgroundCheckpoints, Is.GreaterThanOrEqualTo(1));
+            Assert.That(v.JournalStats.BlockingCheckpoints, Is.Zero, "no writer had to wait for a checkpoint");
+            await CheckAll(v, expect, "after the background checkpoint");
+            // Many more laps: the ring keeps being cut and freed.
+            for (int k = 0; k < 600; k++)
+            {
+                ulong lba = (ulong)(k * 37 % (int)Blocks);
+                await T.WriteOk(v, lba, T.Pattern(lba, 1, Bs, 1000 + k));
+                expect[lba] = 1000 + k;
+            }
+            Assert.That(v.JournalStats.BackgroundCheckpoints, Is.GreaterThanOrEqualTo(3));
+            await CheckAll(v, expect, "after several laps");
+        }
+        await using var again = await IntegrityVolume.OpenAsync(mem, T.Open(), Serilog.Core.Logger.None);
+        await CheckAll(again, expect, "reopened");
+    }
+
+    /// <summary>Power is lost while the background checkpoint has copied some of the older part's blocks home and
+    /// commits went on into the newer part: recovery (from the old journal start) keeps every acknowledged write;
+    /// a crash at any point of that recovery recovers again to the same contents.</summary>
+    [TestCase(0), TestCase(7), TestCase(30)]
+    public async Task A_power_cut_during_a_background_checkpoint_recovers_every_acknowledged_write_also_after_a_crash_in_recovery(int homeWritesLanded)
+    {
+        var (mem, gate, v) = await Filled();
+        using var _m = mem;
+        gate.Pass = homeWritesLanded;
+        var expect = await WriteThroughACut(v, gate, after: 40);
+        // The writes were acknowledged once their transactions were written (write-back): a flush makes them durable.
+        Assert.That((await v.FlushAsync()).IsOk);
+        gate.PowerCut = true;
+        var abandoned = v.AbandonAsync().AsTask();
+        gate.Open();
+        await abandoned;
+
+        // Crash recovery itself after n device writes, for several n, then recover for good.
+        for (int n = 1; n < 200; n += 13)
+        {
+            using var copy = Copy(mem);
+            try { await using var broken = await IntegrityVolume.OpenAsync(new CrashAfterDevice(copy, n), T.Open(), Serilog.Core.Logger.None); }
+            catch (Exception e) when (e is IOException or IntegrityVolumeException) { }
+            await using var ok = await IntegrityVolume.OpenAsync(copy, T.Open(), Serilog.Core.Logger.None);
+            await CheckAll(ok, expect, $"recovered after a crash {n} writes into recovery");
+        }
+        await using var recovered = await IntegrityVolume.OpenAsync(mem, T.Open(), Serilog.Core.Logger.None);
+        await CheckAll(recovered, expect, "recovered");
+    }
+}
