@@ -235,7 +235,7 @@ public class IntegrityVolumeCrashTests
             },
         };
         // Small writes only (all journaled: the ring fills and is cut again and again), some FUA and flushes.
-        var options = new CrashRunOptions { Commands = 300, MaxBatch = 6, MaxWriteBytes = 64 * 1024, EveryPersistencePoint = true, RandomPoints = 40, RecoveryCrashes = 2, MaxStates = 300 };
+        var options = new CrashRunOptions { Commands = 300, MaxBatch = 6, MaxWriteBytes = 64 * 1024, EveryPersistencePoint = true, RandomPoints = 40, RecoveryCrashes = 2, MaxStates = 200 };
         var report = await RunSeeds(target, options, Seeds(9500, 2));
         Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
         Assert.That(recorded.Sum(v => v.JournalStats.BackgroundCheckpoints), Is.GreaterThan(0), "the recorded runs must checkpoint in the background");
