@@ -74,8 +74,12 @@ public sealed partial class IntegrityVolume
     /// <summary>Writes sorted home copies of overlay blocks (their images are the overlay's own buffers) in batches
     /// of slots; each batch is bracketed by home-sequence bumps (odd while it is written: reads racing it retry) and
     /// drops the overlay entries it made redundant, so reads wait for one batch at most, never for a whole lap.</summary>
-    private async ValueTask HomeInBatchesAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> apply, CancellationToken ct)
+    private async ValueTask HomeInBatchesAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> apply, CancellationToken ct, bool background = false)
     {
+        // As wide as the device makes worth it, also in the background (write path 7a): a background checkpoint that
+        // ends later lets the newer part of the ring fill up, and then every writer waits for it (measured: one home
+        // copy at a time on files gave a worse p99 than two).
+        int parts = Math.Max(1, _dev.BulkConcurrency);
         int from = 0;
         while (from < apply.Count)
         {
@@ -88,7 +92,7 @@ public sealed partial class IntegrityVolume
             }
             lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
             bool ok = false;
-            try { await ApplyAsync(apply, from, to, ct).ConfigureAwait(false); ok = true; }
+            try { await ApplyAsync(apply, from, to, parts, ct).ConfigureAwait(false); ok = true; }
             finally
             {
                 TaskCompletionSource done;
@@ -106,6 +110,7 @@ public sealed partial class IntegrityVolume
                 done.TrySetResult();
             }
             from = to;
+            if (background) await Task.Yield(); // file calls complete synchronously: let queued commands run between batches
         }
     }
 
@@ -119,11 +124,12 @@ public sealed partial class IntegrityVolume
     /// region is read and written once. A large batch (a checkpoint after a lap of small random writes) is
     /// split at slot boundaries and written by several threads: the file device's writes are synchronous
     /// system calls, and two parts share no bytes.</summary>
-    private ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct) => ApplyAsync(recs, 0, recs.Count, ct);
+    private ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct) =>
+        ApplyAsync(recs, 0, recs.Count, Math.Max(1, _dev.BulkConcurrency), ct);
 
-    private async ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int start, int end, CancellationToken ct)
+    private async ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int start, int end, int parts, CancellationToken ct)
     {
-        int parts = Math.Max(1, _dev.BulkConcurrency), count = end - start;
+        int count = end - start;
         if (parts < 2 || count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, start, end, ct).ConfigureAwait(false); return; }
         var tasks = new List<Task>(parts);
         int from = start;
