@@ -74,6 +74,7 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _parallelApplyBlocks = Math.Max(2, options.ParallelApplyBlocks);
         _skipRemapValidation = options.SkipRemapValidation;
         _releaseLimboAtFlushStart = options.ReleaseLimboAtFlushStart;
+        _releaseCheckpointSlotsEarly = options.ReleaseCheckpointSlotsEarly;
         _tagCache = new TagCache(g.BlocksPerChunk * g.TagSize, options.TagCacheBytes);
         _badBlocks = new BadBlockLog(_log, Name, Tagger.NameOf(g.Algorithm), options.FailureLogWindow);
         _map = new long[g.LogicalChunks];

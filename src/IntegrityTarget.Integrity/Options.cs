@@ -62,6 +62,10 @@ public sealed record OpenOptions
     /// <summary>Deliberately broken spare pool for the crash harness's self-test: limbo slots return to the pool when a
     /// background flush starts instead of when it completes. Never set outside tests.</summary>
     internal bool ReleaseLimboAtFlushStart { get; init; }
+    /// <summary>Deliberately broken background checkpoint for a self-test: a slot it is still writing home copies into
+    /// returns to the pool as soon as it is freed (write path 7a defers that until the checkpoint is done). Never set
+    /// outside tests.</summary>
+    internal bool ReleaseCheckpointSlotsEarly { get; init; }
 }
 
 public enum DeviceContent { Blank, IntegrityVolume, Unknown }

@@ -58,14 +58,14 @@ public class BackgroundCheckpointTests
     }
 
     /// <summary>Every chunk mapped with version 1 and the volume closed (empty journal), then opened through a gate.</summary>
-    private static async Task<(MemoryBlockDevice Mem, GateDevice Gate, IntegrityVolume V)> Filled()
+    private static async Task<(MemoryBlockDevice Mem, GateDevice Gate, IntegrityVolume V)> Filled(bool releaseCheckpointSlotsEarly = false)
     {
         var mem = new MemoryBlockDevice(IntegrityVolume.DeviceBytesFor(Blocks, Bs, TagAlgorithm.Crc32c, Journal), "mem");
         var log = Serilog.Core.Logger.None;
         await using (var f = await IntegrityVolume.FormatAsync(mem, new FormatOptions { BlockSize = Bs, Algorithm = TagAlgorithm.Crc32c, JournalBytes = Journal, LogicalBlocks = Blocks }, log))
             await T.WriteOk(f, 0, T.Pattern(0, (int)Blocks, Bs, 1), fua: true);
         var gate = new GateDevice(mem);
-        var v = await IntegrityVolume.OpenAsync(gate, new OpenOptions { WriteBack = true, IdleHomeMs = Timeout.Infinite }, log);
+        var v = await IntegrityVolume.OpenAsync(gate, new OpenOptions { WriteBack = true, IdleHomeMs = Timeout.Infinite, ReleaseCheckpointSlotsEarly = releaseCheckpointSlotsEarly }, log);
         gate.GateFrom = v.JournalArea.Offset + v.JournalArea.Bytes;
         return (mem, gate, v);
     }
@@ -182,5 +182,35 @@ public class BackgroundCheckpointTests
         }
         await using var recovered = await IntegrityVolume.OpenAsync(mem, T.Open(), Serilog.Core.Logger.None);
         await CheckAll(recovered, expect, "recovered");
+    }
+
+    /// <summary>
+    /// The risk write path 7a's deferral guards: chunk 0's slot still has home copies held in the background
+    /// checkpoint when a whole-chunk overwrite moves chunk 0 elsewhere and a flush frees its old slot. Were that slot
+    /// back in the pool at once, the next whole-chunk write (chunk 1) would take it (the pool hands out the slot
+    /// freed last) and the held home copy would then land in chunk 1's data and tag region. With the deferral every
+    /// block reads back as written; with it switched off (the self-test) chunk 1 is damaged, so this test can tell.
+    /// </summary>
+    [TestCase(false), TestCase(true)]
+    public async Task A_slot_the_background_checkpoint_still_writes_is_not_reused_before_it_is_done(bool releaseEarly)
+    {
+        var (mem, gate, v) = await Filled(releaseEarly);
+        using var _m = mem;
+        await using (v)
+        {
+            var expect = await WriteThroughACut(v, gate, after: 2);
+            await T.WriteOk(v, 0, T.Pattern(0, 32, Bs, 50));
+            Assert.That((await v.FlushAsync()).IsOk);
+            await T.WriteOk(v, 32, T.Pattern(32, 32, Bs, 51));
+            for (ulong lba = 0; lba < 64; lba++) expect[lba] = lba < 32 ? 50 : 51;
+            gate.Open();
+            for (int i = 0; i < 1000 && v.JournalStats.BackgroundCheckpoints == 0; i++) await Task.Delay(10);
+            Assert.That(v.JournalStats.BackgroundCheckpoints, Is.GreaterThanOrEqualTo(1));
+            if (!releaseEarly) { await CheckAll(v, expect, "after the background checkpoint"); return; }
+            var got = new byte[32 * Bs];
+            var r = await v.ReadAsync(32, got);
+            Assert.That(!r.IsOk || !got.AsSpan().SequenceEqual(T.Pattern(32, 32, Bs, 51)), Is.True,
+                "self-test: with the deferral off, the held home copy lands in the reused slot and chunk 1 is damaged");
+        }
     }
 }

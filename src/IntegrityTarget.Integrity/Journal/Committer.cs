@@ -427,10 +427,13 @@ public sealed partial class IntegrityVolume
 
     /// <summary>Returns a replaced slot to the pool. Unmap releases space; a slot replaced by an overwrite is reused
     /// soon, so punching it would only churn the filesystem's allocation.</summary>
+    /// <summary>Test knob (<see cref="OpenOptions.ReleaseCheckpointSlotsEarly"/>): the bug the deferral above prevents.</summary>
+    private readonly bool _releaseCheckpointSlotsEarly;
+
     private async ValueTask ReleaseSlotAsync(long slot, bool discard, CancellationToken ct)
     {
         // A background checkpoint may still write this slot's home copies (write path 7a): released when it is done.
-        if (_ckpt is { } k && k.Slots.Contains(slot)) { k.Deferred.Add((slot, discard)); return; }
+        if (_ckpt is { } k && k.Slots.Contains(slot) && !_releaseCheckpointSlotsEarly) { k.Deferred.Add((slot, discard)); return; }
         if (discard && _dev.CanDeallocate) await _dev.DiscardAsync(_g.SlotOffset(slot), _g.SlotBytes, ct).ConfigureAwait(false);
         _tagCache.Invalidate(slot);
         _slots.Release(slot);
