@@ -98,7 +98,7 @@ internal class ForwardingDevice(MemoryBlockDevice inner) : IBlockDevice
     public virtual ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
     public virtual ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default) => inner.WriteAsync(offset, data, fua, ct);
     public virtual ValueTask FlushAsync(CancellationToken ct = default) => inner.FlushAsync(ct);
-    public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default) => inner.DiscardAsync(offset, length, ct);
+    public virtual ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default) => inner.DiscardAsync(offset, length, ct);
     public (bool Allocated, long Length) GetAllocation(long offset) => inner.GetAllocation(offset);
     public void Dispose() { }
 }

@@ -12,36 +12,25 @@ public class BackgroundFlushFailureTests
     private const int Bs = 4096, Bpc = 32;
     private const ulong Blocks = 16 * Bpc;
 
-    /// <summary>Passes everything through; once armed, the next flush waits until released and then fails.</summary>
-    private sealed class GatedFlushDevice(IBlockDevice inner) : IBlockDevice
+    /// <summary>Passes everything through (gather writes arrive as one plain write); once armed, the next flush waits
+    /// until released and then fails; counts what reaches the device after that.</summary>
+    private sealed class GatedFlushDevice(MemoryBlockDevice inner) : ForwardingDevice(inner)
     {
         public readonly TaskCompletionSource FlushEntered = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public readonly TaskCompletionSource Release = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public volatile bool Armed;
         public int WritesAfterFailure, FlushesAfterFailure;
         private volatile bool _failed;
-        public string Name => inner.Name;
-        public long Length => inner.Length;
-        public int SectorSize => inner.SectorSize;
-        public bool CanDeallocate => inner.CanDeallocate;
-        public bool CanGrow => inner.CanGrow;
-        public int BulkConcurrency => inner.BulkConcurrency;
-        public ValueTask GrowAsync(long newLength, CancellationToken ct = default) => inner.GrowAsync(newLength, ct);
-        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
-        public ValueTask ReadScatterAsync(long offset, IReadOnlyList<Memory<byte>> parts, CancellationToken ct = default) => inner.ReadScatterAsync(offset, parts, ct);
-        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
-        { if (_failed) Interlocked.Increment(ref WritesAfterFailure); return inner.WriteAsync(offset, data, fua, ct); }
-        public ValueTask WriteGatherAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> parts, bool fua, CancellationToken ct = default)
-        { if (_failed) Interlocked.Increment(ref WritesAfterFailure); return inner.WriteGatherAsync(offset, parts, fua, ct); }
-        public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default)
-        { if (_failed) Interlocked.Increment(ref WritesAfterFailure); return inner.DiscardAsync(offset, length, ct); }
-        public (bool Allocated, long Length) GetAllocation(long offset) => inner.GetAllocation(offset);
-        public void Dispose() => inner.Dispose();
 
-        public async ValueTask FlushAsync(CancellationToken ct = default)
+        public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+        { if (_failed) Interlocked.Increment(ref WritesAfterFailure); return Inner.WriteAsync(offset, data, fua, ct); }
+        public override ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default)
+        { if (_failed) Interlocked.Increment(ref WritesAfterFailure); return Inner.DiscardAsync(offset, length, ct); }
+
+        public override async ValueTask FlushAsync(CancellationToken ct = default)
         {
             if (_failed) Interlocked.Increment(ref FlushesAfterFailure);
-            if (!Armed) { await inner.FlushAsync(ct); return; }
+            if (!Armed) { await Inner.FlushAsync(ct); return; }
             Armed = false;
             FlushEntered.TrySetResult();
             await Release.Task;
