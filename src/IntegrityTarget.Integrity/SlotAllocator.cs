@@ -67,7 +67,16 @@ internal sealed class SlotAllocator
         }
     }
 
-    /// <summary>Takes <paramref name="n"/> free slots, or returns null and the task to wait on.</summary>
+    /// <summary>How deep below the top of the free stack <see cref="TryAllocate"/> looks for a run of consecutive slots
+    /// when the top ones are not one (at least this many entries, or four times the request).</summary>
+    private const int RunWindow = 64;
+
+    /// <summary>
+    /// Takes <paramref name="n"/> free slots in ascending order, or returns null and the task to wait on. When it
+    /// can, they are consecutive numbers (a run), so a command writes them with one device request: the most
+    /// recently freed ones if they form a run (the usual case: an overwrite frees a run), else the run nearest the
+    /// top among the next few free slots; otherwise the top <paramref name="n"/> as before.
+    /// </summary>
     public List<long>? TryAllocate(int n, out Task freed, out bool low)
     {
         lock (_lock)
@@ -76,9 +85,53 @@ internal sealed class SlotAllocator
             low = _free.Count - n < LowWater;
             if (_free.Count < n) return null;
             var list = new List<long>(n);
-            for (int i = 0; i < n; i++) list.Add(_free.Pop());
+            long min = long.MaxValue, max = long.MinValue;
+            for (int i = 0; i < n; i++)
+            {
+                long p = _free.Pop();
+                list.Add(p);
+                min = Math.Min(min, p);
+                max = Math.Max(max, p);
+            }
+            // Free slots are distinct, so n of them within n - 1 of each other are a run.
+            if (max - min != n - 1 && _free.Count > 0) TakeRunNearTop(list);
+            list.Sort();
             return list;
         }
+    }
+
+    /// <summary>
+    /// <paramref name="list"/> (popped from the top, in pop order, not a run) is swapped for the run of as many
+    /// consecutive free slots that lies nearest the top of the stack within a window; the slots not taken go back in
+    /// their order. Leaves <paramref name="list"/> as it is when the window holds no such run. Under the lock.
+    /// </summary>
+    private void TakeRunNearTop(List<long> list)
+    {
+        int n = list.Count;
+        int w = Math.Min(_free.Count, Math.Max(RunWindow, 4 * n));
+        // Depth 0 is the top of the stack as it was before the popping.
+        var window = new (long Slot, int Depth)[n + w];
+        for (int i = 0; i < n; i++) window[i] = (list[i], i);
+        for (int i = 0; i < w; i++) window[n + i] = (_free.Pop(), n + i);
+        var bySlot = ((long Slot, int Depth)[])window.Clone();
+        Array.Sort(bySlot, static (a, b) => a.Slot.CompareTo(b.Slot));
+        int best = -1, bestDepth = int.MaxValue;
+        for (int k = 0; k + n <= bySlot.Length; k++)
+        {
+            if (bySlot[k + n - 1].Slot - bySlot[k].Slot != n - 1) continue;
+            int deepest = 0;
+            for (int j = k; j < k + n; j++) deepest = Math.Max(deepest, bySlot[j].Depth);
+            if (deepest < bestDepth) { best = k; bestDepth = deepest; }
+        }
+        var taken = new HashSet<long>();
+        if (best >= 0)
+        {
+            list.Clear();
+            for (int j = best; j < best + n; j++) { list.Add(bySlot[j].Slot); taken.Add(bySlot[j].Slot); }
+        }
+        else foreach (var p in list) taken.Add(p);
+        // Back onto the stack, deepest first, so the rest keep their order.
+        for (int i = n + w - 1; i >= 0; i--) if (!taken.Contains(window[i].Slot)) _free.Push(window[i].Slot);
     }
 
     /// <summary>Slots allocated but never named by a committed remap (a failed slot write or command).</summary>

@@ -54,7 +54,6 @@ public sealed partial class IntegrityVolume
         var lk = await _locks.AcquireAsync(c0, c1, shared: false).ConfigureAwait(false);
         var u = new Unit { Durable = fua || !WriteBack };
         List<long>? allocated = null;
-        ValueTask<(UInt128, Exception?)>[]? slotWrites = null;
         try
         {
             await BackpressureAsync().ConfigureAwait(false);
@@ -62,10 +61,9 @@ public sealed partial class IntegrityVolume
             for (long c = c0; c <= c1; c++) if (IsWholeChunk(c, lba, end) || _map[c] == 0) need++;
             if (need > 0) allocated = await AllocateAsync(need, ct).ConfigureAwait(false);
             int ai = 0;
-            // The slot writes of all the command's chunks are in flight together (one round trip on a network
-            // store, not one per chunk); the unit is queued, and so its remaps committed, only once all of them
-            // have completed. Their order among themselves does not matter: each remap validates its own slot.
-            slotWrites = need > 0 ? new ValueTask<(UInt128, Exception?)>[need] : null;
+            // Slots in ascending order (a run of consecutive ones when the pool allows): chunk k of the command takes
+            // the k-th, so back-to-back chunks sit in back-to-back slots (written, and later read, as one request).
+            var toSlots = need > 0 ? new SlotPiece[need] : null;
             for (long c = c0; c <= c1; c++)
             {
                 ulong cs = (ulong)c * (ulong)_bpc;
@@ -76,7 +74,7 @@ public sealed partial class IntegrityVolume
                     // Redirect-on-write: the chunk goes to a free slot with its tags; the journal only
                     // records the remap. An unmapped chunk gets its first blocks the same way, zero-filled.
                     long p = allocated![ai];
-                    slotWrites![ai++] = WriteSlotCatchingAsync(p, c, (int)(s - cs), piece, ct);
+                    toSlots![ai++] = new SlotPiece(p, c, (int)(s - cs), piece);
                     (u.Maps ??= new()).Add((c, p + 1, UInt128.Zero)); // the digest comes with the write below
                     if (_map[c] != 0) (u.FreeAfter ??= new()).Add(_map[c] - 1);
                     u.Bytes += Txn.RecordBytes;
@@ -94,19 +92,16 @@ public sealed partial class IntegrityVolume
                     }
                 }
             }
-            if (slotWrites != null)
+            if (toSlots != null)
             {
-                Exception? first = null;
-                for (int i = 0; i < slotWrites.Length; i++)
-                {
-                    // Every write is awaited, also after one failed: a slot goes back to the pool only when
-                    // nothing is writing to it any more.
-                    var (digest, error) = await slotWrites[i].ConfigureAwait(false);
-                    first ??= error;
-                    if (error == null) u.Maps![i] = u.Maps[i] with { Digest = digest };
-                }
-                slotWrites = null;
-                if (first != null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
+                // The unit is queued, and so its remaps committed, only once every slot write has completed; the
+                // maps were added in the same order as the slot pieces, so map i gets piece i's digest.
+                var digests = new UInt128[toSlots.Length];
+                // It never throws and returns only when no write of it is running any more (a slot goes back to the
+                // pool only when nothing is writing to it).
+                var error = await WriteSlotsAsync(toSlots, digests, ct).ConfigureAwait(false);
+                if (error != null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
+                for (int i = 0; i < digests.Length; i++) u.Maps![i] = u.Maps[i] with { Digest = digests[i] };
             }
             if (!Enqueue(u)) throw new IOException(FailedMessage);
             allocated = null;
@@ -114,7 +109,6 @@ public sealed partial class IntegrityVolume
         }
         catch (Exception ex) when (ex is IOException or OperationCanceledException)
         {
-            if (slotWrites != null) foreach (var w in slotWrites) await w.ConfigureAwait(false); // (never throws)
             if (allocated != null) _slots.Return(allocated);
             if (u.Data != null) _recs.Return(u.Data);
             return ex is OperationCanceledException ? new VolumeResult(VolumeStatus.Cancelled, lba) : Classify((IOException)ex, lba);
@@ -161,66 +155,110 @@ public sealed partial class IntegrityVolume
         return lba <= cs && end >= cs + (ulong)_g.BlocksInChunk(c);
     }
 
-    private async ValueTask<(UInt128, Exception?)> WriteSlotCatchingAsync(long p, long c, int firstIndex, ReadOnlyMemory<byte> piece, CancellationToken ct)
-    {
-        try { return (await WriteSlotAsync(p, c, firstIndex, piece, ct).ConfigureAwait(false), null); }
-        catch (Exception e) { return (UInt128.Zero, e); }
-    }
+    /// <summary>A piece of a command bound for free slot <paramref name="Slot"/>: chunk <paramref name="Chunk"/>'s blocks
+    /// from index <paramref name="FirstIndex"/> (the whole chunk, or the first write into an unmapped chunk).</summary>
+    private readonly record struct SlotPiece(long Slot, long Chunk, int FirstIndex, ReadOnlyMemory<byte> Data);
 
-    /// <summary>Writes a chunk's data and tags to slot <paramref name="p"/> in one device write (not durable) and
-    /// returns the digest of the tag region, which the remap record carries so recovery can tell whether this
-    /// write landed whole. Every block of the slot gets its tag, also those past the end of a partial last
-    /// chunk (zeros), so a later grow finds them valid.</summary>
-    private async ValueTask<UInt128> WriteSlotAsync(long p, long c, int firstIndex, ReadOnlyMemory<byte> piece, CancellationToken ct)
+    /// <summary>Most slots written with one request: two parts a slot stay far below IOV_MAX (1024), which both
+    /// pwritev and librbd's writev refuse to exceed.</summary>
+    private const int MaxRunSlots = 256;
+
+    /// <summary>
+    /// Writes each piece with its tags to its slot (not durable) and puts the digest of each slot's tag region,
+    /// which the remap record carries so recovery can tell whether the write landed whole, into
+    /// <paramref name="digests"/>. Pieces whose slots are back to back on the device (a <em>run</em>: the pieces
+    /// come in ascending slot order, and a 1 MiB write normally gets consecutive slots) are written with ONE gather
+    /// write, data, tags, data, tags... (one pwritev, one rbd_aio_writev); any other piece with one write of its
+    /// own. The writes of different runs are in flight together and may complete in any order (each remap
+    /// validates its own slot). Never throws: returns the first failure, and only once every write started has
+    /// finished, so no slot is handed back, and no buffer (the caller's included) let go of, under a running write.
+    /// </summary>
+    private async ValueTask<Exception?> WriteSlotsAsync(SlotPiece[] pieces, UInt128[] digests, CancellationToken ct)
     {
-        if (piece.Length == _g.ChunkBytes) return await WriteWholeSlotAsync(p, c, piece, ct).ConfigureAwait(false);
-        int slot = (int)_g.SlotBytes;
-        byte[] buf = _buffers.Rent(slot);
+        var g = _g;
+        var images = new byte[]?[pieces.Length];
+        var writes = new List<ValueTask<Exception?>>();
+        Exception? first = null;
         try
         {
-            var span = buf.AsSpan(0, slot);
-            // Zero only what the piece does not cover (a whole-chunk write clears just the tag region's tail).
-            int from = firstIndex * _bs, to = from + piece.Length;
-            span[..from].Clear();
-            piece.Span.CopyTo(span[from..]);
-            span[to..].Clear();
-            var g = _g;
-            int ts = g.TagSize;
-            ulong cs = (ulong)c * (ulong)_bpc;
-            for (int i = 0; i < _bpc; i++)
-                _tagger.ComputeTag(cs + (ulong)i, span.Slice(i * _bs, _bs), span.Slice(g.ChunkBytes + i * ts, ts));
-            var digest = _tagger.SlotDigest(span.Slice(g.ChunkBytes, g.TagRegionBytes));
-            await _dev.WriteAsync(g.SlotOffset(p), buf.AsMemory(0, slot), fua: false, ct).ConfigureAwait(false);
-            // No read sees slot p before the remap to it is queued, after this; a stale entry of a freed p is replaced.
-            _tagCache.Put(p, buf.AsSpan(g.ChunkBytes, _bpc * ts));
-            return digest;
+            for (int i = 0, j; i < pieces.Length; i = j)
+            {
+                for (j = i + 1; j < pieces.Length && j - i < MaxRunSlots && pieces[j].Slot == pieces[j - 1].Slot + 1
+                     && g.SlotOffset(pieces[j].Slot) == g.SlotOffset(pieces[j - 1].Slot) + g.SlotBytes; j++) { }
+                // The run's tags are computed before its write starts; a later run's while this one is written
+                // (on a device whose writes complete asynchronously).
+                var parts = new List<ReadOnlyMemory<byte>>(2 * (j - i));
+                for (int k = i; k < j; k++) digests[k] = SlotImage(pieces[k], out images[k], parts);
+                writes.Add(WriteRunAsync(pieces, images, i, j, parts, ct));
+            }
         }
-        finally { _buffers.Return(buf); }
+        catch (Exception e) { first = e; } // (computing tags does not fail; but no write may be left running)
+        foreach (var w in writes)
+        {
+            var e = await w.ConfigureAwait(false); // every one, also after a failure (not `first ??= await w`)
+            first ??= e;
+        }
+        foreach (var b in images) if (b != null) _buffers.Return(b);
+        return first;
     }
 
-    /// <summary><see cref="WriteSlotAsync"/> for a piece that fills the chunk: the tags are computed straight from the
-    /// caller's data and the slot is written with one gather write of that data and the tag region, with no copy
-    /// of the data into a slot buffer (the caller's buffer stays untouched until the command completes).</summary>
-    private async ValueTask<UInt128> WriteWholeSlotAsync(long p, long c, ReadOnlyMemory<byte> piece, CancellationToken ct)
+    /// <summary>One device write of pieces [<paramref name="from"/>, <paramref name="to"/>) (slots back to back); the
+    /// failure, if any, is returned rather than thrown.</summary>
+    private async ValueTask<Exception?> WriteRunAsync(SlotPiece[] pieces, byte[]?[] images, int from, int to, List<ReadOnlyMemory<byte>> parts, CancellationToken ct)
+    {
+        try
+        {
+            await _dev.WriteGatherAsync(_g.SlotOffset(pieces[from].Slot), parts, fua: false, ct).ConfigureAwait(false);
+        }
+        catch (Exception e) { return e; }
+        int ts = _g.TagSize;
+        for (int k = from; k < to; k++)
+        {
+            // No read sees slot p before the remap to it is queued, after this; a stale entry of a freed p is replaced.
+            var tags = pieces[k].Data.Length == _g.ChunkBytes ? images[k].AsSpan(0, _bpc * ts) : images[k].AsSpan(_g.ChunkBytes, _bpc * ts);
+            _tagCache.Put(pieces[k].Slot, tags);
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// What slot <c>piece.Slot</c> is to hold, appended to <paramref name="parts"/>, and the digest of its tag region.
+    /// A piece that fills the chunk: the caller's data as it is (no copy; untouched until the command completes) and
+    /// the tag region computed from it into <paramref name="image"/>. A smaller piece (first write into an unmapped
+    /// chunk): the whole slot, zero-filled around the piece, with its tags, in <paramref name="image"/>. Every
+    /// block of the slot gets its tag, also those past the end of a partial last chunk (zeros), so a later grow
+    /// finds them valid. <paramref name="image"/> is rented from the volume's pool; the caller returns it.
+    /// </summary>
+    private UInt128 SlotImage(SlotPiece piece, out byte[]? image, List<ReadOnlyMemory<byte>> parts)
     {
         var g = _g;
         int ts = g.TagSize, region = g.TagRegionBytes;
-        byte[] tags = _buffers.Rent(region);
-        try
+        ulong cs = (ulong)piece.Chunk * (ulong)_bpc;
+        image = null;
+        if (piece.Data.Length == g.ChunkBytes)
         {
-            var span = piece.Span;
-            var t = tags.AsSpan(0, region);
-            ulong cs = (ulong)c * (ulong)_bpc;
+            image = _buffers.Rent(region);
+            var data = piece.Data.Span;
+            var t = image.AsSpan(0, region);
             for (int i = 0; i < _bpc; i++)
-                _tagger.ComputeTag(cs + (ulong)i, span.Slice(i * _bs, _bs), t.Slice(i * ts, ts));
+                _tagger.ComputeTag(cs + (ulong)i, data.Slice(i * _bs, _bs), t.Slice(i * ts, ts));
             t[(_bpc * ts)..].Clear();
-            var digest = _tagger.SlotDigest(t);
-            await _dev.WriteGatherAsync(g.SlotOffset(p), [piece, tags.AsMemory(0, region)], fua: false, ct).ConfigureAwait(false);
-            // No read sees slot p before the remap to it is queued, after this; a stale entry of a freed p is replaced.
-            _tagCache.Put(p, tags.AsSpan(0, _bpc * ts));
-            return digest;
+            parts.Add(piece.Data);
+            parts.Add(image.AsMemory(0, region));
+            return _tagger.SlotDigest(t);
         }
-        finally { _buffers.Return(tags); }
+        int slot = (int)g.SlotBytes;
+        image = _buffers.Rent(slot);
+        var span = image.AsSpan(0, slot);
+        // Zero only what the piece does not cover.
+        int from = piece.FirstIndex * _bs, to = from + piece.Data.Length;
+        span[..from].Clear();
+        piece.Data.Span.CopyTo(span[from..]);
+        span[to..].Clear();
+        for (int i = 0; i < _bpc; i++)
+            _tagger.ComputeTag(cs + (ulong)i, span.Slice(i * _bs, _bs), span.Slice(g.ChunkBytes + i * ts, ts));
+        parts.Add(image.AsMemory(0, slot));
+        return _tagger.SlotDigest(span.Slice(g.ChunkBytes, g.TagRegionBytes));
     }
 
     public async ValueTask<VolumeResult> FlushAsync(CancellationToken ct = default)

@@ -4,9 +4,9 @@ namespace IntegrityTarget.Integrity.Tests;
 
 /// <summary>
 /// A command over several chunks has its pieces in flight at once (reads: every piece read and verified
-/// concurrently; writes: every slot write before the commit), with the results of a serial walk: the first
-/// failing piece names its first bad LBA with the good blocks before it, and a failed or interrupted slot write
-/// leaves the command undone, never torn.
+/// concurrently; writes: the slots of back-to-back chunks written with one request, every slot write before the
+/// commit), with the results of a serial walk: the first failing piece names its first bad LBA with the good
+/// blocks before it, and a failed or interrupted slot write leaves the command undone, never torn.
 /// </summary>
 public class ConcurrentPiecesTests
 {
@@ -16,7 +16,9 @@ public class ConcurrentPiecesTests
 
     /// <summary>
     /// Completes every call asynchronously, a read of a higher offset sooner (so the pieces of one command finish
-    /// in reverse order), counts how many calls overlap, and can fail one byte range (EIO) or the n-th slot-sized write.
+    /// in reverse order), counts how many calls overlap, and can fail one byte range (EIO), the n-th slot-sized write
+    /// or the writes a predicate picks. Records every gather write (offset, parts): a gather write goes to the device
+    /// as one write (copied into one buffer, as a device that cannot gather natively does).
     /// </summary>
     private sealed class SlowDevice(IBlockDevice inner) : IBlockDevice
     {
@@ -25,6 +27,9 @@ public class ConcurrentPiecesTests
         public int InFlight => Volatile.Read(ref _inFlight);
         public readonly List<(long From, long To)> BadReads = new();
         public int FailBigWrite = -1; // index of the slot write (> 64 KiB) that fails, counted from 0
+        /// <summary>Fails the writes (offset, data) it returns true for.</summary>
+        public Func<long, ReadOnlyMemory<byte>, bool>? FailWrite;
+        public readonly List<(long Offset, int Parts)> Gathers = new();
         /// <summary>Added to every slot write's delay: long enough that a loaded machine starts all of a command's
         /// writes before the first ends, for the tests that count how many were in flight at once.</summary>
         public int BigWriteExtraMs;
@@ -59,10 +64,17 @@ public class ConcurrentPiecesTests
                 bool big = data.Length > 64 * 1024;
                 int n = big ? Interlocked.Increment(ref _bigWrites) - 1 : -1;
                 await Task.Delay(big ? 5 + 3 * (n % 4) + BigWriteExtraMs : 0, ct);
-                if (big && n == FailBigWrite) throw new IOException($"{Name}: write at {offset}: Input/output error");
+                if ((big && n == FailBigWrite) || FailWrite?.Invoke(offset, data) == true) throw new IOException($"{Name}: write at {offset}: Input/output error");
                 await inner.WriteAsync(offset, data, fua, ct);
             }
             finally { Interlocked.Decrement(ref _inFlight); }
+        }
+
+        public async ValueTask WriteGatherAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> parts, bool fua, CancellationToken ct = default)
+        {
+            lock (Gathers) Gathers.Add((offset, parts.Count));
+            byte[] all = [.. parts.SelectMany(p => p.ToArray())];
+            await WriteAsync(offset, all, fua, ct);
         }
 
         public ValueTask FlushAsync(CancellationToken ct = default) => inner.FlushAsync(ct);
@@ -80,6 +92,33 @@ public class ConcurrentPiecesTests
     /// <summary>A volume holding pattern 1 everywhere, closed, and opened again through a <see cref="SlowDevice"/>.</summary>
     private static Task<(SlowDevice Dev, MemoryBlockDevice Mem, IntegrityVolume V, CapturingSink Sink)> Filled(long tagCacheBytes = 1 << 20) =>
         T.FilledThrough(Blocks, Bs, tagCacheBytes, m => new SlowDevice(m));
+
+    /// <summary>
+    /// A volume with pattern 1 in its odd chunks, the even ones unmapped, and a spare pool of 4, opened again through a
+    /// <see cref="SlowDevice"/>: its free slots (the even chunks' old ones, every other slot, and the 4 spare) hold no
+    /// run of 8 consecutive slots, so a 1 MiB write goes to eight scattered slots.
+    /// </summary>
+    private static async Task<(SlowDevice Dev, MemoryBlockDevice Mem, IntegrityVolume V)> Fragmented()
+    {
+        var mem = T.Memory(Blocks, Bs);
+        var format = new FormatOptions { BlockSize = Bs, LogicalBlocks = Blocks, SpareSlots = 4, AllowTinySparePool = true };
+        await using (var f = await IntegrityVolume.FormatAsync(mem, format, Serilog.Core.Logger.None))
+            await T.WriteOk(f, 0, T.Pattern(0, (int)Blocks, Bs, 1), fua: true);
+        await using (var u = await IntegrityVolume.OpenAsync(mem, T.Open(), Serilog.Core.Logger.None))
+            for (ulong c = 0; c < Blocks / Bpc; c += 2) Assert.That((await u.UnmapAsync(c * Bpc, Bpc)).IsOk);
+        var dev = new SlowDevice(mem);
+        var v = await IntegrityVolume.OpenAsync(dev, T.Open() with { IdleHomeMs = Timeout.Infinite }, Serilog.Core.Logger.None);
+        Assert.That(v.FreeSlots, Is.EqualTo(Blocks / Bpc / 2 + 4));
+        return (dev, mem, v);
+    }
+
+    /// <summary>What chunks [c0, c0 + n) of a <see cref="Fragmented"/> volume hold: zeros in the even ones, pattern 1 in the odd ones.</summary>
+    private static byte[] FragmentedContent(ulong c0, int n) =>
+        [.. Enumerable.Range(0, n).SelectMany(k => (c0 + (ulong)k) % 2 == 0 ? new byte[Bpc * Bs] : T.Pattern((c0 + (ulong)k) * Bpc, Bpc, Bs, 1))];
+
+    /// <summary>The slot data offsets of chunks [c0, c0 + n), in chunk order.</summary>
+    private static long[] SlotsOf(IntegrityVolume v, ulong c0, int n) =>
+        [.. Enumerable.Range(0, n).Select(k => v.LocateBlock((c0 + (ulong)k) * Bpc)!.Value.DataOffset)];
 
     [TestCase(1 << 20)]
     [TestCase(0)]
@@ -138,16 +177,96 @@ public class ConcurrentPiecesTests
     }
 
     [Test]
-    public async Task A_1M_write_has_its_slot_writes_in_flight_together_before_the_commit()
+    public async Task A_1M_write_into_consecutive_slots_is_one_device_write_of_data_and_tags_before_the_commit()
     {
         var (dev, mem, v, _) = await Filled();
         await using var _v = v;
         using var _m = mem;
         ulong lba = 16 * Bpc;
-        dev.BigWriteExtraMs = 300;
         await T.WriteOk(v, lba, T.Pattern(lba, 256, Bs, 2), fua: true);
-        Assert.That(dev.MaxWritesInFlight, Is.GreaterThanOrEqualTo(8), "eight slot writes at once");
+        var slots = SlotsOf(v, 16, 8);
+        long slotBytes = slots[1] - slots[0];
+        Assert.That(slots, Is.EqualTo(Enumerable.Range(0, 8).Select(k => slots[0] + k * slotBytes)), "the eight chunks got back-to-back slots, in chunk order");
+        Assert.That(dev.Gathers, Is.EqualTo(new[] { (slots[0], 16) }), "one gather write (data, tags) x 8 from the first slot; the journal's writes are plain ones");
         Assert.That(await T.ReadOk(v, lba - 1, 258), Is.EqualTo([.. T.Pattern(lba - 1, 1, Bs, 1), .. T.Pattern(lba, 256, Bs, 2), .. T.Pattern(lba + 256, 1, Bs, 1)]));
+
+        // Not aligned, over mapped chunks: the partial first and last pieces are journaled, the seven whole chunks are one write.
+        dev.Gathers.Clear();
+        lba = 32 * Bpc + 5;
+        await T.WriteOk(v, lba, T.Pattern(lba, 256, Bs, 3));
+        Assert.That(dev.Gathers, Is.EqualTo(new[] { (v.LocateBlock(33 * Bpc)!.Value.DataOffset, 14) }));
+        Assert.That(await T.ReadOk(v, lba - 1, 258), Is.EqualTo([.. T.Pattern(lba - 1, 1, Bs, 1), .. T.Pattern(lba, 256, Bs, 3), .. T.Pattern(lba + 256, 1, Bs, 1)]));
+        Assert.That((await v.ScrubAsync(new ScrubOptions())).Mismatches, Is.EqualTo(0));
+    }
+
+    [Test]
+    public async Task A_1M_write_into_unmapped_chunks_writes_the_zero_filled_partial_slots_in_the_same_request()
+    {
+        var mem = T.Memory(Blocks, Bs);
+        var dev = new SlowDevice(mem);
+        await using (var f = await IntegrityVolume.FormatAsync(dev, T.Format(Bs), Serilog.Core.Logger.None)) { }
+        dev.Gathers.Clear();
+        const ulong lba = 8 * Bpc + 5; // nine unmapped chunks: a partial first and last one, seven whole ones
+        await using (var v = await IntegrityVolume.OpenAsync(dev, T.Open(), Serilog.Core.Logger.None))
+        {
+            await T.WriteOk(v, lba, T.Pattern(lba, 256, Bs, 2));
+            Assert.That(dev.Gathers, Is.EqualTo(new[] { (v.LocateBlock(8 * Bpc)!.Value.DataOffset, 1 + 7 * 2 + 1) }), "the two partial slots (one buffer each) and seven chunks' data and tags, one write");
+        }
+        await using var again = await IntegrityVolume.OpenAsync(mem, T.Open(), Serilog.Core.Logger.None);
+        Assert.That(await T.ReadOk(again, 8 * Bpc, 9 * Bpc), Is.EqualTo([.. new byte[5 * Bs], .. T.Pattern(lba, 256, Bs, 2), .. new byte[(Bpc - 5) * Bs]]));
+        Assert.That((await again.ScrubAsync(new ScrubOptions())).Mismatches, Is.EqualTo(0));
+    }
+
+    [Test]
+    public async Task A_1M_write_into_a_pool_without_a_run_has_a_write_per_slot_all_in_flight_together()
+    {
+        var (dev, mem, v) = await Fragmented();
+        await using (v)
+        {
+            ulong lba = 16 * Bpc;
+            dev.BigWriteExtraMs = 300;
+            await T.WriteOk(v, lba, T.Pattern(lba, 256, Bs, 2), fua: true);
+            var slots = SlotsOf(v, 16, 8);
+            Assert.That(dev.Gathers.Select(g => g.Offset).Order(), Is.EqualTo(slots.Order()), "one write per slot");
+            Assert.That(dev.Gathers.Select(g => g.Parts), Is.All.EqualTo(2));
+            Assert.That(dev.MaxWritesInFlight, Is.GreaterThanOrEqualTo(8), "eight slot writes at once");
+            Assert.That(await T.ReadOk(v, lba, 256), Is.EqualTo(T.Pattern(lba, 256, Bs, 2)));
+        }
+        await using var again = await IntegrityVolume.OpenAsync(mem, T.Open(), Serilog.Core.Logger.None);
+        Assert.That(await T.ReadOk(again, 16 * Bpc, 256), Is.EqualTo(T.Pattern(16 * Bpc, 256, Bs, 2)));
+        Assert.That(await T.ReadOk(again, 15 * Bpc, Bpc), Is.EqualTo(T.Pattern(15 * Bpc, Bpc, Bs, 1)));
+        Assert.That((await again.ScrubAsync(new ScrubOptions())).Mismatches, Is.EqualTo(0));
+    }
+
+    [Test]
+    public async Task A_failed_run_write_fails_only_its_command_and_its_slots_are_used_again()
+    {
+        var (dev, mem, filled, _) = await Filled();
+        await filled.DisposeAsync();
+        // No idle flush: the slots B replaces stay in limbo, so the top of the pool is what A gives back.
+        await using var v = await IntegrityVolume.OpenAsync(dev, T.Open() with { IdleHomeMs = Timeout.Infinite }, Serilog.Core.Logger.None);
+        using var _m = mem;
+        ulong a = 8 * Bpc, b = 40 * Bpc;
+        dev.BigWriteExtraMs = 100;
+        // The run write of command A starts with A's first block (pattern: its LBA in the first 8 bytes).
+        dev.FailWrite = (_, data) => data.Length > 64 * 1024 && BitConverter.ToUInt64(data.Span) == a;
+        var ra = v.WriteAsync(a, T.Pattern(a, 256, Bs, 2), fua: false);
+        var rb = v.WriteAsync(b, T.Pattern(b, 256, Bs, 2), fua: false);
+        var (resA, resB) = (await ra, await rb);
+        Assert.That((resA.Status, resA.Lba, resA.GoodBlocks), Is.EqualTo((VolumeStatus.IoError, a, 0UL)), resA.ToString());
+        Assert.That(resB.IsOk, Is.True, "the other command in flight beside it is not touched: " + resB);
+        Assert.That(dev.InFlight, Is.EqualTo(0));
+        Assert.That(dev.Gathers, Has.Count.EqualTo(2), "one run write each");
+        long tried = dev.Gathers.Select(g => g.Offset).Single(o => o != SlotsOf(v, 40, 1)[0]);
+        Assert.That(await T.ReadOk(v, a, 256), Is.EqualTo(T.Pattern(a, 256, Bs, 1)), "not one chunk of the failed command is visible");
+        Assert.That(await T.ReadOk(v, b, 256), Is.EqualTo(T.Pattern(b, 256, Bs, 2)));
+        // Its slots went back to the pool, on top: the same command again gets the same run.
+        dev.FailWrite = null;
+        await T.WriteOk(v, a, T.Pattern(a, 256, Bs, 3));
+        Assert.That(SlotsOf(v, 8, 1)[0], Is.EqualTo(tried));
+        Assert.That((await v.FlushAsync()).IsOk);
+        Assert.That(await T.ReadOk(v, a, 256), Is.EqualTo(T.Pattern(a, 256, Bs, 3)));
+        Assert.That((await v.ScrubAsync(new ScrubOptions())).Mismatches, Is.EqualTo(0));
     }
 
     [Test]
@@ -170,7 +289,7 @@ public class ConcurrentPiecesTests
         dev.MaxWritesInFlight = 0;
         dev.BigWriteExtraMs = 300;
         await T.WriteOk(v, lba, T.Pattern(lba, 3 * 256, Bs, 2)); // 3 MiB: three 1 MiB atomic parts
-        Assert.That(dev.MaxWritesInFlight, Is.GreaterThanOrEqualTo(16), "the parts' slot writes were in flight together, not part after part");
+        Assert.That(dev.MaxWritesInFlight, Is.GreaterThanOrEqualTo(3), "the parts' slot writes (one each) were in flight together, not part after part");
         Assert.That(await T.ReadOk(v, lba, 3 * 256), Is.EqualTo(T.Pattern(lba, 3 * 256, Bs, 2)));
     }
 
@@ -179,15 +298,19 @@ public class ConcurrentPiecesTests
     [TestCase(7)]
     public async Task A_failed_slot_write_among_concurrent_ones_fails_the_command_whole_after_the_others_finished(int failing)
     {
-        var (dev, mem, v, _) = await Filled();
+        // Scattered slots: eight writes in flight, one fails (and the others take longer than it).
+        var (dev, mem, v) = await Fragmented();
         await using var _v = v;
         using var _m = mem;
         ulong lba = 24 * Bpc;
+        long free = v.FreeSlots;
         dev.FailBigWrite = failing;
         var r = await v.WriteAsync(lba, T.Pattern(lba, 256, Bs, 2), fua: false);
         Assert.That((r.Status, r.Lba), Is.EqualTo((VolumeStatus.IoError, lba)), r.ToString());
+        Assert.That(dev.Gathers, Has.Count.EqualTo(8));
         Assert.That(dev.InFlight, Is.EqualTo(0), "no slot write is still running when the command fails (its slots go back to the pool)");
-        Assert.That(await T.ReadOk(v, lba, 256), Is.EqualTo(T.Pattern(lba, 256, Bs, 1)), "not one chunk of the failed command is visible");
+        Assert.That(v.FreeSlots, Is.EqualTo(free), "all eight slots are back");
+        Assert.That(await T.ReadOk(v, lba, 256), Is.EqualTo(FragmentedContent(24, 8)), "not one chunk of the failed command is visible");
         dev.FailBigWrite = -1;
         for (int round = 3; round < 8; round++) await T.WriteOk(v, lba, T.Pattern(lba, 256, Bs, round)); // the returned slots are usable again
         Assert.That((await v.FlushAsync()).IsOk);
