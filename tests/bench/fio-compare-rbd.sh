@@ -7,8 +7,10 @@
 # EXTRA_BUILDS="NAME:DIR ..." adds, in the same run, an integrity-on target served by each other build of
 # integrity-target (a directory holding integrity-target.dll), as column "on-NAME".
 # Uses the cluster CEPH_DIR names (a running `ceph-mini.sh start DIR`), else starts a throwaway one.
-# tgt-rbd reads librbd's defaults from ceph.conf (rbd cache on, writethrough until the first flush, write-back
-# after it); integrity-target runs librbd without a cache (a write completes once the OSDs have it, so
+# tgt-rbd reads librbd's defaults from ceph.conf (rbd cache on, policy writearound, write-through until the first
+# flush, after it a write completes once librbd has sent it); these jobs send no SYNCHRONIZE CACHE, so tgt-rbd stays
+# write-through here (measured with tests/bench/rbd-probe.sh; a job with --fsync turns write-around on for the rest
+# of the run). integrity-target runs librbd without a cache (a write completes once the OSDs have it, so
 # nothing acknowledged lives only in the gateway's memory).
 set -euo pipefail
 runtime=${1:-10}; size=${2:-1G}; rounds=${3:-2}
