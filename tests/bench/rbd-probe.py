@@ -127,10 +127,18 @@ def cell(out, name, target, url, rw, bs, depth, runtime, *extra):
     log = os.environ.get("LOG", "")
     log_start = os.path.getsize(log) if log and os.path.exists(log) else 0
     s0 = snapshot(pids)
+    perf = None
+    if os.environ.get("PERF_DIR"):  # a CPU profile of the gateway during the cell (perf record; .NET needs DOTNET_PerfMapEnabled=1)
+        perf = subprocess.Popen(["perf", "record", "-q", "-F", "499", "-g", "-p", pids["gateway"], "-o",
+                                 os.path.join(os.environ["PERF_DIR"], f"{name}.{target}.perf.data")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     fio = subprocess.run([os.environ["FIO"], "--name=j", "--ioengine=libiscsi", f"--filename={url}", f"--rw={rw}", f"--bs={bs}",
                           f"--iodepth={depth}", f"--size={os.environ.get('SIZE', '1G')}", "--time_based", f"--runtime={runtime}",
                           "--output-format=json", *extra], capture_output=True, text=True)
     s1 = snapshot(pids)
+    if perf:
+        perf.send_signal(2)
+        perf.wait()
     # Settle: background work (home copies, checkpoints) that the job left behind, until the OSD sees no op for 1 s.
     last, quiet, deadline = s1["osd"].get("osd.op", 0), 0, time.monotonic() + 30
     while quiet < 2 and time.monotonic() < deadline:

@@ -22,6 +22,9 @@
 # SYNCHRONIZE CACHE every 32 writes, and after tgt-rbd's first one librbd's write-around cache is on for the rest
 # of the run, so put such jobs last. INTEGRITY_TARGET_BIN=DIR (a built integrity-target; else built here),
 # CELLS_OUT=FILE (keep the raw per-cell counters, JSON lines), PROBE_KEEP=1 (keep the work dir: server logs).
+# PERF_DIR=DIR: a `perf record -g` of the gateway process during each cell, DIR/JOB.TARGET.perf.data (our servers
+# then run with DOTNET_PerfMapEnabled=1 so JIT frames have names, in /tmp/perf-PID.map, left for `perf report -i FILE
+# --no-children --sort dso,sym`; delete them afterwards).
 # Our servers run with --log-level Debug (the JournalStats lines; nothing per command is logged at Debug).
 # Run it under the heavy lock: flock /work/.heavy.lock tests/bench/rbd-probe.sh 10 1G 1
 set -euo pipefail
@@ -69,7 +72,7 @@ fi
 start_ours() { # name port integrity
   local name=$1 p=$2 integ=$3
   mkdir -p "$work/$name"
-  CEPH_CONF=$conf dotnet "$work/bin/integrity-target.dll" serve --no-config --listen 127.0.0.1:"$p" --iqn iqn.2026-12.org.example:"$name" \
+  env ${PERF_DIR:+DOTNET_PerfMapEnabled=1} CEPH_CONF="$conf" dotnet "$work/bin/integrity-target.dll" serve --no-config --listen 127.0.0.1:"$p" --iqn iqn.2026-12.org.example:"$name" \
     --data-dir "$work/$name" --lun "rbd:rbd/probe-$name" --size "${size}iB" --block-size 512 --integrity "$integ" \
     --log-level Debug >"$work/$name.log" 2>&1 &
   pids+=($!); pid[$name]=$!; log[$name]=$work/$name.log
