@@ -24,6 +24,9 @@ public sealed partial class IntegrityVolume
         }
     }
 
+    /// <summary>Bytes of the journal (its superblock and the transaction ring), fixed at format.</summary>
+    public long JournalBytes => _g.JournalBytes;
+
     /// <summary>Blocks per chunk: the unit in which space is mapped.</summary>
     public int BlocksPerChunk => _g.BlocksPerChunk;
 }

@@ -94,6 +94,9 @@ public sealed partial class IntegrityVolume : IBlockVolume
     /// <summary>Fewest spare slots <see cref="FormatOptions.SpareSlots"/> may ask for (what a 1 MiB write of whole chunks takes).</summary>
     public const long MinSpareSlots = Geometry.MinSpareSlots;
 
+    /// <summary>Smallest journal <see cref="FormatOptions.JournalBytes"/> may ask for.</summary>
+    public const long MinJournalBytes = Geometry.MinJournalBytes;
+
     /// <summary>The journal size format uses when <see cref="FormatOptions.JournalBytes"/> is not given.</summary>
     public static long DefaultJournalBytes(ulong logicalBlocks, int blockSize) => Geometry.DefaultJournalBytes(logicalBlocks, blockSize);
 

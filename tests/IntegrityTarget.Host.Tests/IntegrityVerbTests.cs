@@ -55,6 +55,32 @@ public class IntegrityVerbTests
     }
 
     [Test]
+    public async Task Format_takes_a_journal_size_and_refuses_one_out_of_range()
+    {
+        using var dir = new TempDir();
+        var defaults = await CliRun.RunAsync(dir.Path, ["format", "d.img", "--size", "4MiB"]);
+        Assert.That(defaults.Out.ToString(), Does.Contain("33 spare slots, journal 2 MiB"), "the default: 1/32 of the LUN, at least 2 MiB");
+        var format = await CliRun.RunAsync(dir.Path, ["format", "v.img", "--size", "4MiB", "--journal-size", "24MiB"]);
+        Assert.That(format.ExitCode, Is.EqualTo(0), format.AllOutput);
+        Assert.That(format.Out.ToString(), Does.Contain("formatted: 8192 blocks of 512 bytes (4 MiB), crc32c tags, 33 spare slots, journal 24 MiB"));
+        Assert.That(new FileInfo(dir.File("v.img")).Length - new FileInfo(dir.File("d.img")).Length, Is.EqualTo(22L << 20), "the file holds the larger ring");
+        var dump = await CliRun.RunAsync(dir.Path, ["dump", "v.img"]);
+        Assert.That(dump.Out.ToString(), Does.Contain($"{24L << 20} B"), dump.AllOutput);
+        var scrub = await CliRun.RunAsync(dir.Path, ["scrub", "v.img"]);
+        Assert.That(scrub.ExitCode, Is.EqualTo(0), "the volume opens (journal recovered from the larger ring) and verifies: " + scrub.AllOutput);
+
+        foreach (var bad in new[] { "512KiB", "2GiB", "0", "lots", "-1MiB" })
+        {
+            var run = await CliRun.RunAsync(dir.Path, ["format", "x.img", "--size", "4MiB", "--journal-size", bad]);
+            Assert.That(run.ExitCode, Is.EqualTo(2), run.AllOutput);
+            Assert.That(run.Err.ToString(), Does.Contain("--journal-size"), run.AllOutput);
+            Assert.That(File.Exists(dir.File("x.img")), Is.False, "nothing created");
+        }
+        var small = await CliRun.RunAsync(dir.Path, ["format", "x.img", "--size", "4MiB", "--journal-size", "512KiB"]);
+        Assert.That(small.Err.ToString(), Does.Contain("--journal-size must be from 1 MiB to 1 GiB, got 512KiB"));
+    }
+
+    [Test]
     public async Task Format_without_a_block_size_makes_the_blocks_a_LUN_gets_when_serve_creates_it()
     {
         using var dir = new TempDir();

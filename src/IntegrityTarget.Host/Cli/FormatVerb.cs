@@ -8,7 +8,7 @@ public static class FormatVerb
     public const string Usage = """
         usage: integrity-target format PATH [--block-size 512|4096] [--size SIZE]
                                             [--tag-algorithm crc32c|xxhash64|hmac-sha256] [--key-file FILE] [--force]
-                                            [--spare-slots N]
+                                            [--spare-slots N] [--journal-size SIZE]
                                             [--ceph-conf FILE] [--ceph-id ID] [--ceph-keyring FILE] [--ceph-cluster NAME]
 
         Formats PATH (file, block device, or Ceph RBD image rbd:POOL/IMAGE) as an integrity volume. A
@@ -19,17 +19,24 @@ public static class FormatVerb
         never stored on the volume. --spare-slots N: slots of 128 KiB beyond one per chunk (default 32 +
         1/32 of the chunks, at least 8): the write-back window of whole-chunk overwrites, which reuse
         replaced slots only once the overwrite is flushed; a larger pool means fewer flushes between the
-        initiator's own. The file or image is made larger by N slots, not the LUN.
+        initiator's own. The file or image is made larger by N slots, not the LUN. --journal-size SIZE:
+        the journal ring (default 1/32 of the LUN, 2 MiB to 64 MiB; from 1 MiB to 1 GiB): small writes
+        wait in it, and in memory, until they are copied home in the background, so a larger journal
+        copies home less often and folds more rewrites of one slot together, for that much memory.
 
         """ + CephArgs.Usage;
 
     private static readonly Dictionary<string, bool> Known = CephArgs.With(new(StringComparer.OrdinalIgnoreCase)
     {
         ["block-size"] = true, ["size"] = true, ["tag-algorithm"] = true, ["key-file"] = true, ["force"] = false, ["spare-slots"] = true,
+        ["journal-size"] = true,
     });
 
     /// <summary>A spare pool of 128 TiB of slots: beyond that the number is a typo, not a write-back window.</summary>
     private const long MaxSpareSlots = 1L << 30;
+
+    /// <summary>Journaled small writes are also held in memory until they are home: a ring larger than this is a typo.</summary>
+    private const long MaxJournalBytes = 1L << 30;
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CliContext ctx)
     {
@@ -64,8 +71,16 @@ public static class FormatVerb
                 throw new CliException($"--spare-slots must be a whole number from {Integrity.IntegrityVolume.MinSpareSlots} to {MaxSpareSlots} (slots of 128 KiB; a 1 MiB write needs 8), got {ss}", ExitCodes.Usage);
             spare = n;
         }
+        long? journal = null;
+        if (va.Get("journal-size") is { } js)
+        {
+            if (!SizeParser.TryParse(js, out long bytes, out var why)) throw new CliException($"--journal-size {why}", ExitCodes.Usage);
+            if (bytes < Integrity.IntegrityVolume.MinJournalBytes || bytes > MaxJournalBytes)
+                throw new CliException($"--journal-size must be from {SizeParser.Format(Integrity.IntegrityVolume.MinJournalBytes)} to {SizeParser.Format(MaxJournalBytes)}, got {js}", ExitCodes.Usage);
+            journal = bytes;
+        }
         using var log = CliHelpers.QuietLogger(ctx);
-        var request = new IntegrityWiring.FormatRequest(blockSize, alg, key, size, va.Has("force"), spare);
+        var request = new IntegrityWiring.FormatRequest(blockSize, alg, key, size, va.Has("force"), spare, journal);
         string summary;
         try
         {

@@ -11,7 +11,7 @@ namespace IntegrityTarget.Host.Wiring;
 public static class IntegrityWiring
 {
     /// <summary>What the format verb asks for.</summary>
-    public sealed record FormatRequest(int BlockSize, string TagAlgorithm, byte[] Key, long? LogicalBytes, bool Force, long? SpareSlots = null);
+    public sealed record FormatRequest(int BlockSize, string TagAlgorithm, byte[] Key, long? LogicalBytes, bool Force, long? SpareSlots = null, long? JournalBytes = null);
 
     private static TagAlgorithm Algorithm(string canonical) => canonical switch
     {
@@ -156,7 +156,7 @@ public static class IntegrityWiring
         {
             if (request.LogicalBytes == null)
                 throw new CliException($"{path} does not exist; give --size to create it", ExitCodes.Usage);
-            device = backing.Create(IntegrityVolume.DeviceBytesFor((ulong)(request.LogicalBytes.Value / request.BlockSize), request.BlockSize, alg, spareSlots: request.SpareSlots), log);
+            device = backing.Create(IntegrityVolume.DeviceBytesFor((ulong)(request.LogicalBytes.Value / request.BlockSize), request.BlockSize, alg, request.JournalBytes, request.SpareSlots), log);
             created = true;
         }
         else device = OpenExclusive(backing, "format", log);
@@ -173,11 +173,12 @@ public static class IntegrityWiring
                 {
                     BlockSize = request.BlockSize, Algorithm = alg, Key = request.Key, Force = request.Force,
                     LogicalBlocks = request.LogicalBytes is { } b ? (ulong)(b / request.BlockSize) : null, SpareSlots = request.SpareSlots,
+                    JournalBytes = request.JournalBytes,
                 };
                 await using var volume = await IntegrityVolume.FormatAsync(device, options, log, progress, ct);
                 await volume.FlushAsync(ct);
                 long spare = volume.Slots - (long)((volume.BlockCount + (ulong)volume.BlocksPerChunk - 1) / (ulong)volume.BlocksPerChunk);
-                return $"{path}: formatted: {volume.BlockCount} blocks of {volume.BlockSize} bytes ({SizeParser.Format((long)volume.BlockCount * volume.BlockSize)}), {request.TagAlgorithm} tags, {spare} spare slots";
+                return $"{path}: formatted: {volume.BlockCount} blocks of {volume.BlockSize} bytes ({SizeParser.Format((long)volume.BlockCount * volume.BlockSize)}), {request.TagAlgorithm} tags, {spare} spare slots, journal {SizeParser.Format(volume.JournalBytes)}";
             }
             catch when (created)
             {
