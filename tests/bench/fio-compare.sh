@@ -10,6 +10,8 @@
 #   INTEGRITY_TARGET_BIN=DIR       use this build instead of building the working tree
 #   INTEGRITY_TARGET_BIN_B=DIR     also run target "onB": integrity on from this second build (A/B experiments)
 #   STRESS_CPU=N                   run `stress-ng --cpu N` for the whole run (a CPU-bound neighbour)
+#   FORMAT_ON="--journal-size 128MiB", FORMAT_ONB=...  format that target's LUN with these `format` options
+#                                  before serving it (A/B of format choices: same build as on and onB)
 #   JOBS="name rw bs depth [fio options...];..."  replace the six default jobs; anything after the depth goes
 #                                  to fio as is (e.g. --fsync=32: SYNCHRONIZE CACHE after every 32 writes)
 set -euo pipefail
@@ -46,6 +48,11 @@ fi
 start_ours() { # name port integrity [transport] [bin]
   local name=$1 port=$2 integ=$3 transport=${4:-pipelines} bin=${5:-$work/bin}
   mkdir -p "$work/$name"
+  local fmt_var="FORMAT_${name^^}"
+  if [[ -n "${!fmt_var:-}" ]]; then
+    # shellcheck disable=SC2086 # the format options are split on purpose
+    dotnet "$bin/integrity-target.dll" format "$work/$name/lun0.img" --size "$size" --block-size 512 ${!fmt_var} >"$work/$name.format.log" 2>&1
+  fi
   dotnet "$bin/integrity-target.dll" serve --listen 127.0.0.1:"$port" --iqn iqn.2026-11.org.example:"$name" \
     --data-dir "$work/$name" --lun "$work/$name/lun0.img" --size "$size" --block-size 512 --integrity "$integ" \
     --transport "$transport" --log-level Warning >"$work/$name.log" 2>&1 &
