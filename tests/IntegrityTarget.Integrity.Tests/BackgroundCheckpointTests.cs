@@ -154,6 +154,62 @@ public class BackgroundCheckpointTests
         await CheckAll(again, expect, "reopened");
     }
 
+    /// <summary>
+    /// A background checkpoint paces its home copies by the newer part's fill of the ring (issue 12: no bursts beside
+    /// the commands). When the volume goes idle right after the cut nothing fills the ring, and the checkpoint must
+    /// still finish on its own (the clock part of the schedule); a close while one runs hurries it. 512-byte blocks
+    /// and a burst of concurrent writes to different chunks make a cut of more slots than one batch of home copies,
+    /// so the checkpoint really paces between batches.
+    /// </summary>
+    [Test]
+    public async Task A_paced_background_checkpoint_finishes_when_the_volume_goes_idle_and_a_close_hurries_the_next()
+    {
+        const int bs = 512, chunks = 512, bpc = 256;
+        const ulong blocks = (ulong)chunks * bpc;
+        using var mem = new MemoryBlockDevice(IntegrityVolume.DeviceBytesFor(blocks, bs, TagAlgorithm.Crc32c, Journal), "mem");
+        var log = Serilog.Core.Logger.None;
+        await using (var f = await IntegrityVolume.FormatAsync(mem, new FormatOptions { BlockSize = bs, Algorithm = TagAlgorithm.Crc32c, JournalBytes = Journal, LogicalBlocks = blocks }, log))
+            for (ulong c = 0; c < chunks; c += 8) await T.WriteOk(f, c * bpc, T.Pattern(c * bpc, 8 * bpc, bs, 1));
+        var expect = new Dictionary<ulong, int>();
+        async Task Burst(IntegrityVolume v, int version)
+        {
+            // One block in every chunk, all in flight together (group commit: a few transactions of many records).
+            var writes = new List<Task>();
+            for (ulong c = 0; c < chunks; c++)
+            {
+                ulong lba = c * bpc + (ulong)version;
+                writes.Add(T.WriteOk(v, lba, T.Pattern(lba, 1, bs, version)));
+                expect[lba] = version;
+            }
+            await Task.WhenAll(writes);
+        }
+        await using (var v = await IntegrityVolume.OpenAsync(mem, new OpenOptions { WriteBack = true, IdleHomeMs = Timeout.Infinite }, log))
+        {
+            int version = 2;
+            for (; !v.BackgroundCheckpointRunning && v.JournalStats.BackgroundCheckpoints == 0; version++)
+            {
+                Assert.That(version, Is.LessThan(40), "the ring never got a quarter full");
+                await Burst(v, version);
+            }
+            // Idle from here: the checkpoint finishes by the clock, not by the ring's fill.
+            for (int i = 0; i < 1000 && v.JournalStats.BackgroundCheckpoints == 0; i++) await Task.Delay(10);
+            var st = v.JournalStats;
+            Assert.That(st.BackgroundCheckpoints, Is.EqualTo(1), $"the idle volume's background checkpoint finished: {st}");
+            Assert.That(st.BlockingCheckpoints, Is.Zero, st.ToString());
+            Assert.That(st.HomeSlots, Is.GreaterThan(64), $"the cut took more slots than one batch of home copies: {st}");
+            Assert.That(st.PacedMs, Is.GreaterThan(0), st.ToString());
+            // The next cut, then a close at once: the close waits for (and hurries) that checkpoint, and loses nothing.
+            for (; !v.BackgroundCheckpointRunning && v.JournalStats.BackgroundCheckpoints == 1; version++)
+            {
+                Assert.That(version, Is.LessThan(80), "the ring never got a quarter full again");
+                await Burst(v, version);
+            }
+        }
+        await using var again = await IntegrityVolume.OpenAsync(mem, T.Open(), log);
+        foreach (var (lba, ver) in expect)
+            Assert.That((await T.ReadOk(again, lba, 1)).AsSpan().SequenceEqual(T.Pattern(lba, 1, bs, ver)), $"LBA {lba} holds version {ver}");
+    }
+
     /// <summary>Power is lost while the background checkpoint has copied some of the older part's blocks home and
     /// commits went on into the newer part: recovery (from the old journal start) keeps every acknowledged write;
     /// a crash at any point of that recovery recovers again to the same contents.</summary>
