@@ -24,10 +24,6 @@ public sealed partial class IntegrityVolume
         /// <summary>Ring bytes (from the old start through the marker) that return to the ring when it is done.</summary>
         public required long RingBytes;
         public Task Task = Task.CompletedTask;
-        /// <summary>When it was cut (pacing: <see cref="PaceHomeCopiesAsync"/>).</summary>
-        public readonly long Started = Stopwatch.GetTimestamp();
-        /// <summary>Someone waits for it (a full ring, close, grow): no more pacing, as wide as the device allows.</summary>
-        public volatile bool Hurry;
     }
 
     private BackgroundCheckpoint? _ckpt;
@@ -39,41 +35,6 @@ public sealed partial class IntegrityVolume
     /// A quarter: the newer part then has three quarters of the ring to fill before writers wait for the older one
     /// (on files a lap of 4k random writes at QD32 fills half the ring faster than its home copies go out).</summary>
     private const double BackgroundCheckpointFill = 0.25;
-
-    /// <summary>Pacing of a background checkpoint's home copies: it should be done when the newer part of the ring has
-    /// filled this fraction of the next quarter, so the next cut is again about a quarter, and not sooner: home copies
-    /// as fast as they go share the two cores and the disk with the commands in bursts (issue 12, p99).</summary>
-    private const double PaceTargetOfQuarter = 0.75;
-    /// <summary>...and done within this long in any case (an idle volume fills no ring).</summary>
-    private const double PaceMaxMs = 1000;
-
-    /// <summary>
-    /// Between two batches of a background checkpoint's home copies (<paramref name="done"/> of <paramref name="total"/>
-    /// blocks home): waits while the checkpoint is ahead of its schedule (the newer part's fill of the next quarter
-    /// of the ring, or the clock), and returns how many threads the next batch may use: as many as the device makes
-    /// worth it when behind or hurried, else half (one on files: the commands keep a core). Timing only: what is
-    /// written, and in which order, is the same.
-    /// </summary>
-    private async ValueTask<int> PaceHomeCopiesAsync(BackgroundCheckpoint k, int done, int total)
-    {
-        int wide = Math.Max(1, _dev.BulkConcurrency), narrow = Math.Max(1, wide / 2);
-        long t0 = Stopwatch.GetTimestamp();
-        try
-        {
-            while (true)
-            {
-                if (k.Hurry || _abandon || total == 0) return wide;
-                double progress = (double)done / total;
-                double fill = (Volatile.Read(ref _ringUsed) - k.RingBytes) / (_g.JournalAreaBytes * BackgroundCheckpointFill * PaceTargetOfQuarter);
-                double clock = Stopwatch.GetElapsedTime(k.Started).TotalMilliseconds / PaceMaxMs;
-                double due = Math.Max(fill, clock);
-                if (due >= 1 || progress < due - 0.05) return wide;
-                if (progress <= due + 0.05) return narrow;
-                await Task.Delay(1).ConfigureAwait(false);
-            }
-        }
-        finally { Interlocked.Add(ref _stPacedTicks, Stopwatch.GetTimestamp() - t0); }
-    }
 
     /// <summary>
     /// Makes the journal's effects permanent so its space can be reused (write path 7): a durable point
@@ -140,7 +101,7 @@ public sealed partial class IntegrityVolume
         var home = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(k.Taken.Count);
         foreach (var r in k.Taken.Values) home.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
         SortForHome(home);
-        await HomeInBatchesAsync(home, ct, k).ConfigureAwait(false);
+        await HomeInBatchesAsync(home, ct, background: true).ConfigureAwait(false);
         foreach (var (offset, sector) in k.Map)
         {
             if (_abandon) throw new OperationCanceledException("volume abandoned");
@@ -161,7 +122,6 @@ public sealed partial class IntegrityVolume
     {
         var k = _ckpt;
         if (k == null || (!wait && !k.Task.IsCompleted)) return;
-        k.Hurry = true;
         try { await k.Task.ConfigureAwait(false); }
         catch { _ckpt = null; throw; }
         _ckpt = null;

@@ -74,16 +74,15 @@ public sealed partial class IntegrityVolume
     /// <summary>Writes sorted home copies of overlay blocks (their images are the overlay's own buffers) in batches
     /// of slots; each batch is bracketed by home-sequence bumps (odd while it is written: reads racing it retry) and
     /// drops the overlay entries it made redundant, so reads wait for one batch at most, never for a whole lap.</summary>
-    private async ValueTask HomeInBatchesAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> apply, CancellationToken ct, BackgroundCheckpoint? background = null)
+    private async ValueTask HomeInBatchesAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> apply, CancellationToken ct, bool background = false)
     {
-        // As wide as the device makes worth it; a background checkpoint (write path 7a) is paced instead: narrower and
-        // with pauses while it is ahead of the ring's fill, as wide as this when it falls behind (a checkpoint that ends
-        // later than the newer part of the ring fills makes every writer wait for it).
+        // As wide as the device makes worth it, also in the background (write path 7a): a background checkpoint that
+        // ends later lets the newer part of the ring fill up, and then every writer waits for it (measured: one home
+        // copy at a time on files gave a worse p99 than two; and so did pacing, see docs "Tried and not kept").
         int parts = Math.Max(1, _dev.BulkConcurrency);
         int from = 0;
         while (from < apply.Count)
         {
-            if (background != null) parts = await PaceHomeCopiesAsync(background, from, apply.Count).ConfigureAwait(false);
             if (_abandon) throw new OperationCanceledException("volume abandoned");
             int to = from, slots = 0, batch = HomeBatchSlots;
             while (to < apply.Count && (slots < batch || apply[to].Phys == apply[to - 1].Phys))
@@ -111,7 +110,7 @@ public sealed partial class IntegrityVolume
                 done.TrySetResult();
             }
             from = to;
-            if (background != null) await Task.Yield(); // file calls complete synchronously: let queued commands run between batches
+            if (background) await Task.Yield(); // file calls complete synchronously: let queued commands run between batches
         }
     }
 

@@ -26,8 +26,6 @@ public sealed record JournalStatistics
     /// <summary>Milliseconds the committer spent on the durable point that cuts the ring for a background checkpoint
     /// (flush and marker): every queued writer waits that long too.</summary>
     public double CutMs { get; init; }
-    /// <summary>Milliseconds background checkpoints spent pacing their home copies (waiting, or deciding how wide to go).</summary>
-    public double PacedMs { get; init; }
     /// <summary>Milliseconds writers spent blocked by back-pressure (too much queued for the committer), summed over writers.</summary>
     public double BackpressureWaitMs { get; init; }
     /// <summary>Milliseconds writers spent waiting for a free slot, summed over writers.</summary>
@@ -42,14 +40,14 @@ public sealed record JournalStatistics
 
     public override string ToString() =>
         $"{Transactions} transactions, {Flushes} flushes, checkpoints {BackgroundCheckpoints} background / {BlockingCheckpoints} blocking " +
-        $"({CheckpointMs:F0} ms of work of which {PacedMs:F0} ms paced; committer waited {CommitterWaitMs:F0} ms for ring space and {CutMs:F0} ms at cuts), writers waited {BackpressureWaitMs:F0} ms on back-pressure " +
+        $"({CheckpointMs:F0} ms of work; committer waited {CommitterWaitMs:F0} ms for ring space and {CutMs:F0} ms at cuts), writers waited {BackpressureWaitMs:F0} ms on back-pressure " +
         $"and {SlotWaitMs:F0} ms for slots; home copies: {HomeBlocks} blocks in {HomeSlots} slots, {HomeTagReads} tag reads, " +
         $"{HomeDataWrites} data writes, {HomeTagWrites} tag writes";
 }
 
 public sealed partial class IntegrityVolume
 {
-    private long _stTxns, _stFlushes, _stBgCkpts, _stSyncCkpts, _stCommitterWaitTicks, _stCkptTicks, _stCutTicks, _stPacedTicks, _stBackpressureTicks, _stSlotWaitTicks;
+    private long _stTxns, _stFlushes, _stBgCkpts, _stSyncCkpts, _stCommitterWaitTicks, _stCkptTicks, _stCutTicks, _stBackpressureTicks, _stSlotWaitTicks;
     private long _stHomeBlocks, _stHomeSlots, _stHomeTagReads, _stHomeDataWrites, _stHomeTagWrites;
     private JournalStatistics _stAtLastCheckpoint = new();
 
@@ -63,7 +61,6 @@ public sealed partial class IntegrityVolume
         CommitterWaitMs = Ms(Interlocked.Read(ref _stCommitterWaitTicks)),
         CheckpointMs = Ms(Interlocked.Read(ref _stCkptTicks)),
         CutMs = Ms(Interlocked.Read(ref _stCutTicks)),
-        PacedMs = Ms(Interlocked.Read(ref _stPacedTicks)),
         BackpressureWaitMs = Ms(Interlocked.Read(ref _stBackpressureTicks)),
         SlotWaitMs = Ms(Interlocked.Read(ref _stSlotWaitTicks)),
         HomeBlocks = Interlocked.Read(ref _stHomeBlocks),
@@ -87,7 +84,7 @@ public sealed partial class IntegrityVolume
             Transactions = now.Transactions - d.Transactions, Flushes = now.Flushes - d.Flushes,
             BackgroundCheckpoints = now.BackgroundCheckpoints - d.BackgroundCheckpoints, BlockingCheckpoints = now.BlockingCheckpoints - d.BlockingCheckpoints,
             CommitterWaitMs = now.CommitterWaitMs - d.CommitterWaitMs, CheckpointMs = now.CheckpointMs - d.CheckpointMs,
-            CutMs = now.CutMs - d.CutMs, PacedMs = now.PacedMs - d.PacedMs,
+            CutMs = now.CutMs - d.CutMs,
             BackpressureWaitMs = now.BackpressureWaitMs - d.BackpressureWaitMs, SlotWaitMs = now.SlotWaitMs - d.SlotWaitMs,
             HomeBlocks = now.HomeBlocks - d.HomeBlocks, HomeSlots = now.HomeSlots - d.HomeSlots, HomeTagReads = now.HomeTagReads - d.HomeTagReads,
             HomeDataWrites = now.HomeDataWrites - d.HomeDataWrites, HomeTagWrites = now.HomeTagWrites - d.HomeTagWrites,
