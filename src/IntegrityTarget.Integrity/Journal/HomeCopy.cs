@@ -161,7 +161,7 @@ public sealed partial class IntegrityVolume
     {
         int ts = _g.TagSize, tr = _g.TagRegionBytes, meaningful = _bpc * ts;
         byte[] region = _buffers.Rent(tr);
-        byte[]? run = null;
+        var run = new List<ReadOnlyMemory<byte>>(_bpc);
         try
         {
             int i = from;
@@ -190,12 +190,10 @@ public sealed partial class IntegrityVolume
                     if (j - k == 1) await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, recs[k].Data, fua: false, ct).ConfigureAwait(false);
                     else
                     {
-                        // A run of consecutive blocks: copied into one buffer and written with one plain write. A gather
-                        // write of the journaled 512-byte buffers cost about 2.7 times a plain 4 KiB write in the server
-                        // (perf of 4k QD32 writes: pinning each buffer, and the kernel copying segment by segment).
-                        run ??= _buffers.Rent(_g.ChunkBytes);
-                        for (int m = k; m < j; m++) recs[m].Data.Span.CopyTo(run.AsSpan((m - k) * _bs, _bs));
-                        await _dev.WriteAsync(_g.SlotOffset(p) + (long)idx * _bs, run.AsMemory(0, (j - k) * _bs), fua: false, ct).ConfigureAwait(false);
+                        // A run of consecutive blocks: one gather write of the journaled buffers, no copy.
+                        run.Clear();
+                        for (int m = k; m < j; m++) run.Add(recs[m].Data);
+                        await _dev.WriteGatherAsync(_g.SlotOffset(p) + (long)idx * _bs, run, fua: false, ct).ConfigureAwait(false);
                     }
                     for (int m = k; m < j; m++)
                         _tagger.ComputeTag(recs[m].Lba, recs[m].Data.Span, region.AsSpan((idx + m - k) * ts, ts));
@@ -211,7 +209,6 @@ public sealed partial class IntegrityVolume
         finally
         {
             _buffers.Return(region);
-            if (run != null) _buffers.Return(run);
         }
     }
 }
