@@ -165,9 +165,12 @@ public class BackgroundCheckpointTests
     {
         const int bs = 512, chunks = 512, bpc = 256;
         const ulong blocks = (ulong)chunks * bpc;
-        using var mem = new MemoryBlockDevice(IntegrityVolume.DeviceBytesFor(blocks, bs, TagAlgorithm.Crc32c, Journal), "mem");
+        // A quarter of a 4 MiB ring holds at least 128 single-block transactions (8 KiB each, when a loaded machine
+        // groups nothing), so the cut always takes more distinct chunks' slots than one batch (64) of home copies.
+        const long journal = 4L << 20;
+        using var mem = new MemoryBlockDevice(IntegrityVolume.DeviceBytesFor(blocks, bs, TagAlgorithm.Crc32c, journal), "mem");
         var log = Serilog.Core.Logger.None;
-        await using (var f = await IntegrityVolume.FormatAsync(mem, new FormatOptions { BlockSize = bs, Algorithm = TagAlgorithm.Crc32c, JournalBytes = Journal, LogicalBlocks = blocks }, log))
+        await using (var f = await IntegrityVolume.FormatAsync(mem, new FormatOptions { BlockSize = bs, Algorithm = TagAlgorithm.Crc32c, JournalBytes = journal, LogicalBlocks = blocks }, log))
             for (ulong c = 0; c < chunks; c += 8) await T.WriteOk(f, c * bpc, T.Pattern(c * bpc, 8 * bpc, bs, 1));
         var expect = new Dictionary<ulong, int>();
         async Task Burst(IntegrityVolume v, int version)
