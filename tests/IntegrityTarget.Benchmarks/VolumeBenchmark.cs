@@ -19,7 +19,7 @@ internal static class VolumeBenchmark
     public static async Task<int> RunAsync(string[] args)
     {
         long sizeMiB = 512; string dir = "/var/tmp"; double seconds = 3; int rounds = 1;
-        long? windowMiB = null; string algs = "crc32c,hmac-sha256"; bool synced = true;
+        long? windowMiB = null, journalMiB = null; string algs = "crc32c,hmac-sha256"; bool synced = true;
         var only = new HashSet<string>();
         for (int i = 0; i + 1 < args.Length; i += 2)
             switch (args[i])
@@ -29,6 +29,7 @@ internal static class VolumeBenchmark
                 case "--seconds": seconds = double.Parse(args[i + 1]); break;
                 case "--rounds": rounds = int.Parse(args[i + 1]); break;
                 case "--window-mib": windowMiB = long.Parse(args[i + 1]); break;
+                case "--journal-mib": journalMiB = long.Parse(args[i + 1]); break;
                 case "--algorithms": algs = args[i + 1]; break;
                 case "--raw-synced": synced = bool.Parse(args[i + 1]); break;
                 case "--jobs": only.UnionWith(args[i + 1].Split(',')); break;
@@ -37,12 +38,13 @@ internal static class VolumeBenchmark
         ulong blocks = (ulong)(sizeMiB << 20) / 4096;
         // Spare slots for the write-back window of redirect-on-write (null: the format's default).
         long? spare = windowMiB is long w ? w * (1 << 20) / (128 * 1024) + 32 + (long)(blocks / 32) / 32 : null;
-        long fileBytes = IntegrityVolume.DeviceBytesFor(blocks, 4096, TagAlgorithm.HmacSha256, spareSlots: spare);
+        long? journalOption = journalMiB << 20;
+        long fileBytes = IntegrityVolume.DeviceBytesFor(blocks, 4096, TagAlgorithm.HmacSha256, journalOption, spare);
         var algorithms = algs.Split(',').Select(a => a switch { "crc32c" => TagAlgorithm.Crc32c, "xxhash64" => TagAlgorithm.XxHash64, "hmac-sha256" => TagAlgorithm.HmacSha256, _ => throw new ArgumentException($"unknown algorithm {a}") }).ToArray();
         string path = Path.Combine(dir, $"itv-bench-{Environment.ProcessId}.img");
         Console.WriteLine($"backing file {path}: {fileBytes >> 20} MiB; logical {sizeMiB} MiB of 4 KiB blocks; {Environment.ProcessorCount} cores; {seconds} s per job");
         var results = new Dictionary<string, List<Job>>();
-        long journalBytes = IntegrityVolume.DefaultJournalBytes(blocks, 4096);
+        long journalBytes = journalOption ?? IntegrityVolume.DefaultJournalBytes(blocks, 4096);
         var notes = new List<string>();
         try
         {
@@ -67,7 +69,7 @@ internal static class VolumeBenchmark
                 using var file = FileBlockDevice.Open(path);
                 var dev = new CountingDevice(file);
                 var key = alg == TagAlgorithm.HmacSha256 ? Enumerable.Range(0, 32).Select(i => (byte)i).ToArray() : null;
-                var vol = await IntegrityVolume.FormatAsync(dev, new FormatOptions { Algorithm = alg, Key = key, LogicalBlocks = blocks, SpareSlots = spare, Force = true }, log);
+                var vol = await IntegrityVolume.FormatAsync(dev, new FormatOptions { Algorithm = alg, Key = key, LogicalBlocks = blocks, SpareSlots = spare, JournalBytes = journalOption, Force = true }, log);
                 string name = vol.TagAlgorithm;
                 await Fill(vol, blocks);
                 Keep(results, name, await RunJobs(vol, blocks, seconds, dev, notes, name, only));
