@@ -11,7 +11,7 @@ public sealed class FormatOptions
     public TagAlgorithm Algorithm { get; init; } = TagAlgorithm.Crc32c;
     /// <summary>HMAC key (HmacSha256 only). Never stored on the volume; only a check value is.</summary>
     public ReadOnlyMemory<byte> Key { get; init; }
-    /// <summary>Journal size in bytes (null = 1/32 of the logical size, clamped to 2..64 MiB).</summary>
+    /// <summary>Journal size in bytes (null = 1/32 of the logical size, clamped to 2..256 MiB).</summary>
     public long? JournalBytes { get; init; }
     /// <summary>Spare slots beyond one per chunk: the write-back window of whole-chunk writes, which reuse slots
     /// replaced within the window without flushing (null = about 3 % + 32).</summary>

@@ -20,7 +20,7 @@ public static class FormatVerb
         1/32 of the chunks, at least 8): the write-back window of whole-chunk overwrites, which reuse
         replaced slots only once the overwrite is flushed; a larger pool means fewer flushes between the
         initiator's own. The file or image is made larger by N slots, not the LUN. --journal-size SIZE:
-        the journal ring (default 1/32 of the LUN, 2 MiB to 64 MiB; from 1 MiB to 1 GiB): small writes
+        the journal ring (default 1/32 of the LUN, 2 MiB to 256 MiB; from 1 MiB to 1 GiB): small writes
         wait in it, and in memory, until they are copied home in the background, so a larger journal
         copies home less often and folds more rewrites of one slot together, for that much memory.
 

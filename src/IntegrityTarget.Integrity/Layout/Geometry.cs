@@ -105,7 +105,12 @@ internal sealed class Geometry
     public static long DefaultJournalBytes(ulong logicalBlocks, int blockSize)
     {
         long logicalBytes = (long)logicalBlocks * blockSize;
-        return Math.Clamp(RoundUp(logicalBytes / 32, 1 << 20), 2L << 20, 64L << 20);
+        // A 32nd of the LUN (space overhead stays ~3 %), 2 MiB to 256 MiB (64 MiB until 2026-12-07). Small random
+        // writes wait in the ring (and in memory) until a background checkpoint copies them home, and the home
+        // copies bound 4k random writes: fio on a 1 GiB LUN, on/off at QD32 0.65 with a 32 MiB ring, 0.89 with
+        // 128 MiB, 0.85 with 256 MiB; p99 15 -> 4.5-4.9 ms. Recovery of a 255 MiB ring ~0.2 s. So LUNs of 8 GiB
+        // and more (VM disks) get the larger ring; small ones keep their space; `format --journal-size` chooses.
+        return Math.Clamp(RoundUp(logicalBytes / 32, 1 << 20), 2L << 20, 256L << 20);
     }
 
     public static long ChunksFor(ulong logicalBlocks, int blockSize, int chunkBytes = ChunkBytesDefault)
