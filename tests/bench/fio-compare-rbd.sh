@@ -6,6 +6,8 @@
 #   tests/bench/fio-compare-rbd.sh [RUNTIME_SECONDS=10] [SIZE=1G] [ROUNDS=2]
 # EXTRA_BUILDS="NAME:DIR ..." adds, in the same run, an integrity-on target served by each other build of
 # integrity-target (a directory holding integrity-target.dll), as column "on-NAME".
+# FORMAT_ON="--journal-size 256MiB", FORMAT_ON_NAME=... format that target's image with these `format` options
+# before serving it (e.g. EXTRA_BUILDS="j256:<the same build>" FORMAT_ON_J256="--journal-size 256MiB").
 # Uses the cluster CEPH_DIR names (a running `ceph-mini.sh start DIR`), else starts a throwaway one.
 # tgt-rbd reads librbd's defaults from ceph.conf (rbd cache on, policy writearound, write-through until the first
 # flush, after it a write completes once librbd has sent it); these jobs send no SYNCHRONIZE CACHE, so tgt-rbd stays
@@ -46,6 +48,12 @@ url[tgt]=$(sed 's/:/\\:/g' <<<"$u")
 start_ours() { # name port integrity [bin]
   local name=$1 port=$2 integ=$3 bin=${4:-$work/bin}
   mkdir -p "$work/$name"
+  local fmt_var="FORMAT_${name^^}"; fmt_var=${fmt_var//-/_}
+  if [[ -n "${!fmt_var:-}" ]]; then
+    # shellcheck disable=SC2086 # the format options are split on purpose
+    CEPH_CONF=$conf dotnet "$bin/integrity-target.dll" format "rbd:rbd/bench-$name-$tag" --size "${size}iB" --block-size 512 \
+      ${!fmt_var} >"$work/$name.format.log" 2>&1
+  fi
   CEPH_CONF=$conf dotnet "$bin/integrity-target.dll" serve --no-config --listen 127.0.0.1:"$port" --iqn iqn.2026-11.org.example:"$name" \
     --data-dir "$work/$name" --lun "rbd:rbd/bench-$name-$tag" --size "${size}iB" --block-size 512 --integrity "$integ" \
     --log-level Warning >"$work/$name.log" 2>&1 &
