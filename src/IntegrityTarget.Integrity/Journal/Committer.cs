@@ -335,7 +335,7 @@ public sealed partial class IntegrityVolume
         lock (_q) { dr = _drained; _drained = new(TaskCreationOptions.RunContinuationsAsynchronously); }
         dr.TrySetResult();
         _slots.Signal();
-        // The ring is half full: the older part goes to a background checkpoint while commits go on (write path 7a).
+        // A quarter of the ring is in use (BackgroundCheckpointFill): the older part goes to a background checkpoint while commits go on (write path 7a).
         if (_ckpt == null && _ringUsed > _g.JournalAreaBytes * BackgroundCheckpointFill && _failed == null)
             await StartBackgroundCheckpointAsync(ct).ConfigureAwait(false);
     }
