@@ -297,25 +297,54 @@ public sealed partial class IntegrityVolume
     /// A read verified against the tag cache: when the slot's tags are cached only the data comes from the
     /// device; otherwise the data and all of the slot's tags are read at once (one round trip on a device where
     /// each read is one) and the tags are cached, unless a home copy may have changed them meanwhile.
+    /// A small read's cached tags (up to <see cref="SmallTags"/>' size: a 4 KiB read with any algorithm) are
+    /// copied into the method's own frame, so a hit rents no buffer.
     /// </summary>
     private async ValueTask<int> ReadWithCachedTagsAsync(long p, ulong start, int n, int idx0, Memory<byte> mem, long seq, CancellationToken ct)
     {
-        int ts = _g.TagSize, all = _tagCache.EntryBytes, regionRead = (int)Geometry.RoundUp(all, 512);
+        int ts = _g.TagSize, want = n * ts;
         long dOff = _g.SlotOffset(p) + (long)idx0 * _bs;
+        if (want <= SmallTags.Bytes && _tagCache.Prefetch(p, idx0 * ts))
+        {
+            // Cached: the entry's lines load while the data is read (on a file the read is a synchronous pread).
+            var small = new SmallTags();
+            var data = _dev.ReadAsync(dOff, mem, ct);
+            bool hit = _tagCache.TryCopy(p, idx0 * ts, ((Span<byte>)small)[..want]);
+            await data.ConfigureAwait(false);
+            if (hit) return VerifyRead(start, n, mem, ((ReadOnlySpan<byte>)small)[..want], seq);
+            // The entry changed meanwhile (rare): the tags from the device, after the data.
+            byte[] region = _buffers.Rent((int)Geometry.RoundUp(_tagCache.EntryBytes, 512));
+            try
+            {
+                long tOff = _g.TagOffset(p, idx0), tStart = tOff & ~511L, tEnd = Geometry.RoundUp(tOff + want, 512);
+                await _dev.ReadAsync(tStart, region.AsMemory(0, (int)(tEnd - tStart)), ct).ConfigureAwait(false);
+                return VerifyRead(start, n, mem, region.AsSpan((int)(tOff - tStart), want), seq);
+            }
+            finally { _buffers.Return(region); }
+        }
+        int all = _tagCache.EntryBytes, regionRead = (int)Geometry.RoundUp(all, 512);
         byte[] tags = _buffers.Rent(regionRead);
         try
         {
-            if (_tagCache.TryCopy(p, idx0 * ts, tags.AsSpan(0, n * ts)))
+            if (want > SmallTags.Bytes && _tagCache.TryCopy(p, idx0 * ts, tags.AsSpan(0, want)))
             {
                 await _dev.ReadAsync(dOff, mem, ct).ConfigureAwait(false);
-                return VerifyRead(start, n, mem, tags.AsSpan(0, n * ts), seq);
+                return VerifyRead(start, n, mem, tags.AsSpan(0, want), seq);
             }
             await BothAsync(_dev.ReadAsync(dOff, mem, ct), _dev.ReadAsync(_g.TagOffset(p, 0), tags.AsMemory(0, regionRead), ct)).ConfigureAwait(false);
-            int r = VerifyRead(start, n, mem, tags.AsSpan(idx0 * ts, n * ts), seq);
+            int r = VerifyRead(start, n, mem, tags.AsSpan(idx0 * ts, want), seq);
             if (r != Stale) _tagCache.AddFromDevice(p, tags.AsSpan(0, all), () => Volatile.Read(ref _homeSeq) == seq);
             return r;
         }
         finally { _buffers.Return(tags); }
+    }
+
+    /// <summary>Room for a small read's tags inside an async method's frame (8 blocks of HMAC-SHA256).</summary>
+    [System.Runtime.CompilerServices.InlineArray(Bytes)]
+    private struct SmallTags
+    {
+        public const int Bytes = 256;
+        private byte _first;
     }
 
     /// <summary>Awaits two device operations started together; the second is awaited even when the first fails.</summary>

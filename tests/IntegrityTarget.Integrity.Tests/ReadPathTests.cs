@@ -28,6 +28,19 @@ public class ReadPathTests
         }
     }
 
+    /// <summary>Runs <see cref="Once"/> after the next device read (e.g. another read that evicts a cache entry).</summary>
+    private sealed class HookDevice(MemoryBlockDevice inner) : ForwardingDevice(inner)
+    {
+        public Func<Task>? Once;
+        public long Reads;
+        public override async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default)
+        {
+            Interlocked.Increment(ref Reads);
+            await base.ReadAsync(offset, buffer, ct);
+            if (Interlocked.Exchange(ref Once, null) is { } f) await f();
+        }
+    }
+
     /// <summary>A volume filled with pattern 1 and closed (its journal applied), then opened again through a
     /// <see cref="ProbeDevice"/> with an empty cache of <paramref name="tagCacheBytes"/>.</summary>
     private static Task<(ProbeDevice Dev, MemoryBlockDevice Mem, IntegrityVolume V, CapturingSink Sink)> Filled(long tagCacheBytes = 1 << 20) =>
@@ -51,6 +64,44 @@ public class ReadPathTests
         Assert.That(slots, Is.EqualTo(32), "every slot read has its tags cached");
         Assert.That(misses, Is.LessThanOrEqualTo(32), "at most one miss per slot");
         Assert.That(hits, Is.GreaterThan(250));
+    }
+
+    [Test]
+    public async Task A_partial_chunk_read_with_more_tags_than_a_small_read_is_verified_against_cached_tags_too()
+    {
+        // 200 blocks of crc32c are 800 bytes of tags: more than a small read keeps in its own frame (256), so
+        // they are copied into a rented buffer; the cost and the checks are the same.
+        var (dev, mem, v, _) = await Filled();
+        await using var _v = v;
+        using var _m = mem;
+        Assert.That(await T.ReadOk(v, 522, 200), Is.EqualTo(T.Pattern(522, 200, Bs, 1)));
+        long r0 = dev.Reads;
+        Assert.That(await T.ReadOk(v, 530, 200), Is.EqualTo(T.Pattern(530, 200, Bs, 1)));
+        Assert.That(dev.Reads - r0, Is.EqualTo(1), "the data only");
+        T.Flip(mem, v.LocateBlock(700)!.Value.DataOffset + 3);
+        var r = await v.ReadAsync(530, new byte[200 * Bs], Ctx);
+        Assert.That((r.Status, r.Lba), Is.EqualTo((VolumeStatus.IntegrityError, 700UL)));
+    }
+
+    [Test]
+    public async Task A_slot_evicted_while_its_data_is_read_is_verified_against_the_tags_on_the_device()
+    {
+        // Room for one slot's tags (256 blocks x 4 bytes): a read of another chunk, made while a cached read's
+        // data is being read, evicts the entry the first read found.
+        var (dev, mem, v, _) = await T.FilledThrough(Blocks, Bs, 1024, m => new HookDevice(m));
+        await using var _v = v;
+        using var _m = mem;
+        await T.ReadOk(v, 300, 8); // chunk 1's slot cached
+        dev.Once = async () => Assert.That(await T.ReadOk(v, 1000, 8), Is.EqualTo(T.Pattern(1000, 8, Bs, 1)));
+        long r0 = dev.Reads;
+        Assert.That(await T.ReadOk(v, 310, 8), Is.EqualTo(T.Pattern(310, 8, Bs, 1)));
+        Assert.That(dev.Reads - r0, Is.EqualTo(4), "its data, the other read's data and tags, then its own tags");
+
+        await T.ReadOk(v, 300, 8); // cached again
+        T.Flip(mem, v.LocateBlock(312)!.Value.DataOffset + 1);
+        dev.Once = async () => await T.ReadOk(v, 1300, 8);
+        var r = await v.ReadAsync(310, new byte[8 * Bs], Ctx);
+        Assert.That((r.Status, r.Lba), Is.EqualTo((VolumeStatus.IntegrityError, 312UL)));
     }
 
     [Test]
