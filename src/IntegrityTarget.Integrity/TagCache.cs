@@ -69,25 +69,20 @@ internal sealed class TagCache
     public bool TryCopy(long slot, int offset, Span<byte> dest)
     {
         if (_capacity == 0) return false;
-        var index = Volatile.Read(ref _index);
-        long page = slot >> PageShift;
-        if ((ulong)page < (ulong)index.Length && Volatile.Read(ref index[page]) is { } slots)
+        int e = EntryOf(slot);
+        if (e >= 0)
         {
-            int e = Volatile.Read(ref slots[slot & (PageSlots - 1)]) - 1;
-            if (e >= 0)
+            ref Meta m = ref MetaOf(e);
+            int v = Volatile.Read(ref m.Version);
+            if ((v & 1) == 0 && Volatile.Read(ref m.Slot) == slot)
             {
-                ref Meta m = ref _meta[e >> SegShift][e & (SegEntries - 1)];
-                int v = Volatile.Read(ref m.Version);
-                if ((v & 1) == 0 && Volatile.Read(ref m.Slot) == slot)
+                _tags[e >> SegShift].AsSpan((e & (SegEntries - 1)) * _entryBytes + offset, dest.Length).CopyTo(dest);
+                Interlocked.MemoryBarrier(); // the copy is read before the version is read again
+                if (Volatile.Read(ref m.Version) == v)
                 {
-                    _tags[e >> SegShift].AsSpan((e & (SegEntries - 1)) * _entryBytes + offset, dest.Length).CopyTo(dest);
-                    Interlocked.MemoryBarrier(); // the copy is read before the version is read again
-                    if (Volatile.Read(ref m.Version) == v)
-                    {
-                        if (m.Referenced == 0) m.Referenced = 1;
-                        Interlocked.Increment(ref _hits);
-                        return true;
-                    }
+                    if (m.Referenced == 0) m.Referenced = 1;
+                    Interlocked.Increment(ref _hits);
+                    return true;
                 }
             }
         }
@@ -101,10 +96,7 @@ internal sealed class TagCache
     public unsafe bool Prefetch(long slot, int offset)
     {
         if (_capacity == 0) return false;
-        var index = Volatile.Read(ref _index);
-        long page = slot >> PageShift;
-        if ((ulong)page >= (ulong)index.Length || Volatile.Read(ref index[page]) is not { } slots) return false;
-        int e = Volatile.Read(ref slots[slot & (PageSlots - 1)]) - 1;
+        int e = EntryOf(slot);
         if (e < 0) return false;
         if (System.Runtime.Intrinsics.X86.Sse.IsSupported && _meta[e >> SegShift] is { } meta && _tags[e >> SegShift] is { } tags)
         {
@@ -164,11 +156,14 @@ internal sealed class TagCache
 
     private ref Meta MetaOf(int e) => ref _meta[e >> SegShift][e & (SegEntries - 1)];
 
-    /// <summary>Under the lock: the slot's entry, or -1.</summary>
+    /// <summary>The slot's entry number, or -1. Safe without the lock (the index and its pages are published with
+    /// volatile writes); a caller without it checks the entry's slot and version before trusting it.</summary>
     private int EntryOf(long slot)
     {
+        var index = Volatile.Read(ref _index);
         long page = slot >> PageShift;
-        return slot >= 0 && page < _index.Length && _index[page] is { } slots ? slots[slot & (PageSlots - 1)] - 1 : -1;
+        return slot >= 0 && (ulong)page < (ulong)index.Length && Volatile.Read(ref index[page]) is { } slots
+            ? Volatile.Read(ref slots[slot & (PageSlots - 1)]) - 1 : -1;
     }
 
     /// <summary>Under the lock: a never-used entry (its segment allocated with its first entry).</summary>
