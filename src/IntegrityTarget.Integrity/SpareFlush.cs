@@ -29,7 +29,11 @@ public sealed partial class IntegrityVolume
             _bgCovered = _nextSeq - 1;
             _flushEpoch++;
             BackgroundFlushes++;
-            _bgFlush = _dev.FlushAsync(CancellationToken.None).AsTask();
+            // On the thread pool, not here: a file's flush (fdatasync) runs to its end inside FlushAsync, so called
+            // on the committer it stopped every commit, and every writer with it, for the whole flush (milliseconds
+            // per background flush at 1 MiB writes). The flush may so start a little later than this point, which
+            // only makes it cover more than _bgCovered claims (write path 2, "Background flush").
+            _bgFlush = Task.Run(() => _dev.FlushAsync(CancellationToken.None).AsTask());
             _ = _bgFlush.ContinueWith(_ => Wake(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             if (_releaseLimboAtFlushStart)
                 foreach (var (slot, discard) in _slots.TakeFlushed(_bgCovered)) await ReleaseSlotAsync(slot, discard, ct).ConfigureAwait(false);
