@@ -15,6 +15,8 @@
 #                off (so it is active without a flush: the gateway flushes nothing with rbd_cache=false)
 #                -- sizes how much of off/tgt-rbd is the cache. NOT a safe configuration for this gateway.
 #   tgt-nocache: tgt-rbd's second LUN on an image with rbd_cache=false -- what tgt-rbd costs without it.
+#   on-nospin, off-nospin: integrity on / off with the .NET thread pool's idle workers not spinning
+#                (DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=0 in the gateway's environment; not in the default list).
 # Not a test; numbers swing with the machine's load; only the comparison within one run means much.
 #   tests/bench/rbd-probe.sh [RUNTIME_SECONDS=10] [SIZE=1G] [ROUNDS=1]
 # TARGETS="tgt tgt-nocache on off off-cache" (default all). JOBS="name rw bs depth [fio options];..." (default:
@@ -69,10 +71,10 @@ if has tgt || has tgt-nocache; then
     url[tgt-nocache]=$(sed 's/:/\\:/g; s/\/1$/\/2/' <<<"$u"); pid[tgt-nocache]=${pid[tgt]}
   fi
 fi
-start_ours() { # name port integrity
-  local name=$1 p=$2 integ=$3
+start_ours() { # name port integrity [VAR=VALUE ...: extra environment of this gateway]
+  local name=$1 p=$2 integ=$3; shift 3
   mkdir -p "$work/$name"
-  env ${PERF_DIR:+DOTNET_PerfMapEnabled=1} CEPH_CONF="$conf" dotnet "$work/bin/integrity-target.dll" serve --no-config --listen 127.0.0.1:"$p" --iqn iqn.2026-12.org.example:"$name" \
+  env ${PERF_DIR:+DOTNET_PerfMapEnabled=1} "$@" CEPH_CONF="$conf" dotnet "$work/bin/integrity-target.dll" serve --no-config --listen 127.0.0.1:"$p" --iqn iqn.2026-12.org.example:"$name" \
     --data-dir "$work/$name" --lun "rbd:rbd/probe-$name" --size "${size}iB" --block-size 512 --integrity "$integ" \
     --log-level Debug >"$work/$name.log" 2>&1 &
   pids+=($!); pid[$name]=$!; log[$name]=$work/$name.log
@@ -81,6 +83,8 @@ start_ours() { # name port integrity
 }
 has on && start_ours on $((port + 1)) true
 has off && start_ours off $((port + 2)) false
+has on-nospin && start_ours on-nospin $((port + 4)) true DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=0
+has off-nospin && start_ours off-nospin $((port + 5)) false DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=0
 if has off-cache; then
   rbd -c "$conf" create --size "$size" rbd/probe-off-cache
   rbd -c "$conf" config image set rbd/probe-off-cache rbd_cache true
