@@ -13,7 +13,9 @@
 #   FORMAT_ON="--journal-size 128MiB", FORMAT_ONB=...  format that target's LUN with these `format` options
 #                                  before serving it (A/B of format choices: same build as on and onB)
 #   JOBS="name rw bs depth [fio options...];..."  replace the six default jobs; anything after the depth goes
-#                                  to fio as is (e.g. --fsync=32: SYNCHRONIZE CACHE after every 32 writes)
+#                                  to fio as is (e.g. --fsync=32: SYNCHRONIZE CACHE after every 32 writes; but fio's
+#                                  libiscsi engine sends it with an out-of-range block count, which integrity-target
+#                                  refuses and fio counts as done: docs/integrity-volume.md, "Measured", 2026-12-07 evening)
 set -euo pipefail
 runtime=${1:-10}; size=${2:-1G}; rounds=${3:-2}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
