@@ -110,7 +110,9 @@ public sealed partial class IntegrityVolume
                 done.TrySetResult();
             }
             from = to;
-            if (background) await Task.Yield(); // file calls complete synchronously: let queued commands run between batches
+            // On the thread pool (an asynchronous device resumed it there) file calls would complete synchronously batch
+            // after batch: let queued commands run between batches. On the checkpoint's own thread the kernel does that.
+            if (background && Thread.CurrentThread.IsThreadPoolThread) await Task.Yield();
         }
     }
 
@@ -131,18 +133,104 @@ public sealed partial class IntegrityVolume
     {
         int count = end - start;
         if (parts < 2 || count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, start, end, ct).ConfigureAwait(false); return; }
+        // The first part runs on the calling thread, the others on the volume's home-copy threads: never on the thread
+        // pool, whose few workers (two on two cores) the commands need. A part on a file is a loop of blocking writes
+        // (a batch takes ~1.5 ms, up to tens of ms): on pool workers every command's continuations queued behind them
+        // (docs "Measured", 2026-12-07 evening: the 4k QD1 p99).
         var tasks = new List<Task>(parts);
-        int from = start;
+        int from = start, firstEnd = -1;
         for (int k = 1; k <= parts && from < end; k++)
         {
             int to = k == parts ? end : Math.Max(from, start + (int)((long)count * k / parts));
             while (to < end && to > from && recs[to].Phys == recs[to - 1].Phys) to++; // never split a slot
             if (to == from) continue;
-            int f = from, t = to;
-            tasks.Add(Task.Run(() => ApplyRangeAsync(recs, f, t, ct).AsTask(), CancellationToken.None));
+            if (firstEnd < 0) firstEnd = to;
+            else
+            {
+                int f = from, t = to;
+                tasks.Add(HomeThread(tasks.Count).Run(() => ApplyRangeAsync(recs, f, t, ct)));
+            }
             from = to;
         }
-        await Task.WhenAll(tasks).ConfigureAwait(false);
+        Exception? first = null;
+        try { await ApplyRangeAsync(recs, start, firstEnd, ct).ConfigureAwait(false); }
+        catch (Exception e) { first = e; }
+        // Every part has finished before this returns, also after one failed (nothing writes a slot afterwards). On a
+        // thread of our own (the background checkpoint's) wait right here: an await would resume on the thread pool.
+        try
+        {
+            if (Thread.CurrentThread.IsThreadPoolThread) await Task.WhenAll(tasks).ConfigureAwait(false);
+            else Task.WhenAll(tasks).GetAwaiter().GetResult();
+        }
+        catch (Exception e) { first ??= e; }
+        if (first != null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
+    }
+
+    /// <summary>The volume's home-copy threads, one per part beyond the first (started when first needed, ended after
+    /// a few idle seconds, so a volume that is not busy holds none).</summary>
+    private readonly List<HomeCopyThread> _homeThreads = new();
+
+    private HomeCopyThread HomeThread(int i)
+    {
+        lock (_homeThreads)
+        {
+            while (_homeThreads.Count <= i) _homeThreads.Add(new HomeCopyThread($"home-copy {_homeThreads.Count + 1} {Name}"));
+            return _homeThreads[i];
+        }
+    }
+
+    /// <summary>
+    /// A thread of its own that runs one part of a home-copy batch at a time (only one apply runs at a time: the
+    /// committer's, or the background checkpoint's while the committer's waits). Its thread exits after
+    /// <see cref="IdleExitMs"/> without work and is started again by the next part.
+    /// </summary>
+    private sealed class HomeCopyThread(string name)
+    {
+        private const int IdleExitMs = 5000;
+        private readonly object _lock = new();
+        private readonly SemaphoreSlim _ready = new(0);
+        private Func<ValueTask>? _work;
+        private TaskCompletionSource? _done;
+        private bool _alive;
+
+        public Task Run(Func<ValueTask> work)
+        {
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            lock (_lock)
+            {
+                if (_work != null) throw new InvalidOperationException($"{name}: a part is still running");
+                _work = work; _done = done;
+                if (_alive) _ready.Release();
+                else
+                {
+                    _alive = true;
+                    new Thread(Loop) { IsBackground = true, Name = name }.Start();
+                }
+            }
+            return done.Task;
+        }
+
+        private void Loop()
+        {
+            while (true)
+            {
+                Func<ValueTask>? work;
+                TaskCompletionSource? done;
+                lock (_lock) { work = _work; done = _done; }
+                if (work == null)
+                {
+                    if (_ready.Wait(IdleExitMs)) continue;
+                    lock (_lock) if (_work == null) { _alive = false; return; }
+                    continue;
+                }
+                Exception? failed = null;
+                // A file's calls complete synchronously; an asynchronous device's are waited for here (this thread is ours).
+                try { work().AsTask().GetAwaiter().GetResult(); }
+                catch (Exception e) { failed = e; }
+                lock (_lock) { _work = null; _done = null; }
+                if (failed == null) done!.TrySetResult(); else done!.TrySetException(failed);
+            }
+        }
     }
 
     /// <summary>Orders records for <see cref="ApplyAsync"/>: by slot, then LBA (a chunk's blocks all live in
