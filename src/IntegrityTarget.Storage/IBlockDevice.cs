@@ -30,6 +30,11 @@ public interface IBlockDevice : IDisposable
     /// wait for a round trip gains up to its queue depth.</summary>
     int BulkConcurrency => Math.Min(Environment.ProcessorCount, 4);
 
+    /// <summary>A hint that the range was written and a flush will follow: a device that writes back lazily (a file in the
+    /// page cache) may start writing it now, so the flush finds less to do. Promises nothing about durability; the
+    /// default does nothing.</summary>
+    void StartWriteback(long offset, long length) { }
+
     /// <summary>Unit a power cut can tear at (512 for every implementation here).</summary>
     int SectorSize { get; }
 

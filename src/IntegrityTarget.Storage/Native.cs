@@ -22,6 +22,8 @@ internal static unsafe partial class Native
 
     [LibraryImport("libc", SetLastError = true)] private static partial int fdatasync(int fd);
     [LibraryImport("libc", SetLastError = true)] private static partial int fsync(int fd);
+    [LibraryImport("libc", SetLastError = true)] private static partial int sync_file_range(int fd, long offset, long nbytes, uint flags);
+    private const uint SYNC_FILE_RANGE_WRITE = 2;
     [LibraryImport("libc", SetLastError = true)] private static partial int fallocate(int fd, int mode, long offset, long len);
     [LibraryImport("libc", SetLastError = true)] private static partial long lseek(int fd, long offset, int whence);
     [LibraryImport("libc", SetLastError = true)] private static partial nint pwritev2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
@@ -80,6 +82,11 @@ internal static unsafe partial class Native
     {
         if (fdatasync(Fd(h)) != 0) throw Error("fdatasync", name);
     }
+
+    /// <summary>sync_file_range(SYNC_FILE_RANGE_WRITE): starts writeback of the range's dirty pages and does not wait
+    /// for it. Durability is unchanged (only a later fdatasync promises anything); false when the call is refused.</summary>
+    public static bool StartWriteback(SafeFileHandle h, long offset, long length) =>
+        sync_file_range(Fd(h), offset, length, SYNC_FILE_RANGE_WRITE) == 0;
 
     /// <summary>fsync: data and all metadata (used after a size change, where the size is the point).</summary>
     public static void FSync(SafeFileHandle h, string name)

@@ -213,13 +213,18 @@ public class BackgroundCheckpointTests
 
     /// <summary>Records which threads write home copies (small writes outside the journal) while a background
     /// checkpoint runs, and which thread flushes; its calls complete synchronously, as a file's do.</summary>
-    private sealed class ThreadRecordingDevice(MemoryBlockDevice inner) : ForwardingDevice(inner)
+    private sealed class ThreadRecordingDevice(MemoryBlockDevice inner) : ForwardingDevice(inner), IBlockDevice
     {
         public long JournalEnd = long.MaxValue;
         public Func<bool> Recording = () => false;
-        public int PoolWrites, OwnWrites;
+        public int PoolWrites, OwnWrites, WritebackHints;
         public readonly HashSet<int> OwnThreads = new();
         public int BulkConcurrency => 3;
+        public void StartWriteback(long offset, long length)
+        {
+            Assert.That(offset >= 0 && length > 0 && offset + length <= Length, $"writeback hint [{offset}, +{length}) inside the device");
+            Interlocked.Increment(ref WritebackHints);
+        }
 
         public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
         {
@@ -270,6 +275,9 @@ public class BackgroundCheckpointTests
             Assert.That(dev.OwnWrites, Is.GreaterThan(0), "the background checkpoints wrote home copies");
             Assert.That(dev.PoolWrites, Is.Zero, $"home copies written on thread-pool workers ({dev.OwnWrites} on the volume's own threads)");
             lock (dev.OwnThreads) Assert.That(dev.OwnThreads, Has.Count.GreaterThan(1), "the parts of a batch run in parallel");
+            // Ahead of the ring (the bursts leave it mostly empty), a checkpoint starts the file's writeback in steps before
+            // its flush.
+            Assert.That(dev.WritebackHints, Is.GreaterThan(0), "writeback started ahead of the checkpoint's flush");
         }
         await using var again = await IntegrityVolume.OpenAsync(mem, T.Open(), log);
         foreach (var (lba, ver) in expect)

@@ -90,11 +90,14 @@ public sealed partial class IntegrityVolume
                 if (to == from || apply[to].Phys != apply[to - 1].Phys) slots++;
                 to++;
             }
+            // A background checkpoint ahead of the ring lets commands run between slots (the parts read it, write path 7a).
+            _homeYield = background && _ckpt is { } k && YieldsToCommands(k);
             lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
             bool ok = false;
             try { await ApplyAsync(apply, from, to, parts, ct).ConfigureAwait(false); ok = true; }
             finally
             {
+                _homeYield = false;
                 TaskCompletionSource done;
                 lock (_q)
                 {
@@ -165,6 +168,9 @@ public sealed partial class IntegrityVolume
         catch (Exception e) { first ??= e; }
         if (first != null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
     }
+
+    /// <summary>Set by a background checkpoint for the batch it writes: its parts yield after every slot.</summary>
+    private volatile bool _homeYield;
 
     /// <summary>The volume's home-copy threads, one per part beyond the first (started when first needed, ended after
     /// a few idle seconds, so a volume that is not busy holds none).</summary>
@@ -292,6 +298,9 @@ public sealed partial class IntegrityVolume
                 Interlocked.Increment(ref _stHomeTagWrites);
                 _tagCache.Put(p, region.AsSpan(0, meaningful));
                 i = slotEnd;
+                // A slot's home copies take ~20 µs on a file: a command woken meanwhile gets a CPU at once instead of
+                // after the scheduler's time slice (only on our own threads, only while the checkpoint is ahead).
+                if (_homeYield && !Thread.CurrentThread.IsThreadPoolThread) Thread.Yield();
             }
         }
         finally

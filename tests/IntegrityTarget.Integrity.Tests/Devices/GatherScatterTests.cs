@@ -57,4 +57,35 @@ public class GatherScatterTests
         var writes = crash.RecordedOperations.Where(o => o.Kind == DeviceOperationKind.Write).ToList();
         Assert.That(writes[0].Length, Is.EqualTo(8192 + 512 + 1536), "three parts, one write: the crash points a device sees do not change");
     }
+
+    /// <summary>StartWriteback (sync_file_range on a file) is a hint: the bytes read back unchanged, in the page cache
+    /// and after a flush; a range outside the file is refused; a device without it (memory) accepts and ignores it.</summary>
+    [Test]
+    public async Task Starting_writeback_changes_no_byte_and_checks_its_range()
+    {
+        var dir = Directory.CreateTempSubdirectory("it-writeback-");
+        try
+        {
+            using var dev = FileBlockDevice.CreateSparse(Path.Combine(dir.FullName, "d.img"), 1 << 20);
+            var data = Bytes(64 * 1024, 7);
+            await dev.WriteAsync(128 * 1024, data, fua: false);
+            dev.StartWriteback(128 * 1024, data.Length);
+            dev.StartWriteback(0, dev.Length);
+            dev.StartWriteback(4096, 0);
+            var back = new byte[data.Length];
+            await dev.ReadAsync(128 * 1024, back);
+            Assert.That(back, Is.EqualTo(data), "in the page cache");
+            await dev.FlushAsync();
+            await dev.ReadAsync(128 * 1024, back);
+            Assert.That(back, Is.EqualTo(data), "after the flush");
+            Assert.Throws<ArgumentOutOfRangeException>(() => dev.StartWriteback(dev.Length - 4096, 8192), "past the end");
+        }
+        finally { dir.Delete(recursive: true); }
+        using var mem = new MemoryBlockDevice(1 << 16, "mem");
+        ((IBlockDevice)mem).StartWriteback(0, 1 << 16);
+        await mem.WriteAsync(0, Bytes(512, 3), fua: false);
+        var one = new byte[512];
+        await mem.ReadAsync(0, one);
+        Assert.That(one, Is.EqualTo(Bytes(512, 3)));
+    }
 }
