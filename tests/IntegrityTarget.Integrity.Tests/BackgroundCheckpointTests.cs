@@ -160,31 +160,45 @@ public class BackgroundCheckpointTests
     /// right after the cut (nothing else wakes the committer), and a close while the next one runs waits for it and
     /// loses nothing. (Its home-copy list is built and sorted by the background task, not at the cut.)
     /// </summary>
+    // A volume of 512-byte blocks in 512 chunks with a 4 MiB ring: a quarter of the ring holds at least 128 single-block
+    // transactions (8 KiB each, when a loaded machine groups nothing), so a cut always takes more distinct chunks' slots
+    // than one batch (64) of home copies.
+    private const int SmallBs = 512, SmallChunks = 512, SmallBpc = 256;
+    private const long SmallJournal = 4L << 20;
+
+    /// <summary>That volume formatted, every chunk mapped with version 1, closed.</summary>
+    private static async Task<MemoryBlockDevice> SmallBlocksFilled()
+    {
+        const ulong blocks = (ulong)SmallChunks * SmallBpc;
+        var mem = new MemoryBlockDevice(IntegrityVolume.DeviceBytesFor(blocks, SmallBs, TagAlgorithm.Crc32c, SmallJournal), "mem");
+        await using (var f = await IntegrityVolume.FormatAsync(mem, new FormatOptions { BlockSize = SmallBs, Algorithm = TagAlgorithm.Crc32c, JournalBytes = SmallJournal, LogicalBlocks = blocks }, Serilog.Core.Logger.None))
+            for (ulong c = 0; c < SmallChunks; c += 8) await T.WriteOk(f, c * SmallBpc, T.Pattern(c * SmallBpc, 8 * SmallBpc, SmallBs, 1));
+        return mem;
+    }
+
+    /// <summary>Block <paramref name="version"/> of every chunk written with that version, all in flight together
+    /// (group commit: a few transactions of many records).</summary>
+    private static async Task Burst(IntegrityVolume v, int version, Dictionary<ulong, int> expect)
+    {
+        Assert.That(version, Is.LessThan(SmallBpc));
+        var writes = new List<Task>();
+        for (ulong c = 0; c < SmallChunks; c++)
+        {
+            ulong lba = c * SmallBpc + (ulong)version;
+            writes.Add(T.WriteOk(v, lba, T.Pattern(lba, 1, SmallBs, version)));
+            expect[lba] = version;
+        }
+        await Task.WhenAll(writes);
+    }
+
     [Test]
     public async Task A_background_checkpoint_of_many_batches_finishes_when_the_volume_goes_idle_and_a_close_waits_for_the_next()
     {
-        const int bs = 512, chunks = 512, bpc = 256;
-        const ulong blocks = (ulong)chunks * bpc;
-        // A quarter of a 4 MiB ring holds at least 128 single-block transactions (8 KiB each, when a loaded machine
-        // groups nothing), so the cut always takes more distinct chunks' slots than one batch (64) of home copies.
-        const long journal = 4L << 20;
-        using var mem = new MemoryBlockDevice(IntegrityVolume.DeviceBytesFor(blocks, bs, TagAlgorithm.Crc32c, journal), "mem");
+        const int bs = SmallBs;
+        using var mem = await SmallBlocksFilled();
         var log = Serilog.Core.Logger.None;
-        await using (var f = await IntegrityVolume.FormatAsync(mem, new FormatOptions { BlockSize = bs, Algorithm = TagAlgorithm.Crc32c, JournalBytes = journal, LogicalBlocks = blocks }, log))
-            for (ulong c = 0; c < chunks; c += 8) await T.WriteOk(f, c * bpc, T.Pattern(c * bpc, 8 * bpc, bs, 1));
         var expect = new Dictionary<ulong, int>();
-        async Task Burst(IntegrityVolume v, int version)
-        {
-            // One block in every chunk, all in flight together (group commit: a few transactions of many records).
-            var writes = new List<Task>();
-            for (ulong c = 0; c < chunks; c++)
-            {
-                ulong lba = c * bpc + (ulong)version;
-                writes.Add(T.WriteOk(v, lba, T.Pattern(lba, 1, bs, version)));
-                expect[lba] = version;
-            }
-            await Task.WhenAll(writes);
-        }
+        Task Burst(IntegrityVolume v, int version) => BackgroundCheckpointTests.Burst(v, version, expect);
         await using (var v = await IntegrityVolume.OpenAsync(mem, new OpenOptions { WriteBack = true, IdleHomeMs = Timeout.Infinite }, log))
         {
             int version = 2;
@@ -246,13 +260,9 @@ public class BackgroundCheckpointTests
     [Test]
     public async Task A_background_checkpoint_and_its_home_copy_parts_block_no_thread_pool_worker()
     {
-        const int bs = 512, chunks = 512, bpc = 256;
-        const ulong blocks = (ulong)chunks * bpc;
-        const long journal = 4L << 20;
-        using var mem = new MemoryBlockDevice(IntegrityVolume.DeviceBytesFor(blocks, bs, TagAlgorithm.Crc32c, journal), "mem");
+        const int bs = SmallBs;
+        using var mem = await SmallBlocksFilled();
         var log = Serilog.Core.Logger.None;
-        await using (var f = await IntegrityVolume.FormatAsync(mem, new FormatOptions { BlockSize = bs, Algorithm = TagAlgorithm.Crc32c, JournalBytes = journal, LogicalBlocks = blocks }, log))
-            for (ulong c = 0; c < chunks; c += 8) await T.WriteOk(f, c * bpc, T.Pattern(c * bpc, 8 * bpc, bs, 1));
         var dev = new ThreadRecordingDevice(mem);
         var expect = new Dictionary<ulong, int>();
         await using (var v = await IntegrityVolume.OpenAsync(dev, new OpenOptions { WriteBack = true, IdleHomeMs = Timeout.Infinite, ParallelApplyBlocks = 2 }, log))
@@ -262,15 +272,8 @@ public class BackgroundCheckpointTests
             for (int version = 2; v.JournalStats.BackgroundCheckpoints < 2; version++)
             {
                 Assert.That(version, Is.LessThan(200), $"two background checkpoints never finished: {v.JournalStats}");
-                // One block in every chunk, all in flight together: a cut takes thousands of blocks in hundreds of slots.
-                var writes = new List<Task>();
-                for (ulong c = 0; c < chunks; c++)
-                {
-                    ulong lba = c * bpc + (ulong)(version % bpc);
-                    writes.Add(T.WriteOk(v, lba, T.Pattern(lba, 1, bs, version)));
-                    expect[lba] = version;
-                }
-                await Task.WhenAll(writes);
+                // A cut takes thousands of blocks in hundreds of slots.
+                await Burst(v, version, expect);
             }
             Assert.That(dev.OwnWrites, Is.GreaterThan(0), "the background checkpoints wrote home copies");
             Assert.That(dev.PoolWrites, Is.Zero, $"home copies written on thread-pool workers ({dev.OwnWrites} on the volume's own threads)");
