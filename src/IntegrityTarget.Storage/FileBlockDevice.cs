@@ -23,6 +23,8 @@ public sealed class FileBlockDevice : IBlockDevice
     public bool CanGrow => !IsBlockDevice;
     public bool CanDeallocate => !_punchUnsupported && !IsBlockDevice;
     public bool IsBlockDevice { get; }
+    /// <summary>pread/pwrite/fdatasync block the calling thread.</summary>
+    public bool SynchronousCalls => true;
 
     private FileBlockDevice(string path, SafeFileHandle handle, long length, bool isBlockDevice)
     {

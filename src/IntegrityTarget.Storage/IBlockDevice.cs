@@ -30,6 +30,11 @@ public interface IBlockDevice : IDisposable
     /// wait for a round trip gains up to its queue depth.</summary>
     int BulkConcurrency => Math.Min(Environment.ProcessorCount, 4);
 
+    /// <summary>Whether its calls do their work on the calling thread before they return (system calls on a file), rather
+    /// than completing later (a network store). Bulk work on such a device belongs on threads of its own: on the thread
+    /// pool each call holds a worker that everything else waits for.</summary>
+    bool SynchronousCalls => false;
+
     /// <summary>A hint that the range was written and a flush will follow: a device that writes back lazily (a file in the
     /// page cache) may start writing it now, so the flush finds less to do. Promises nothing about durability; the
     /// default does nothing.</summary>

@@ -92,8 +92,10 @@ public sealed partial class IntegrityVolume
         _ckpt = k;
         // On a thread of its own, not the thread pool: on a file every call below blocks (home copies, map writes, the
         // fdatasync of tens of ms), and pool workers held by them delayed the commands' continuations (the 4k QD1 p99;
-        // docs "Measured", 2026-12-07 evening). An asynchronous device resumes it on the pool, as before.
-        k.Task = Task.Factory.StartNew(() => RunBackgroundCheckpointAsync(k), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+        // docs "Measured", 2026-12-07 evening). A device whose calls complete later (RBD) runs it on the pool, as before.
+        k.Task = _dev.SynchronousCalls
+            ? Task.Factory.StartNew(() => RunBackgroundCheckpointAsync(k), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap()
+            : Task.Run(() => RunBackgroundCheckpointAsync(k));
         _ = k.Task.ContinueWith(_ => Wake(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }
 

@@ -136,27 +136,34 @@ public sealed partial class IntegrityVolume
     {
         int count = end - start;
         if (parts < 2 || count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, start, end, ct).ConfigureAwait(false); return; }
-        // The first part runs on the calling thread, the others on the volume's home-copy threads: never on the thread
-        // pool, whose few workers (two on two cores) the commands need. A part on a file is a loop of blocking writes
-        // (a batch takes ~1.5 ms, up to tens of ms): on pool workers every command's continuations queued behind them
-        // (docs "Measured", 2026-12-07 evening: the 4k QD1 p99).
-        var tasks = new List<Task>(parts);
-        int from = start, firstEnd = -1;
-        for (int k = 1; k <= parts && from < end; k++)
+        var ranges = new List<(int From, int To)>(parts);
+        for (int k = 1, from = start; k <= parts && from < end; k++)
         {
             int to = k == parts ? end : Math.Max(from, start + (int)((long)count * k / parts));
             while (to < end && to > from && recs[to].Phys == recs[to - 1].Phys) to++; // never split a slot
             if (to == from) continue;
-            if (firstEnd < 0) firstEnd = to;
-            else
-            {
-                int f = from, t = to;
-                tasks.Add(HomeThread(tasks.Count).Run(() => ApplyRangeAsync(recs, f, t, ct)));
-            }
+            ranges.Add((from, to));
             from = to;
         }
+        var tasks = new List<Task>(ranges.Count);
+        if (!_dev.SynchronousCalls)
+        {
+            // A device whose calls complete later (RBD): its parts wait without holding a thread, on the pool as always.
+            foreach (var (f, t) in ranges) tasks.Add(Task.Run(() => ApplyRangeAsync(recs, f, t, ct).AsTask(), CancellationToken.None));
+            await Task.WhenAll(tasks).ConfigureAwait(false);
+            return;
+        }
+        // On a device whose calls block (a file) the first part runs on the calling thread, the others on the volume's
+        // home-copy threads: never on the thread pool, whose few workers (two on two cores) the commands need. A part
+        // is a loop of blocking writes (a batch takes ~1.5 ms, up to tens of ms): on pool workers the commands'
+        // continuations queued behind them (docs "Measured", 2026-12-07 evening: the 4k QD1 p99).
+        for (int i = 1; i < ranges.Count; i++)
+        {
+            var (f, t) = ranges[i];
+            tasks.Add(HomeThread(i - 1).Run(() => ApplyRangeAsync(recs, f, t, ct)));
+        }
         Exception? first = null;
-        try { await ApplyRangeAsync(recs, start, firstEnd, ct).ConfigureAwait(false); }
+        try { await ApplyRangeAsync(recs, ranges[0].From, ranges[0].To, ct).ConfigureAwait(false); }
         catch (Exception e) { first = e; }
         // Every part has finished before this returns, also after one failed (nothing writes a slot afterwards). On a
         // thread of our own (the background checkpoint's) wait right here: an await would resume on the thread pool.
