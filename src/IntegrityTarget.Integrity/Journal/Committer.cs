@@ -231,8 +231,13 @@ public sealed partial class IntegrityVolume
     /// no remap and everything before it is durable, it is written with FUA. Slots its remaps replaced go
     /// back to the pool at once when fresh, else to limbo; its journaled blocks go home at a durable point.
     /// </summary>
+    /// <summary>Commands per transaction, smoothed over the last ~10 commits (committer-written; the background checkpoint
+    /// reads it to tell a few commands in flight, whose latency its CPU use shows in, from many).</summary>
+    private double _unitsPerCommit = 1;
+
     private async ValueTask CommitBatchAsync(List<Unit> batch)
     {
+        Volatile.Write(ref _unitsPerCommit, _unitsPerCommit * 0.9 + batch.Count * 0.1);
         var ct = CancellationToken.None;
         int nRecs = 0;
         long nData = 0;
