@@ -105,6 +105,9 @@ public sealed partial class IntegrityVolume
     /// <summary>Bytes of the file whose writeback a background checkpoint starts at a time before its fdatasync.</summary>
     private const long WritebackStep = 4L << 20;
 
+    /// <summary>Most writeback steps a background checkpoint takes (the step grows with the file beyond 1 GiB).</summary>
+    private const long MaxWritebackSteps = 256;
+
     /// <summary>
     /// Whether the background checkpoint, on a thread of its own, gives way to the commands between its steps (a yield
     /// after every slot's home copies and between writeback steps): while few commands are in flight (at most about two
@@ -141,9 +144,12 @@ public sealed partial class IntegrityVolume
             // loaded disk that no command can interrupt. Started here in steps with a yield after each, the writeback's
             // submission lets the commands in between; the fdatasync then mostly waits. Only a hint: it changes
             // neither what is durable nor when (write path 7a).
-            for (long o = 0, len = _dev.Length; o < len; o += WritebackStep)
+            // At most MaxWritebackSteps calls however large the LUN (a 1 TiB file in 4 MiB steps would be 262,144 calls
+            // per checkpoint, nearly all over clean pages).
+            long len = _dev.Length, step = Math.Max(WritebackStep, (len + MaxWritebackSteps - 1) / MaxWritebackSteps);
+            for (long o = 0; o < len; o += step)
             {
-                _dev.StartWriteback(o, Math.Min(WritebackStep, len - o));
+                _dev.StartWriteback(o, Math.Min(step, len - o));
                 Thread.Yield();
             }
         }

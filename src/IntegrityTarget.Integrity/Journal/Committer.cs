@@ -224,6 +224,10 @@ public sealed partial class IntegrityVolume
         _slots.Signal(e as IOException ?? new IOException(e.Message, e));
     }
 
+    /// <summary>Commands per transaction, smoothed over the last ~10 commits (committer-written; the background checkpoint
+    /// reads it to tell a few commands in flight, whose latency its CPU use shows in, from many).</summary>
+    private double _unitsPerCommit = 1;
+
     /// <summary>
     /// One journal transaction for a batch of commands, written plainly: no flush before it, even when it
     /// holds remaps (their records carry digests recovery checks). It is made durable only when a command
@@ -231,10 +235,6 @@ public sealed partial class IntegrityVolume
     /// no remap and everything before it is durable, it is written with FUA. Slots its remaps replaced go
     /// back to the pool at once when fresh, else to limbo; its journaled blocks go home at a durable point.
     /// </summary>
-    /// <summary>Commands per transaction, smoothed over the last ~10 commits (committer-written; the background checkpoint
-    /// reads it to tell a few commands in flight, whose latency its CPU use shows in, from many).</summary>
-    private double _unitsPerCommit = 1;
-
     private async ValueTask CommitBatchAsync(List<Unit> batch)
     {
         Volatile.Write(ref _unitsPerCommit, _unitsPerCommit * 0.9 + batch.Count * 0.1);
