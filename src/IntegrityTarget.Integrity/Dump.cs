@@ -113,7 +113,7 @@ public sealed partial class IntegrityVolume
             else
             {
                 var j = jsb.Value;
-                o.AppendLine($"journal super:     epoch {j.Epoch}, start sequence {j.StartSequence} at ring offset {j.StartOffset}, {j.Checkpoints} checkpoints{(j.HasEnd ? $", recovery in progress keeps sequences before {j.EndSequence}" : "")}");
+                o.AppendLine($"journal super:     version {j.Version}{(j.Version == JournalSuper.CompactVersion ? " (compact transactions)" : "")}, epoch {j.Epoch}, start sequence {j.StartSequence} at ring offset {j.StartOffset}, {j.Checkpoints} checkpoints{(j.HasEnd ? $", recovery in progress keeps sequences before {j.EndSequence}" : "")}");
                 var tagger = g.Algorithm == Integrity.TagAlgorithm.HmacSha256 ? null : new Tagger(g.Algorithm, sb.Salt, default);
                 var txns = ScanJournal(device, g, tagger, j, out bool torn, out bool corrupt, out string stop);
                 long recs = 0, bytes = 0;

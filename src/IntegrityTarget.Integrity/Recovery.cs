@@ -16,6 +16,25 @@ public sealed partial class IntegrityVolume
         public int Total => H.Total;
     }
 
+    /// <summary>Alignment of the transactions this open writes: 4 KiB (version 2) until recovery has emptied the ring,
+    /// then the device's (<see cref="JournalAlignFor"/>).</summary>
+    private int _txnAlign = Txn.Aligned;
+    /// <summary>The version every journal superblock write names: the one read at open until the write that empties the
+    /// ring, then the one for <see cref="_txnAlign"/> (docs "On-disk format", "Journal version 3").</summary>
+    private uint _journalVersion = JournalSuper.AlignedVersion;
+
+    /// <summary>Compact (512 B) transactions where the device says small unaligned writes are cheap, 4 KiB otherwise (RBD).</summary>
+    internal static int JournalAlignFor(IBlockDevice dev) => Math.Clamp(Math.Max(dev.SectorSize, dev.PreferredWriteUnit), Txn.Compact, Txn.Aligned);
+
+    /// <summary>Switches this open to the device's transaction form. Only while the ring is empty and just before the
+    /// journal superblock write that says so (the checkpoint's, or the new epoch's): one atomic sector write both empties
+    /// the ring and names the new version, so no superblock ever names version 2 over a ring holding compact transactions.</summary>
+    private void SwitchJournalForm()
+    {
+        _txnAlign = JournalAlignFor(_dev);
+        _journalVersion = JournalSuper.VersionFor(_txnAlign);
+    }
+
     private async ValueTask RecoverAsync(CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
@@ -29,6 +48,7 @@ public sealed partial class IntegrityVolume
         await _dev.ReadAsync(_g.JournalOffset, js, ct).ConfigureAwait(false);
         var jsb = JournalSuper.Parse(js, _g.JournalAreaBytes, out var problem) ?? throw new IntegrityVolumeException($"{Name}: cannot open: {problem}");
         _checkpoints = jsb.Checkpoints;
+        _journalVersion = jsb.Version;
         var scan = ScanJournal(_dev, _g, _tagger, jsb, out bool torn, out bool corrupt, out string stop, out bool tailMarker);
         if (corrupt)
             _log.Error("Journal of {Volume}: transaction {Seq} is damaged although a later one is intact; replay stops before it ({Stop})", Name, jsb.StartSequence + (ulong)scan.Count, stop);
@@ -57,12 +77,15 @@ public sealed partial class IntegrityVolume
             await _dev.FlushAsync(ct).ConfigureAwait(false);
             if (!jsb.HasEnd) await WriteJournalSuperAsync(jsb with { EndSequence = _nextSeq }, ct).ConfigureAwait(false);
             records = await ReplayAsync(txns, ct).ConfigureAwait(false);
+            // Replay wrote no transaction; the checkpoint makes everything durable, then its superblock write empties the ring.
+            SwitchJournalForm();
             await CheckpointAsync(ct).ConfigureAwait(false);
         }
         else
         {
             // Nothing to replay; still start a new epoch, so whatever the scan discarded can never be read as
             // a transaction of this open.
+            SwitchJournalForm();
             await WriteJournalSuperAsync(new JournalSuper(_journalEpoch, _nextSeq, 0, _checkpoints, 0), ct).ConfigureAwait(false);
         }
         Array.Copy(_committedMap, _map, _map.Length);
@@ -238,7 +261,7 @@ public sealed partial class IntegrityVolume
         torn = false; corrupt = false; tailMarker = false;
         long pos = js.StartOffset;
         ulong seq = js.StartSequence;
-        var hdr = new byte[4096];
+        var hdr = new byte[Txn.Compact]; // a header and its own CRC fit the first sector in every form
         while (true)
         {
             if (js.HasEnd && seq >= js.EndSequence) { stop = $"at the end recorded by an interrupted recovery (sequence {js.EndSequence})"; return list; }
@@ -253,8 +276,8 @@ public sealed partial class IntegrityVolume
                     // A valid successor proves damage only if it was written after this one was durable; in
                     // write-back mode the unflushed tail may be lost out of order (and is discarded whole).
                     int total = BinaryPrimitives.ReadInt32LittleEndian(hdr.AsSpan(24));
-                    long next = pos + Math.Max(total, 4096);
-                    var succ = TryReadAt(dev, g, tagger, ref next, seq + 1, js.Epoch, new byte[4096], out _, out _);
+                    long next = pos + Geometry.RoundUp(Math.Max(total, Txn.Compact), Txn.Compact);
+                    var succ = TryReadAt(dev, g, tagger, ref next, seq + 1, js.Epoch, new byte[Txn.Compact], out _, out _);
                     if (succ != null && succ.H.PriorDurable) corrupt = true;
                 }
                 return list;
@@ -280,7 +303,7 @@ public sealed partial class IntegrityVolume
     {
         matched = false;
         long area = g.JournalAreaBytes;
-        if (pos < 0 || pos + 4096 > area) { why = "end of journal ring"; return null; }
+        if (pos < 0 || pos + Txn.Compact > area) { why = "end of journal ring"; return null; }
         ReadSync(dev, g.JournalAreaOffset + pos, hdr);
         var h = TransactionCodec.ReadHeader(hdr, area, out why);
         if (h is not { } th)

@@ -71,6 +71,8 @@ public sealed class CrashSimulatingDevice : IBlockDevice
     /// <summary>The length I/O sees, a grow not yet durable included.</summary>
     public long Length { get { lock (_lock) return _length; } }
     public int SectorSize => Sector;
+    /// <summary>512 (a write costs its sectors) unless a test sets 4096 to make a volume write version-2, 4 KiB-aligned transactions.</summary>
+    public int PreferredWriteUnit { get; set; } = Sector;
     public bool CanDeallocate => true;
     public bool CanGrow => true;
     /// <summary>The length a power cut now is sure to leave (the medium's).</summary>

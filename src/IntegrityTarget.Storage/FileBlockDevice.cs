@@ -19,6 +19,8 @@ public sealed class FileBlockDevice : IBlockDevice
     /// <summary>Size in bytes; grows (never shrinks) through <see cref="GrowAsync"/>, so a value read once stays valid.</summary>
     public long Length => Volatile.Read(ref _length);
     public int SectorSize => 512;
+    /// <summary>A write of whole sectors at any sector boundary costs just those sectors.</summary>
+    public int PreferredWriteUnit => 512;
     /// <summary>A regular file can grow (ftruncate); a block device's size is not ours to change.</summary>
     public bool CanGrow => !IsBlockDevice;
     public bool CanDeallocate => !_punchUnsupported && !IsBlockDevice;

@@ -40,6 +40,12 @@ public interface IBlockDevice : IDisposable
     /// default does nothing.</summary>
     void StartWriteback(long offset, long length) { }
 
+    /// <summary>The smallest aligned unit a write costs no more than its own bytes at: 512 where a write of a few sectors at any
+    /// sector boundary costs just those sectors (a file in the page cache, memory), 4096 where a write that does not cover
+    /// whole 4 KiB blocks costs more (RBD: BlueStore reads the partial blocks first). The journal aligns its transactions
+    /// to it (docs/integrity-volume.md, write path 6a).</summary>
+    int PreferredWriteUnit => 4096;
+
     /// <summary>Unit a power cut can tear at (512 for every implementation here).</summary>
     int SectorSize { get; }
 

@@ -22,6 +22,8 @@ public sealed class MemoryBlockDevice : IBlockDevice
     public string Name { get; }
     public long Length => Volatile.Read(ref _length);
     public int SectorSize => 512;
+    /// <summary>A write of whole sectors at any sector boundary costs just those sectors.</summary>
+    public int PreferredWriteUnit => 512;
     public bool CanDeallocate => true;
     public bool CanGrow => true;
 

@@ -3,7 +3,8 @@ using CsCheck;
 
 namespace IntegrityTarget.Integrity.Tests;
 
-/// <summary>Journal transactions (format version 2) survive encode → decode unchanged, and any damage is seen.</summary>
+/// <summary>Journal transactions (4 KiB-aligned as in journal version 2, and compact as in version 3) survive encode → decode
+/// unchanged, and any damage is seen.</summary>
 public class TransactionCodecTests
 {
     private static readonly Tagger Crc = new(TagAlgorithm.Crc32c, new byte[16], default);
@@ -11,10 +12,10 @@ public class TransactionCodecTests
     private static readonly Geometry G = Geometry.Compute(512, TagAlgorithm.Crc32c, 1 << 16, 4L << 20);
 
     /// <summary>Builds a sealed transaction: records in order, the data records' blocks as their payload.</summary>
-    private static byte[] Build(Tagger tagger, ulong seq, uint epoch, uint flags, IReadOnlyList<TxnRecord> records, Func<int, byte> fill)
+    private static byte[] Build(Tagger tagger, ulong seq, uint epoch, uint flags, IReadOnlyList<TxnRecord> records, Func<int, byte> fill, int align = Txn.Aligned)
     {
         long blocks = records.Where(r => r.IsData).Sum(r => (long)r.Count);
-        int total = (int)Txn.TotalBytes(records.Count, blocks, 512), hb = Txn.HeaderBytes(records.Count);
+        int total = (int)Txn.TotalBytes(records.Count, blocks, 512, align), hb = Txn.HeaderBytes(records.Count, blocks * 512, align);
         var buf = new byte[total];
         TransactionCodec.WriteHeader(buf, new TxnHeader(seq, epoch, flags, total, records.Count, hb));
         int p = hb;
@@ -35,13 +36,16 @@ public class TransactionCodecTests
     [Test]
     public void Every_transaction_decodes_to_what_was_encoded()
     {
-        Gen.Select(GenRecord.List[0, 60], Gen.ULong, Gen.UInt, Gen.UInt[0, 1], Gen.Bool).Sample((records, seq, epoch, flags, keyed) =>
+        Gen.Select(GenRecord.List[0, 60], Gen.ULong, Gen.UInt, Gen.UInt[0, 1], Gen.Bool, Gen.Bool).Sample((records, seq, epoch, flags, keyed, compact) =>
         {
             var tagger = keyed ? Hmac : Crc;
-            var buf = Build(tagger, seq, epoch, flags, records, i => (byte)(i * 31 + 7));
+            int align = compact ? Txn.Compact : Txn.Aligned;
+            var buf = Build(tagger, seq, epoch, flags, records, i => (byte)(i * 31 + 7), align);
+            long payload = records.Where(r => r.IsData).Sum(r => (long)r.Count) * 512;
+            Assert.That(buf.Length % align, Is.Zero);
             var h = TransactionCodec.ReadHeader(buf, G.JournalAreaBytes, out var why);
             Assert.That(h, Is.Not.Null, why);
-            Assert.That(h!.Value, Is.EqualTo(new TxnHeader(seq, epoch, flags, buf.Length, records.Count, Txn.HeaderBytes(records.Count))));
+            Assert.That(h!.Value, Is.EqualTo(new TxnHeader(seq, epoch, flags, buf.Length, records.Count, Txn.HeaderBytes(records.Count, payload, align))));
             Assert.That(h.Value.PriorDurable, Is.EqualTo(flags == 1));
             Assert.That(TransactionCodec.CheckSeal(buf, tagger), Is.True);
             Assert.That(Enumerable.Range(0, records.Count).Select(i => TransactionCodec.ReadRecord(buf, i)), Is.EqualTo(records));
@@ -78,7 +82,7 @@ public class TransactionCodecTests
     public void Impossible_sizes_and_out_of_range_records_are_refused_with_a_reason()
     {
         var buf = Build(Crc, 1, 1, 0, [TxnRecord.Data(10, 2, 3)], i => 1);
-        BinaryPrimitives.WriteInt32LittleEndian(buf.AsSpan(24), 4095); // total not 4 KiB aligned
+        BinaryPrimitives.WriteInt32LittleEndian(buf.AsSpan(24), 4095); // total not a whole number of sectors
         BinaryPrimitives.WriteUInt32LittleEndian(buf.AsSpan(Txn.HeaderCrcAt), Tagger.Crc(buf.AsSpan(0, Txn.HeaderCrcAt)));
         Assert.That(TransactionCodec.ReadHeader(buf, G.JournalAreaBytes, out var why), Is.Null);
         Assert.That(why, Does.Contain("impossible sizes"));
@@ -88,5 +92,39 @@ public class TransactionCodecTests
         Assert.That(TransactionCodec.CheckRecords(cross, h, G), Does.Contain("record 0 out of range"));
         var far = Build(Crc, 1, 1, 0, [TxnRecord.Remap(G.LogicalChunks, 1, 0)], i => 1);
         Assert.That(TransactionCodec.CheckRecords(far, TransactionCodec.ReadHeader(far, G.JournalAreaBytes, out _)!.Value, G), Does.Contain("out of range"));
+    }
+
+    /// <summary>A compact transaction torn at any 512 B sector (that sector from another transaction, or zeros) is never taken
+    /// for a whole one: its header or its checksum fails.</summary>
+    [Test]
+    public void A_compact_transaction_with_any_sector_from_elsewhere_fails_its_header_or_its_checksum()
+    {
+        var records = new[] { TxnRecord.Data(40, 8, 7), TxnRecord.Remap(2, 9, (UInt128)12345), TxnRecord.Data(300, 3, 8) };
+        foreach (var tagger in new[] { Crc, Hmac })
+        {
+            var clean = Build(tagger, 77, 3, 0, records, i => (byte)i, Txn.Compact);
+            var other = Build(tagger, 78, 3, 0, records, i => (byte)(i + 1), Txn.Compact); // same shape, the next sequence
+            Assert.That(clean.Length, Is.EqualTo(512 + 11 * 512));
+            for (int s = 0; s < clean.Length / 512; s++)
+                foreach (var from in new[] { other, new byte[other.Length] })
+                {
+                    var b = (byte[])clean.Clone();
+                    from.AsSpan(s * 512, 512).CopyTo(b.AsSpan(s * 512));
+                    bool headerOk = TransactionCodec.ReadHeader(b, G.JournalAreaBytes, out _) is { Seq: 77 };
+                    Assert.That(headerOk && TransactionCodec.CheckSeal(b, tagger), Is.False, $"{tagger.Algorithm}: sector {s}");
+                }
+        }
+    }
+
+    [Test]
+    public void Sizes_of_both_forms_are_plausible_and_others_are_not()
+    {
+        Assert.That(Txn.PlausibleSizes(1, 4096, 8192), Is.True, "version 2");
+        Assert.That(Txn.PlausibleSizes(1, 512, 4608), Is.True, "compact");
+        Assert.That(Txn.PlausibleSizes(20, 1024, 1024), Is.True);
+        Assert.That(Txn.PlausibleSizes(20, 512, 1024), Is.False, "records past the header bytes");
+        Assert.That(Txn.PlausibleSizes(1, 8192, 8192), Is.False, "header larger than its records rounded to 4 KiB");
+        Assert.That(Txn.PlausibleSizes(1, 512, 4600), Is.False, "not whole sectors");
+        Assert.That(Txn.PlausibleSizes(-1, 512, 512), Is.False);
     }
 }

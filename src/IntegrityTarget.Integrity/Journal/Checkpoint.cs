@@ -181,7 +181,7 @@ public sealed partial class IntegrityVolume
     }
 
     private ValueTask WriteJournalSuperAsync(JournalSuper js, CancellationToken ct) =>
-        _dev.WriteAsync(_g.JournalOffset, js.Serialize(), fua: true, ct);
+        _dev.WriteAsync(_g.JournalOffset, (js with { Version = _journalVersion }).Serialize(), fua: true, ct);
 
     /// <summary>Writes the given map sectors from <paramref name="map"/>, each with its checksum.</summary>
     private async ValueTask WriteMapSectorsAsync(IEnumerable<long> sectors, long[] map, CancellationToken ct)

@@ -47,7 +47,7 @@ public sealed partial class IntegrityVolume
     /// <summary>Writers found the free pool below its low water (or empty): the committer makes a durable
     /// point with a marker, which empties limbo.</summary>
     private volatile bool _slotsLow;
-    /// <summary>One 4 KiB journal block stays free for the marker a checkpoint may need to write.</summary>
+    /// <summary>One 4 KiB journal block stays free for the marker a checkpoint may need to write (a compact marker takes 512 B).</summary>
     private const int MarkerBytes = 4096;
 
     private async ValueTask BackpressureAsync()
@@ -249,7 +249,7 @@ public sealed partial class IntegrityVolume
         }
         if (nRecs > 0)
         {
-            long total = Txn.TotalBytes(nRecs, nData, _bs);
+            long total = Txn.TotalBytes(nRecs, nData, _bs, _txnAlign);
             long pos = await ReserveJournalAsync(total, ct).ConfigureAwait(false);
             bool prior = !Unflushed;
             bool fua = durable && prior && !hasRemaps;
@@ -259,7 +259,7 @@ public sealed partial class IntegrityVolume
             try
             {
                 var span = buf.AsSpan(0, (int)total);
-                int hb = Txn.HeaderBytes(nRecs);
+                int hb = Txn.HeaderBytes(nRecs, nData * _bs, _txnAlign);
                 TransactionCodec.WriteHeader(span, new TxnHeader(seq, _journalEpoch, prior ? Txn.FlagPriorDurable : 0, (int)total, nRecs, hb));
                 span[Txn.FixedHeader..hb].Clear();
                 int ri = 0, payload = hb;
@@ -406,14 +406,15 @@ public sealed partial class IntegrityVolume
     /// before it is flushed): durable at once, it proves every transaction before it.</summary>
     private async ValueTask WriteMarkerAsync(CancellationToken ct)
     {
+        int size = (int)Txn.TotalBytes(0, 0, _bs, _txnAlign); // ≤ MarkerBytes, which stays reserved for it
         long area = _g.JournalAreaBytes, pos = _ringHead, waste = 0;
-        if (pos + MarkerBytes > area) { waste = area - pos; pos = 0; }
-        if (_ringUsed + waste + MarkerBytes > area) throw new InvalidOperationException($"{Name}: no journal space left for a marker");
-        _ringUsed += waste + MarkerBytes;
-        _ringHead = pos + MarkerBytes;
+        if (pos + size > area) { waste = area - pos; pos = 0; }
+        if (_ringUsed + waste + size > area) throw new InvalidOperationException($"{Name}: no journal space left for a marker");
+        _ringUsed += waste + size;
+        _ringHead = pos + size;
         ulong seq = _nextSeq;
-        var buf = new byte[MarkerBytes];
-        TransactionCodec.WriteHeader(buf, new TxnHeader(seq, _journalEpoch, Txn.FlagPriorDurable, MarkerBytes, 0, Txn.HeaderBytes(0)));
+        var buf = new byte[size];
+        TransactionCodec.WriteHeader(buf, new TxnHeader(seq, _journalEpoch, Txn.FlagPriorDurable, size, 0, Txn.HeaderBytes(0, 0, _txnAlign)));
         TransactionCodec.Seal(buf, _tagger);
         await _dev.WriteAsync(_g.JournalAreaOffset + pos, buf, fua: true, ct).ConfigureAwait(false);
         _nextSeq++;

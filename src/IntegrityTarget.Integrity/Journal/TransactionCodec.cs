@@ -4,8 +4,9 @@ using System.Buffers.Binary;
 namespace IntegrityTarget.Integrity;
 
 /// <summary>
-/// Journal transaction layout (format version 2): [128-byte header | 40-byte records | block payloads],
-/// 4 KiB aligned, one checksum over all of it (CRC-32C, or HMAC-SHA256 under a keyed volume).
+/// Journal transaction layout: [128-byte header | 40-byte records | block payloads], starting and ending on the
+/// ring's alignment (4 KiB in journal version 2 and on RBD; 512 B in the compact form of journal version 3, docs
+/// "On-disk format"), one checksum over all of it (CRC-32C, or HMAC-SHA256 under a keyed volume).
 /// Header: magic "ITTXN002", seq u64, epoch u32, flags u32, total bytes u32, record count u32, header
 /// bytes u32, header CRC-32C u32 (of bytes 0..35, so a torn transaction's header is still trusted), checksum[32] at 40. Record: type u16, count u16, pad u32, a u64, b u64, digest[16].
 /// </summary>
@@ -20,8 +21,27 @@ internal static class Txn
     /// point at had been flushed. Such a transaction is a <em>marker</em>: recovery validates nothing before
     /// it, and a damaged predecessor followed by it is corruption, not a lost write-back tail.</summary>
     public const uint FlagPriorDurable = 1;
-    public static int HeaderBytes(int records) => (int)Geometry.RoundUp(FixedHeader + (long)records * RecordBytes, 4096);
-    public static long TotalBytes(int records, long dataBlocks, int blockSize) => Geometry.RoundUp(HeaderBytes(records) + dataBlocks * blockSize, 4096);
+    /// <summary>The version-2 alignment, and the largest a transaction's header is rounded to.</summary>
+    public const int Aligned = 4096;
+    /// <summary>The smallest alignment (a sector): the compact form's.</summary>
+    public const int Compact = 512;
+    /// <summary>A payload of at least this many bytes keeps the 4 KiB header (large writes keep their layout).</summary>
+    public const long LargePayload = 64 << 10;
+
+    /// <summary>Header + records, rounded to <paramref name="align"/> when the payload is small, else to 4 KiB.</summary>
+    public static int HeaderBytes(int records, long payloadBytes = 0, int align = Aligned) =>
+        (int)Geometry.RoundUp(FixedHeader + (long)records * RecordBytes, payloadBytes >= LargePayload ? Aligned : align);
+
+    /// <summary>A transaction's bytes in the ring: header bytes + payload, rounded to <paramref name="align"/>.</summary>
+    public static long TotalBytes(int records, long dataBlocks, int blockSize, int align = Aligned) =>
+        Geometry.RoundUp(HeaderBytes(records, dataBlocks * blockSize, align) + dataBlocks * blockSize, align);
+
+    /// <summary>Whether a header's sizes are ones some writer of version 2 or 3 produces: header bytes a 512 B multiple
+    /// from the records' end up to that rounded to 4 KiB, total a 512 B multiple, at least the header bytes.</summary>
+    public static bool PlausibleSizes(int records, int headerBytes, int total) =>
+        records >= 0 && records <= (int.MaxValue - FixedHeader) / RecordBytes
+        && headerBytes % Compact == 0 && headerBytes >= FixedHeader + (long)records * RecordBytes && headerBytes <= HeaderBytes(records)
+        && total % Compact == 0 && total >= headerBytes;
 }
 
 /// <summary>One record. Data: <see cref="Count"/> blocks from LBA <see cref="A"/>, home slot <see cref="B"/>, their
@@ -96,7 +116,7 @@ internal static class TransactionCodec
         return stored.SequenceEqual(computed);
     }
 
-    /// <summary>Parses the fixed header (the first 4 KiB of a transaction); null and why when it is not one,
+    /// <summary>Parses the fixed header (the first 512 B sector of a transaction); null and why when it is not one,
     /// or when its sizes are impossible for a ring of <paramref name="ringBytes"/>.</summary>
     public static TxnHeader? ReadHeader(ReadOnlySpan<byte> hdr, long ringBytes, out string why)
     {
@@ -105,7 +125,7 @@ internal static class TransactionCodec
         var h = new TxnHeader(BinaryPrimitives.ReadUInt64LittleEndian(hdr[8..]), BinaryPrimitives.ReadUInt32LittleEndian(hdr[16..]),
             BinaryPrimitives.ReadUInt32LittleEndian(hdr[20..]), BinaryPrimitives.ReadInt32LittleEndian(hdr[24..]),
             BinaryPrimitives.ReadInt32LittleEndian(hdr[28..]), BinaryPrimitives.ReadInt32LittleEndian(hdr[32..]));
-        if (h.Records < 0 || h.HeaderBytes != Txn.HeaderBytes(h.Records) || h.Total < h.HeaderBytes || h.Total % 4096 != 0 || h.Total > ringBytes)
+        if (!Txn.PlausibleSizes(h.Records, h.HeaderBytes, h.Total) || h.Total > ringBytes)
         { why = $"transaction {h.Seq} header has impossible sizes"; return null; }
         why = "";
         return h;

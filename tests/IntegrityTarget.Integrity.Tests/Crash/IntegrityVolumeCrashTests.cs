@@ -29,7 +29,8 @@ public class IntegrityVolumeCrashTests
     /// background flushes overlap the writes after them.</param>
     /// <param name="opened">Sees every volume the harness formats or opens (to read its counters).</param>
     internal static CrashTarget Target(int blockSize, TagAlgorithm alg, long? journalBytes, bool writeBack = true, int? parallelApplyBlocks = null, bool skipRemapValidation = false, long? tagCacheBytes = null,
-        long? spareSlots = null, int slowFlushMs = 0, Action<IntegrityVolume>? opened = null, bool releaseLimboAtFlushStart = false, long? backgroundFlushBelow = null)
+        long? spareSlots = null, int slowFlushMs = 0, Action<IntegrityVolume>? opened = null, bool releaseLimboAtFlushStart = false, long? backgroundFlushBelow = null,
+        int? recordedWriteUnit = null)
     {
         ulong blocks = (ulong)((2 << 20) / blockSize); // 2 MiB: 16 chunks of 128 KiB, room for 1 MiB writes
         var key = alg == TagAlgorithm.HmacSha256 ? Key : ReadOnlyMemory<byte>.Empty;
@@ -45,12 +46,17 @@ public class IntegrityVolumeCrashTests
         IntegrityVolume Seen(IntegrityVolume v) { opened?.Invoke(v); return v; }
         return new CrashTarget(
             $"integrity-{blockSize}-{alg}{(journalBytes is { } j ? $"-j{j >> 10}k" : "")}{(writeBack ? "" : "-wt")}{(parallelApplyBlocks is { } pa ? $"-pa{pa}" : "")}{(skipRemapValidation ? "-novalidate" : "")}{(tagCacheBytes is { } tc ? $"-tc{tc}" : "")}"
-                + $"{(spareSlots is { } sp ? $"-spare{sp}" : "")}{(slowFlushMs > 0 ? $"-slowflush{slowFlushMs}" : "")}{(releaseLimboAtFlushStart ? "-earlyrelease" : "")}{(backgroundFlushBelow is { } bf ? $"-bg{bf}" : "")}",
+                + $"{(recordedWriteUnit is { } wu ? $"-unit{wu}" : "")}{(spareSlots is { } sp ? $"-spare{sp}" : "")}{(slowFlushMs > 0 ? $"-slowflush{slowFlushMs}" : "")}{(releaseLimboAtFlushStart ? "-earlyrelease" : "")}{(backgroundFlushBelow is { } bf ? $"-bg{bf}" : "")}",
             blockSize, blocks, IntegrityVolume.DeviceBytesFor(blocks, blockSize, alg, journalBytes, spareSlots),
-            async dev => Seen(await IntegrityVolume.FormatAsync(Wrap(dev), new FormatOptions
+            async dev =>
+            {
+                // The recorded run's device: 4096 makes it write version-2 (4 KiB) transactions; recoveries open on 512 devices.
+                if (recordedWriteUnit is int u && dev is CrashSimulatingDevice cs) cs.PreferredWriteUnit = u;
+                return Seen(await IntegrityVolume.FormatAsync(Wrap(dev), new FormatOptions
             {
                 BlockSize = blockSize, Algorithm = alg, Key = key, JournalBytes = journalBytes, LogicalBlocks = blocks, SpareSlots = spareSlots, Tuning = tuning,
-            }, log)),
+            }, log));
+            },
             async dev => Seen(await IntegrityVolume.OpenAsync(Wrap(dev), tuning, log)))
         {
             WriteBack = writeBack,
@@ -239,6 +245,19 @@ public class IntegrityVolumeCrashTests
         var report = await RunSeeds(target, options, Seeds(9500, 2));
         Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
         Assert.That(recorded.Sum(v => v.JournalStats.BackgroundCheckpoints), Is.GreaterThan(0), "the recorded runs must checkpoint in the background");
+        Assert.That(report.RecoveryCrashStates, Is.GreaterThan(20));
+    }
+
+    /// <summary>Volumes of an older main: the recorded run writes version-2 (4 KiB) transactions (a device that prefers 4 KiB
+    /// writes), every recovery opens on a 512 B device and so replays the version-2 ring and switches the journal to the compact
+    /// form at the checkpoint that empties it; crashes during those recoveries (before, at and after the switch) recover again.
+    /// (A compact ring written over an old-form one and torn there: <c>CompactJournalTests</c>.)</summary>
+    [TestCase(512, TagAlgorithm.Crc32c), TestCase(4096, TagAlgorithm.HmacSha256)]
+    public async Task A_version_2_ring_recovered_and_switched_to_compact_transactions_keeps_the_crash_properties(int blockSize, TagAlgorithm alg)
+    {
+        var options = new CrashRunOptions { Commands = 200, MaxBatch = 6, MaxWriteBytes = 64 * 1024, EveryPersistencePoint = false, RandomPoints = 40, RecoveryCrashes = 3 };
+        var report = await RunSeeds(Target(blockSize, alg, 1L << 20, recordedWriteUnit: 4096), options, Seeds(9700, 2));
+        Assert.That(report.Violations, Is.Empty, string.Join("\n", report.Violations));
         Assert.That(report.RecoveryCrashStates, Is.GreaterThan(20));
     }
 

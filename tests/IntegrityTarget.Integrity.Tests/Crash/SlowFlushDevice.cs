@@ -19,6 +19,7 @@ internal sealed class SlowFlushDevice(IBlockDevice inner, int maxDelayMs, ulong 
     public bool CanDeallocate => inner.CanDeallocate;
     public bool CanGrow => inner.CanGrow;
     public int BulkConcurrency => inner.BulkConcurrency;
+    public int PreferredWriteUnit => inner.PreferredWriteUnit;
     public ValueTask GrowAsync(long newLength, CancellationToken ct = default) => inner.GrowAsync(newLength, ct);
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
     public ValueTask ReadScatterAsync(long offset, IReadOnlyList<Memory<byte>> parts, CancellationToken ct = default) => inner.ReadScatterAsync(offset, parts, ct);
