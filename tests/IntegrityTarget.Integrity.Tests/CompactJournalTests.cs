@@ -34,8 +34,10 @@ public class CompactJournalTests
         Assert.That(Txn.TotalBytes(1, 1, 4096), Is.EqualTo(8192));
         Assert.That(Txn.TotalBytes(1, 1, 4096, Txn.Compact), Is.EqualTo(4608));
         Assert.That(Txn.TotalBytes(1, 8, 512, Txn.Compact), Is.EqualTo(4608));
-        Assert.That(Txn.TotalBytes(0, 0, 4096, Txn.Compact), Is.EqualTo(512), "a compact marker");
+        Assert.That(Txn.TotalBytes(0, 0, 4096, Txn.Compact), Is.EqualTo(4096), "a marker keeps the 4 KiB form");
+        Assert.That(Txn.TotalBytes(8, 0, 4096, Txn.Compact), Is.EqualTo(4096), "so do the remaps of a 1 MiB write");
         Assert.That(Txn.HeaderBytes(32, 32 * 4096, Txn.Compact), Is.EqualTo(4096), "a payload of 64 KiB or more keeps the 4 KiB header");
+        Assert.That(Txn.TotalBytes(32, 16 * 8, 512, Txn.Compact), Is.EqualTo(4096 + 65536));
         Assert.That(Txn.HeaderBytes(10, 10 * 4096, Txn.Compact), Is.EqualTo(1024));
         Assert.That(Txn.TotalBytes(1, 3, 512, Txn.Compact), Is.EqualTo(2048));
     }

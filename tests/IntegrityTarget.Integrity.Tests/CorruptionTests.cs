@@ -290,8 +290,8 @@ public class CorruptionTests
             await v.AbandonAsync(); // power loss: the journal is not checkpointed
         }
         Assert.That(IntegrityVolume.Dump(dev), Does.Contain("2 committed transactions to replay"));
-        // Compact transactions (a memory device): txn 1 (first write maps the chunk: header only, one sector) at 0,
-        // txn 2 (a journaled block) at 512, its payload after its one-sector header: flip a bit of the payload.
+        // A memory device: txn 1 (first write maps the chunk: header only, the 4 KiB form) at 0, txn 2 (a journaled
+        // block: compact) at 4096, its payload after its one-sector header: flip a bit of the payload.
         T.Flip(dev, journal.Offset + Txn.TotalBytes(1, 0, Bs, Txn.Compact) + Txn.HeaderBytes(1, Bs, Txn.Compact) + 100);
         await using var v2 = await IntegrityVolume.OpenAsync(dev, T.Open(), sink.Logger());
         Assert.That(v2.LastRecovery.TransactionsReplayed, Is.EqualTo(1));

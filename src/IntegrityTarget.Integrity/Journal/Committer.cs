@@ -47,7 +47,7 @@ public sealed partial class IntegrityVolume
     /// <summary>Writers found the free pool below its low water (or empty): the committer makes a durable
     /// point with a marker, which empties limbo.</summary>
     private volatile bool _slotsLow;
-    /// <summary>One 4 KiB journal block stays free for the marker a checkpoint may need to write (a compact marker takes 512 B).</summary>
+    /// <summary>One 4 KiB journal block stays free for the marker a checkpoint may need to write.</summary>
     private const int MarkerBytes = 4096;
 
     private async ValueTask BackpressureAsync()
@@ -406,7 +406,7 @@ public sealed partial class IntegrityVolume
     /// before it is flushed): durable at once, it proves every transaction before it.</summary>
     private async ValueTask WriteMarkerAsync(CancellationToken ct)
     {
-        int size = (int)Txn.TotalBytes(0, 0, _bs, _txnAlign); // ≤ MarkerBytes, which stays reserved for it
+        int size = (int)Txn.TotalBytes(0, 0, _bs, _txnAlign); // = MarkerBytes, which stays reserved for it
         long area = _g.JournalAreaBytes, pos = _ringHead, waste = 0;
         if (pos + size > area) { waste = area - pos; pos = 0; }
         if (_ringUsed + waste + size > area) throw new InvalidOperationException($"{Name}: no journal space left for a marker");

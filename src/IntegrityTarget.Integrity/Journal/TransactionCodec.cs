@@ -28,13 +28,18 @@ internal static class Txn
     /// <summary>A payload of at least this many bytes keeps the 4 KiB header (large writes keep their layout).</summary>
     public const long LargePayload = 64 << 10;
 
-    /// <summary>Header + records, rounded to <paramref name="align"/> when the payload is small, else to 4 KiB.</summary>
-    public static int HeaderBytes(int records, long payloadBytes = 0, int align = Aligned) =>
-        (int)Geometry.RoundUp(FixedHeader + (long)records * RecordBytes, payloadBytes >= LargePayload ? Aligned : align);
+    /// <summary>The form a transaction with <paramref name="payloadBytes"/> of journaled blocks takes in a ring aligned to
+    /// <paramref name="align"/>: compact only for a small write's payload; one without payload (remaps of whole-chunk writes,
+    /// markers) or with a large one keeps the 4 KiB form, so the 1 MiB write path writes exactly what version 2 wrote.</summary>
+    public static int FormOf(long payloadBytes, int align) => payloadBytes > 0 && payloadBytes < LargePayload ? align : Aligned;
 
-    /// <summary>A transaction's bytes in the ring: header bytes + payload, rounded to <paramref name="align"/>.</summary>
+    /// <summary>Header + records, rounded to the transaction's form (<see cref="FormOf"/>).</summary>
+    public static int HeaderBytes(int records, long payloadBytes = 0, int align = Aligned) =>
+        (int)Geometry.RoundUp(FixedHeader + (long)records * RecordBytes, FormOf(payloadBytes, align));
+
+    /// <summary>A transaction's bytes in the ring: header bytes + payload, rounded to its form (<see cref="FormOf"/>).</summary>
     public static long TotalBytes(int records, long dataBlocks, int blockSize, int align = Aligned) =>
-        Geometry.RoundUp(HeaderBytes(records, dataBlocks * blockSize, align) + dataBlocks * blockSize, align);
+        Geometry.RoundUp(HeaderBytes(records, dataBlocks * blockSize, align) + dataBlocks * blockSize, FormOf(dataBlocks * blockSize, align));
 
     /// <summary>Whether a header's sizes are ones some writer of version 2 or 3 produces: header bytes a 512 B multiple
     /// from the records' end up to that rounded to 4 KiB, total a 512 B multiple, at least the header bytes.</summary>
