@@ -34,6 +34,12 @@ internal sealed class Superblock
     public long SlotBytes { get; init; }
     public int TagRegionBytes { get; init; }
     public uint Flags { get; init; }
+
+    /// <summary>
+    /// Flag bits this build understands (none yet: format writes 0). Open refuses any other bit, so a later build
+    /// can mark a volume whose layout it changed (slot placement, say) and be sure this one will not misread it.
+    /// </summary>
+    public const uint KnownFlags = 0;
     public byte[] Salt { get; init; } = new byte[16];
     public byte[] KeyCheck { get; init; } = new byte[32];
     public long FormattedUnixSeconds { get; init; }
@@ -153,6 +159,12 @@ internal sealed class Superblock
     public Geometry? Validate(out string? problem)
     {
         problem = null;
+        if ((Flags & ~KnownFlags) != 0)
+        {
+            problem = $"the volume uses on-disk features this build does not know (superblock flags 0x{Flags:x8}, known 0x{KnownFlags:x8}): " +
+                      "a newer integrity-target formatted or changed it; open it with that build";
+            return null;
+        }
         if (!Enum.IsDefined(typeof(TagAlgorithm), (int)AlgorithmId)) { problem = $"unknown tag algorithm id {AlgorithmId} (known: 1 crc32c, 2 xxhash64, 3 hmac-sha256)"; return null; }
         var alg = (TagAlgorithm)AlgorithmId;
         if (BlockSize is not (512 or 4096)) { problem = $"bad geometry: block size {BlockSize} (must be 512 or 4096)"; return null; }
