@@ -104,6 +104,7 @@ internal static class LapsBenchmark
         public string Name => inner.Name;
         public long Length => inner.Length;
         public int SectorSize => inner.SectorSize;
+        public int PreferredWriteUnit => inner.PreferredWriteUnit;
         public bool CanDeallocate => inner.CanDeallocate;
         public int BulkConcurrency => inner.BulkConcurrency;
         public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);

@@ -47,8 +47,9 @@ public sealed partial class IntegrityVolume
     /// <summary>Writers found the free pool below its low water (or empty): the committer makes a durable
     /// point with a marker, which empties limbo.</summary>
     private volatile bool _slotsLow;
-    /// <summary>One 4 KiB journal block stays free for the marker a checkpoint may need to write.</summary>
-    private const int MarkerBytes = 4096;
+    /// <summary>One 4 KiB journal block stays free for the marker a checkpoint may need to write. A marker has no payload, so
+    /// it keeps the 4 KiB form in both journal versions (<see cref="Txn.FormOf"/>).</summary>
+    private const int MarkerBytes = Txn.Aligned;
 
     private async ValueTask BackpressureAsync()
     {
@@ -406,15 +407,14 @@ public sealed partial class IntegrityVolume
     /// before it is flushed): durable at once, it proves every transaction before it.</summary>
     private async ValueTask WriteMarkerAsync(CancellationToken ct)
     {
-        int size = (int)Txn.TotalBytes(0, 0, _bs, _txnAlign); // = MarkerBytes, which stays reserved for it
         long area = _g.JournalAreaBytes, pos = _ringHead, waste = 0;
-        if (pos + size > area) { waste = area - pos; pos = 0; }
-        if (_ringUsed + waste + size > area) throw new InvalidOperationException($"{Name}: no journal space left for a marker");
-        _ringUsed += waste + size;
-        _ringHead = pos + size;
+        if (pos + MarkerBytes > area) { waste = area - pos; pos = 0; }
+        if (_ringUsed + waste + MarkerBytes > area) throw new InvalidOperationException($"{Name}: no journal space left for a marker");
+        _ringUsed += waste + MarkerBytes;
+        _ringHead = pos + MarkerBytes;
         ulong seq = _nextSeq;
-        var buf = new byte[size];
-        TransactionCodec.WriteHeader(buf, new TxnHeader(seq, _journalEpoch, Txn.FlagPriorDurable, size, 0, Txn.HeaderBytes(0, 0, _txnAlign)));
+        var buf = new byte[MarkerBytes];
+        TransactionCodec.WriteHeader(buf, new TxnHeader(seq, _journalEpoch, Txn.FlagPriorDurable, MarkerBytes, 0, Txn.HeaderBytes(0)));
         TransactionCodec.Seal(buf, _tagger);
         await _dev.WriteAsync(_g.JournalAreaOffset + pos, buf, fua: true, ct).ConfigureAwait(false);
         _nextSeq++;
