@@ -75,6 +75,8 @@ internal sealed class SharedStore(long bytes)
         public string Name => "shared";
         public long Length => store.Memory.Length;
         public int SectorSize => 512;
+        /// <summary>Like the device it stands for: RBD prefers 4 KiB writes, a file or memory 512 B.</summary>
+        public int PreferredWriteUnit => store.LikeRbd ? 4096 : store.Memory.PreferredWriteUnit;
         public bool CanDeallocate => true;
 
         private void CheckWrite()

@@ -39,6 +39,7 @@ public class ConcurrentPiecesTests
         public string Name => inner.Name;
         public long Length => inner.Length;
         public int SectorSize => inner.SectorSize;
+        public int PreferredWriteUnit => inner.PreferredWriteUnit;
         public bool CanDeallocate => inner.CanDeallocate;
 
         public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default)

@@ -18,6 +18,7 @@ internal sealed class TornCacheDevice(MemoryBlockDevice durable) : IBlockDevice
     public string Name => "torn";
     public long Length => durable.Length;
     public int SectorSize => 512;
+    public int PreferredWriteUnit => durable.PreferredWriteUnit;
     public bool CanDeallocate => true;
 
     private void Spend()

@@ -98,6 +98,7 @@ public class CephErrorTests
         public string Name => inner.Name;
         public long Length => inner.Length;
         public int SectorSize => inner.SectorSize;
+        public int PreferredWriteUnit => inner.PreferredWriteUnit;
         public bool CanDeallocate => inner.CanDeallocate;
         public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
         public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default) =>

@@ -211,6 +211,7 @@ public class IntegrityVolumeCrashTests
         public string Name => inner.Name;
         public long Length => inner.Length;
         public int SectorSize => inner.SectorSize;
+        public int PreferredWriteUnit => inner.PreferredWriteUnit;
         public bool CanDeallocate => inner.CanDeallocate;
         public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
         public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
