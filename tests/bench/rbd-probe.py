@@ -98,10 +98,10 @@ def diff(a, b):
     return {k: b[k] - a.get(k, 0) for k in b if isinstance(b[k], (int, float)) and b[k] != a.get(k, 0)}
 
 
-CKPT = re.compile(r"(\d+) transactions, (\d+) flushes, checkpoints (\d+) background / (\d+) blocking \((\d+) ms of work, "
-                  r"committer waited (\d+) ms\), writers waited (\d+) ms on back-pressure and (\d+) ms for slots; home copies: "
-                  r"(\d+) blocks in (\d+) slots, (\d+) tag reads, (\d+) data writes, (\d+) tag writes")
-CKPT_KEYS = ["transactions", "flushes", "bg_ckpt", "blocking_ckpt", "ckpt_ms", "committer_wait_ms", "backpressure_ms",
+CKPT = re.compile(r"(\d+) transactions, (\d+) flushes, checkpoints (\d+) background / (\d+) blocking \((\d+) ms of work; "
+                  r"committer waited (\d+) ms for ring space and (\d+) ms at cuts\), writers waited (\d+) ms on back-pressure and "
+                  r"(\d+) ms for slots; home copies: (\d+) blocks in (\d+) slots, (\d+) tag reads, (\d+) data writes, (\d+) tag writes")
+CKPT_KEYS = ["transactions", "flushes", "bg_ckpt", "blocking_ckpt", "ckpt_ms", "committer_wait_ms", "cut_ms", "backpressure_ms",
              "slot_wait_ms", "home_blocks", "home_slots", "home_tag_reads", "home_data_writes", "home_tag_writes"]
 
 
