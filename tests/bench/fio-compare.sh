@@ -8,10 +8,14 @@
 # Environment:
 #   TARGETS="tgt on off dotnetty"  which targets to run (any subset; "on" and "off" are needed for on/off)
 #   INTEGRITY_TARGET_BIN=DIR       use this build instead of building the working tree
-#   INTEGRITY_TARGET_BIN_B=DIR     also run target "onB": integrity on from this second build (A/B experiments)
+#   INTEGRITY_TARGET_BIN_B=DIR     also run target "onB": integrity on from this second build (A/B experiments);
+#                                  it is added at the end of TARGETS unless TARGETS names it
 #   STRESS_CPU=N                   run `stress-ng --cpu N` for the whole run (a CPU-bound neighbour)
 #   FORMAT_ON="--journal-size 128MiB", FORMAT_ONB=...  format that target's LUN with these `format` options
 #                                  before serving it (A/B of format choices: same build as on and onB)
+#   LOG_LEVEL=Debug, KEEP_LOGS=DIR  the servers' log level (default Warning) and a directory the servers' logs are
+#                                  copied to at the end (at Debug the volume logs its JournalStats per checkpoint)
+#   KEEP_CELLS=FILE                keep the raw cells ("job target round iops MB/s p99 cpu" per line)
 #   JOBS="name rw bs depth [fio options...];..."  replace the six default jobs; anything after the depth goes
 #                                  to fio as is (e.g. --fsync=32: SYNCHRONIZE CACHE after every 32 writes; but fio's
 #                                  libiscsi engine sends it with an out-of-range block count, which integrity-target
@@ -24,7 +28,8 @@ tools=${SHARED_TOOLS:-${SHARED_DIR:+$SHARED_DIR/tools}}
 work=$(mktemp -d /tmp/fio-compare.XXXXXX)
 FIO=$("$tools/fio-iscsi/build.sh" | tail -n 1)
 read -r -a targets <<<"${TARGETS:-tgt on off dotnetty}"
-[[ -n "${INTEGRITY_TARGET_BIN_B:-}" ]] && targets+=(onB)
+# onB joins at the end unless TARGETS names it (its place there sets when it starts, fills and runs first)
+[[ -n "${INTEGRITY_TARGET_BIN_B:-}" && " ${targets[*]} " != *" onB "* ]] && targets+=(onB)
 if [[ -n "${INTEGRITY_TARGET_BIN:-}" ]]; then mkdir -p "$work/bin"; cp -r "$INTEGRITY_TARGET_BIN"/. "$work/bin/"
 else dotnet build -c Release "$repo/src/IntegrityTarget.Host" -o "$work/bin" >/dev/null; fi
 if [[ -n "${INTEGRITY_TARGET_BIN_B:-}" ]]; then mkdir -p "$work/binB"; cp -r "$INTEGRITY_TARGET_BIN_B"/. "$work/binB/"; fi
@@ -33,6 +38,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   "$tools/ref-target.sh" stop "$work/tgt" >/dev/null 2>&1 || true
+  if [[ -n "${KEEP_LOGS:-}" ]]; then mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$KEEP_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -57,15 +63,20 @@ start_ours() { # name port integrity [transport] [bin]
   fi
   dotnet "$bin/integrity-target.dll" serve --listen 127.0.0.1:"$port" --iqn iqn.2026-11.org.example:"$name" \
     --data-dir "$work/$name" --lun "$work/$name/lun0.img" --size "$size" --block-size 512 --integrity "$integ" \
-    --transport "$transport" --log-level Warning >"$work/$name.log" 2>&1 &
+    --transport "$transport" --log-level "${LOG_LEVEL:-Warning}" >"$work/$name.log" 2>&1 &
   pids+=($!); pid[$name]=$!
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.2; done
   url[$name]="iscsi\\://127.0.0.1\\:$port/iqn.2026-11.org.example\\:$name/0"
 }
-has on && start_ours on 3312 true
-has off && start_ours off 3313 false
-has dotnetty && start_ours dotnetty 3314 false dotnetty
-has onB && start_ours onB 3315 true pipelines "$work/binB"
+# Started in the order TARGETS gives (the LUNs are filled in that order too).
+for t in "${targets[@]}"; do
+  case $t in
+    on) start_ours on 3312 true ;;
+    off) start_ours off 3313 false ;;
+    dotnetty) start_ours dotnetty 3314 false dotnetty ;;
+    onB) start_ours onB 3315 true pipelines "$work/binB" ;;
+  esac
+done
 
 if [[ -n "${STRESS_CPU:-}" ]]; then
   stress-ng --cpu "$STRESS_CPU" --quiet >/dev/null 2>&1 &
