@@ -102,7 +102,7 @@ activity() { # CPU ticks and bytes written (wchar) of every server, one number e
 
 # Before every cell: sync, then wait until no server has used CPU or written anything for half a second (at
 # most 30 s). The integrity servers go on working after a write cell ends (a background checkpoint copies
-# blocks home and flushes), and without the wait that work spilled into the next target's timed cell.
+# blocks home and flushes); without the wait that work can run into the next target's timed cell.
 settle_s=0
 settle() {
   local a b i t0=$SECONDS
@@ -113,7 +113,7 @@ settle() {
   settle_s=$(( settle_s + SECONDS - t0 ))
 }
 
-run_fio() { # target rw bs depth [fio options...] -> "iops MB/s p99_us cpu_us_per_io"
+run_fio() { # target rw bs depth [fio options...] -> "iops MB/s p99_us cpu_us_per_io p99.9_us max_us"
   local out c0 c1 extra=("${@:5}")
   c0=$(cpu_ticks "${pid[$1]}")
   out=$("$FIO" --name=j --ioengine=libiscsi --filename="${url[$1]}" --rw="$2" --bs="$3" --iodepth="$4" \
@@ -142,8 +142,9 @@ for ((r = 0; r < rounds; r++)); do
     # The targets take turns going first, and every cell starts with no dirty page cache: otherwise the
     # kernel writes back one target's unsynced writes (integrity off and tgt never sync during a job)
     # while the next target's cell is being timed, and that cell pays for them.
-    # Odd rounds go the other way round, so no target always follows the same one (with "on off tgt onB" in
-    # one direction only, on followed onB in every round and was measured ~7 % low at 4k QD32 writes).
+    # Odd rounds go the other way round, so no target always follows the same one. (This and the idle wait did
+    # not remove the A/B bias: with one build in both slots the server started and filled later still got ~+7 %
+    # at 4k QD32 writes, docs "Measured"; run A/Bs both ways round, TARGETS="onB on off tgt" for the second.)
     for ((k = 0; k < ${#targets[@]}; k++)); do
       n=${#targets[@]}
       if (( r % 2 == 0 )); then t=${targets[$(( (k + r) % n ))]}; else t=${targets[$(( (n - 1 - k + r) % n ))]}; fi
