@@ -47,7 +47,22 @@ public class CompactJournalTests
     {
         Assert.That(IntegrityVolume.JournalAlignFor(new MemoryBlockDevice(1 << 20)), Is.EqualTo(512));
         Assert.That(IntegrityVolume.JournalAlignFor(new CrashSimulatingDevice(new MemoryBlockDevice(1 << 20)) { PreferredWriteUnit = 4096 }), Is.EqualTo(4096));
-        Assert.That(IntegrityVolume.JournalAlignFor(new ForwardingDevice(new MemoryBlockDevice(1 << 20))), Is.EqualTo(4096), "the interface's default (RBD's) is 4 KiB");
+        Assert.That(IntegrityVolume.JournalAlignFor(new NoPreferenceDevice(new MemoryBlockDevice(1 << 20))), Is.EqualTo(4096), "the interface's default (RBD's) is 4 KiB");
+    }
+
+    /// <summary>A device that does not say which write unit it prefers (only the interface's required members).</summary>
+    private sealed class NoPreferenceDevice(MemoryBlockDevice inner) : IBlockDevice
+    {
+        public string Name => inner.Name;
+        public long Length => inner.Length;
+        public int SectorSize => inner.SectorSize;
+        public bool CanDeallocate => inner.CanDeallocate;
+        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default) => inner.WriteAsync(offset, data, fua, ct);
+        public ValueTask FlushAsync(CancellationToken ct = default) => inner.FlushAsync(ct);
+        public ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default) => inner.DiscardAsync(offset, length, ct);
+        public (bool Allocated, long Length) GetAllocation(long offset) => inner.GetAllocation(offset);
+        public void Dispose() { }
     }
 
     [Test]

@@ -94,6 +94,9 @@ internal class ForwardingDevice(MemoryBlockDevice inner) : IBlockDevice
     public virtual string Name => inner.Name;
     public long Length => inner.Length;
     public int SectorSize => inner.SectorSize;
+    /// <summary>Forwarded like every other property: a default interface member left out here falls back silently (4 KiB,
+    /// the journal's old form) in every test device built on this class.</summary>
+    public int PreferredWriteUnit => inner.PreferredWriteUnit;
     public bool CanDeallocate => inner.CanDeallocate;
     public virtual ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default) => inner.ReadAsync(offset, buffer, ct);
     public virtual ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default) => inner.WriteAsync(offset, data, fua, ct);
