@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using IntegrityTarget.Scsi;
@@ -29,6 +30,18 @@ public sealed class FakeScsiTarget : IScsiTarget
     /// <summary>Set when a command touched the disk after it had been cancelled (must never happen).</summary>
     public bool TouchedAfterCancel;
     public event Action<ulong, IReadOnlyCollection<string>>? AbortTasksRequested;
+
+    /// <summary>
+    /// When set, read data is handed out in buffers that are overwritten with <see cref="Poison"/> as soon as
+    /// the response is disposed and then reused for the next read, as the real logical unit reuses its pooled
+    /// buffers (without it, read data points into the disk array and nothing is ever reused): a byte sent after
+    /// its response was disposed arrives as the poison or as another read's data.
+    /// </summary>
+    public bool ReuseReadBuffers { get; set; }
+    public const byte Poison = 0xEE;
+    private readonly ConcurrentStack<byte[]> _readBuffers = new();
+    /// <summary>Read buffers handed out and not disposed yet.</summary>
+    public int ReadBuffersOut;
 
     public byte[] Disk(ulong lun) => _disks[lun];
 
@@ -148,6 +161,12 @@ public sealed class FakeScsiTarget : IScsiTarget
                     c.DataOut.Span[..have].CopyTo(disk.AsSpan((int)(lba * BlockSize)));
                     return new ScsiResponse { TransferLength = bytes };
                 }
+                if (ReuseReadBuffers)
+                {
+                    var owner = new PoisonedOnReturn(this, (int)bytes);
+                    disk.AsSpan((int)(lba * BlockSize), (int)bytes).CopyTo(owner.Memory.Span);
+                    return new ScsiResponse(owner) { DataIn = owner.Memory, TransferLength = bytes };
+                }
                 return new ScsiResponse { DataIn = disk.AsMemory((int)(lba * BlockSize), (int)bytes), TransferLength = bytes };
             }
             default:
@@ -162,4 +181,30 @@ public sealed class FakeScsiTarget : IScsiTarget
         0xa8 or 0xaa => (BinaryPrimitives.ReadUInt32BigEndian(cdb[2..]), BinaryPrimitives.ReadUInt32BigEndian(cdb[6..])),
         _ => (BinaryPrimitives.ReadUInt64BigEndian(cdb[2..]), BinaryPrimitives.ReadUInt32BigEndian(cdb[10..])),
     };
+
+    private sealed class PoisonedOnReturn : IMemoryOwner<byte>
+    {
+        private readonly FakeScsiTarget _owner;
+        private byte[]? _array;
+        private readonly int _length;
+
+        public PoisonedOnReturn(FakeScsiTarget owner, int length)
+        {
+            _owner = owner;
+            _length = length;
+            if (!owner._readBuffers.TryPop(out _array) || _array.Length < length) _array = new byte[Math.Max(length, 1 << 20)];
+            Interlocked.Increment(ref owner.ReadBuffersOut);
+        }
+
+        public Memory<byte> Memory => _array is { } a ? a.AsMemory(0, _length) : throw new ObjectDisposedException(nameof(PoisonedOnReturn));
+
+        public void Dispose()
+        {
+            var a = Interlocked.Exchange(ref _array, null);
+            if (a is null) return;
+            a.AsSpan().Fill(Poison);
+            Interlocked.Decrement(ref _owner.ReadBuffersOut);
+            _owner._readBuffers.Push(a);
+        }
+    }
 }

@@ -60,6 +60,8 @@ public class TransportConformanceTests(Type transportType)
         Assert.That(diff, Is.EqualTo(expected.Length), $"{what}: first difference at byte {diff}");
     }
 
+    private static readonly byte[] PoisonRun = [FakeScsiTarget.Poison, FakeScsiTarget.Poison, FakeScsiTarget.Poison, FakeScsiTarget.Poison];
+
     private IPEndPoint Portal => _transport.BoundEndpoints.Single();
 
     private async Task<TcpInitiator> ConnectAsync(int? receiveBufferSize = null)
@@ -224,6 +226,73 @@ public class TransportConformanceTests(Type transportType)
         for (int n = 0; n < writes; n++)
             Assert.That((await i.ExpectAsync(Opcode.ScsiResponse)).Header[3], Is.EqualTo(ScsiStatus.Good));
         AssertSameBytes(disk.AsSpan(0, payload.Length), payload, "written data");
+    }
+
+    [Test]
+    public async Task Concurrent_large_reads_with_digests_arrive_intact_although_their_buffers_are_poisoned_and_reused_when_disposed()
+    {
+        // Read buffers are overwritten with 0xEE the moment their response is disposed and reused for the next
+        // read: a transport that sends read data from the read buffer itself must not let the command dispose
+        // it while a send may still read it. Small socket receive buffers keep the target's sends waiting on
+        // the initiator; three connections (Data-In segments of 8, 64 and 256 KiB, the first ones spanning
+        // more buffers than one gathering send takes) read 64 KiB..1 MiB each, several at once, some with an
+        // expected length that is not a multiple of 4 (the last segment padded), digests on.
+        _scsi.ReuseReadBuffers = true;
+        var disk = _scsi.Disk(0);
+        TestTargets.Pattern(disk.Length, 21).CopyTo(disk, 0);
+        int[] segmentSizes = [8192, 65536, 262144];
+        var initiators = new List<TcpInitiator>();
+        foreach (var mrdsl in segmentSizes)
+        {
+            var i = await ConnectAsync(receiveBufferSize: 32 * 1024);
+            await i.LoginAsync("Normal", _nextIsid++, $"MaxRecvDataSegmentLength={mrdsl}", "HeaderDigest=CRC32C", "DataDigest=CRC32C");
+            Assert.That(i.HeaderDigest && i.DataDigest, Is.True, "digests negotiated");
+            initiators.Add(i);
+        }
+        var results = await Task.WhenAll(initiators.Select((i, n) => ReadManyAsync(i, seed: 100 + n, segmentSizes[n])));
+        Assert.That(results.Sum(), Is.GreaterThan(20 << 20), "bytes checked");
+        Assert.That(() => _scsi.ReadBuffersOut, Is.Zero.After(5000, 20), "every read buffer given back");
+
+        async Task<long> ReadManyAsync(TcpInitiator i, int seed, int mrdsl)
+        {
+            var random = new Random(seed);
+            long checkedBytes = 0;
+            for (int round = 0; round < 6; round++)
+            {
+                var expected = new Dictionary<uint, byte[]>();
+                for (int n = 0; n < 8; n++)
+                {
+                    uint itt = i.NextItt();
+                    int blocks = random.Next(128, 2049); // 64 KiB .. 1 MiB
+                    uint lba = (uint)random.Next(0, disk.Length / Block - blocks + 1);
+                    int edtl = blocks * Block - (n % 3 == 2 ? random.Next(1, 4) : 0);
+                    expected[itt] = disk.AsSpan((int)lba * Block, edtl).ToArray();
+                    await i.SendAsync(TestPdu.ScsiCommand(itt, i.CmdSN++, TestTargets.Read10(lba, (ushort)blocks), (uint)edtl, read: true,
+                        headerDigest: i.HeaderDigest, dataDigest: i.DataDigest));
+                }
+                var got = expected.Keys.ToDictionary(k => k, _ => new List<byte>());
+                for (int statuses = 0; statuses < expected.Count;)
+                {
+                    // TryParse checks both digests of every PDU.
+                    var p = await i.NextAsync() ?? throw new AssertionException($"answers stopped after {statuses} statuses");
+                    Assert.That(p.Opcode, Is.EqualTo(Opcode.DataIn), $"unexpected {p}");
+                    Assert.That(p.Data.Length, Is.LessThanOrEqualTo(mrdsl), "Data-In within our MaxRecvDataSegmentLength");
+                    Assert.That(p.U32(40), Is.EqualTo((uint)got[p.Itt].Count), "Data-In in order per command");
+                    got[p.Itt].AddRange(p.Data);
+                    if ((p.Flags & 0x01) == 0) continue;
+                    statuses++;
+                    Assert.That(p.Header[3], Is.EqualTo(ScsiStatus.Good), "status in the last Data-In");
+                }
+                foreach (var (itt, data) in expected)
+                {
+                    var bytes = got[itt].ToArray();
+                    int poisoned = bytes.AsSpan().IndexOf(PoisonRun);
+                    AssertSameBytes(bytes, data, $"read ITT 0x{itt:x} ({data.Length} bytes; a run of poison at {poisoned})");
+                    checkedBytes += data.Length;
+                }
+            }
+            return checkedBytes;
+        }
     }
 
     [Test]
