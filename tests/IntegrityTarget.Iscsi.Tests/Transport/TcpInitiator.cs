@@ -161,5 +161,12 @@ public sealed class TcpInitiator : IDisposable
         }
     }
 
+    /// <summary>Drops the connection with a TCP reset (no orderly close): what the target sees when an initiator dies.</summary>
+    public void ResetConnection()
+    {
+        _socket.LingerState = new LingerOption(true, 0);
+        _socket.Close();
+    }
+
     public void Dispose() => _socket.Dispose();
 }

@@ -295,6 +295,80 @@ public class TransportConformanceTests(Type transportType)
         }
     }
 
+    [TestCase("reset by the initiator")]
+    [TestCase("transport stopped")]
+    public async Task A_connection_that_ends_while_large_reads_wait_to_be_sent_gives_every_read_buffer_back(string how)
+    {
+        // The initiator reads nothing (a 16 KiB socket buffer): the answers to eight 1 MiB reads wait in the
+        // target's send path, holding their read buffers, until the connection ends.
+        _scsi.ReuseReadBuffers = true;
+        var i = await LoggedInAsync(16 * 1024);
+        for (int n = 0; n < 8; n++)
+            await i.SendAsync(TestPdu.ScsiCommand(i.NextItt(), i.CmdSN++, TestTargets.Read10((uint)(n % 4 * 2048), 2048), 1 << 20, read: true));
+        // How many run depends on the send path: one that waits for room while holding the send lock (the copy into
+        // the output pipe) holds up the receive side too, so only the first ones may have run; either way answers wait.
+        Assert.That(() => _scsi.Executed.Count(c => c.Cdb.Span[0] == 0x28), Is.GreaterThanOrEqualTo(1).After(5000, 10), "reads executed");
+        await Task.Delay(300);
+        if (how == "transport stopped") await _transport.StopAsync(CancellationToken.None);
+        else i.ResetConnection();
+        Assert.That(() => _scsi.ReadBuffersOut, Is.Zero.After(15000, 20), "every read buffer given back");
+        Assert.That(() => _server.Sessions, Is.Empty.After(5000, 20), "the session ended with the connection");
+    }
+
+    [Test]
+    public async Task Abort_task_while_a_large_read_is_being_sent_leaves_the_data_on_the_wire_intact()
+    {
+        // Four 1 MiB reads wait to be sent to an initiator that reads nothing yet; it aborts the last one, then
+        // reads: every Data-In that arrives carries the right bytes, the TMF is answered, and all buffers go back.
+        _scsi.ReuseReadBuffers = true;
+        var disk = _scsi.Disk(0);
+        TestTargets.Pattern(disk.Length, 22).CopyTo(disk, 0);
+        var i = await LoggedInAsync(16 * 1024, "HeaderDigest=CRC32C", "DataDigest=CRC32C");
+        var expected = new Dictionary<uint, byte[]>();
+        uint lastItt = 0, lastCmdSN = 0;
+        for (int n = 0; n < 4; n++)
+        {
+            lastItt = i.NextItt();
+            lastCmdSN = i.CmdSN++;
+            expected[lastItt] = disk.AsSpan(n * (1 << 20), 1 << 20).ToArray();
+            await i.SendAsync(TestPdu.ScsiCommand(lastItt, lastCmdSN, TestTargets.Read10((uint)(n * 2048), 2048), 1 << 20, read: true,
+                headerDigest: i.HeaderDigest, dataDigest: i.DataDigest));
+        }
+        Assert.That(() => _scsi.Executed.Count(c => c.Cdb.Span[0] == 0x28), Is.GreaterThanOrEqualTo(1).After(5000, 10), "reads executed");
+        await Task.Delay(300);
+        var tmf = TestPdu.NewHeader(Opcode.TaskManagementRequest, immediate: true, 0x80 | 1); // ABORT TASK
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(tmf.AsSpan(16), 0x900);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(tmf.AsSpan(20), lastItt);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(tmf.AsSpan(24), i.CmdSN);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(tmf.AsSpan(32), lastCmdSN);
+        await i.SendAsync(TestPdu.Frame(tmf, [], i.HeaderDigest, i.DataDigest));
+
+        var got = expected.Keys.ToDictionary(k => k, _ => new List<byte>());
+        bool tmfAnswered = false;
+        int statuses = 0;
+        // The aborted read may end without an answer (aborted before it ran) or with one (it was already sent).
+        while (true)
+        {
+            bool more = !tmfAnswered || statuses < 3;
+            var p = await i.NextAsync(more ? null : TimeSpan.FromSeconds(1));
+            if (p is null && !more) break;
+            if (p is null) throw new AssertionException($"answers stopped (TMF answered: {tmfAnswered}, statuses: {statuses})");
+            if (p.Opcode == Opcode.TaskManagementResponse) { tmfAnswered = true; continue; }
+            if (p.Opcode == Opcode.ScsiResponse) { statuses++; continue; }
+            Assert.That(p.Opcode, Is.EqualTo(Opcode.DataIn), $"unexpected {p}");
+            Assert.That(p.U32(40), Is.EqualTo((uint)got[p.Itt].Count), "Data-In in order per command");
+            got[p.Itt].AddRange(p.Data);
+            if ((p.Flags & 0x01) != 0) statuses++;
+        }
+        foreach (var (itt, data) in expected)
+        {
+            var bytes = got[itt].ToArray();
+            // The aborted one may stop short.
+            AssertSameBytes(bytes, itt == lastItt ? data.AsSpan(0, Math.Min(bytes.Length, data.Length)) : data, $"read ITT 0x{itt:x}");
+        }
+        Assert.That(() => _scsi.ReadBuffersOut, Is.Zero.After(5000, 20), "every read buffer given back");
+    }
+
     [Test]
     public async Task Oversized_PDU_closes_only_its_own_connection()
     {
