@@ -5,7 +5,8 @@ namespace IntegrityTarget.Storage;
 /// <summary>
 /// A regular file or a block device, accessed with pread/pwrite through the page cache. Flush is
 /// fdatasync; FUA writes use RWF_DSYNC (falling back to write + fdatasync). The file is locked
-/// exclusively (flock) so two processes cannot serve it at once.
+/// exclusively (flock) so two processes cannot serve it at once. Every flush and FUA write runs on a descriptor of
+/// its own from a small pool opened with the device (see <see cref="FlushDescriptors"/>).
 /// </summary>
 public sealed class FileBlockDevice : IBlockDevice
 {
@@ -28,9 +29,47 @@ public sealed class FileBlockDevice : IBlockDevice
     /// <summary>pread/pwrite/fdatasync block the calling thread.</summary>
     public bool SynchronousCalls => true;
 
-    private FileBlockDevice(string path, SafeFileHandle handle, long length, bool isBlockDevice)
+    // Linux records a failed page writeback in the file's error sequence and reports it to fsync/fdatasync (and to the
+    // range sync of an RWF_DSYNC write) once per open file description: each call compares the sequence with the cursor
+    // of the description it was made on and advances that cursor. Two flushes overlapping on one descriptor can
+    // therefore split an error: the first to check gets EIO, the other returns 0 and its command would be acknowledged
+    // as durable although a page it covered never reached the disk. So each flush or FUA write borrows a descriptor
+    // nobody else is using, from a pool opened at device open (before any write here, so each cursor predates every
+    // error this device can cause); a descriptor's cursor then only moves under one flush at a time, and each flush
+    // sees every error raised since its descriptor's last check. When all are busy a flush waits for one: a
+    // descriptor opened later could start past an error. Plain writes, reads and grow use the main handle.
+    public const int FlushDescriptors = 8;
+    private readonly SafeFileHandle[] _flushFds;
+    private readonly Stack<SafeFileHandle> _freeFlushFds;
+    private readonly SemaphoreSlim _flushFdSlots = new(FlushDescriptors, FlushDescriptors);
+
+    private FileBlockDevice(string path, SafeFileHandle handle, long length, bool isBlockDevice, bool writable)
     {
         Name = path; _handle = handle; _length = length; IsBlockDevice = isBlockDevice;
+        _flushFds = new SafeFileHandle[FlushDescriptors];
+        try
+        {
+            for (int i = 0; i < _flushFds.Length; i++) _flushFds[i] = Native.Reopen(handle, path, writable);
+        }
+        catch (IOException e)
+        {
+            foreach (var f in _flushFds) f?.Dispose();
+            handle.Dispose();
+            throw new StorageException(e.Message, e);
+        }
+        _freeFlushFds = new Stack<SafeFileHandle>(_flushFds);
+    }
+
+    private SafeFileHandle TakeFlushFd()
+    {
+        _flushFdSlots.Wait();
+        lock (_freeFlushFds) return _freeFlushFds.Pop();
+    }
+
+    private void ReturnFlushFd(SafeFileHandle fd)
+    {
+        lock (_freeFlushFds) _freeFlushFds.Push(fd);
+        _flushFdSlots.Release();
     }
 
     /// <summary>Opens an existing file or block device. Throws <see cref="StorageException"/> with a clear message.</summary>
@@ -56,7 +95,7 @@ public sealed class FileBlockDevice : IBlockDevice
         long statLen = RandomAccess.GetLength(h);
         bool isBlock = path.StartsWith("/dev/", StringComparison.Ordinal) || (statLen == 0 && Native.SizeBySeek(h, path) > 0);
         long len = isBlock ? Native.SizeBySeek(h, path) : statLen;
-        return new FileBlockDevice(path, h, len, isBlock);
+        return new FileBlockDevice(path, h, len, isBlock, writable: !readOnly);
     }
 
     /// <summary>
@@ -73,7 +112,7 @@ public sealed class FileBlockDevice : IBlockDevice
         try
         {
             if (!Native.TryLockExclusive(h, path)) { h.Dispose(); return null; }
-            return FromHandle(path, h);
+            return FromHandle(path, h, writable: true);
         }
         catch (IOException e)
         {
@@ -90,14 +129,14 @@ public sealed class FileBlockDevice : IBlockDevice
     {
         var h = Native.OpenRaw(path, writable: false, out int errno)
             ?? throw new StorageException(errno == Native.ENOENT ? $"{path}: no such file or block device" : $"{path}: cannot open: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}");
-        return FromHandle(path, h);
+        return FromHandle(path, h, writable: false);
     }
 
-    private static FileBlockDevice FromHandle(string path, SafeFileHandle h)
+    private static FileBlockDevice FromHandle(string path, SafeFileHandle h, bool writable)
     {
         long statLen = RandomAccess.GetLength(h);
         bool isBlock = path.StartsWith("/dev/", StringComparison.Ordinal) || (statLen == 0 && Native.SizeBySeek(h, path) > 0);
-        return new FileBlockDevice(path, h, isBlock ? Native.SizeBySeek(h, path) : statLen, isBlock);
+        return new FileBlockDevice(path, h, isBlock ? Native.SizeBySeek(h, path) : statLen, isBlock, writable);
     }
 
     /// <summary>Creates (or extends to) a sparse file of <paramref name="length"/> bytes and opens it.</summary>
@@ -156,10 +195,15 @@ public sealed class FileBlockDevice : IBlockDevice
         CheckRange(offset, data.Length);
         if (fua && !_dsyncUnsupported)
         {
-            ThrowIfSyncFailed();
+            var fd = TakeFlushFd();
             bool done;
-            try { done = Native.WriteDsync(_handle, offset, data.Span, Name); }
-            catch (IOException e) { RememberSyncFailure(e); throw; }
+            try
+            {
+                ThrowIfSyncFailed();
+                try { done = Native.WriteDsync(fd, offset, data.Span, Name); }
+                catch (IOException e) { RememberSyncFailure(e); throw; }
+            }
+            finally { ReturnFlushFd(fd); }
             if (done) return ValueTask.CompletedTask;
             _dsyncUnsupported = true;
         }
@@ -196,16 +240,23 @@ public sealed class FileBlockDevice : IBlockDevice
         return ValueTask.CompletedTask;
     }
 
-    // Linux reports a writeback error to fdatasync once per open file: after one failed, a later (or a concurrent)
-    // one can return 0 although pages written before it never reached the disk. So a failed flush is sticky: every
-    // later flush or FUA write on this device fails too, and nothing written since is ever called durable.
+    // Linux reports a writeback error to fdatasync once per open file description: after one failed, a later one on
+    // that descriptor can return 0 although pages written before it never reached the disk. So a failed flush is
+    // sticky: every later flush or FUA write on this device fails too, and nothing written since is ever called
+    // durable. A descriptor goes back to the pool only after its failure is recorded, and its next user checks the
+    // record after taking it, so an error one descriptor's cursor has moved past is never missed by a later flush.
     private IOException? _syncFailure;
 
     private void Sync()
     {
-        ThrowIfSyncFailed();
-        try { Native.FdataSync(_handle, Name); }
-        catch (IOException e) { RememberSyncFailure(e); throw; }
+        var fd = TakeFlushFd();
+        try
+        {
+            ThrowIfSyncFailed();
+            try { Native.FdataSync(fd, Name); }
+            catch (IOException e) { RememberSyncFailure(e); throw; }
+        }
+        finally { ReturnFlushFd(fd); }
     }
 
     private void ThrowIfSyncFailed()
@@ -291,7 +342,13 @@ public sealed class FileBlockDevice : IBlockDevice
             throw new ArgumentOutOfRangeException(nameof(offset), $"{Name}: range [{offset}, {offset + length}) outside device of {Length} bytes");
     }
 
-    public void Dispose() { _handle.Dispose(); _growLock.Dispose(); }
+    public void Dispose()
+    {
+        _handle.Dispose();
+        foreach (var f in _flushFds) f.Dispose();
+        _growLock.Dispose();
+        _flushFdSlots.Dispose();
+    }
 }
 
 /// <summary>A storage problem a person has to act on (missing file, locked, bad size); the message says which.</summary>

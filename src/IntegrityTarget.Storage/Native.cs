@@ -45,6 +45,18 @@ internal static unsafe partial class Native
         return fd < 0 ? null : new SafeFileHandle(fd, ownsHandle: true);
     }
 
+    /// <summary>
+    /// A second open file description of the file <paramref name="h"/> is open on (through /proc/self/fd, so it is the
+    /// same inode even if the path was renamed or replaced since), without a lock: it has a writeback error cursor of its
+    /// own. Falls back to <paramref name="path"/> when /proc is not mounted.
+    /// </summary>
+    public static SafeFileHandle Reopen(SafeFileHandle h, string path, bool writable)
+    {
+        var r = OpenRaw($"/proc/self/fd/{Fd(h)}", writable, out int errno);
+        if (r == null && errno == ENOENT) r = OpenRaw(path, writable, out errno);
+        return r ?? throw new IOException($"{path}: cannot open it again for flushing: {Marshal.GetPInvokeErrorMessage(errno)}");
+    }
+
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)] private static partial int statx(int dirfd, string path, int flags, uint mask, byte* buf);
 
     /// <summary>The inode number of <paramref name="path"/> (statx; stx_ino sits at byte 32 of struct statx on every architecture).</summary>
