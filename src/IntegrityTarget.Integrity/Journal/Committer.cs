@@ -213,8 +213,12 @@ public sealed partial class IntegrityVolume
 
     private void Fail(Exception e, List<Unit> batch)
     {
-        _failed ??= e;
-        _log.Error(e, "Journal commit on {Volume} failed; the volume refuses further writes", Name);
+        // Logged once: the loop goes on meeting the failure (each later flush fails too, the device keeps it) and
+        // would otherwise repeat the same error with every background sync.
+        if (Interlocked.CompareExchange(ref _failed, e, null) is null)
+            _log.Error(e, "Journal commit on {Volume} failed; the volume refuses further writes", Name);
+        else
+            _log.Debug("Journal commit on {Volume} failed again: {Error}", Name, e.Message);
         foreach (var u in batch) u.Done.TrySetException(e);
         List<Unit> rest;
         lock (_q) { rest = new(_queue); _queue.Clear(); _queuedBytes = 0; }
