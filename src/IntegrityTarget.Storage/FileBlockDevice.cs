@@ -60,16 +60,26 @@ public sealed class FileBlockDevice : IBlockDevice
         _freeFlushFds = new Stack<SafeFileHandle>(_flushFds);
     }
 
-    private SafeFileHandle TakeFlushFd()
+    /// <summary>
+    /// Runs a flush or FUA write on a pool descriptor nobody else is using (waiting for one when all are busy): fails
+    /// at once after an earlier failure, and records its own failure before the descriptor goes back.
+    /// </summary>
+    private T OnFlushFd<T>(Func<SafeFileHandle, T> call)
     {
         _flushFdSlots.Wait();
-        lock (_freeFlushFds) return _freeFlushFds.Pop();
-    }
-
-    private void ReturnFlushFd(SafeFileHandle fd)
-    {
-        lock (_freeFlushFds) _freeFlushFds.Push(fd);
-        _flushFdSlots.Release();
+        SafeFileHandle fd;
+        lock (_freeFlushFds) fd = _freeFlushFds.Pop();
+        try
+        {
+            ThrowIfSyncFailed();
+            try { return call(fd); }
+            catch (IOException e) { RememberSyncFailure(e); throw; }
+        }
+        finally
+        {
+            lock (_freeFlushFds) _freeFlushFds.Push(fd);
+            _flushFdSlots.Release();
+        }
     }
 
     /// <summary>Opens an existing file or block device. Throws <see cref="StorageException"/> with a clear message.</summary>
@@ -195,15 +205,7 @@ public sealed class FileBlockDevice : IBlockDevice
         CheckRange(offset, data.Length);
         if (fua && !_dsyncUnsupported)
         {
-            var fd = TakeFlushFd();
-            bool done;
-            try
-            {
-                ThrowIfSyncFailed();
-                try { done = Native.WriteDsync(fd, offset, data.Span, Name); }
-                catch (IOException e) { RememberSyncFailure(e); throw; }
-            }
-            finally { ReturnFlushFd(fd); }
+            bool done = OnFlushFd(fd => Native.WriteDsync(fd, offset, data.Span, Name));
             if (done) return ValueTask.CompletedTask;
             _dsyncUnsupported = true;
         }
@@ -247,17 +249,7 @@ public sealed class FileBlockDevice : IBlockDevice
     // record after taking it, so an error one descriptor's cursor has moved past is never missed by a later flush.
     private IOException? _syncFailure;
 
-    private void Sync()
-    {
-        var fd = TakeFlushFd();
-        try
-        {
-            ThrowIfSyncFailed();
-            try { Native.FdataSync(fd, Name); }
-            catch (IOException e) { RememberSyncFailure(e); throw; }
-        }
-        finally { ReturnFlushFd(fd); }
-    }
+    private void Sync() => OnFlushFd(fd => { Native.FdataSync(fd, Name); return true; });
 
     private void ThrowIfSyncFailed()
     {
