@@ -87,7 +87,8 @@ public sealed record TestPdu(byte[] Header, byte[] Data)
         return Frame(h, data ?? [], headerDigest, dataDigest);
     }
 
-    public static byte[] Tmf(uint itt, uint cmdSN, byte function, uint referencedItt = 0xffffffff, uint refCmdSN = 0, ulong lun = 0)
+    public static byte[] Tmf(uint itt, uint cmdSN, byte function, uint referencedItt = 0xffffffff, uint refCmdSN = 0, ulong lun = 0,
+        bool headerDigest = false, bool dataDigest = false)
     {
         var h = NewHeader(Opcode.TaskManagementRequest, immediate: true, (byte)(0x80 | function));
         BinaryPrimitives.WriteUInt64BigEndian(h.AsSpan(8), lun << 48);
@@ -95,7 +96,7 @@ public sealed record TestPdu(byte[] Header, byte[] Data)
         BinaryPrimitives.WriteUInt32BigEndian(h.AsSpan(20), referencedItt);
         BinaryPrimitives.WriteUInt32BigEndian(h.AsSpan(24), cmdSN);
         BinaryPrimitives.WriteUInt32BigEndian(h.AsSpan(32), refCmdSN);
-        return Frame(h, []);
+        return Frame(h, [], headerDigest, dataDigest);
     }
 
     public static byte[] TextRequest(uint itt, uint cmdSN, byte[] text, uint ttt = 0xffffffff)

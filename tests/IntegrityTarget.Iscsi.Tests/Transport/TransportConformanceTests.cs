@@ -336,12 +336,8 @@ public class TransportConformanceTests(Type transportType)
         }
         Assert.That(() => _scsi.Executed.Count(c => c.Cdb.Span[0] == 0x28), Is.GreaterThanOrEqualTo(1).After(5000, 10), "reads executed");
         await Task.Delay(300);
-        var tmf = TestPdu.NewHeader(Opcode.TaskManagementRequest, immediate: true, 0x80 | 1); // ABORT TASK
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(tmf.AsSpan(16), 0x900);
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(tmf.AsSpan(20), lastItt);
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(tmf.AsSpan(24), i.CmdSN);
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(tmf.AsSpan(32), lastCmdSN);
-        await i.SendAsync(TestPdu.Frame(tmf, [], i.HeaderDigest, i.DataDigest));
+        await i.SendAsync(TestPdu.Tmf(0x900, i.CmdSN, 1 /* ABORT TASK */, lastItt, lastCmdSN,
+            headerDigest: i.HeaderDigest, dataDigest: i.DataDigest));
 
         var got = expected.Keys.ToDictionary(k => k, _ => new List<byte>());
         bool tmfAnswered = false;
