@@ -22,7 +22,9 @@ public sealed class GatewayPair : IDisposable
     {
         _dir = Directory.CreateTempSubdirectory("it-gateways-").FullName;
         LunPath = image?.LunPath ?? Path.Combine(_dir, "shared", "lun0.img");
-        int peer1 = Tools.FreePort(), peer2 = Tools.FreePort();
+        // All four ports of the pair at once: chosen one by one, gw2's iSCSI port once came out equal to gw1's peer port.
+        var ports = Tools.FreePorts(4);
+        int peer1 = ports[0], peer2 = ports[1];
         var common = new List<string>
         {
             $"--Ha:PeerSecret={Secret}", $"--Ha:NonOwnerState={nonOwner}",
@@ -31,15 +33,15 @@ public sealed class GatewayPair : IDisposable
         };
         common.AddRange(extra ?? []);
         if (image != null) common.AddRange(["--ceph-conf", RbdImage.Conf]);
-        ServerProcess Make(string self)
+        ServerProcess Make(string self, int port)
         {
             var o = new ServerOptions { LunPath = LunPath, Size = size, BlockSize = blockSize, Integrity = true };
             o.Extra.AddRange(common);
             o.Extra.AddRange(["--ha-self", self]);
-            return new ServerProcess(o, Path.Combine(_dir, self));
+            return new ServerProcess(o, Path.Combine(_dir, self), port);
         }
-        Gw1 = Make("gw1");
-        Gw2 = Make("gw2");
+        Gw1 = Make("gw1", ports[2]);
+        Gw2 = Make("gw2", ports[3]);
     }
 
     public const string OwnerLog = "this gateway is now the owner";

@@ -133,13 +133,30 @@ public static class Tools
     }
 
     /// <summary>A free TCP port on 127.0.0.1 (bind port 0, read it, release it).</summary>
-    public static int FreePort()
+    public static int FreePort() => FreePorts(1)[0];
+
+    /// <summary>
+    /// <paramref name="n"/> distinct free TCP ports on 127.0.0.1: all are held until the last is chosen, so the kernel
+    /// cannot hand one out twice (separate <see cref="FreePort"/> calls can get a port again that was released but
+    /// not yet bound by the server it was meant for).
+    /// </summary>
+    public static int[] FreePorts(int n)
     {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        var port = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
+        var listeners = new List<TcpListener>();
+        try
+        {
+            for (int i = 0; i < n; i++)
+            {
+                var l = new TcpListener(IPAddress.Loopback, 0);
+                listeners.Add(l);
+                l.Start();
+            }
+            return listeners.Select(l => ((IPEndPoint)l.LocalEndpoint).Port).ToArray();
+        }
+        finally
+        {
+            foreach (var l in listeners) l.Stop();
+        }
     }
 }
 
