@@ -31,6 +31,14 @@ public sealed class LogicalUnitOptions
     public IReadOnlyDictionary<ushort, AluaState>? InitialAccessStates { get; init; }
     /// <summary>IMPLICIT TRANSITION TIME reported by RTPG (extended header): how long a transition may last.</summary>
     public byte ImplicitTransitionSeconds { get; init; } = 30;
+    /// <summary>
+    /// The volume, or the device under it, logs its own failures (the integrity volume its verification and journal
+    /// failures, an RBD image every failed request): the unit then only counts device I/O errors. False (a plain
+    /// volume on a file or block device, which logs nothing): the unit logs each distinct one (<see cref="DeviceErrorLog"/>).
+    /// </summary>
+    public bool VolumeLogsDeviceErrors { get; init; }
+    /// <summary>Shortest time between two summaries of repeated device I/O errors (<see cref="DeviceErrorLog"/>).</summary>
+    public TimeSpan DeviceErrorLogWindow { get; init; } = TimeSpan.FromMinutes(1);
 
     /// <summary>Problems with these options, each a sentence naming the field; empty when valid.</summary>
     public IReadOnlyList<string> Validate()
@@ -47,6 +55,7 @@ public sealed class LogicalUnitOptions
         Ascii(nameof(Revision), Revision, 4);
         Ascii(nameof(Serial), Serial, 252);
         if (string.IsNullOrEmpty(IdentitySeed)) errors.Add($"{nameof(IdentitySeed)} must not be empty");
+        if (DeviceErrorLogWindow < TimeSpan.Zero) errors.Add($"{nameof(DeviceErrorLogWindow)} {DeviceErrorLogWindow} must not be negative");
         if (PortGroups != null)
         {
             if (PortGroups.Count == 0) errors.Add($"{nameof(PortGroups)} must hold at least one target port group");

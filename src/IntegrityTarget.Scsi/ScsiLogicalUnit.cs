@@ -118,6 +118,7 @@ public sealed partial class ScsiLogicalUnit : ILogicalUnit
         Lun = lun; Volume = volume; Options = options; _log = log.ForContext("Lun", lun);
         _unitName = $"LUN {lun}";
         _naa = DeriveNaa(options.IdentitySeed);
+        DeviceErrors = new DeviceErrorLog(_log, enabled: !options.VolumeLogsDeviceErrors, options.DeviceErrorLogWindow);
         MaxTransferBlocks = options.MaxTransferBlocks != 0 ? options.MaxTransferBlocks : (uint)((16 << 20) / volume.BlockSize);
         _mode = new ModeState(volume.WriteBack);
         var store = options.ReservationStore ?? (options.PersistentReservationFile is { } f ? new IntegrityTarget.Storage.DurableFile(f) : null);
@@ -138,6 +139,8 @@ public sealed partial class ScsiLogicalUnit : ILogicalUnit
     public ReadOnlyMemory<byte> NaaIdentifier => _naa;
     /// <summary>Blocks known to fail verification and the last scrub (LOG SENSE integrity page, metrics).</summary>
     public UnitHealth Health { get; } = new();
+    /// <summary>Device I/O errors met by this unit's commands: counted, and logged once each unless the volume logs them itself.</summary>
+    public DeviceErrorLog DeviceErrors { get; }
 
     internal ScsiTarget? Target { get; private set; }
     public event Action<ulong, IReadOnlyCollection<string>>? AbortTasksRequested;

@@ -235,6 +235,8 @@ public sealed partial class ScsiLogicalUnit
                 if (!res.IsOk)
                 {
                     if (res.Status == VolumeStatus.IntegrityError) src.Health.RecordBadBlock(res.Lba);
+                    else if (res.Status == VolumeStatus.IoError)
+                        src.DeviceError(res, DeviceOperation.Read, sLba, (ulong)(n / src.BlockSize), context.Command, context.Initiator);
                     return res.Status switch
                     {
                         VolumeStatus.IntegrityError or VolumeStatus.IoError => ScsiError.Copy(SenseReason.CopySourceReadError, seg, res.Lba),
@@ -246,6 +248,8 @@ public sealed partial class ScsiLogicalUnit
                     res = await dst.Volume.WriteAsync(dLba, buf.AsMemory(0, n), fua: false, r.Ct).ConfigureAwait(false);
                 if (!res.IsOk)
                 {
+                    if (res.Status == VolumeStatus.IoError)
+                        dst.DeviceError(res, DeviceOperation.Write, dLba, (ulong)(n / dst.BlockSize), context.Command, context.Initiator);
                     return res.Status switch
                     {
                         VolumeStatus.IoError => ScsiError.Copy(SenseReason.CopyDestinationWriteError, seg, res.Lba),

@@ -1,0 +1,97 @@
+namespace IntegrityTarget.Scsi;
+
+/// <summary>What a logical unit asked of its volume when the device failed.</summary>
+public enum DeviceOperation { Read, Write, Flush }
+
+/// <summary>
+/// The device I/O failures of one logical unit (a volume answering <see cref="IntegrityTarget.Storage.VolumeStatus.IoError"/>),
+/// counted always and, for a volume that does not log its own failures, logged without a flood when an initiator
+/// retries: the first failure of each distinct (operation, LBA) is one Error naming unit, operation, LBA, the
+/// command's range, initiator, volume and the system's message; a flush has no LBA, so a failing flush is logged
+/// once. Later failures of a pair already reported are counted and summarised in one Warning at most every
+/// <see cref="Window"/> (on the next failure after it). Bounded: beyond <see cref="MaxTracked"/> pairs, new ones are
+/// still logged at Error, just not remembered. Per logical unit; thread-safe.
+/// </summary>
+public sealed class DeviceErrorLog
+{
+    public const int MaxTracked = 4096;
+    private readonly Serilog.ILogger _log;
+    private readonly Dictionary<(DeviceOperation, ulong), long> _repeats = new(); // pair -> failures since the last summary
+    private readonly Lock _gate = new();
+    private long _windowStart = Environment.TickCount64;
+    private long _pending, _failures;
+
+    /// <param name="log">Where the events go.</param>
+    /// <param name="enabled">False when the volume (or its device) logs its own failures: then they are only counted.</param>
+    /// <param name="window">Shortest time between two summaries of repeats.</param>
+    public DeviceErrorLog(Serilog.ILogger log, bool enabled, TimeSpan window)
+    {
+        _log = log; Enabled = enabled; Window = window;
+    }
+
+    public bool Enabled { get; }
+    public TimeSpan Window { get; }
+
+    /// <summary>Device I/O failures met by the unit's commands, each one counted (logged or not).</summary>
+    public long Failures => Interlocked.Read(ref _failures);
+
+    /// <summary>
+    /// One failed volume call: <paramref name="lba"/> is the block the volume names (the first of the call for a
+    /// plain volume), [<paramref name="first"/>, <paramref name="first"/>+<paramref name="blocks"/>) the range the call covered.
+    /// </summary>
+    public void Report(DeviceOperation op, ulong lba, ulong first, ulong blocks, string? detail, string unit, string volume, string command, string initiator)
+    {
+        Interlocked.Increment(ref _failures);
+        if (!Enabled) return;
+        if (op == DeviceOperation.Flush) lba = 0;
+        bool news;
+        lock (_gate)
+        {
+            news = !_repeats.TryGetValue((op, lba), out long c);
+            if (news) { if (_repeats.Count < MaxTracked) _repeats[(op, lba)] = 0; }
+            else { _repeats[(op, lba)] = c + 1; _pending++; }
+        }
+        if (news)
+        {
+            string error = detail ?? "no detail";
+            if (op == DeviceOperation.Flush)
+                _log.Error("{Unit}: device flush failed on {Volume} ({Command} from {Initiator}): {Error}", unit, volume, command, initiator, error);
+            else
+                _log.Error("{Unit}: device {Operation} failed at LBA {Lba} ({Command} of LBAs {First}..{Last} from {Initiator}) on {Volume}: {Error}",
+                    unit, op == DeviceOperation.Read ? "read" : "write", lba, command, first, first + Math.Max(blocks, 1) - 1, initiator, volume, error);
+            return;
+        }
+        if (Environment.TickCount64 - Volatile.Read(ref _windowStart) >= (long)Window.TotalMilliseconds) Summarise(unit);
+    }
+
+    /// <summary>Logs the repeats counted since the last summary, if any.</summary>
+    public void Summarise(string unit)
+    {
+        long n, seconds, topCount = 0;
+        int pairs = 0;
+        (DeviceOperation Op, ulong Lba) top = default;
+        lock (_gate)
+        {
+            n = _pending;
+            seconds = (Environment.TickCount64 - _windowStart) / 1000;
+            _windowStart = Environment.TickCount64;
+            _pending = 0;
+            if (n == 0) return;
+            foreach (var (key, c) in _repeats)
+            {
+                if (c == 0) continue;
+                pairs++;
+                if (c > topCount) { top = key; topCount = c; }
+            }
+            foreach (var k in _repeats.Keys.ToList()) _repeats[k] = 0;
+        }
+        string most = top.Op switch
+        {
+            DeviceOperation.Flush => "flush",
+            DeviceOperation.Read => $"read at LBA {top.Lba}",
+            _ => $"write at LBA {top.Lba}",
+        };
+        _log.Warning("{Unit}: device failures repeated: {Repeats} more of {Pairs} already reported, most often {Top} ({TopCount} times), in the last {Seconds} s",
+            unit, n, pairs, most, topCount, seconds);
+    }
+}
