@@ -62,7 +62,7 @@ public static class StatusVerb
                 w.WriteLine($"  LUN {l.Lun}: {l.Path}  {SizeParser.Format((long)l.Blocks * l.BlockSize)} ({l.Blocks} x {l.BlockSize})  " +
                             $"integrity {l.TagAlgorithm}  write-back {(l.WriteBack ? "on" : "off")}{(l.ReadOnly ? "  read-only" : "")}");
                 w.WriteLine($"         reads {C("reads")} ({SizeParser.Format(C("bytesRead"))})  writes {C("writes")} ({SizeParser.Format(C("bytesWritten"))})  " +
-                            $"mismatches {C("mismatches")} (distinct bad LBAs {C("distinctBadLbas")})  journal commits {C("journalCommits")}  flushes {C("flushes")}  unmaps {C("unmaps")}");
+                            $"mismatches {C("mismatches")} (distinct bad LBAs {C("distinctBadLbas")})  journal commits {C("journalCommits")}  flushes {C("flushes")}  unmaps {C("unmaps")}  device errors {C("deviceErrors")}");
                 if (l.Ha != null)
                     w.WriteLine($"         gateways: this one is {l.Ha}{(l.OwnerGateway != null ? $", owner {l.OwnerGateway}" : "")}; volume opened here {l.Opens ?? 0} time(s)");
             }

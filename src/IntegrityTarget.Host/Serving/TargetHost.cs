@@ -262,10 +262,15 @@ public sealed partial class TargetHost : IStatusProvider
                 v.BlockCount, v.WriteBack, l.Settings.ReadOnly, LunCounters(v, l), role, l.Ha?.OwnerGateway, l.Ha?.Opens);
     }
 
-    /// <summary>The volume's counters, and the distinct LBAs known to fail verification beside the mismatch
-    /// events (a VM retrying one bad block makes many events of one LBA).</summary>
+    /// <summary>The volume's counters, the distinct LBAs known to fail verification beside the mismatch
+    /// events (a VM retrying one bad block makes many events of one LBA), and the device I/O errors the unit's
+    /// commands met (each one, logged or not).</summary>
     private static IReadOnlyDictionary<string, long> LunCounters(Storage.IBlockVolume v, ServedLun l) =>
-        new Dictionary<string, long>(v.Counters.Snapshot()) { ["distinctBadLbas"] = l.Unit?.Health.DistinctBadLbas ?? 0 };
+        new Dictionary<string, long>(v.Counters.Snapshot())
+        {
+            ["distinctBadLbas"] = l.Unit?.Health.DistinctBadLbas ?? 0,
+            ["deviceErrors"] = l.Unit?.DeviceErrors.Failures ?? 0,
+        };
 
     /// <summary>Sessions are the iSCSI layer's records; serialise their public properties, or their text if that fails.</summary>
     private static JsonNode? DescribeSession(object session)

@@ -44,6 +44,9 @@ public static class ScsiWiring
             ReservationsSurviveFailover = ha != null,
             PortGroups = ha?.Gateways.Select(g => new TargetPortGroup(g.PortGroup, [g.PortGroup])).ToList(),
             InitialAccessStates = states,
+            // The integrity volume logs its verification and journal failures, an RBD image every failed request;
+            // a plain volume on a file or block device logs nothing, so its unit logs the device errors.
+            VolumeLogsDeviceErrors = l.Integrity || l.Rbd != null,
         };
         if (options.Validate() is { Count: > 0 } errors)
             throw new CliException($"{l.KeyPath}: {string.Join("; ", errors)}", ExitCodes.Usage);

@@ -7,7 +7,9 @@ namespace IntegrityTarget.Integration.Tests.Writeback;
 /// initiator writes, the disk then fails every writeback, and SYNCHRONIZE CACHE must answer CHECK CONDITION, not GOOD
 /// (the written blocks never reached the disk). The sense is the one the SCSI layer gives a failed flush: HARDWARE
 /// ERROR, INTERNAL TARGET FAILURE (a flush has no LBA to name). Every later flush fails too (the failure is sticky);
-/// with integrity on the server logs the failure once (the plain volume of integrity off logs no I/O errors at all).
+/// the server logs the failure once: with integrity on the volume does (its journal fails), with integrity off the LUN
+/// does (the plain volume logs nothing itself), and the later failing flushes are not logged again at Error; status
+/// counts all three failed flushes (deviceErrors).
 /// </summary>
 [TestFixture, Category("Writeback")]
 public class WritebackErrorEndToEndTests
@@ -50,15 +52,30 @@ public class WritebackErrorEndToEndTests
             fs.Clear();
             var again = ini.SynchronizeCache(0);
             Assert.That(again.Good, Is.False, () => $"a flush after a failed one must not be GOOD: {again}");
+            var third = ini.SynchronizeCache(0);
+            Assert.That(third.Good, Is.False, () => $"every later flush fails too: {third}");
+            Thread.Sleep(500);
+            var errors = srv.ServerLines.Select((l, i) => (l, i)).Where(x => x.l.Contains(" ERR] ", StringComparison.Ordinal)).ToList();
+            Assert.That(errors, Has.Count.EqualTo(1), () => "the failure is logged once:\n" + srv.Output(80));
+            // Each failed flush is counted all the same: status shows the LUN's device errors.
+            var st = ServerProcess.Cli(TimeSpan.FromSeconds(30), "status", "--json", "--socket", srv.StatusSocket);
+            Assert.That(st.ExitCode, Is.EqualTo(0), () => st.Describe());
+            var counters = System.Text.Json.Nodes.JsonNode.Parse(st.StdOut)!["targets"]![0]!["luns"]![0]!["counters"]!;
+            Assert.That((long)counters["deviceErrors"]!, Is.EqualTo(3), () => counters.ToJsonString());
             if (integrity)
             {
                 // The volume fails on the first failed flush and says so once, naming the system's error; the later
-                // flushes it meets (background syncs, the second SYNCHRONIZE CACHE) are not logged again.
-                Thread.Sleep(500);
-                var errors = srv.ServerLines.Select((l, i) => (l, i)).Where(x => x.l.Contains(" ERR] ", StringComparison.Ordinal)).ToList();
-                Assert.That(errors, Has.Count.EqualTo(1), () => "the failure is logged once:\n" + srv.Output(80));
+                // flushes it meets (background syncs, the later SYNCHRONIZE CACHEs) are not logged again.
                 Assert.That(errors[0].l, Does.Contain("failed; the volume refuses further writes"));
                 Assert.That(srv.ServerLines[errors[0].i + 1], Does.Contain("fdatasync failed: Input/output error"));
+            }
+            else
+            {
+                // The LUN logs the device's failure once, on one line naming the LUN, the command and the system's
+                // error; the two later flushes that failed (the file's flushes are no longer trusted) are only counted.
+                Assert.That(errors[0].l, Does.Contain("LUN 0: device flush failed on"));
+                Assert.That(errors[0].l, Does.Contain("SYNCHRONIZE CACHE"));
+                Assert.That(errors[0].l, Does.Contain("fdatasync failed: Input/output error"));
             }
         }
         finally
