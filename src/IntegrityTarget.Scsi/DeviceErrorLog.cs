@@ -1,11 +1,13 @@
 namespace IntegrityTarget.Scsi;
 
-/// <summary>What a logical unit asked of its volume when the device failed.</summary>
-public enum DeviceOperation { Read, Write, Flush }
+/// <summary>What a logical unit asked of its volume when the device failed (flags: a set of them says which
+/// operations' failures a volume logs itself, <see cref="LogicalUnitOptions.VolumeLogsDeviceErrors"/>).</summary>
+[Flags]
+public enum VolumeOperation { None = 0, Read = 1, Write = 2, Flush = 4, All = Read | Write | Flush }
 
 /// <summary>
 /// The device I/O failures of one logical unit (a volume answering <see cref="IntegrityTarget.Storage.VolumeStatus.IoError"/>),
-/// counted always and, for a volume that does not log its own failures, logged without a flood when an initiator
+/// counted always and, for the operations whose failures the volume does not log itself, logged without a flood when an initiator
 /// retries: the first failure of each distinct (operation, LBA) is one Error naming unit, operation, LBA, the
 /// command's range, initiator, volume and the system's message; a flush has no LBA, so a failing flush is logged
 /// once. Later failures of a pair already reported are counted and summarised in one Warning at most every
@@ -16,20 +18,20 @@ public sealed class DeviceErrorLog
 {
     public const int MaxTracked = 4096;
     private readonly Serilog.ILogger _log;
-    private readonly Dictionary<(DeviceOperation, ulong), long> _repeats = new(); // pair -> failures since the last summary
+    private readonly Dictionary<(VolumeOperation, ulong), long> _repeats = new(); // pair -> failures since the last summary
     private readonly Lock _gate = new();
     private long _windowStart = Environment.TickCount64;
     private long _pending, _failures;
 
     /// <param name="log">Where the events go.</param>
-    /// <param name="enabled">False when the volume (or its device) logs its own failures: then they are only counted.</param>
+    /// <param name="loggedByVolume">The operations whose failures the volume (or its device) logs itself: those are only counted.</param>
     /// <param name="window">Shortest time between two summaries of repeats.</param>
-    public DeviceErrorLog(Serilog.ILogger log, bool enabled, TimeSpan window)
+    public DeviceErrorLog(Serilog.ILogger log, VolumeOperation loggedByVolume, TimeSpan window)
     {
-        _log = log; Enabled = enabled; Window = window;
+        _log = log; LoggedByVolume = loggedByVolume; Window = window;
     }
 
-    public bool Enabled { get; }
+    public VolumeOperation LoggedByVolume { get; }
     public TimeSpan Window { get; }
 
     /// <summary>Device I/O failures met by the unit's commands, each one counted (logged or not).</summary>
@@ -39,11 +41,11 @@ public sealed class DeviceErrorLog
     /// One failed volume call: <paramref name="lba"/> is the block the volume names (the first of the call for a
     /// plain volume), [<paramref name="first"/>, <paramref name="first"/>+<paramref name="blocks"/>) the range the call covered.
     /// </summary>
-    public void Report(DeviceOperation op, ulong lba, ulong first, ulong blocks, string? detail, string unit, string volume, string command, string initiator)
+    public void Report(VolumeOperation op, ulong lba, ulong first, ulong blocks, string? detail, string unit, string volume, string command, string initiator)
     {
         Interlocked.Increment(ref _failures);
-        if (!Enabled) return;
-        if (op == DeviceOperation.Flush) lba = 0;
+        if ((op & LoggedByVolume) != 0) return;
+        if (op == VolumeOperation.Flush) lba = 0;
         bool news;
         lock (_gate)
         {
@@ -54,11 +56,11 @@ public sealed class DeviceErrorLog
         if (news)
         {
             string error = detail ?? "no detail";
-            if (op == DeviceOperation.Flush)
+            if (op == VolumeOperation.Flush)
                 _log.Error("{Unit}: device flush failed on {Volume} ({Command} from {Initiator}): {Error}", unit, volume, command, initiator, error);
             else
                 _log.Error("{Unit}: device {Operation} failed at LBA {Lba} ({Command} of LBAs {First}..{Last} from {Initiator}) on {Volume}: {Error}",
-                    unit, op == DeviceOperation.Read ? "read" : "write", lba, command, first, first + Math.Max(blocks, 1) - 1, initiator, volume, error);
+                    unit, op == VolumeOperation.Read ? "read" : "write", lba, command, first, first + Math.Max(blocks, 1) - 1, initiator, volume, error);
             return;
         }
         if (Environment.TickCount64 - Volatile.Read(ref _windowStart) >= (long)Window.TotalMilliseconds) Summarise(unit);
@@ -69,7 +71,7 @@ public sealed class DeviceErrorLog
     {
         long n, seconds, topCount = 0;
         int pairs = 0;
-        (DeviceOperation Op, ulong Lba) top = default;
+        (VolumeOperation Op, ulong Lba) top = default;
         lock (_gate)
         {
             n = _pending;
@@ -87,8 +89,8 @@ public sealed class DeviceErrorLog
         }
         string most = top.Op switch
         {
-            DeviceOperation.Flush => "flush",
-            DeviceOperation.Read => $"read at LBA {top.Lba}",
+            VolumeOperation.Flush => "flush",
+            VolumeOperation.Read => $"read at LBA {top.Lba}",
             _ => $"write at LBA {top.Lba}",
         };
         _log.Warning("{Unit}: device failures repeated: {Repeats} more of {Pairs} already reported, most often {Top} ({TopCount} times), in the last {Seconds} s",

@@ -43,17 +43,17 @@ public sealed partial class ScsiLogicalUnit
     /// error goes to <see cref="DeviceErrors"/> (counted; logged once unless the volume logs it), naming the
     /// volume call's range [<paramref name="lba"/>, <paramref name="lba"/>+<paramref name="blocks"/>).
     /// </summary>
-    private ScsiError FromVolume(in VolumeResult res, DeviceOperation op, Request r, ulong lba, ulong blocks)
+    private ScsiError FromVolume(in VolumeResult res, VolumeOperation op, Request r, ulong lba, ulong blocks)
     {
         if (res.IsOk) return ScsiError.None;
         if (res.Status == VolumeStatus.IntegrityError) Health.RecordBadBlock(res.Lba);
         else if (res.Status == VolumeStatus.IoError) DeviceError(res, op, lba, blocks, r.Info.Name, r.Command.Nexus.InitiatorName);
         // A flush has no LBA to name: the sense of its failure is INTERNAL TARGET FAILURE.
-        if (op == DeviceOperation.Flush && res.Status == VolumeStatus.IoError) return ScsiError.Of(SenseReason.InternalTargetFailure);
-        return MapVolumeResult(res, op != DeviceOperation.Read);
+        if (op == VolumeOperation.Flush && res.Status == VolumeStatus.IoError) return ScsiError.Of(SenseReason.InternalTargetFailure);
+        return MapVolumeResult(res, op != VolumeOperation.Read);
     }
 
-    internal void DeviceError(in VolumeResult res, DeviceOperation op, ulong lba, ulong blocks, string command, string initiator) =>
+    internal void DeviceError(in VolumeResult res, VolumeOperation op, ulong lba, ulong blocks, string command, string initiator) =>
         DeviceErrors.Report(op, res.Lba, lba, blocks, res.Detail, UnitName, Volume.Name, command, initiator);
 
     private static ScsiError MapVolumeResult(in VolumeResult res, bool write) => res.Status switch
@@ -86,10 +86,10 @@ public sealed partial class ScsiLogicalUnit
             // transport reports the residual for the rest.
             ulong good = Math.Min(res.GoodBlocks, f.Blocks); // the volume counted them once; no re-deriving from the LBA
             int goodBytes = (int)good * BlockSize;
-            return new Outcome(FromVolume(res, DeviceOperation.Read, r, f.Lba, f.Blocks), owner, goodBytes, goodBytes);
+            return new Outcome(FromVolume(res, VolumeOperation.Read, r, f.Lba, f.Blocks), owner, goodBytes, goodBytes);
         }
         owner.Dispose();
-        return FromVolume(res, DeviceOperation.Read, r, f.Lba, f.Blocks);
+        return FromVolume(res, VolumeOperation.Read, r, f.Lba, f.Blocks);
     }
 
     internal async ValueTask<Outcome> Write(Request r)
@@ -131,7 +131,7 @@ public sealed partial class ScsiLogicalUnit
         if (r.Ct.IsCancellationRequested) return ScsiError.Of(SenseReason.TaskAborted);
         using var _ = await _rangeLock.AcquireAsync(lba, (ulong)(whole / BlockSize), r.Ct).ConfigureAwait(false);
         var res = await Volume.WriteAsync(lba, dataOut[..whole], fua, r.Ct).ConfigureAwait(false);
-        return FromVolume(res, DeviceOperation.Write, r, lba, (ulong)(whole / BlockSize));
+        return FromVolume(res, VolumeOperation.Write, r, lba, (ulong)(whole / BlockSize));
     }
 
     internal async ValueTask<Outcome> WriteAndVerify(Request r)
@@ -183,7 +183,7 @@ public sealed partial class ScsiLogicalUnit
                 if (r.Ct.IsCancellationRequested) return ScsiError.Of(SenseReason.TaskAborted);
                 int n = (int)Math.Min(blocks - done, (ulong)chunkBlocks);
                 var res = await Volume.ReadAsync(lba + done, buf.AsMemory(0, n * BlockSize), Context(r), r.Ct).ConfigureAwait(false);
-                if (!res.IsOk) return FromVolume(res, DeviceOperation.Read, r, lba + done, (ulong)n);
+                if (!res.IsOk) return FromVolume(res, VolumeOperation.Read, r, lba + done, (ulong)n);
                 done += (ulong)n;
             }
             return ScsiError.None;
@@ -207,7 +207,7 @@ public sealed partial class ScsiLogicalUnit
                 int n = (int)Math.Min(blocks - done, (ulong)chunkBlocks);
                 int bytes = n * BlockSize;
                 var res = await Volume.ReadAsync(lba + done, buf.AsMemory(0, bytes), Context(r), r.Ct).ConfigureAwait(false);
-                if (!res.IsOk) return FromVolume(res, DeviceOperation.Read, r, lba + done, (ulong)n);
+                if (!res.IsOk) return FromVolume(res, VolumeOperation.Read, r, lba + done, (ulong)n);
                 for (int b = 0; b < n; b++)
                 {
                     var have = buf.AsSpan(b * BlockSize, BlockSize);
@@ -243,10 +243,10 @@ public sealed partial class ScsiLogicalUnit
             ulong blocks = (ulong)(bytes / BlockSize);
             using var _ = await _rangeLock.AcquireAsync(f.Lba, blocks, r.Ct).ConfigureAwait(false);
             var res = await Volume.ReadAsync(f.Lba, buf.AsMemory(0, bytes), Context(r), r.Ct).ConfigureAwait(false);
-            if (!res.IsOk) return FromVolume(res, DeviceOperation.Read, r, f.Lba, blocks);
+            if (!res.IsOk) return FromVolume(res, VolumeOperation.Read, r, f.Lba, blocks);
             OrInto(buf.AsSpan(0, bytes), r.Command.DataOut.Span[..bytes]);
             res = await Volume.WriteAsync(f.Lba, buf.AsMemory(0, bytes), f.Fua, r.Ct).ConfigureAwait(false);
-            var e = FromVolume(res, DeviceOperation.Write, r, f.Lba, blocks);
+            var e = FromVolume(res, VolumeOperation.Write, r, f.Lba, blocks);
             return e.IsError ? e : Outcome.Wrote(want);
         }
         finally { ArrayPool<byte>.Shared.Return(buf); }
@@ -274,7 +274,7 @@ public sealed partial class ScsiLogicalUnit
         if (r.Ct.IsCancellationRequested) return ScsiError.Of(SenseReason.TaskAborted);
         var res = await Volume.FlushAsync(r.Ct).ConfigureAwait(false);
         if (res.IsOk) return Outcome.Good;
-        return FromVolume(res, DeviceOperation.Flush, r, 0, 0);
+        return FromVolume(res, VolumeOperation.Flush, r, 0, 0);
     }
 
     internal async ValueTask<Outcome> WriteSame(Request r)
@@ -303,7 +303,7 @@ public sealed partial class ScsiLogicalUnit
         if (unmap && Volume.SupportsUnmap) res = await Volume.UnmapAsync(f.Lba, blocks, r.Ct).ConfigureAwait(false);
         else if (zero) res = await Volume.WriteZeroesAsync(f.Lba, blocks, deallocate: false, r.Ct).ConfigureAwait(false);
         else res = await WriteRepeated(f.Lba, blocks, data, r.Ct).ConfigureAwait(false);
-        var e = FromVolume(res, DeviceOperation.Write, r, f.Lba, blocks);
+        var e = FromVolume(res, VolumeOperation.Write, r, f.Lba, blocks);
         return e.IsError ? e : Outcome.Wrote(transfer);
     }
 
@@ -358,7 +358,7 @@ public sealed partial class ScsiLogicalUnit
             if (n == 0) continue;
             using var _ = await _rangeLock.AcquireAsync(lba, n, r.Ct).ConfigureAwait(false);
             var res = await Volume.UnmapAsync(lba, n, r.Ct).ConfigureAwait(false);
-            if (!res.IsOk) return FromVolume(res, DeviceOperation.Write, r, lba, n);
+            if (!res.IsOk) return FromVolume(res, VolumeOperation.Write, r, lba, n);
         }
         return Outcome.Wrote(paramLen);
     }
@@ -408,7 +408,7 @@ public sealed partial class ScsiLogicalUnit
         if (cmp.IsError) return new Outcome(cmp, null, 0, 2 * half);
         if (r.Ct.IsCancellationRequested) return ScsiError.Of(SenseReason.TaskAborted);
         var res = await Volume.WriteAsync(f.Lba, data[half..], f.Fua, r.Ct).ConfigureAwait(false);
-        var e = FromVolume(res, DeviceOperation.Write, r, f.Lba, f.Blocks);
+        var e = FromVolume(res, VolumeOperation.Write, r, f.Lba, f.Blocks);
         return e.IsError ? e : Outcome.Wrote(2 * half);
     }
 

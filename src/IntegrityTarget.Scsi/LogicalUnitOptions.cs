@@ -32,11 +32,12 @@ public sealed class LogicalUnitOptions
     /// <summary>IMPLICIT TRANSITION TIME reported by RTPG (extended header): how long a transition may last.</summary>
     public byte ImplicitTransitionSeconds { get; init; } = 30;
     /// <summary>
-    /// The volume, or the device under it, logs its own failures (the integrity volume its verification and journal
-    /// failures, an RBD image every failed request): the unit then only counts device I/O errors. False (a plain
-    /// volume on a file or block device, which logs nothing): the unit logs each distinct one (<see cref="DeviceErrorLog"/>).
+    /// The operations whose device I/O errors the volume, or the device under it, logs itself (an RBD image every
+    /// failed request: <see cref="VolumeOperation.All"/>; the integrity volume its journal and flush failures, which
+    /// fail every later write: Write and Flush): the unit only counts those. For the others (all of them for a plain
+    /// volume on a file or block device, which logs nothing) the unit logs each distinct failure (<see cref="DeviceErrorLog"/>).
     /// </summary>
-    public bool VolumeLogsDeviceErrors { get; init; }
+    public VolumeOperation VolumeLogsDeviceErrors { get; init; }
     /// <summary>Shortest time between two summaries of repeated device I/O errors (<see cref="DeviceErrorLog"/>).</summary>
     public TimeSpan DeviceErrorLogWindow { get; init; } = TimeSpan.FromMinutes(1);
 

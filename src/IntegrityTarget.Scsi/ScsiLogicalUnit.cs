@@ -118,7 +118,7 @@ public sealed partial class ScsiLogicalUnit : ILogicalUnit
         Lun = lun; Volume = volume; Options = options; _log = log.ForContext("Lun", lun);
         _unitName = $"LUN {lun}";
         _naa = DeriveNaa(options.IdentitySeed);
-        DeviceErrors = new DeviceErrorLog(_log, enabled: !options.VolumeLogsDeviceErrors, options.DeviceErrorLogWindow);
+        DeviceErrors = new DeviceErrorLog(_log, options.VolumeLogsDeviceErrors, options.DeviceErrorLogWindow);
         MaxTransferBlocks = options.MaxTransferBlocks != 0 ? options.MaxTransferBlocks : (uint)((16 << 20) / volume.BlockSize);
         _mode = new ModeState(volume.WriteBack);
         var store = options.ReservationStore ?? (options.PersistentReservationFile is { } f ? new IntegrityTarget.Storage.DurableFile(f) : null);

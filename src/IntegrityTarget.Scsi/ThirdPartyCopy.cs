@@ -236,7 +236,7 @@ public sealed partial class ScsiLogicalUnit
                 {
                     if (res.Status == VolumeStatus.IntegrityError) src.Health.RecordBadBlock(res.Lba);
                     else if (res.Status == VolumeStatus.IoError)
-                        src.DeviceError(res, DeviceOperation.Read, sLba, (ulong)(n / src.BlockSize), context.Command, context.Initiator);
+                        src.DeviceError(res, VolumeOperation.Read, sLba, (ulong)(n / src.BlockSize), context.Command, context.Initiator);
                     return res.Status switch
                     {
                         VolumeStatus.IntegrityError or VolumeStatus.IoError => ScsiError.Copy(SenseReason.CopySourceReadError, seg, res.Lba),
@@ -249,7 +249,7 @@ public sealed partial class ScsiLogicalUnit
                 if (!res.IsOk)
                 {
                     if (res.Status == VolumeStatus.IoError)
-                        dst.DeviceError(res, DeviceOperation.Write, dLba, (ulong)(n / dst.BlockSize), context.Command, context.Initiator);
+                        dst.DeviceError(res, VolumeOperation.Write, dLba, (ulong)(n / dst.BlockSize), context.Command, context.Initiator);
                     return res.Status switch
                     {
                         VolumeStatus.IoError => ScsiError.Copy(SenseReason.CopyDestinationWriteError, seg, res.Lba),

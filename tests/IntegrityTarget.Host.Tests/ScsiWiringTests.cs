@@ -1,5 +1,6 @@
 using IntegrityTarget.Host.Config;
 using IntegrityTarget.Host.Wiring;
+using IntegrityTarget.Scsi;
 using IntegrityTarget.Storage.Rbd;
 
 namespace IntegrityTarget.Host.Tests;
@@ -13,11 +14,11 @@ public class ScsiWiringTests
         Rbd = RbdImageSpec.IsRbdPath(path) ? RbdImageSpec.Parse(path) : null,
     };
 
-    [TestCase(false, "/srv/lun0.img", false, TestName = "A plain file LUN: the unit logs its device errors")]
-    [TestCase(true, "/srv/lun0.img", true, TestName = "An integrity LUN: the volume logs its own failures")]
-    [TestCase(false, "rbd:pool/lun0", true, TestName = "A plain RBD LUN: the image logs every failed request")]
-    [TestCase(true, "rbd:pool/lun0", true, TestName = "An integrity RBD LUN: both log their own")]
-    public void The_unit_logs_device_errors_only_when_nothing_under_it_does(bool integrity, string path, bool volumeLogs)
+    [TestCase(false, "/srv/lun0.img", VolumeOperation.None, TestName = "A plain file LUN: the unit logs its device errors")]
+    [TestCase(true, "/srv/lun0.img", VolumeOperation.Write | VolumeOperation.Flush, TestName = "An integrity LUN: the volume logs its journal and flush failures, the unit its read failures")]
+    [TestCase(false, "rbd:pool/lun0", VolumeOperation.All, TestName = "A plain RBD LUN: the image logs every failed request")]
+    [TestCase(true, "rbd:pool/lun0", VolumeOperation.All, TestName = "An integrity RBD LUN: the image logs every failed request")]
+    public void The_unit_logs_device_errors_only_when_nothing_under_it_does(bool integrity, string path, VolumeOperation volumeLogs)
     {
         var options = ScsiWiring.UnitOptions("iqn.2026-12.test:t", Lun(integrity, path), ha: null);
         Assert.That(options.VolumeLogsDeviceErrors, Is.EqualTo(volumeLogs));

@@ -60,7 +60,7 @@ public class DeviceErrorLogTests
         public readonly ScsiTarget Target;
         public readonly ItNexus A = Harness.MakeNexus("iqn.2026-11.test:a", 0x23D000000001);
 
-        public Lun(bool volumeLogs = false, TimeSpan? window = null)
+        public Lun(VolumeOperation volumeLogs = VolumeOperation.None, TimeSpan? window = null)
         {
             var log = new Serilog.LoggerConfiguration().MinimumLevel.Verbose().WriteTo.Sink(Log).CreateLogger();
             Unit = new ScsiLogicalUnit(0, new PlainVolume(Device, Bs, "iqn.2026-11.test:target/0"), new LogicalUnitOptions
@@ -171,7 +171,7 @@ public class DeviceErrorLogTests
     [Test]
     public void A_volume_that_logs_its_own_failures_is_not_logged_again_but_still_counted()
     {
-        var lun = new Lun(volumeLogs: true);
+        var lun = new Lun(volumeLogs: VolumeOperation.All);
         lun.Device.FailingBlocks.Add(5);
         lun.Device.FailFlush = true;
         lun.ReadFails(5, 1);
@@ -179,6 +179,25 @@ public class DeviceErrorLogTests
         lun.FlushFails();
         Assert.That(lun.Log.Count, Is.Zero);
         Assert.That(lun.Unit.DeviceErrors.Failures, Is.EqualTo(3));
+    }
+
+    [Test]
+    public void A_volume_that_logs_only_its_write_and_flush_failures_gets_its_read_failures_logged_by_the_unit()
+    {
+        // The integrity volume's case: its journal and flush failures are its own log's, a failed device read is not.
+        var lun = new Lun(volumeLogs: VolumeOperation.Write | VolumeOperation.Flush);
+        lun.Device.FailingBlocks.Add(5);
+        lun.Device.FailFlush = true;
+        lun.WriteFails(5, 1);
+        lun.FlushFails();
+        Assert.That(lun.Log.Count, Is.Zero, "the volume logged those");
+        lun.ReadFails(5, 1);
+        lun.ReadFails(5, 1);
+        var errors = lun.Log.At(LogEventLevel.Error);
+        Assert.That(errors, Has.Count.EqualTo(1), "the read failure, once");
+        Assert.That(Prop(errors[0], "Operation"), Is.EqualTo("read"));
+        Assert.That(Prop(errors[0], "Lba"), Is.EqualTo("5"));
+        Assert.That(lun.Unit.DeviceErrors.Failures, Is.EqualTo(4));
     }
 
     [Test]

@@ -44,9 +44,11 @@ public static class ScsiWiring
             ReservationsSurviveFailover = ha != null,
             PortGroups = ha?.Gateways.Select(g => new TargetPortGroup(g.PortGroup, [g.PortGroup])).ToList(),
             InitialAccessStates = states,
-            // The integrity volume logs its verification and journal failures, an RBD image every failed request;
-            // a plain volume on a file or block device logs nothing, so its unit logs the device errors.
-            VolumeLogsDeviceErrors = l.Integrity || l.Rbd != null,
+            // An RBD image logs every failed request; the integrity volume its journal and flush failures (after one,
+            // every write fails: logged per LBA here they would flood), not a failed device read; a plain volume on a
+            // file or block device logs nothing. The unit logs what its volume does not.
+            VolumeLogsDeviceErrors = l.Rbd != null ? VolumeOperation.All
+                : l.Integrity ? VolumeOperation.Write | VolumeOperation.Flush : VolumeOperation.None,
         };
         if (options.Validate() is { Count: > 0 } errors)
             throw new CliException($"{l.KeyPath}: {string.Join("; ", errors)}", ExitCodes.Usage);
