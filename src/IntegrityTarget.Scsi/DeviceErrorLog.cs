@@ -1,3 +1,5 @@
+using IntegrityTarget.Storage;
+
 namespace IntegrityTarget.Scsi;
 
 /// <summary>What a logical unit asked of its volume when the device failed (flags: a set of them says which
@@ -16,23 +18,21 @@ public enum VolumeOperation { None = 0, Read = 1, Write = 2, Flush = 4, All = Re
 /// </summary>
 public sealed class DeviceErrorLog
 {
-    public const int MaxTracked = 4096;
+    public const int MaxTracked = RepeatedEvents<(VolumeOperation, ulong)>.MaxTracked;
     private readonly Serilog.ILogger _log;
-    private readonly Dictionary<(VolumeOperation, ulong), long> _repeats = new(); // pair -> failures since the last summary
-    private readonly Lock _gate = new();
-    private long _windowStart = Environment.TickCount64;
-    private long _pending, _failures;
+    private readonly RepeatedEvents<(VolumeOperation Op, ulong Lba)> _seen;
+    private long _failures;
 
     /// <param name="log">Where the events go.</param>
     /// <param name="loggedByVolume">The operations whose failures the volume (or its device) logs itself: those are only counted.</param>
     /// <param name="window">Shortest time between two summaries of repeats.</param>
     public DeviceErrorLog(Serilog.ILogger log, VolumeOperation loggedByVolume, TimeSpan window)
     {
-        _log = log; LoggedByVolume = loggedByVolume; Window = window;
+        _log = log; LoggedByVolume = loggedByVolume; _seen = new(window);
     }
 
     public VolumeOperation LoggedByVolume { get; }
-    public TimeSpan Window { get; }
+    public TimeSpan Window => _seen.Window;
 
     /// <summary>Device I/O failures met by the unit's commands, each one counted (logged or not).</summary>
     public long Failures => Interlocked.Read(ref _failures);
@@ -46,14 +46,7 @@ public sealed class DeviceErrorLog
         Interlocked.Increment(ref _failures);
         if ((op & LoggedByVolume) != 0) return;
         if (op == VolumeOperation.Flush) lba = 0;
-        bool news;
-        lock (_gate)
-        {
-            news = !_repeats.TryGetValue((op, lba), out long c);
-            if (news) { if (_repeats.Count < MaxTracked) _repeats[(op, lba)] = 0; }
-            else { _repeats[(op, lba)] = c + 1; _pending++; }
-        }
-        if (news)
+        if (_seen.Note((op, lba), out bool summaryDue))
         {
             string error = detail ?? "no detail";
             if (op == VolumeOperation.Flush)
@@ -63,30 +56,14 @@ public sealed class DeviceErrorLog
                     unit, op == VolumeOperation.Read ? "read" : "write", lba, command, first, first + Math.Max(blocks, 1) - 1, initiator, volume, error);
             return;
         }
-        if (Environment.TickCount64 - Volatile.Read(ref _windowStart) >= (long)Window.TotalMilliseconds) Summarise(unit);
+        if (summaryDue) Summarise(unit);
     }
 
     /// <summary>Logs the repeats counted since the last summary, if any.</summary>
     public void Summarise(string unit)
     {
-        long n, seconds, topCount = 0;
-        int pairs = 0;
-        (VolumeOperation Op, ulong Lba) top = default;
-        lock (_gate)
-        {
-            n = _pending;
-            seconds = (Environment.TickCount64 - _windowStart) / 1000;
-            _windowStart = Environment.TickCount64;
-            _pending = 0;
-            if (n == 0) return;
-            foreach (var (key, c) in _repeats)
-            {
-                if (c == 0) continue;
-                pairs++;
-                if (c > topCount) { top = key; topCount = c; }
-            }
-            foreach (var k in _repeats.Keys.ToList()) _repeats[k] = 0;
-        }
+        if (_seen.TakeSummary() is not { } s) return;
+        var top = s.Top;
         string most = top.Op switch
         {
             VolumeOperation.Flush => "flush",
@@ -94,6 +71,6 @@ public sealed class DeviceErrorLog
             _ => $"write at LBA {top.Lba}",
         };
         _log.Warning("{Unit}: device failures repeated: {Repeats} more of {Pairs} already reported, most often {Top} ({TopCount} times), in the last {Seconds} s",
-            unit, n, pairs, most, topCount, seconds);
+            unit, s.Repeats, s.Keys, most, s.TopCount, s.Seconds);
     }
 }
