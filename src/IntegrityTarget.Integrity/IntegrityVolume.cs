@@ -65,7 +65,6 @@ public sealed partial class IntegrityVolume : IBlockVolume
     {
         _dev = dev; _sb = sb; _g = g; _tagger = tagger;
         _bs = g.BlockSize; _bpc = g.BlocksPerChunk;
-        _recs = new RecPool(_bs, (int)Math.Min(int.MaxValue, g.JournalAreaBytes / _bs));
         Name = options.Name ?? dev.Name;
         _log = log.ForContext("Volume", Name);
         WriteBack = options.WriteBack;
@@ -82,6 +81,8 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _overlayInChunk = new int[g.LogicalChunks];
         _maxTxnBytes = Math.Min(g.JournalAreaBytes / 2, 16L << 20);
         _maxPending = Math.Min(_maxTxnBytes / 2, 8L << 20) * 4;
+        // Images are held only from a write until its transaction is written: what the queue may hold (plus a batch).
+        _recs = new RecPool(_bs, g.TagSize, (int)Math.Min(int.MaxValue, g.JournalAreaBytes / _bs), (int)Math.Min(int.MaxValue, (_maxPending + _maxTxnBytes) / _bs));
         _slots = new SlotAllocator(g.PhysicalSlots) { LowWater = SlotAllocator.LowWaterFor(g.SpareSlots), BackgroundWater = options.BackgroundFlushBelow ?? SlotAllocator.BackgroundWaterFor(g.SpareSlots) };
     }
 

@@ -152,7 +152,7 @@ public sealed partial class IntegrityVolume
                 for (int j = 0; j < m && (last || !stale); j++)
                 {
                     bad[j] = Volatile.Read(ref _map[cFirst + span[j].K]) == span[j].Slot + 1
-                        ? VerifyRead(Start(j), _bpc, parts[2 * j], tags.AsSpan(j * region, _bpc * ts), seq) : Stale;
+                        ? await Verified(VerifyRead(Start(j), _bpc, parts[2 * j], tags.AsSpan(j * region, _bpc * ts), seq, out var ring), ring, Start(j), parts[2 * j], seq, ct).ConfigureAwait(false) : Stale;
                     stale |= bad[j] == Stale;
                 }
                 if (!stale || last) break;
@@ -276,7 +276,7 @@ public sealed partial class IntegrityVolume
             try
             {
                 await _dev.ReadScatterAsync(dOff, [mem, region.AsMemory(0, tagBytes)], ct).ConfigureAwait(false);
-                return VerifyRead(start, n, mem, region.AsSpan(0, n * ts), seq);
+                return await Verified(VerifyRead(start, n, mem, region.AsSpan(0, n * ts), seq, out var ring), ring, start, mem, seq, ct).ConfigureAwait(false);
             }
             finally { _buffers.Return(region); }
         }
@@ -288,7 +288,7 @@ public sealed partial class IntegrityVolume
         {
             // Data and tags read together: two reads in flight, one round trip on a network store.
             await BothAsync(_dev.ReadAsync(dOff, mem, ct), _dev.ReadAsync(tStart, tags.AsMemory(0, (int)(tEnd - tStart)), ct)).ConfigureAwait(false);
-            return VerifyRead(start, n, mem, tags.AsSpan((int)(tOff - tStart), n * ts), seq);
+            return await Verified(VerifyRead(start, n, mem, tags.AsSpan((int)(tOff - tStart), n * ts), seq, out var ring), ring, start, mem, seq, ct).ConfigureAwait(false);
         }
         finally { _buffers.Return(tags); }
     }
@@ -311,14 +311,14 @@ public sealed partial class IntegrityVolume
             var data = _dev.ReadAsync(dOff, mem, ct);
             bool hit = _tagCache.TryCopy(p, idx0 * ts, ((Span<byte>)small)[..want]);
             await data.ConfigureAwait(false);
-            if (hit) return VerifyRead(start, n, mem, ((ReadOnlySpan<byte>)small)[..want], seq);
+            if (hit) return await Verified(VerifyRead(start, n, mem, ((ReadOnlySpan<byte>)small)[..want], seq, out var ring), ring, start, mem, seq, ct).ConfigureAwait(false);
             // The entry changed meanwhile (rare): the tags from the device, after the data.
             byte[] region = _buffers.Rent((int)Geometry.RoundUp(_tagCache.EntryBytes, 512));
             try
             {
                 long tOff = _g.TagOffset(p, idx0), tStart = tOff & ~511L, tEnd = Geometry.RoundUp(tOff + want, 512);
                 await _dev.ReadAsync(tStart, region.AsMemory(0, (int)(tEnd - tStart)), ct).ConfigureAwait(false);
-                return VerifyRead(start, n, mem, region.AsSpan((int)(tOff - tStart), want), seq);
+                return await Verified(VerifyRead(start, n, mem, region.AsSpan((int)(tOff - tStart), want), seq, out var ring), ring, start, mem, seq, ct).ConfigureAwait(false);
             }
             finally { _buffers.Return(region); }
         }
@@ -329,10 +329,10 @@ public sealed partial class IntegrityVolume
             if (want > SmallTags.Bytes && _tagCache.TryCopy(p, idx0 * ts, tags.AsSpan(0, want)))
             {
                 await _dev.ReadAsync(dOff, mem, ct).ConfigureAwait(false);
-                return VerifyRead(start, n, mem, tags.AsSpan(0, want), seq);
+                return await Verified(VerifyRead(start, n, mem, tags.AsSpan(0, want), seq, out var ring), ring, start, mem, seq, ct).ConfigureAwait(false);
             }
             await BothAsync(_dev.ReadAsync(dOff, mem, ct), _dev.ReadAsync(_g.TagOffset(p, 0), tags.AsMemory(0, regionRead), ct)).ConfigureAwait(false);
-            int r = VerifyRead(start, n, mem, tags.AsSpan(idx0 * ts, want), seq);
+            int r = await Verified(VerifyRead(start, n, mem, tags.AsSpan(idx0 * ts, want), seq, out var rr), rr, start, mem, seq, ct).ConfigureAwait(false);
             if (r != Stale) _tagCache.AddFromDevice(p, tags.AsSpan(0, all), () => Volatile.Read(ref _homeSeq) == seq);
             return r;
         }
@@ -354,13 +354,18 @@ public sealed partial class IntegrityVolume
         finally { await b.ConfigureAwait(false); }
     }
 
-    /// <summary>Lays not-yet-applied journaled blocks over what was read, then verifies every other block.
-    /// Returns <see cref="Stale"/> when home copies were written since <paramref name="seq"/>.</summary>
-    private int VerifyRead(ulong start, int n, Memory<byte> mem, ReadOnlySpan<byte> tags, long seq)
+    /// <summary>Lays not-yet-applied journaled blocks still in memory over what was read, then verifies every other
+    /// block; those in the ring come back in <paramref name="ring"/> for <see cref="Verified"/>. Returns
+    /// <see cref="Stale"/> when home copies were written since <paramref name="seq"/>.</summary>
+    private int VerifyRead(ulong start, int n, Memory<byte> mem, ReadOnlySpan<byte> tags, long seq, out RingReads? ring)
     {
-        if (!OverlayCopy(start, n, mem, seq, out bool[]? fromOverlay)) return Stale;
+        if (!OverlayCopy(start, n, mem, seq, out bool[]? fromOverlay, out ring)) return Stale;
         return _tagger.VerifyBlocks(start, mem.Span, _bs, tags, fromOverlay);
     }
+
+    /// <summary>The outcome of <see cref="VerifyRead"/> once the overlay blocks it left in the ring are read and verified.</summary>
+    private ValueTask<int> Verified(int bad, RingReads? ring, ulong start, Memory<byte> mem, long seq, CancellationToken ct) =>
+        ring == null ? new ValueTask<int>(bad) : RingVerifyAsync(bad, ring, start, mem, seq, ct);
 
     /// <summary>Counts a verification failure, and logs it: once at Error per distinct LBA, repeats summarised.</summary>
     private void ReportFailure(ulong lba, IoContext? ctx)

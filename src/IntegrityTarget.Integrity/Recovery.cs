@@ -168,7 +168,7 @@ public sealed partial class IntegrityVolume
                 var r = TransactionCodec.ReadRecord(t.Buf, i);
                 if (r.IsRemap) lastRemap[(long)r.A] = ord;
             }
-        var apply = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>();
+        var apply = new List<HomeItem>();
         long records = 0;
         ord = 0;
         foreach (var t in txns)
@@ -182,7 +182,7 @@ public sealed partial class IntegrityVolume
                 {
                     long chunk = (long)(r.A / (ulong)_bpc);
                     if (!lastRemap.TryGetValue(chunk, out long lr) || lr < ord)
-                        for (int k = 0; k < r.Count; k++) apply.Add((r.A + (ulong)k, (long)r.B, t.Buf.AsMemory(payload + k * _bs, _bs)));
+                        for (int k = 0; k < r.Count; k++) apply.Add(new HomeItem(r.A + (ulong)k, (long)r.B, t.Buf.AsMemory(payload + k * _bs, _bs), null));
                     payload += r.Count * _bs;
                 }
                 else
@@ -195,7 +195,7 @@ public sealed partial class IntegrityVolume
         // A record whose home slot is not its chunk's slot in the replayed map can only come from a journal
         // written after a failed commit; writing it would land in a slot the map does not give that chunk
         // (possibly another chunk's), so it is skipped and reported.
-        var latest = new Dictionary<ulong, (ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(apply.Count);
+        var latest = new Dictionary<ulong, HomeItem>(apply.Count);
         long misplaced = 0;
         foreach (var r in apply)
         {
@@ -204,7 +204,7 @@ public sealed partial class IntegrityVolume
         }
         if (misplaced > 0)
             _log.Warning("Journal of {Volume}: {Count} journaled blocks name a home slot their chunk is not mapped to; they were not replayed", Name, misplaced);
-        var list = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(latest.Values);
+        var list = new List<HomeItem>(latest.Values);
         SortForHome(list);
         await ApplyAsync(list, ct).ConfigureAwait(false);
         return records;

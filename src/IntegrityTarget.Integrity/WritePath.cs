@@ -86,7 +86,10 @@ public sealed partial class IntegrityVolume
                     for (ulong b = s; b < e; b++)
                     {
                         var rec = _recs.Rent(b, p);
-                        piece.Span.Slice((int)(b - s) * _bs, _bs).CopyTo(rec.Buf); // private copy: the caller may reuse its buffer
+                        var img = piece.Span.Slice((int)(b - s) * _bs, _bs);
+                        img.CopyTo(rec.Buf); // private copy: the caller may reuse its buffer
+                        // The index tag, from the private copy: reads and home copies check the ring's image against it.
+                        _tagger.ComputeTag(b, rec.Buf, rec.Tag);
                         u.Data.Add(rec);
                         u.Bytes += _bs + Txn.RecordBytes;
                     }
@@ -306,7 +309,8 @@ public sealed partial class IntegrityVolume
                         for (ulong b = s; b < e; b++)
                         {
                             var rec = _recs.Rent(b, _map[c] - 1);
-                            Array.Clear(rec.Buf);
+                            Array.Clear(rec.Buf!);
+                            _tagger.ComputeTag(b, rec.Buf, rec.Tag);
                             u.Data.Add(rec);
                             u.Bytes += _bs + Txn.RecordBytes;
                         }

@@ -12,7 +12,7 @@ public sealed partial class IntegrityVolume
     /// <summary>A background checkpoint in flight (committer-owned; null when none).</summary>
     private sealed class BackgroundCheckpoint
     {
-        /// <summary>The pending blocks taken at the cut (their images are kept until done).</summary>
+        /// <summary>The pending blocks taken at the cut (their index entries, so their ring bytes, are kept until done).</summary>
         public required Dictionary<ulong, DataRec> Taken;
         /// <summary>The map sectors dirty at the cut, serialized from the proven map then.</summary>
         public required List<(long Offset, byte[] Sector)> Map;
@@ -128,8 +128,8 @@ public sealed partial class IntegrityVolume
     {
         long t0 = Stopwatch.GetTimestamp();
         var ct = CancellationToken.None;
-        var home = new List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>(k.Taken.Count);
-        foreach (var r in k.Taken.Values) home.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
+        var home = new List<HomeItem>(k.Taken.Count);
+        foreach (var r in k.Taken.Values) home.Add(new HomeItem(r.Lba, r.Phys, default, r));
         SortForHome(home);
         await HomeInBatchesAsync(home, ct, background: true).ConfigureAwait(false);
         foreach (var (offset, sector) in k.Map)

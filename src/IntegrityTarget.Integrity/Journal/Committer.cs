@@ -275,7 +275,8 @@ public sealed partial class IntegrityVolume
                         int first = 0;
                         for (int i = 0; i < d.Count; i++)
                         {
-                            d[i].Buf.AsSpan(0, _bs).CopyTo(span[payload..]);
+                            d[i].Buf!.AsSpan(0, _bs).CopyTo(span[payload..]);
+                            d[i].RingPos = pos + payload; // used once the image is dropped, after the write below
                             payload += _bs;
                             if (i + 1 == d.Count || !Unit.Extends(d[i], d[i + 1]))
                             {
@@ -292,6 +293,13 @@ public sealed partial class IntegrityVolume
                 await _dev.WriteAsync(_g.JournalAreaOffset + pos, buf.AsMemory(0, (int)total), fua, ct).ConfigureAwait(false);
             }
             finally { _buffers.Return(buf); }
+            // The images are in the ring now: the blocks stay only as index entries (ring position, tag), and reads and
+            // home copies read them back from the ring (write path 3). The ring bytes stay until a checkpoint moved the
+            // journal start past this transaction, which it does only once no entry names them.
+            if (nData > 0)
+                lock (_q)
+                    foreach (var u in batch)
+                        if (u.Data != null) foreach (var r in u.Data) _recs.DropImage(r);
             _nextSeq++;
             _stTxns++;
             Counters.AddJournalCommit();

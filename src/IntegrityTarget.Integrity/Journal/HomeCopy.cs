@@ -46,12 +46,12 @@ public sealed partial class IntegrityVolume
 
     /// <summary>Home-copy scratch lists, kept while the volume is busy and dropped when it idles
     /// (<see cref="TrimScratch"/>).</summary>
-    private List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)>? _applyScratch;
+    private List<HomeItem>? _applyScratch;
     private List<DataRec>? _goingScratch;
 
     private void TrimScratch() { _applyScratch = null; _goingScratch = null; }
 
-    private async ValueTask<int> ApplyPendingCoreAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> apply, List<DataRec> going, CancellationToken ct)
+    private async ValueTask<int> ApplyPendingCoreAsync(List<HomeItem> apply, List<DataRec> going, CancellationToken ct)
     {
         int blocked = 0;
         foreach (var r in _pendingHome.Values)
@@ -60,7 +60,7 @@ public sealed partial class IntegrityVolume
             if (_slots.NamedIn(r.Phys) > _provenThrough) { blocked++; continue; }
             // Never happens (a committed remap drops its chunk's pending blocks); guards a slot now owned elsewhere.
             if (_committedMap[ChunkOf(r.Lba)] != r.Phys + 1) { Debug.Fail($"pending block {r.Lba} is not in its chunk's slot"); continue; }
-            apply.Add((r.Lba, r.Phys, r.Buf.AsMemory(0, _bs)));
+            apply.Add(new HomeItem(r.Lba, r.Phys, default, r));
             going.Add(r);
         }
         if (going.Count == 0) return blocked;
@@ -74,7 +74,7 @@ public sealed partial class IntegrityVolume
     /// <summary>Writes sorted home copies of overlay blocks (their images are the overlay's own buffers) in batches
     /// of slots; each batch is bracketed by home-sequence bumps (odd while it is written: reads racing it retry) and
     /// drops the overlay entries it made redundant, so reads wait for one batch at most, never for a whole lap.</summary>
-    private async ValueTask HomeInBatchesAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> apply, CancellationToken ct, bool background = false)
+    private async ValueTask HomeInBatchesAsync(List<HomeItem> apply, CancellationToken ct, bool background = false)
     {
         // As wide as the device makes worth it, also in the background (write path 7a): a background checkpoint that
         // ends later lets the newer part of the ring fill up, and then every writer waits for it (measured: one home
@@ -92,11 +92,14 @@ public sealed partial class IntegrityVolume
             }
             // A background checkpoint ahead of the ring lets commands run between slots (the parts read it, write path 7a).
             _homeYield = background && _ckpt is { } k && YieldsToCommands(k);
+            // The images come back from the ring, each checked against its index tag, before the batch's home writes.
+            byte[]? images = await LoadFromRingAsync(apply, from, to, ct).ConfigureAwait(false);
             lock (_q) _homeSeq++; // odd: reads racing the home writes below retry
             bool ok = false;
             try { await ApplyAsync(apply, from, to, parts, ct).ConfigureAwait(false); ok = true; }
             finally
             {
+                if (images != null) _buffers.Return(images);
                 _homeYield = false;
                 TaskCompletionSource done;
                 lock (_q)
@@ -104,7 +107,7 @@ public sealed partial class IntegrityVolume
                     // On failure the entries stay: the overlay still holds the truth the home slot may lack.
                     if (ok)
                         for (int i = from; i < to; i++)
-                            if (_overlay.TryGetValue(apply[i].Lba, out var cur) && MemoryMarshal.TryGetArray(apply[i].Data, out var seg) && ReferenceEquals(cur.Buf, seg.Array))
+                            if (apply[i].Rec is { } rec && _overlay.TryGetValue(apply[i].Lba, out var cur) && ReferenceEquals(cur, rec))
                                 OverlayRemove(apply[i].Lba);
                     _homeSeq++;
                     done = _homeCopied;
@@ -119,6 +122,69 @@ public sealed partial class IntegrityVolume
         }
     }
 
+    /// <summary>
+    /// Reads the images of home copies [<paramref name="from"/>, <paramref name="to"/>) that are index entries back from the
+    /// ring into one buffer (returned; the caller gives it back after the home writes), in ring order, one read per run
+    /// of consecutive ring positions (a transaction's payload is one such run), and points each one's Data at its image.
+    /// Each image is verified against the entry's tag: one that fails (a ring sector damaged on the device) is reported
+    /// like any verification failure, with its LBA, and goes home with the entry's tag, not with a fresh one computed
+    /// over the damaged bytes, so every read of it fails too (MEDIUM ERROR) instead of returning damaged data as good.
+    /// </summary>
+    private async ValueTask<byte[]?> LoadFromRingAsync(List<HomeItem> apply, int from, int to, CancellationToken ct)
+    {
+        int n = 0;
+        for (int i = from; i < to; i++) if (apply[i].Rec != null) n++;
+        if (n == 0) return null;
+        byte[] buf = _buffers.Rent(n * _bs);
+        byte[] rawKeys = _buffers.Rent(n * sizeof(long)), rawIdx = _buffers.Rent(n * sizeof(int));
+        try
+        {
+            var keys = MemoryMarshal.Cast<byte, long>(rawKeys.AsSpan(0, n * sizeof(long)));
+            var idx = MemoryMarshal.Cast<byte, int>(rawIdx.AsSpan(0, n * sizeof(int)));
+            for (int i = from, k = 0; i < to; i++)
+                if (apply[i].Rec is { } r) { keys[k] = r.RingPos; idx[k++] = i; }
+            keys.Sort(idx);
+            var items = CollectionsMarshal.AsSpan(apply);
+            for (int k = 0; k < n;)
+            {
+                int j = k + 1;
+                while (j < n && keys[j] == keys[j - 1] + _bs) j++;
+                if (_abandon) throw new OperationCanceledException("volume abandoned");
+                await _dev.ReadAsync(_g.JournalAreaOffset + keys[k], buf.AsMemory(k * _bs, (j - k) * _bs), ct).ConfigureAwait(false);
+                Interlocked.Increment(ref _stHomeRingReads);
+                keys = MemoryMarshal.Cast<byte, long>(rawKeys.AsSpan(0, n * sizeof(long)));
+                k = j;
+            }
+            idx = MemoryMarshal.Cast<byte, int>(rawIdx.AsSpan(0, n * sizeof(int)));
+            items = CollectionsMarshal.AsSpan(apply);
+            for (int k = 0; k < n; k++)
+            {
+                ref var it = ref items[idx[k]];
+                it.Data = buf.AsMemory(k * _bs, _bs);
+                if (!_tagger.Verify(it.Lba, it.Data.Span, it.Rec!.Tag))
+                    ReportFailure(it.Lba, null); // its one event (BadBlockLog); reads of it later count as repeats
+            }
+            var ok = buf;
+            buf = null!;
+            return ok;
+        }
+        finally
+        {
+            _buffers.Return(rawKeys); _buffers.Return(rawIdx);
+            if (buf != null) _buffers.Return(buf);
+        }
+    }
+
+    /// <summary>A home copy: the block, its home slot, its image, and its index entry (null in replay, whose images come
+    /// from the transactions scanned; else the image is read from the ring and the entry's tag goes home).</summary>
+    private struct HomeItem(ulong lba, long phys, ReadOnlyMemory<byte> data, DataRec? rec)
+    {
+        public ulong Lba = lba;
+        public long Phys = phys;
+        public ReadOnlyMemory<byte> Data = data;
+        public DataRec? Rec = rec;
+    }
+
     /// <summary>Returns a block image to the pool once neither the overlay nor the pending set holds it.
     /// Callers guarantee the overlay no longer references it (a newer write or a remap replaced it there,
     /// or it was removed after its home copy).</summary>
@@ -129,10 +195,10 @@ public sealed partial class IntegrityVolume
     /// region is read and written once. A large batch (a checkpoint after a lap of small random writes) is
     /// split at slot boundaries and written by several threads: the file device's writes are synchronous
     /// system calls, and two parts share no bytes.</summary>
-    private ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, CancellationToken ct) =>
+    private ValueTask ApplyAsync(List<HomeItem> recs, CancellationToken ct) =>
         ApplyAsync(recs, 0, recs.Count, Math.Max(1, _dev.BulkConcurrency), ct);
 
-    private async ValueTask ApplyAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int start, int end, int parts, CancellationToken ct)
+    private async ValueTask ApplyAsync(List<HomeItem> recs, int start, int end, int parts, CancellationToken ct)
     {
         int count = end - start;
         if (parts < 2 || count < _parallelApplyBlocks) { await ApplyRangeAsync(recs, start, end, ct).ConfigureAwait(false); return; }
@@ -248,7 +314,7 @@ public sealed partial class IntegrityVolume
 
     /// <summary>Orders records for <see cref="ApplyAsync"/>: by slot, then LBA (a chunk's blocks all live in
     /// its one slot, so slot × blocks-per-chunk + index in chunk is a unique key that sorts as primitives).</summary>
-    private void SortForHome(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs)
+    private void SortForHome(List<HomeItem> recs)
     {
         var items = CollectionsMarshal.AsSpan(recs);
         byte[] raw = _buffers.Rent(items.Length * sizeof(long));
@@ -258,7 +324,7 @@ public sealed partial class IntegrityVolume
         _buffers.Return(raw);
     }
 
-    private async ValueTask ApplyRangeAsync(List<(ulong Lba, long Phys, ReadOnlyMemory<byte> Data)> recs, int from, int to, CancellationToken ct)
+    private async ValueTask ApplyRangeAsync(List<HomeItem> recs, int from, int to, CancellationToken ct)
     {
         int ts = _g.TagSize, tr = _g.TagRegionBytes, meaningful = _bpc * ts;
         byte[] region = _buffers.Rent(tr);
@@ -296,8 +362,11 @@ public sealed partial class IntegrityVolume
                         for (int m = k; m < j; m++) run.Add(recs[m].Data);
                         await _dev.WriteGatherAsync(_g.SlotOffset(p) + (long)idx * _bs, run, fua: false, ct).ConfigureAwait(false);
                     }
+                    // An index entry's tag (its image was verified against it, or is damaged and must not get a fresh
+                    // one); replay's images were checked by their transaction's checksum and get a tag computed here.
                     for (int m = k; m < j; m++)
-                        _tagger.ComputeTag(recs[m].Lba, recs[m].Data.Span, region.AsSpan((idx + m - k) * ts, ts));
+                        if (recs[m].Rec is { } rec) rec.Tag.CopyTo(region.AsSpan((idx + m - k) * ts, ts));
+                        else _tagger.ComputeTag(recs[m].Lba, recs[m].Data.Span, region.AsSpan((idx + m - k) * ts, ts));
                     Interlocked.Increment(ref _stHomeDataWrites);
                     k = j;
                 }

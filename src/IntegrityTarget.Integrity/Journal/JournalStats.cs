@@ -37,18 +37,22 @@ public sealed record JournalStatistics
     public long HomeTagReads { get; init; }
     public long HomeDataWrites { get; init; }
     public long HomeTagWrites { get; init; }
+    /// <summary>Journaled blocks read back from the ring: device reads of home copies (one per run of consecutive ring
+    /// positions), and blocks that reads found only in the ring (their images are not kept in memory once written).</summary>
+    public long HomeRingReads { get; init; }
+    public long ReadRingBlocks { get; init; }
 
     public override string ToString() =>
         $"{Transactions} transactions, {Flushes} flushes, checkpoints {BackgroundCheckpoints} background / {BlockingCheckpoints} blocking " +
         $"({CheckpointMs:F0} ms of work; committer waited {CommitterWaitMs:F0} ms for ring space and {CutMs:F0} ms at cuts), writers waited {BackpressureWaitMs:F0} ms on back-pressure " +
         $"and {SlotWaitMs:F0} ms for slots; home copies: {HomeBlocks} blocks in {HomeSlots} slots, {HomeTagReads} tag reads, " +
-        $"{HomeDataWrites} data writes, {HomeTagWrites} tag writes";
+        $"{HomeDataWrites} data writes, {HomeTagWrites} tag writes, {HomeRingReads} ring reads; reads took {ReadRingBlocks} blocks from the ring";
 }
 
 public sealed partial class IntegrityVolume
 {
     private long _stTxns, _stFlushes, _stBgCkpts, _stSyncCkpts, _stCommitterWaitTicks, _stCkptTicks, _stCutTicks, _stBackpressureTicks, _stSlotWaitTicks;
-    private long _stHomeBlocks, _stHomeSlots, _stHomeTagReads, _stHomeDataWrites, _stHomeTagWrites;
+    private long _stHomeBlocks, _stHomeSlots, _stHomeTagReads, _stHomeDataWrites, _stHomeTagWrites, _stRingReadBlocks, _stHomeRingReads;
     private JournalStatistics _stAtLastCheckpoint = new();
 
     /// <summary>Journal figures since open (see <see cref="JournalStatistics"/>).</summary>
@@ -68,6 +72,8 @@ public sealed partial class IntegrityVolume
         HomeTagReads = Interlocked.Read(ref _stHomeTagReads),
         HomeDataWrites = Interlocked.Read(ref _stHomeDataWrites),
         HomeTagWrites = Interlocked.Read(ref _stHomeTagWrites),
+        HomeRingReads = Interlocked.Read(ref _stHomeRingReads),
+        ReadRingBlocks = Interlocked.Read(ref _stRingReadBlocks),
     };
 
     private static double Ms(long ticks) => ticks * 1000.0 / Stopwatch.Frequency;
@@ -88,6 +94,7 @@ public sealed partial class IntegrityVolume
             BackpressureWaitMs = now.BackpressureWaitMs - d.BackpressureWaitMs, SlotWaitMs = now.SlotWaitMs - d.SlotWaitMs,
             HomeBlocks = now.HomeBlocks - d.HomeBlocks, HomeSlots = now.HomeSlots - d.HomeSlots, HomeTagReads = now.HomeTagReads - d.HomeTagReads,
             HomeDataWrites = now.HomeDataWrites - d.HomeDataWrites, HomeTagWrites = now.HomeTagWrites - d.HomeTagWrites,
+            HomeRingReads = now.HomeRingReads - d.HomeRingReads, ReadRingBlocks = now.ReadRingBlocks - d.ReadRingBlocks,
         }.ToString());
     }
 }
