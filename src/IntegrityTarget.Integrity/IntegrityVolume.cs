@@ -35,6 +35,9 @@ public sealed partial class IntegrityVolume : IBlockVolume
 
     private readonly ChunkRangeLock _locks = new();
     private readonly bool _skipRemapValidation;
+    /// <summary>Journaled blocks keep their images in memory until home (RBD), instead of only an index entry once their
+    /// transaction is written (write path 3).</summary>
+    private readonly bool _keepImages;
     private readonly TagCache _tagCache;
     private readonly BadBlockLog _badBlocks;
     private bool _disposed;
@@ -81,8 +84,11 @@ public sealed partial class IntegrityVolume : IBlockVolume
         _overlayInChunk = new int[g.LogicalChunks];
         _maxTxnBytes = Math.Min(g.JournalAreaBytes / 2, 16L << 20);
         _maxPending = Math.Min(_maxTxnBytes / 2, 8L << 20) * 4;
-        // Images are held only from a write until its transaction is written: what the queue may hold (plus a batch).
-        _recs = new RecPool(_bs, g.TagSize, (int)Math.Min(int.MaxValue, g.JournalAreaBytes / _bs), (int)Math.Min(int.MaxValue, (_maxPending + _maxTxnBytes) / _bs));
+        _keepImages = options.KeepJournaledImages ?? !dev.CheapReadBack;
+        // Images are held only from a write until its transaction is written (what the queue may hold, plus a batch),
+        // unless they are kept until home (then up to a journal's worth).
+        long records = Math.Min(int.MaxValue, g.JournalAreaBytes / _bs);
+        _recs = new RecPool(_bs, g.TagSize, (int)records, _keepImages ? (int)records : (int)Math.Min(int.MaxValue, (_maxPending + _maxTxnBytes) / _bs));
         _slots = new SlotAllocator(g.PhysicalSlots) { LowWater = SlotAllocator.LowWaterFor(g.SpareSlots), BackgroundWater = options.BackgroundFlushBelow ?? SlotAllocator.BackgroundWaterFor(g.SpareSlots) };
     }
 

@@ -66,6 +66,9 @@ public sealed record OpenOptions
     /// returns to the pool as soon as it is freed (write path 7a defers that until the checkpoint is done). Never set
     /// outside tests.</summary>
     internal bool ReleaseCheckpointSlotsEarly { get; init; }
+    /// <summary>Keep journaled blocks' images in memory until home instead of reading them back from the ring (write path
+    /// 3); null = as the device suggests (<see cref="IBlockDevice.CheapReadBack"/>: kept on RBD only). Tests set it.</summary>
+    internal bool? KeepJournaledImages { get; init; }
 }
 
 public enum DeviceContent { Blank, IntegrityVolume, Unknown }

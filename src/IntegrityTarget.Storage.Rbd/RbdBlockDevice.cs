@@ -50,6 +50,8 @@ public sealed class RbdBlockDevice : IBlockDevice
     /// <summary>Every call waits for an OSD round trip: a checkpoint's home copies (a tag-region read and a write
     /// per slot) go 32 at a time instead of one after another per core.</summary>
     public int BulkConcurrency => 32;
+    /// <summary>A read of the journal is an OSD read: the volume keeps journaled blocks' images in memory (not measured yet).</summary>
+    public bool CheapReadBack => false;
     /// <summary>Discard is rbd_aio_write_zeroes: whole objects are deallocated, partial ranges written as zeros.</summary>
     public bool CanDeallocate => true;
 

@@ -35,6 +35,12 @@ public interface IBlockDevice : IDisposable
     /// pool each call holds a worker that everything else waits for.</summary>
     bool SynchronousCalls => false;
 
+    /// <summary>Whether reading back what was just written costs about a memory copy (a file, whose pages are still in the
+    /// page cache; memory), rather than a round trip and work on a server (RBD: an OSD read). The integrity volume reads
+    /// journaled small writes back from its journal instead of holding them in memory only where this is true
+    /// (docs/integrity-volume.md, write path 3).</summary>
+    bool CheapReadBack => true;
+
     /// <summary>A hint that the range was written and a flush will follow: a device that writes back lazily (a file in the
     /// page cache) may start writing it now, so the flush finds less to do. Promises nothing about durability; the
     /// default does nothing.</summary>

@@ -129,7 +129,7 @@ public sealed partial class IntegrityVolume
         long t0 = Stopwatch.GetTimestamp();
         var ct = CancellationToken.None;
         var home = new List<HomeItem>(k.Taken.Count);
-        foreach (var r in k.Taken.Values) home.Add(new HomeItem(r.Lba, r.Phys, default, r));
+        foreach (var r in k.Taken.Values) home.Add(new HomeItem(r.Lba, r.Phys, r.Buf?.AsMemory(0, _bs) ?? default, r));
         SortForHome(home);
         await HomeInBatchesAsync(home, ct, background: true).ConfigureAwait(false);
         foreach (var (offset, sector) in k.Map)

@@ -296,7 +296,7 @@ public sealed partial class IntegrityVolume
             // The images are in the ring now: the blocks stay only as index entries (ring position, tag), and reads and
             // home copies read them back from the ring (write path 3). The ring bytes stay until a checkpoint moved the
             // journal start past this transaction, which it does only once no entry names them.
-            if (nData > 0)
+            if (nData > 0 && !_keepImages)
                 lock (_q)
                     foreach (var u in batch)
                         if (u.Data != null) foreach (var r in u.Data) _recs.DropImage(r);

@@ -60,7 +60,7 @@ public sealed partial class IntegrityVolume
             if (_slots.NamedIn(r.Phys) > _provenThrough) { blocked++; continue; }
             // Never happens (a committed remap drops its chunk's pending blocks); guards a slot now owned elsewhere.
             if (_committedMap[ChunkOf(r.Lba)] != r.Phys + 1) { Debug.Fail($"pending block {r.Lba} is not in its chunk's slot"); continue; }
-            apply.Add(new HomeItem(r.Lba, r.Phys, default, r));
+            apply.Add(new HomeItem(r.Lba, r.Phys, r.Buf?.AsMemory(0, _bs) ?? default, r));
             going.Add(r);
         }
         if (going.Count == 0) return blocked;
@@ -133,7 +133,7 @@ public sealed partial class IntegrityVolume
     private async ValueTask<byte[]?> LoadFromRingAsync(List<HomeItem> apply, int from, int to, CancellationToken ct)
     {
         int n = 0;
-        for (int i = from; i < to; i++) if (apply[i].Rec != null) n++;
+        for (int i = from; i < to; i++) if (apply[i].Rec is { Buf: null }) n++;
         if (n == 0) return null;
         byte[] buf = _buffers.Rent(n * _bs);
         byte[] rawKeys = _buffers.Rent(n * sizeof(long)), rawIdx = _buffers.Rent(n * sizeof(int));
@@ -142,7 +142,7 @@ public sealed partial class IntegrityVolume
             var keys = MemoryMarshal.Cast<byte, long>(rawKeys.AsSpan(0, n * sizeof(long)));
             var idx = MemoryMarshal.Cast<byte, int>(rawIdx.AsSpan(0, n * sizeof(int)));
             for (int i = from, k = 0; i < to; i++)
-                if (apply[i].Rec is { } r) { keys[k] = r.RingPos; idx[k++] = i; }
+                if (apply[i].Rec is { Buf: null } r) { keys[k] = r.RingPos; idx[k++] = i; }
             keys.Sort(idx);
             var items = CollectionsMarshal.AsSpan(apply);
             for (int k = 0; k < n;)
@@ -176,7 +176,8 @@ public sealed partial class IntegrityVolume
     }
 
     /// <summary>A home copy: the block, its home slot, its image, and its index entry (null in replay, whose images come
-    /// from the transactions scanned; else the image is read from the ring and the entry's tag goes home).</summary>
+    /// from the transactions scanned; else the entry's tag goes home, and its image is read from the ring unless it is
+    /// kept in memory).</summary>
     private struct HomeItem(ulong lba, long phys, ReadOnlyMemory<byte> data, DataRec? rec)
     {
         public ulong Lba = lba;
