@@ -28,3 +28,26 @@ public interface IPduSink : IBufferWriter<byte>
     /// <summary>Closes the connection after the bytes already flushed are sent. Idempotent.</summary>
     void Close();
 }
+
+/// <summary>
+/// A sink that can send a caller's buffer as it is, without copying it into its own (the sockets
+/// transport). The core uses it for large read data: the read buffer goes to the socket directly, and the
+/// command keeps the buffer until <see cref="WhenBorrowedReleasedAsync"/> says the transport is done with it.
+/// Sinks without it get a copy (DotNetty, the in-memory pipe of the tests).
+/// </summary>
+public interface IBorrowingPduSink : IPduSink
+{
+    /// <summary>
+    /// Queues <paramref name="data"/> to go out right after the bytes written so far, without copying it.
+    /// The caller must leave it unchanged and must not reuse it until <see cref="WhenBorrowedReleasedAsync"/>
+    /// completes. Returns false when the sink cannot take it (closed, or not an array): write a copy instead.
+    /// </summary>
+    bool TryWriteBorrowed(ReadOnlyMemory<byte> data);
+
+    /// <summary>
+    /// Completes when no buffer passed to <see cref="TryWriteBorrowed"/> so far can be read by the transport
+    /// any more: handed to the kernel, or dropped because the connection ended (after the last send on the
+    /// socket finished, so never while a send may still read it).
+    /// </summary>
+    ValueTask WhenBorrowedReleasedAsync();
+}

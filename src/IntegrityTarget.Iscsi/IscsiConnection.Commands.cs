@@ -487,33 +487,55 @@ public sealed partial class IscsiConnection
         bool statusInData = sendLength > 0 && response.Sense.IsEmpty &&
                             response.Status is ScsiStatus.Good or ScsiStatus.ConditionMet;
         uint dataSN = 0;
-        if (sendLength > 0)
+        if (sendLength == 0)
+        {
+            await SendScsiResponseAsync(task, response.Status, 0, response.Sense, dataSN, residualFlags, residual).ConfigureAwait(false);
+            return;
+        }
+        // Large reads go to the socket from the read buffer itself (no copy into the transport's buffer); the
+        // buffer then stays the command's until the transport is done with it, which is awaited below before
+        // the caller disposes the response. Small ones are copied: for them the wait would cost more.
+        bool borrow = sendLength >= BorrowReadDataFrom;
+        var released = ValueTask.CompletedTask;
+        try
         {
             using (var batch = await _sender.BeginAsync().ConfigureAwait(false))
             {
-                int maxSeg = Parameters.InitiatorMaxRecvDataSegmentLength;
-                int burst = Parameters.MaxBurstLength;
-                int offset = 0, burstLeft = burst;
-                while (offset < sendLength)
+                try
                 {
-                    int seg = Math.Min(Math.Min(maxSeg, sendLength - offset), burstLeft);
-                    bool last = offset + seg == sendLength;
-                    bool endOfSequence = last || seg == burstLeft;
-                    var h = last && statusInData
-                        ? TargetPdus.DataIn(task.LunField, task.Itt, dataSN++, offset, true, response.Status, residualFlags, residual)
-                        : TargetPdus.DataIn(task.LunField, task.Itt, dataSN++, offset, endOfSequence);
-                    batch.Emit(h, data.Span.Slice(offset, seg));
-                    offset += seg;
-                    burstLeft -= seg;
-                    if (burstLeft == 0) burstLeft = burst;
-                    if (batch.Unflushed >= 256 * 1024 && !await batch.FlushAsync().ConfigureAwait(false)) return;
+                    int maxSeg = Parameters.InitiatorMaxRecvDataSegmentLength;
+                    int burst = Parameters.MaxBurstLength;
+                    int offset = 0, burstLeft = burst;
+                    while (offset < sendLength)
+                    {
+                        int seg = Math.Min(Math.Min(maxSeg, sendLength - offset), burstLeft);
+                        bool last = offset + seg == sendLength;
+                        bool endOfSequence = last || seg == burstLeft;
+                        var h = last && statusInData
+                            ? TargetPdus.DataIn(task.LunField, task.Itt, dataSN++, offset, true, response.Status, residualFlags, residual)
+                            : TargetPdus.DataIn(task.LunField, task.Itt, dataSN++, offset, endOfSequence);
+                        batch.Emit(h, data.Slice(offset, seg), borrow);
+                        offset += seg;
+                        burstLeft -= seg;
+                        if (burstLeft == 0) burstLeft = burst;
+                        if (batch.Unflushed >= 256 * 1024 && !await batch.FlushAsync().ConfigureAwait(false)) return;
+                    }
+                    if (statusInData) await batch.FlushAsync().ConfigureAwait(false);
                 }
-                if (statusInData) await batch.FlushAsync().ConfigureAwait(false);
+                finally { released = batch.TakeBorrowedRelease(); }
             }
-            if (statusInData) return;
+            if (!statusInData)
+                await SendScsiResponseAsync(task, response.Status, 0, response.Sense, dataSN, residualFlags, residual).ConfigureAwait(false);
         }
-        await SendScsiResponseAsync(task, response.Status, 0, response.Sense, dataSN, residualFlags, residual).ConfigureAwait(false);
+        finally
+        {
+            // Also after a failed flush or a throw: the send loop may still be reading the buffer.
+            await _sender.WaitReleasedAsync(released).ConfigureAwait(false);
+        }
     }
+
+    /// <summary>Read data from this length on is sent from the read buffer instead of a copy (see <see cref="IBorrowingPduSink"/>).</summary>
+    internal const int BorrowReadDataFrom = 64 * 1024;
 
     private async ValueTask SendScsiResponseAsync(ScsiTask task, byte status, byte iscsiResponse, ReadOnlyMemory<byte> sense,
         uint expDataSN, byte residualFlags = 0, uint residual = 0)

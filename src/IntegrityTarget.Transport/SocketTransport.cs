@@ -2,6 +2,7 @@ using System.Buffers;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using IntegrityTarget.Iscsi;
 using Serilog;
 
@@ -12,7 +13,9 @@ namespace IntegrityTarget.Transport;
 /// pipe), one processing loop (input pipe → <see cref="IscsiConnection.ReceiveAsync"/>) and one send loop
 /// (output pipe → socket). Back-pressure: the core awaits the output pipe's flush, which pauses above
 /// the writer threshold; the input pipe pauses the receive loop when the core falls behind, so bytes in
-/// flight per connection are bounded by the two thresholds.
+/// flight per connection are bounded by the two thresholds. Large read data is not copied into the output
+/// pipe: the core hands the read buffer over (<see cref="IBorrowingPduSink"/>) and the send loop puts it on
+/// the socket between the pipe's bytes, in one gathering send.
 /// </summary>
 public sealed class SocketTransport : IIscsiTransport
 {
@@ -164,8 +167,10 @@ public sealed class SocketTransport : IIscsiTransport
     }
 
     /// <summary>One accepted socket and its three loops.</summary>
-    private sealed class SocketConnection : IPduSink
+    private sealed class SocketConnection : IBorrowingPduSink
     {
+        /// <summary>Buffers per gathering send (Linux allows 1024; each costs a pin per call).</summary>
+        private const int MaxGather = 64;
         private readonly SocketTransport _owner;
         private readonly Socket _socket;
         private readonly Pipe _input;
@@ -175,6 +180,17 @@ public sealed class SocketTransport : IIscsiTransport
         private readonly object _closeLock = new();
         private byte[] _scratch = [];
         private bool _closed;
+
+        // Borrowed buffers: each goes out after the pipe's first Position bytes (counted from the start of the
+        // connection), in the order written. Only the writer (one at a time) touches _pipeWritten.
+        private readonly record struct Borrowed(long Position, ArraySegment<byte> Data, long Seq);
+        private readonly object _borrowLock = new();
+        private readonly Queue<Borrowed> _borrowed = new(); // guarded by _borrowLock
+        private readonly Queue<(long Seq, TaskCompletionSource Done)> _releaseWaiters = new(); // guarded by _borrowLock, Seq ascending
+        private long _pipeWritten;
+        private long _borrowSeq; // guarded by _borrowLock: borrowed buffers queued so far
+        private long _releasedSeq; // guarded by _borrowLock: borrowed buffers the send loop is done with
+        private bool _sendLoopEnded; // guarded by _borrowLock
 
         public SocketConnection(SocketTransport owner, Socket socket)
         {
@@ -262,21 +278,49 @@ public sealed class SocketTransport : IIscsiTransport
         private async Task SendLoopAsync()
         {
             var reader = _output.Reader;
+            var gather = new List<ArraySegment<byte>>(MaxGather);
+            var due = new List<Borrowed>();
+            long consumed = 0; // pipe bytes sent so far
             try
             {
                 while (true)
                 {
                     var result = await reader.ReadAsync().ConfigureAwait(false);
                     var buffer = result.Buffer;
-                    foreach (var segment in buffer)
+                    long end = consumed + buffer.Length;
+                    due.Clear();
+                    lock (_borrowLock)
+                        while (_borrowed.TryPeek(out var b) && b.Position <= end) due.Add(_borrowed.Dequeue());
+                    if (due.Count == 0)
                     {
-                        var mem = segment;
-                        while (!mem.IsEmpty)
+                        foreach (var segment in buffer)
                         {
-                            int n = await _socket.SendAsync(mem, SocketFlags.None).ConfigureAwait(false);
-                            mem = mem[n..];
+                            var mem = segment;
+                            while (!mem.IsEmpty)
+                            {
+                                int n = await _socket.SendAsync(mem, SocketFlags.None).ConfigureAwait(false);
+                                mem = mem[n..];
+                            }
                         }
                     }
+                    else
+                    {
+                        // The pipe's bytes up to each borrowed buffer, the buffer, ... and the rest of the pipe's bytes.
+                        var rest = buffer;
+                        long at = consumed, releasable = -1;
+                        foreach (var b in due)
+                        {
+                            releasable = await GatherAsync(gather, rest.Slice(0, b.Position - at), releasable).ConfigureAwait(false);
+                            rest = rest.Slice(b.Position - at);
+                            at = b.Position;
+                            if (gather.Count == MaxGather) releasable = await SendGatheredAsync(gather, releasable).ConfigureAwait(false);
+                            gather.Add(b.Data);
+                            releasable = b.Seq;
+                        }
+                        releasable = await GatherAsync(gather, rest, releasable).ConfigureAwait(false);
+                        await SendGatheredAsync(gather, releasable).ConfigureAwait(false);
+                    }
+                    consumed = end;
                     reader.AdvanceTo(buffer.End);
                     if (result.IsCompleted || result.IsCanceled) break;
                 }
@@ -285,17 +329,114 @@ public sealed class SocketTransport : IIscsiTransport
             catch (Exception ex) when (ex is SocketException or ObjectDisposedException or OperationCanceledException)
             {
             }
+            finally
+            {
+                // No send is in progress any more: what was borrowed and not sent will never be read.
+                EndBorrowing();
+            }
             await reader.CompleteAsync().ConfigureAwait(false);
             _sendDone.TrySetResult();
             // The peer may never close its side: closing the socket ends the receive loop too.
             _socket.Close();
         }
 
+        /// <summary>Adds the pipe's <paramref name="bytes"/> to <paramref name="gather"/>, sending whenever it is full.</summary>
+        private async ValueTask<long> GatherAsync(List<ArraySegment<byte>> gather, ReadOnlySequence<byte> bytes, long releasable)
+        {
+            foreach (var segment in bytes)
+            {
+                if (segment.IsEmpty) continue;
+                if (!MemoryMarshal.TryGetArray(segment, out var array)) throw new InvalidOperationException("pipe memory is not an array");
+                if (gather.Count == MaxGather) releasable = await SendGatheredAsync(gather, releasable).ConfigureAwait(false);
+                gather.Add(array);
+            }
+            return releasable;
+        }
+
+        /// <summary>
+        /// Sends everything in <paramref name="gather"/> (one sendmsg as far as the socket takes it), then
+        /// releases the borrowed buffers up to <paramref name="releasable"/>, which were all in it. Returns -1.
+        /// </summary>
+        private async ValueTask<long> SendGatheredAsync(List<ArraySegment<byte>> gather, long releasable)
+        {
+            if (gather.Count == 1)
+            {
+                var mem = gather[0].AsMemory();
+                while (!mem.IsEmpty) mem = mem[await _socket.SendAsync(mem, SocketFlags.None).ConfigureAwait(false)..];
+            }
+            else if (gather.Count > 1)
+            {
+                long total = 0;
+                foreach (var g in gather) total += g.Count;
+                while (true)
+                {
+                    int n = await _socket.SendAsync(gather, SocketFlags.None).ConfigureAwait(false);
+                    total -= n;
+                    if (total <= 0) break;
+                    // A short send (not seen on Linux, where it goes on until all is sent): drop what went out.
+                    while (n >= gather[0].Count) { n -= gather[0].Count; gather.RemoveAt(0); }
+                    if (n > 0) gather[0] = gather[0][n..];
+                }
+            }
+            gather.Clear();
+            if (releasable >= 0) Release(releasable);
+            return -1;
+        }
+
+        private void Release(long seq)
+        {
+            List<TaskCompletionSource>? done = null;
+            lock (_borrowLock)
+            {
+                _releasedSeq = seq;
+                while (_releaseWaiters.TryPeek(out var w) && w.Seq <= seq) (done ??= []).Add(_releaseWaiters.Dequeue().Done);
+            }
+            if (done is not null) foreach (var d in done) d.TrySetResult();
+        }
+
+        private void EndBorrowing()
+        {
+            List<TaskCompletionSource> done = [];
+            lock (_borrowLock)
+            {
+                _sendLoopEnded = true;
+                _borrowed.Clear();
+                _releasedSeq = _borrowSeq;
+                while (_releaseWaiters.TryDequeue(out var w)) done.Add(w.Done);
+            }
+            foreach (var d in done) d.TrySetResult();
+        }
+
+        public bool TryWriteBorrowed(ReadOnlyMemory<byte> data)
+        {
+            if (_closed || !MemoryMarshal.TryGetArray(data, out var array)) return false;
+            lock (_borrowLock)
+            {
+                if (_sendLoopEnded) return false;
+                _borrowed.Enqueue(new Borrowed(_pipeWritten, array, ++_borrowSeq));
+            }
+            return true;
+        }
+
+        public ValueTask WhenBorrowedReleasedAsync()
+        {
+            lock (_borrowLock)
+            {
+                if (_releasedSeq >= _borrowSeq) return ValueTask.CompletedTask;
+                // Continuations on the thread pool: the command's end must not run on (and hold up) the send loop.
+                var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _releaseWaiters.Enqueue((_borrowSeq, done));
+                return new ValueTask(done.Task);
+            }
+        }
+
         // ---- IPduSink: the core writes PDUs here, one writer at a time.
 
         public void Advance(int count)
         {
-            if (!_closed) _output.Writer.Advance(count);
+            if (_closed) return;
+            _output.Writer.Advance(count);
+            _pipeWritten += count;
         }
 
         public Memory<byte> GetMemory(int sizeHint = 0) => _closed ? Scratch(sizeHint) : _output.Writer.GetMemory(sizeHint);

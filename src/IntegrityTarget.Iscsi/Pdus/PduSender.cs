@@ -16,10 +16,12 @@ internal sealed class PduSender(IPduSink sink, CmdSnWindow window, Serilog.ILogg
     public static readonly TimeSpan CloseGrace = TimeSpan.FromSeconds(2);
 
     private readonly SemaphoreSlim _lock = new(1, 1);
+    private readonly IBorrowingPduSink? _borrowing = sink as IBorrowingPduSink;
     private readonly CancellationTokenSource _abort = new();
     private long _lastFlushCompleted = System.Diagnostics.Stopwatch.GetTimestamp();
     private uint _statSN;
     private int _unflushed;
+    private bool _borrowed;
     private bool _closed;
 
     /// <summary>Digests apply from the first PDU after the final login response.</summary>
@@ -39,7 +41,7 @@ internal sealed class PduSender(IPduSink sink, CmdSnWindow window, Serilog.ILogg
         try
         {
             if (_closed) return false;
-            Emit(ref header, data.Span);
+            Emit(ref header, data, borrow: false);
             return !flush || await FlushLockedAsync().ConfigureAwait(false);
         }
         finally { _lock.Release(); }
@@ -58,9 +60,35 @@ internal sealed class PduSender(IPduSink sink, CmdSnWindow window, Serilog.ILogg
         public bool IsClosed => sender._closed;
         /// <summary>Bytes written since the last flush.</summary>
         public int Unflushed => sender._unflushed;
-        public void Emit(BhsBuffer header, ReadOnlySpan<byte> data) { if (!sender._closed) sender.Emit(ref header, data); }
+        /// <summary>
+        /// Writes one PDU. With <paramref name="borrow"/> the data segment goes out from <paramref name="data"/>
+        /// itself when the sink can do that: the caller must keep it unchanged until the task from
+        /// <see cref="TakeBorrowedRelease"/> has completed, then wait for it with <see cref="WaitReleasedAsync"/>.
+        /// </summary>
+        public void Emit(BhsBuffer header, ReadOnlyMemory<byte> data, bool borrow = false) { if (!sender._closed) sender.Emit(ref header, data, borrow); }
         public ValueTask<bool> FlushAsync() => sender._closed ? ValueTask.FromResult(false) : sender.FlushLockedAsync();
+        /// <summary>What to wait for before the data emitted with borrow=true in this batch may be reused (completed when none was borrowed).</summary>
+        public ValueTask TakeBorrowedRelease() => sender.TakeBorrowedRelease();
         public void Dispose() => sender._lock.Release();
+    }
+
+    private ValueTask TakeBorrowedRelease()
+    {
+        if (!_borrowed) return ValueTask.CompletedTask;
+        _borrowed = false;
+        return _borrowing!.WhenBorrowedReleasedAsync();
+    }
+
+    /// <summary>
+    /// Waits until the transport no longer reads the borrowed buffers of <paramref name="released"/> (from
+    /// <see cref="Batch.TakeBorrowedRelease"/>; awaited without the send lock, so other PDUs queue meanwhile).
+    /// A wait that was needed counts like a flush that had to wait: the peer is taking what we send.
+    /// </summary>
+    public async ValueTask WaitReleasedAsync(ValueTask released)
+    {
+        if (released.IsCompleted) { await released.ConfigureAwait(false); return; }
+        await released.ConfigureAwait(false);
+        Interlocked.Exchange(ref _lastFlushCompleted, System.Diagnostics.Stopwatch.GetTimestamp());
     }
 
     /// <summary>Flushes PDUs emitted without a flush (R2Ts), once the received batch is handled.</summary>
@@ -97,8 +125,9 @@ internal sealed class PduSender(IPduSink sink, CmdSnWindow window, Serilog.ILogg
         finally { _lock.Release(); }
     }
 
-    private void Emit(ref BhsBuffer header, ReadOnlySpan<byte> data)
+    private void Emit(ref BhsBuffer header, ReadOnlyMemory<byte> payload, bool borrow)
     {
+        var data = payload.Span;
         Span<byte> h = header;
         Bhs.SetU32(h, 24, TargetPdus.AdvancesStatSN(h) ? _statSN++ : _statSN);
         var (exp, max) = window.Advertise();
@@ -112,9 +141,13 @@ internal sealed class PduSender(IPduSink sink, CmdSnWindow window, Serilog.ILogg
             BinaryPrimitives.WriteUInt32LittleEndian(word, Crc32C.Compute(h));
             sink.Write(word);
         }
+        bool borrowed = false;
         if (data.Length > 0)
         {
-            sink.Write(data);
+            // A borrowed segment is queued behind the header just written, so the flush that publishes the
+            // header also brings the send loop to it; padding and digest follow it in the sink's own buffer.
+            if (borrow && _borrowing is { } b && b.TryWriteBorrowed(payload)) borrowed = _borrowed = true;
+            else sink.Write(data);
             int pad = Bhs.Padded(data.Length) - data.Length;
             if (pad > 0) { word.Clear(); sink.Write(word[..pad]); }
             if (DataDigest)
@@ -123,7 +156,8 @@ internal sealed class PduSender(IPduSink sink, CmdSnWindow window, Serilog.ILogg
                 sink.Write(word);
             }
         }
-        _unflushed += Bhs.Length + data.Length + 12;
+        // Borrowed bytes do not fill the sink's buffer, so they do not call for an early flush either.
+        _unflushed += Bhs.Length + (borrowed ? 0 : data.Length) + 12;
     }
 
     private async ValueTask<bool> FlushLockedAsync()
