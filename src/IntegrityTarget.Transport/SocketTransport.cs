@@ -329,6 +329,12 @@ public sealed class SocketTransport : IIscsiTransport
             catch (Exception ex) when (ex is SocketException or ObjectDisposedException or OperationCanceledException)
             {
             }
+            catch (Exception ex)
+            {
+                // Anything else is a bug here; still end the connection below instead of leaving writers blocked on a
+                // pipe nobody reads.
+                _owner._log.Error(ex, "send loop failed");
+            }
             finally
             {
                 // No send is in progress any more: what was borrowed and not sent will never be read.
