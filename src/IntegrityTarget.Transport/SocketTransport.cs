@@ -50,6 +50,12 @@ public sealed class SocketTransport : IIscsiTransport
             pauseWriterThreshold: pause, resumeWriterThreshold: pause / 2, minimumSegmentSize: 64 * 1024, useSynchronizationContext: false);
     }
 
+    /// <summary>
+    /// Test seam: called by a connection's send loop before each gathering send that carries borrowed read
+    /// buffers; whatever it throws ends that send loop the way a bug there would.
+    /// </summary>
+    internal Action? BeforeBorrowedSendForTests { get; set; }
+
     public IReadOnlyList<IPEndPoint> BoundEndpoints { get { lock (_sync) return _bound.ToList(); } }
 
     public Task StartAsync(IReadOnlyList<IPEndPoint> portals, CancellationToken ct)
@@ -252,6 +258,11 @@ public sealed class SocketTransport : IIscsiTransport
             {
                 // Peer reset or we closed the socket: both simply end the connection.
             }
+            catch (Exception ex)
+            {
+                // A bug: the processing loop still learns that nothing more comes, so the connection ends.
+                _owner._log.Error(ex, "Receive loop failed; closing the connection");
+            }
             await writer.CompleteAsync().ConfigureAwait(false);
         }
 
@@ -275,75 +286,91 @@ public sealed class SocketTransport : IIscsiTransport
             }
         }
 
+        /// <summary>
+        /// Output pipe → socket until the pipe is completed or the socket fails. Whichever way it ends (a reset,
+        /// our close, or a bug that throws anything else), the end is the same and happens once: every borrowed
+        /// buffer not sent yet is given back (no send is in progress any more), the pipe's reader is completed
+        /// (the core's flushes return instead of waiting for room nobody makes), and the socket is closed (which
+        /// ends the receive loop, so the connection closes even when the peer never closes its side).
+        /// </summary>
         private async Task SendLoopAsync()
         {
             var reader = _output.Reader;
-            var gather = new List<ArraySegment<byte>>(MaxGather);
-            var due = new List<Borrowed>();
-            long consumed = 0; // pipe bytes sent so far
             try
             {
-                while (true)
-                {
-                    var result = await reader.ReadAsync().ConfigureAwait(false);
-                    var buffer = result.Buffer;
-                    long end = consumed + buffer.Length;
-                    due.Clear();
-                    lock (_borrowLock)
-                        while (_borrowed.TryPeek(out var b) && b.Position <= end) due.Add(_borrowed.Dequeue());
-                    if (due.Count == 0)
-                    {
-                        foreach (var segment in buffer)
-                        {
-                            var mem = segment;
-                            while (!mem.IsEmpty)
-                            {
-                                int n = await _socket.SendAsync(mem, SocketFlags.None).ConfigureAwait(false);
-                                mem = mem[n..];
-                            }
-                        }
-                    }
-                    else
-                    {
-                        // The pipe's bytes up to each borrowed buffer, the buffer, ... and the rest of the pipe's bytes.
-                        var rest = buffer;
-                        long at = consumed, releasable = -1;
-                        foreach (var b in due)
-                        {
-                            releasable = await GatherAsync(gather, rest.Slice(0, b.Position - at), releasable).ConfigureAwait(false);
-                            rest = rest.Slice(b.Position - at);
-                            at = b.Position;
-                            if (gather.Count == MaxGather) releasable = await SendGatheredAsync(gather, releasable).ConfigureAwait(false);
-                            gather.Add(b.Data);
-                            releasable = b.Seq;
-                        }
-                        releasable = await GatherAsync(gather, rest, releasable).ConfigureAwait(false);
-                        await SendGatheredAsync(gather, releasable).ConfigureAwait(false);
-                    }
-                    consumed = end;
-                    reader.AdvanceTo(buffer.End);
-                    if (result.IsCompleted || result.IsCanceled) break;
-                }
+                await SendPipeAsync(reader).ConfigureAwait(false);
                 try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { }
             }
             catch (Exception ex) when (ex is SocketException or ObjectDisposedException or OperationCanceledException)
             {
+                // Peer reset, or we closed the socket: both simply end the connection.
             }
             catch (Exception ex)
             {
-                // Anything else is a bug here; still end the connection below instead of leaving writers blocked on a
-                // pipe nobody reads.
-                _owner._log.Error(ex, "send loop failed");
+                _owner._log.Error(ex, "Send loop failed; closing the connection");
             }
             finally
             {
-                // No send is in progress any more: what was borrowed and not sent will never be read.
-                EndBorrowing();
+                EndSending(reader);
             }
-            await reader.CompleteAsync().ConfigureAwait(false);
+        }
+
+        private void EndSending(PipeReader reader)
+        {
+            EndBorrowing();
+            try { reader.Complete(); }
+            catch (Exception ex) { _owner._log.Error(ex, "Completing the output pipe failed"); }
             _sendDone.TrySetResult();
-            // The peer may never close its side: closing the socket ends the receive loop too.
-            _socket.Close();
+            try { _socket.Close(); } catch (ObjectDisposedException) { }
+        }
+
+        private async Task SendPipeAsync(PipeReader reader)
+        {
+            var gather = new List<ArraySegment<byte>>(MaxGather);
+            var due = new List<Borrowed>();
+            long consumed = 0; // pipe bytes sent so far
+            while (true)
+            {
+                var result = await reader.ReadAsync().ConfigureAwait(false);
+                var buffer = result.Buffer;
+                long end = consumed + buffer.Length;
+                due.Clear();
+                lock (_borrowLock)
+                    while (_borrowed.TryPeek(out var b) && b.Position <= end) due.Add(_borrowed.Dequeue());
+                if (due.Count == 0)
+                {
+                    foreach (var segment in buffer)
+                    {
+                        var mem = segment;
+                        while (!mem.IsEmpty)
+                        {
+                            int n = await _socket.SendAsync(mem, SocketFlags.None).ConfigureAwait(false);
+                            mem = mem[n..];
+                        }
+                    }
+                }
+                else
+                {
+                    // The pipe's bytes up to each borrowed buffer, the buffer, ... and the rest of the pipe's bytes.
+                    var rest = buffer;
+                    long at = consumed, releasable = -1;
+                    foreach (var b in due)
+                    {
+                        if (b.Position < at) throw new InvalidOperationException($"borrowed buffer at pipe byte {b.Position}, behind the {at} already sent");
+                        releasable = await GatherAsync(gather, rest.Slice(0, b.Position - at), releasable).ConfigureAwait(false);
+                        rest = rest.Slice(b.Position - at);
+                        at = b.Position;
+                        if (gather.Count == MaxGather) releasable = await SendGatheredAsync(gather, releasable).ConfigureAwait(false);
+                        gather.Add(b.Data);
+                        releasable = b.Seq;
+                    }
+                    releasable = await GatherAsync(gather, rest, releasable).ConfigureAwait(false);
+                    await SendGatheredAsync(gather, releasable).ConfigureAwait(false);
+                }
+                consumed = end;
+                reader.AdvanceTo(buffer.End);
+                if (result.IsCompleted || result.IsCanceled) break;
+            }
         }
 
         /// <summary>Adds the pipe's <paramref name="bytes"/> to <paramref name="gather"/>, sending whenever it is full.</summary>
@@ -365,6 +392,7 @@ public sealed class SocketTransport : IIscsiTransport
         /// </summary>
         private async ValueTask<long> SendGatheredAsync(List<ArraySegment<byte>> gather, long releasable)
         {
+            if (releasable >= 0) _owner.BeforeBorrowedSendForTests?.Invoke();
             if (gather.Count == 1)
             {
                 var mem = gather[0].AsMemory();

@@ -75,6 +75,9 @@ public sealed class TcpInitiator : IDisposable
         return p;
     }
 
+    /// <summary>The connection ended (EOF or reset) while reading.</summary>
+    public bool EndOfStream => _eof;
+
     /// <summary>True once the target closed the connection (EOF or reset) with no further PDU in between.</summary>
     public async Task<bool> ClosedByTargetAsync()
     {
