@@ -66,4 +66,32 @@ public class SocketSendLoopTests
         Assert.That(sink.Count("Send loop failed"), Is.EqualTo(1), string.Join("\n", sink.Lines));
         Assert.That(scsi.Executed.Count(c => c.Cdb.Span[0] == 0x28), Is.EqualTo(8), "every read ran: none was left waiting to be taken");
     }
+
+    [Test]
+    public async Task A_target_side_close_while_borrowed_buffers_wait_behind_a_peer_that_reads_nothing_ends_the_connection()
+    {
+        // The close path with borrowed buffers queued and the socket full: the keep-alive closes the connection
+        // (the initiator answers nothing), the close completes the output pipe before it waits for the commands,
+        // and the socket is cut after the transport's close grace (5 s) under the send the peer does not take. No
+        // command may wait for a buffer that only a later step of the close would give back.
+        var scsi = new FakeScsiTarget(1, 8192) { ReuseReadBuffers = true };
+        await using var server = TestTargets.Server(scsi, new IscsiServerOptions
+        {
+            MaxRecvDataSegmentLength = 8192, MaxBurstLength = 262144, FirstBurstLength = 65536,
+            NopInterval = TimeSpan.FromSeconds(1), NopTimeout = TimeSpan.FromSeconds(1),
+        });
+        await using var transport = new SocketTransport(server, TestTargets.Log);
+        await transport.StartAsync([new IPEndPoint(IPAddress.Loopback, 0)], CancellationToken.None);
+        using var i = await TcpInitiator.ConnectAsync(transport.BoundEndpoints.Single(), 16 * 1024);
+        await i.LoginAsync("Normal", 0x00023d000001, "MaxRecvDataSegmentLength=65536");
+        for (int n = 0; n < 8; n++)
+            await i.SendAsync(TestPdu.ScsiCommand(i.NextItt(), i.CmdSN++, TestTargets.Read10((uint)(n % 4 * 2048), 2048), 1 << 20, read: true));
+        Assert.That(() => scsi.Executed.Count(c => c.Cdb.Span[0] == 0x28), Is.EqualTo(8).After(5000, 10), "every read ran");
+        Assert.That(scsi.ReadBuffersOut, Is.GreaterThan(0), "answers wait to be sent");
+
+        var closed = System.Diagnostics.Stopwatch.StartNew();
+        Assert.That(() => server.Sessions, Is.Empty.After(15000, 20), "the keep-alive's close ended the session");
+        Assert.That(scsi.ReadBuffersOut, Is.Zero, "every read buffer given back by then");
+        TestContext.Out.WriteLine($"session gone {closed.Elapsed.TotalSeconds:F1} s after the reads ran");
+    }
 }
