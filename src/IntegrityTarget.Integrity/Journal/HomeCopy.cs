@@ -136,15 +136,13 @@ public sealed partial class IntegrityVolume
         for (int i = from; i < to; i++) if (apply[i].Rec is { Buf: null }) n++;
         if (n == 0) return null;
         byte[] buf = _buffers.Rent(n * _bs);
-        byte[] rawKeys = _buffers.Rent(n * sizeof(long)), rawIdx = _buffers.Rent(n * sizeof(int));
+        long[] keys = ArrayPool<long>.Shared.Rent(n);
+        int[] idx = ArrayPool<int>.Shared.Rent(n);
         try
         {
-            var keys = MemoryMarshal.Cast<byte, long>(rawKeys.AsSpan(0, n * sizeof(long)));
-            var idx = MemoryMarshal.Cast<byte, int>(rawIdx.AsSpan(0, n * sizeof(int)));
             for (int i = from, k = 0; i < to; i++)
                 if (apply[i].Rec is { Buf: null } r) { keys[k] = r.RingPos; idx[k++] = i; }
-            keys.Sort(idx);
-            var items = CollectionsMarshal.AsSpan(apply);
+            Array.Sort(keys, idx, 0, n);
             for (int k = 0; k < n;)
             {
                 int j = k + 1;
@@ -152,11 +150,9 @@ public sealed partial class IntegrityVolume
                 if (_abandon) throw new OperationCanceledException("volume abandoned");
                 await _dev.ReadAsync(_g.JournalAreaOffset + keys[k], buf.AsMemory(k * _bs, (j - k) * _bs), ct).ConfigureAwait(false);
                 Interlocked.Increment(ref _stHomeRingReads);
-                keys = MemoryMarshal.Cast<byte, long>(rawKeys.AsSpan(0, n * sizeof(long)));
                 k = j;
             }
-            idx = MemoryMarshal.Cast<byte, int>(rawIdx.AsSpan(0, n * sizeof(int)));
-            items = CollectionsMarshal.AsSpan(apply);
+            var items = CollectionsMarshal.AsSpan(apply);
             for (int k = 0; k < n; k++)
             {
                 ref var it = ref items[idx[k]];
@@ -170,7 +166,7 @@ public sealed partial class IntegrityVolume
         }
         finally
         {
-            _buffers.Return(rawKeys); _buffers.Return(rawIdx);
+            ArrayPool<long>.Shared.Return(keys); ArrayPool<int>.Shared.Return(idx);
             if (buf != null) _buffers.Return(buf);
         }
     }
